@@ -1,0 +1,188 @@
+//! Wiring: from a validated [`Config`] to a running exporter.
+//!
+//! [`Exporter::start`] does everything that can fail at start (token, bind, demo
+//! simulator) and reports it as a [`StartError`]; [`Exporter::run`] then serves
+//! until the shutdown future completes. Taking any future as the trigger keeps
+//! shutdown testable.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::Config;
+use crate::routes::Routes;
+use crate::scheduler::{Liveness, Scheduler};
+use crate::secret::{Token, TokenError, TokenSource};
+use crate::server::Server;
+use crate::sim::{self, SimServer, Simulator};
+use crate::snapshot::State;
+use crate::telemetry::Telemetry;
+use crate::upstream::{ApiClient, ClientConfig};
+
+/// What can stop the exporter from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// No usable token (a configuration error: exit status 2).
+    #[error("--api.token-file: {0}")]
+    TokenFile(TokenError),
+    /// No usable token from the environment (exit status 2).
+    #[error("{0}")]
+    Token(TokenError),
+    /// The listen address cannot be bound.
+    #[error("--web.listen-address: cannot listen on {address}: {source}")]
+    Bind {
+        /// What the user asked for.
+        address: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP client cannot be built.
+    #[error("cannot build the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    /// The demo simulator cannot start.
+    #[error("cannot start the demo simulator: {0}")]
+    Demo(std::io::Error),
+}
+
+impl StartError {
+    /// Exit status: 2 for configuration errors, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StartError::TokenFile(_) | StartError::Token(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// A started exporter, bound and ready to run.
+pub struct Exporter {
+    server: Server,
+    routes: Arc<Routes>,
+    scheduler: Scheduler,
+    liveness: Arc<Liveness>,
+    demo: Option<SimServer>,
+}
+
+impl Exporter {
+    /// Reads the token, binds the listener and, with `--demo`, starts the simulator.
+    pub async fn start(mut config: Config) -> Result<Self, StartError> {
+        let mut demo = None;
+        let token = if config.demo {
+            let demo_token = format!("demo-{:016x}", crate::random_u64());
+            let simulator = Simulator::new(
+                sim::generate(&sim::GenerateOptions::default()),
+                sim::SimOptions {
+                    token: Some(demo_token.clone()),
+                    ..Default::default()
+                },
+            );
+            let server = SimServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), simulator)
+                .await
+                .map_err(StartError::Demo)?;
+            config.api_url = format!("http://{}", server.local_addr())
+                .parse()
+                .expect("a socket address makes a valid URL");
+            tracing::info!(upstream = %config.api_url, "demo mode: serving a simulated upstream");
+            demo = Some(server);
+            TokenSource::Fixed(Token::new(&demo_token).map_err(StartError::Token)?)
+        } else {
+            TokenSource::from_config(config.token_file.as_deref()).map_err(|e| {
+                match config.token_file {
+                    Some(_) => StartError::TokenFile(e),
+                    None => StartError::Token(e),
+                }
+            })?
+        };
+        if token.readable_by_others() {
+            tracing::warn!(
+                "the token file can be read by other users; restrict it to mode 0600 or 0640"
+            );
+        }
+
+        let telemetry = Telemetry::new();
+        let client = ApiClient::new(ClientConfig::from_config(&config), telemetry.clone())?;
+        let state = Arc::new(State::new(config.stale_after));
+        let liveness = Liveness::new();
+        let scheduler = Scheduler::new(
+            Arc::new(client),
+            token,
+            Arc::clone(&state),
+            telemetry.clone(),
+            config.refresh_interval,
+            config.datacenters.clone(),
+        );
+        let routes = Arc::new(Routes::new(
+            state,
+            telemetry,
+            Arc::clone(&liveness),
+            config.telemetry_path.clone(),
+            config.max_requests as usize,
+        ));
+        let server = Server::bind(&config.listen_address)
+            .await
+            .map_err(|source| StartError::Bind {
+                address: config.listen_address.to_string(),
+                source,
+            })?;
+        Ok(Exporter {
+            server,
+            routes,
+            scheduler,
+            liveness,
+            demo,
+        })
+    }
+
+    /// The address the exporter serves on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    /// Refreshes and serves until `shutdown` completes; then stops accepting,
+    /// lets scrapes in flight finish and stops the scheduler.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(());
+        let stopped = move || {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.changed().await;
+            }
+        };
+        let demo = self.demo.map(|sim| tokio::spawn(sim.serve(stopped())));
+        let scheduler = tokio::spawn(self.scheduler.run(self.liveness, stopped()));
+        tracing::info!(address = %self.server.local_addr(), "listening");
+        self.server.serve(self.routes, shutdown).await;
+        drop(stop_tx);
+        let _ = tokio::time::timeout(Duration::from_secs(2), scheduler).await;
+        if let Some(demo) = demo {
+            let _ = tokio::time::timeout(Duration::from_secs(2), demo).await;
+        }
+        tracing::info!("stopped");
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,509 @@
+//! Command-line flags, their `FINOVY_*` environment twins, and their validation.
+//!
+//! Everything a user can get wrong is rejected here, before anything starts: each
+//! value has a parser that names the flag in its error, and [`Config::parse_or_exit`]
+//! turns any error into one line on stderr and exit status 2.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use reqwest::header::{HeaderName, HeaderValue};
+use url::Url;
+
+use crate::aggregate::Status;
+
+/// The exporter's configuration, parsed from flags and `FINOVY_*` variables.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "finovy-image-exporter", version, about, long_about = None)]
+pub struct Config {
+    /// Address to serve on: `host:port`, or `:port` for every interface.
+    #[arg(long = "web.listen-address", env = "FINOVY_WEB_LISTEN_ADDRESS", default_value = ":9929", value_parser = parse_listen_address)]
+    pub listen_address: ListenAddress,
+
+    /// Path under which to expose metrics.
+    #[arg(long = "web.telemetry-path", env = "FINOVY_WEB_TELEMETRY_PATH", default_value = "/metrics", value_parser = parse_telemetry_path)]
+    pub telemetry_path: String,
+
+    /// Exporter-toolkit web configuration file (TLS, basic auth, headers).
+    #[arg(long = "web.config.file", env = "FINOVY_WEB_CONFIG_FILE")]
+    pub web_config_file: Option<PathBuf>,
+
+    /// Concurrent HTTP requests served at most; beyond that the answer is 503.
+    #[arg(long = "web.max-requests", env = "FINOVY_WEB_MAX_REQUESTS", default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_requests: u32,
+
+    /// Base URL of the Finovy API.
+    #[arg(long = "api.url", env = "FINOVY_API_URL", default_value = "https://client.xuandashi.com", value_parser = parse_base_url)]
+    pub api_url: Url,
+
+    /// Path of the "my image list" endpoint, appended to --api.url.
+    #[arg(long = "api.path", env = "FINOVY_API_PATH", default_value = "/v1/open/image/personal/getList", value_parser = parse_api_path)]
+    pub api_path: String,
+
+    /// File holding the access token, re-read at every refresh; else env FINOVY_ACCESS_TOKEN.
+    #[arg(long = "api.token-file", env = "FINOVY_API_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Timeout of one upstream request, body included.
+    #[arg(long = "api.timeout", env = "FINOVY_API_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
+    pub api_timeout: Duration,
+
+    /// Page size asked of the upstream.
+    #[arg(long = "api.page-size", env = "FINOVY_API_PAGE_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub page_size: u32,
+
+    /// Upstream requests in flight at most, over all datacenters.
+    #[arg(long = "api.concurrency", env = "FINOVY_API_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub api_concurrency: u32,
+
+    /// Retries of a request after a timeout, a connection error, a 5xx or a 429.
+    #[arg(long = "api.max-retries", env = "FINOVY_API_MAX_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=20))]
+    pub max_retries: u32,
+
+    /// Extra header sent with every request, `KEY=VALUE` (repeatable).
+    #[arg(long = "api.header", env = "FINOVY_API_HEADER", value_delimiter = ',', value_parser = parse_header)]
+    pub api_headers: Vec<ExtraHeader>,
+
+    /// Extra query parameter sent with every request, `KEY=VALUE` (repeatable).
+    #[arg(long = "api.param", env = "FINOVY_API_PARAM", value_delimiter = ',', value_parser = parse_param)]
+    pub api_params: Vec<(String, String)>,
+
+    /// Unit of the upstream `imageSize` field.
+    #[arg(
+        long = "api.image-size-unit",
+        env = "FINOVY_API_IMAGE_SIZE_UNIT",
+        default_value = "GiB",
+        value_enum,
+        ignore_case = true
+    )]
+    pub image_size_unit: SizeUnit,
+
+    /// Only count images of this type (upstream `imageType`).
+    #[arg(long = "filter.image-type", env = "FINOVY_FILTER_IMAGE_TYPE", value_parser = parse_filter)]
+    pub filter_image_type: Option<String>,
+
+    /// Only count images with this name (upstream `imageName`).
+    #[arg(long = "filter.image-name", env = "FINOVY_FILTER_IMAGE_NAME", value_parser = parse_filter)]
+    pub filter_image_name: Option<String>,
+
+    /// Only count images in this status: 0-3 or creating, available, failed, expired.
+    #[arg(long = "filter.status", env = "FINOVY_FILTER_STATUS", value_parser = parse_status_filter)]
+    pub filter_status: Option<Status>,
+
+    /// Comma-separated datacenter keys; when empty they are discovered.
+    #[arg(long = "datacenters", env = "FINOVY_DATACENTERS", value_delimiter = ',', value_parser = parse_datacenter)]
+    pub datacenters: Vec<String>,
+
+    /// Time between the starts of two refreshes.
+    #[arg(long = "refresh.interval", env = "FINOVY_REFRESH_INTERVAL", default_value = "60s", value_parser = parse_positive_duration)]
+    pub refresh_interval: Duration,
+
+    /// Drop a datacenter's image series after this long without a successful refresh.
+    #[arg(long = "refresh.stale-after", env = "FINOVY_REFRESH_STALE_AFTER", default_value = "5m", value_parser = parse_positive_duration)]
+    pub stale_after: Duration,
+
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(
+        long = "log.level",
+        env = "FINOVY_LOG_LEVEL",
+        default_value = "info",
+        value_enum,
+        ignore_case = true
+    )]
+    pub log_level: LogLevel,
+
+    /// Log format.
+    #[arg(
+        long = "log.format",
+        env = "FINOVY_LOG_FORMAT",
+        default_value = "logfmt",
+        value_enum,
+        ignore_case = true
+    )]
+    pub log_format: LogFormat,
+
+    /// Serve data from a built-in simulated upstream: no token or network needed.
+    #[arg(long = "demo", env = "FINOVY_DEMO")]
+    pub demo: bool,
+}
+
+impl Config {
+    /// Parses the process arguments and environment; on error prints one line naming
+    /// the flag and exits with status 2 (`--help` and `--version` exit 0).
+    pub fn parse_or_exit() -> Self {
+        match Self::try_parse() {
+            Ok(config) => config,
+            Err(err) => exit_with(err),
+        }
+    }
+
+    /// The full URL of the image list endpoint.
+    pub fn list_url(&self) -> Url {
+        let mut url = self.api_url.clone();
+        let base = url.path().trim_end_matches('/').to_string();
+        url.set_path(&format!("{base}{}", self.api_path));
+        url
+    }
+}
+
+fn exit_with(err: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        err.exit();
+    }
+    let rendered = err.render().to_string();
+    let line = rendered
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid arguments");
+    eprintln!("{line}");
+    std::process::exit(2);
+}
+
+/// Where to listen: the candidates are tried in order until one binds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenAddress {
+    /// What the user wrote, for logs.
+    pub text: String,
+    /// Addresses to try, in order (`:port` yields `[::]` then `0.0.0.0`).
+    pub candidates: Vec<SocketAddr>,
+}
+
+impl fmt::Display for ListenAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+fn parse_listen_address(s: &str) -> Result<ListenAddress, String> {
+    let candidates: Vec<SocketAddr> = if let Some(port) = s.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("'{s}' is not host:port or :port"))?;
+        vec![
+            SocketAddr::from(([0u16; 8], port)),
+            SocketAddr::from(([0u8; 4], port)),
+        ]
+    } else {
+        s.to_socket_addrs()
+            .map_err(|e| format!("'{s}' is not host:port or :port ({e})"))?
+            .collect()
+    };
+    if candidates.is_empty() {
+        return Err(format!("'{s}' resolves to no address"));
+    }
+    Ok(ListenAddress {
+        text: s.to_string(),
+        candidates,
+    })
+}
+
+fn parse_telemetry_path(s: &str) -> Result<String, String> {
+    let reserved = ["/", "/healthz", "/readyz"];
+    if !s.starts_with('/') || s.contains(['?', '#', ' ']) {
+        return Err(format!("'{s}' must be an absolute path such as /metrics"));
+    }
+    if reserved.contains(&s) {
+        return Err(format!("'{s}' is taken by another endpoint"));
+    }
+    Ok(s.to_string())
+}
+
+fn parse_base_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| format!("'{s}' is not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!("'{s}' must be an http or https URL"));
+    }
+    if url.host_str().is_none() {
+        return Err(format!("'{s}' has no host"));
+    }
+    if url.query().is_some() || !url.username().is_empty() || url.password().is_some() {
+        return Err(format!(
+            "'{s}' must not carry a query or credentials; use --api.param and --api.header"
+        ));
+    }
+    Ok(url)
+}
+
+fn parse_api_path(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') || s.contains(['?', '#']) {
+        return Err(format!(
+            "'{s}' must be a path starting with /, without a query"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("'{s}' is not a duration such as 30s or 5m ({e})"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".to_string());
+    }
+    Ok(d)
+}
+
+fn split_key_value(s: &str) -> Result<(&str, &str), String> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| "expected KEY=VALUE".to_string())
+}
+
+/// An extra header sent upstream; its value is never logged, it may be a secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ExtraHeader {
+    /// Header name.
+    pub name: HeaderName,
+    /// Header value, marked sensitive so that it is never printed.
+    pub value: HeaderValue,
+}
+
+impl fmt::Debug for ExtraHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}=**hidden**", self.name)
+    }
+}
+
+fn parse_header(s: &str) -> Result<ExtraHeader, String> {
+    let (k, v) = split_key_value(s)?;
+    let name = HeaderName::from_bytes(k.trim().as_bytes())
+        .map_err(|_| format!("'{}' is not a valid header name", k.trim()))?;
+    if name == crate::upstream::TOKEN_HEADER {
+        return Err("the token header is set from the token, not from --api.header".into());
+    }
+    let mut value = HeaderValue::from_str(v.trim()).map_err(|_| {
+        format!("the value of header '{name}' has characters a header cannot carry")
+    })?;
+    value.set_sensitive(true);
+    Ok(ExtraHeader { name, value })
+}
+
+fn parse_param(s: &str) -> Result<(String, String), String> {
+    let (k, v) = split_key_value(s)?;
+    let reserved = [
+        "page",
+        "pageSize",
+        "datacenterKey",
+        "imageType",
+        "imageName",
+        "status",
+    ];
+    if reserved.contains(&k) {
+        return Err(format!("'{k}' is set by the exporter itself"));
+    }
+    if k.chars().chain(v.chars()).any(char::is_control) {
+        return Err(format!("parameter '{k}' contains control characters"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn parse_filter(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.chars().any(char::is_control) {
+        return Err("must be non-empty text without control characters".into());
+    }
+    Ok(s.to_string())
+}
+
+fn parse_status_filter(s: &str) -> Result<Status, String> {
+    let status = match s.to_ascii_lowercase().as_str() {
+        "0" | "creating" => Status::Creating,
+        "1" | "available" => Status::Available,
+        "2" | "failed" => Status::Failed,
+        "3" | "expired" => Status::Expired,
+        _ => {
+            return Err(format!(
+                "'{s}' is not 0-3, creating, available, failed or expired"
+            ))
+        }
+    };
+    Ok(status)
+}
+
+fn parse_datacenter(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if s.is_empty() || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(format!("'{s}' is not a datacenter key"));
+    }
+    Ok(s.to_string())
+}
+
+/// Unit in which the upstream states `imageSize`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SizeUnit {
+    /// Bytes.
+    #[value(name = "B")]
+    B,
+    /// 10^3 bytes.
+    #[value(name = "KB")]
+    Kb,
+    /// 10^6 bytes.
+    #[value(name = "MB")]
+    Mb,
+    /// 10^9 bytes.
+    #[value(name = "GB")]
+    Gb,
+    /// 2^10 bytes.
+    #[value(name = "KiB")]
+    Kib,
+    /// 2^20 bytes.
+    #[value(name = "MiB")]
+    Mib,
+    /// 2^30 bytes.
+    #[value(name = "GiB")]
+    Gib,
+    /// 2^40 bytes.
+    #[value(name = "TiB")]
+    Tib,
+}
+
+impl SizeUnit {
+    /// Bytes in one unit.
+    pub fn bytes(self) -> f64 {
+        match self {
+            SizeUnit::B => 1.0,
+            SizeUnit::Kb => 1e3,
+            SizeUnit::Mb => 1e6,
+            SizeUnit::Gb => 1e9,
+            SizeUnit::Kib => 1024.0,
+            SizeUnit::Mib => 1024.0 * 1024.0,
+            SizeUnit::Gib => 1024.0 * 1024.0 * 1024.0,
+            SizeUnit::Tib => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        }
+    }
+}
+
+/// Log verbosity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[allow(missing_docs)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// The matching `tracing` level.
+    pub fn as_tracing(self) -> tracing::Level {
+        match self {
+            LogLevel::Error => tracing::Level::ERROR,
+            LogLevel::Warn => tracing::Level::WARN,
+            LogLevel::Info => tracing::Level::INFO,
+            LogLevel::Debug => tracing::Level::DEBUG,
+            LogLevel::Trace => tracing::Level::TRACE,
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// `key=value` pairs, as Prometheus components log.
+    Logfmt,
+    /// One JSON object per line.
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        let mut all = vec!["finovy-image-exporter"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all)
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let c = parse(&[]).unwrap();
+        assert_eq!(c.listen_address.text, ":9929");
+        assert_eq!(c.telemetry_path, "/metrics");
+        assert_eq!(c.max_requests, 40);
+        assert_eq!(c.api_timeout, Duration::from_secs(10));
+        assert_eq!(c.page_size, 100);
+        assert_eq!(c.api_concurrency, 4);
+        assert_eq!(c.image_size_unit, SizeUnit::Gib);
+        assert_eq!(c.refresh_interval, Duration::from_secs(60));
+        assert_eq!(c.stale_after, Duration::from_secs(300));
+        assert_eq!(
+            c.list_url().as_str(),
+            "https://client.xuandashi.com/v1/open/image/personal/getList"
+        );
+        assert!(c.datacenters.is_empty());
+    }
+
+    #[test]
+    fn bad_values_name_their_flag() {
+        for (args, flag) in [
+            (&["--api.timeout", "ten"][..], "--api.timeout"),
+            (&["--refresh.interval", "0s"][..], "--refresh.interval"),
+            (&["--api.page-size", "0"][..], "--api.page-size"),
+            (&["--api.url", "ftp://x"][..], "--api.url"),
+            (&["--api.header", "novalue"][..], "--api.header"),
+            (&["--api.header", "X-A=a\u{7}b"][..], "--api.header"),
+            (&["--api.param", "page=3"][..], "--api.param"),
+            (&["--filter.status", "9"][..], "--filter.status"),
+            (
+                &["--web.listen-address", "nope"][..],
+                "--web.listen-address",
+            ),
+            (
+                &["--api.image-size-unit", "PB"][..],
+                "--api.image-size-unit",
+            ),
+            (&["--log.format", "xml"][..], "--log.format"),
+        ] {
+            let err = parse(args).expect_err(flag);
+            let first = err.render().to_string();
+            assert!(
+                first.lines().next().unwrap().contains(flag),
+                "{flag}: {first}"
+            );
+        }
+    }
+
+    #[test]
+    fn lists_and_units_parse() {
+        let c = parse(&[
+            "--datacenters",
+            "HZ,SH",
+            "--api.header",
+            "X-A=1",
+            "--api.header",
+            "X-B=2=3",
+            "--api.param",
+            "lang=zh",
+            "--api.image-size-unit",
+            "mib",
+            "--filter.status",
+            "creating",
+            "--web.listen-address",
+            "127.0.0.1:0",
+        ])
+        .unwrap();
+        assert_eq!(c.datacenters, ["HZ", "SH"]);
+        assert_eq!(c.api_headers.len(), 2);
+        assert_eq!(c.api_headers[1].value, "2=3");
+        assert!(format!("{:?}", c.api_headers).contains("**hidden**"));
+        assert_eq!(c.api_params, [("lang".to_string(), "zh".to_string())]);
+        assert_eq!(c.image_size_unit, SizeUnit::Mib);
+        assert_eq!(c.filter_status, Some(Status::Creating));
+        assert_eq!(c.listen_address.candidates.len(), 1);
+    }
+
+    #[test]
+    fn base_path_is_kept_when_joining() {
+        let c = parse(&["--api.url", "http://h:1/prefix/", "--api.path", "/v1/x"]).unwrap();
+        assert_eq!(c.list_url().as_str(), "http://h:1/prefix/v1/x");
+    }
+}

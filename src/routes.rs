@@ -1,0 +1,287 @@
+//! What each path answers: `/`, the telemetry path, `/healthz`, `/readyz`, 404.
+//!
+//! Every answer is built from the published snapshot and the exporter's own
+//! metrics; nothing here waits on the upstream. Only `GET` and `HEAD` are served
+//! (405 otherwise), request bodies are never read, and at most
+//! `--web.max-requests` requests are handled at once (503 beyond).
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::header::{
+    HeaderValue, ACCEPT_ENCODING, ALLOW, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE, VARY,
+};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio::sync::Semaphore;
+
+use crate::scheduler::Liveness;
+use crate::snapshot::{unix_seconds, State};
+use crate::telemetry::Telemetry;
+
+/// Content type of the Prometheus text exposition format.
+pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The request handler and what it reads from.
+pub struct Routes {
+    state: Arc<State>,
+    telemetry: Telemetry,
+    liveness: Arc<Liveness>,
+    telemetry_path: String,
+    limiter: Semaphore,
+}
+
+impl Routes {
+    /// Routes over the given state; `max_requests` concurrent requests at most.
+    pub fn new(
+        state: Arc<State>,
+        telemetry: Telemetry,
+        liveness: Arc<Liveness>,
+        telemetry_path: String,
+        max_requests: usize,
+    ) -> Self {
+        Routes {
+            state,
+            telemetry,
+            liveness,
+            telemetry_path,
+            limiter: Semaphore::new(max_requests),
+        }
+    }
+
+    /// Answers one request.
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
+        let is_head = req.method() == Method::HEAD;
+        if req.method() != Method::GET && !is_head {
+            let mut resp = text(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only GET and HEAD are served\n",
+            );
+            resp.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return resp;
+        }
+        let Ok(_permit) = self.limiter.try_acquire() else {
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many concurrent requests, see --web.max-requests\n",
+            );
+        };
+        let path = req.uri().path();
+        let mut resp = if path == self.telemetry_path {
+            self.metrics(accepts_gzip(&req))
+        } else {
+            match path {
+                "/" => self.landing(),
+                "/healthz" => self.healthz(),
+                "/readyz" => self.readyz(),
+                _ => text(StatusCode::NOT_FOUND, "not found\n"),
+            }
+        };
+        if is_head {
+            *resp.body_mut() = Full::new(Bytes::new());
+        }
+        resp
+    }
+
+    fn metrics(&self, gzip: bool) -> Response<Full<Bytes>> {
+        let mut body = Vec::with_capacity(16 * 1024);
+        self.state.encode(&mut body);
+        self.telemetry.encode(&mut body);
+        let mut builder = Response::builder()
+            .header(CONTENT_TYPE, TEXT_FORMAT)
+            .header(VARY, "Accept-Encoding");
+        if gzip {
+            let mut enc = flate2::write::GzEncoder::new(
+                Vec::with_capacity(body.len() / 4),
+                flate2::Compression::fast(),
+            );
+            if enc.write_all(&body).is_ok() {
+                if let Ok(compressed) = enc.finish() {
+                    body = compressed;
+                    builder = builder.header(CONTENT_ENCODING, "gzip");
+                }
+            }
+        }
+        builder
+            .body(Full::new(Bytes::from(body)))
+            .expect("static response parts are valid")
+    }
+
+    fn healthz(&self) -> Response<Full<Bytes>> {
+        if self.liveness.is_alive() {
+            text(StatusCode::OK, "ok\n")
+        } else {
+            text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the refresh scheduler has stopped\n",
+            )
+        }
+    }
+
+    fn readyz(&self) -> Response<Full<Bytes>> {
+        let snap = self.state.snapshot();
+        let mut body = String::new();
+        let status = if snap.cycles > 0 {
+            body.push_str("ready: the first refresh cycle has finished\n");
+            StatusCode::OK
+        } else {
+            body.push_str("not ready: the first refresh cycle is still running\n");
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        for (dc, state) in &snap.datacenters {
+            let _ = write!(
+                body,
+                "datacenter_key={} up={} last_success={} last_error=",
+                quote(dc),
+                u8::from(state.up),
+                state.last_success.map_or_else(|| "never".into(), rfc3339),
+            );
+            match &state.last_error {
+                Some(e) => {
+                    let _ = writeln!(
+                        body,
+                        "{}",
+                        quote(&format!(
+                            "{} at {}: {}",
+                            e.reason.label(),
+                            rfc3339(e.at),
+                            e.message
+                        ))
+                    );
+                }
+                None => body.push_str("none\n"),
+            }
+        }
+        text(status, &body)
+    }
+
+    fn landing(&self) -> Response<Full<Bytes>> {
+        let snap = self.state.snapshot();
+        let mut rows = String::new();
+        for (dc, state) in &snap.datacenters {
+            let images = state
+                .images
+                .as_ref()
+                .filter(|im| self.state.is_fresh(im))
+                .map_or_else(|| "-".to_string(), |im| im.total_images.to_string());
+            let error = state.last_error.as_ref().map_or_else(
+                || "-".to_string(),
+                |e| format!("{} at {}: {}", e.reason.label(), rfc3339(e.at), e.message),
+            );
+            let _ = writeln!(
+                rows,
+                "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                html(if dc.is_empty() { "(discovery)" } else { dc }),
+                if state.up { "up" } else { "down" },
+                if state.up { "up" } else { "down" },
+                state.last_success.map_or_else(|| "never".into(), rfc3339),
+                html(&error),
+                images,
+            );
+        }
+        if rows.is_empty() {
+            rows.push_str("<tr><td colspan=\"5\">no refresh has finished yet</td></tr>\n");
+        }
+        let page = format!(
+            include_str!("landing.html"),
+            version = crate::VERSION,
+            revision = crate::REVISION,
+            metrics = html(&self.telemetry_path),
+            rows = rows,
+            refreshed = snap.cycles,
+            now = unix_seconds(std::time::SystemTime::now()) as u64,
+        );
+        let mut resp = Response::new(Full::new(Bytes::from(page)));
+        resp.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        resp
+    }
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Whether the client accepts gzip (`Accept-Encoding: gzip`, not `gzip;q=0`).
+fn accepts_gzip<B>(req: &Request<B>) -> bool {
+    req.headers()
+        .get_all(ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|part| {
+            let mut pieces = part.split(';').map(str::trim);
+            let coding = pieces.next().unwrap_or("");
+            let refused = pieces.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q == 0.0)
+            });
+            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
+        })
+}
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn quote(s: &str) -> String {
+    format!("{s:?}")
+}
+
+/// Escapes text for HTML element content and attribute values.
+fn html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(accept: &str) -> Request<()> {
+        Request::builder()
+            .header(ACCEPT_ENCODING, accept)
+            .body(())
+            .unwrap()
+    }
+
+    #[test]
+    fn gzip_negotiation() {
+        assert!(accepts_gzip(&req("gzip")));
+        assert!(accepts_gzip(&req("deflate, gzip;q=0.5")));
+        assert!(!accepts_gzip(&req("gzip;q=0")));
+        assert!(!accepts_gzip(&req("identity")));
+    }
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(
+            html("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+}
