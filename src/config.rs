@@ -17,7 +17,7 @@ use crate::aggregate::Status;
 
 /// The exporter's configuration, parsed from flags and `FINOVY_*` variables.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "finovy-image-exporter", version, about, long_about = None)]
+#[command(name = "finovy-image-exporter", version, about, long_about = None, args_override_self = true)]
 pub struct Config {
     /// Address to serve on: `host:port`, or `:port` for every interface.
     #[arg(long = "web.listen-address", env = "FINOVY_WEB_LISTEN_ADDRESS", default_value = ":9929", value_parser = parse_listen_address)]

@@ -41,3 +41,112 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Samples of a text exposition, keyed by `name{labels}` exactly as written.
+pub fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("sample line has a value");
+            let value = match value {
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                v => v.parse().expect("sample value is a number"),
+            };
+            (series.to_string(), value)
+        })
+        .collect()
+}
+
+/// The real exporter binary, running with captured output; killed on drop.
+pub struct ExporterProcess {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    output: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl ExporterProcess {
+    /// Starts the binary with `args` (plus `--web.listen-address 127.0.0.1:0`) and
+    /// extra environment, and waits until it logs the address it listens on.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
+        use std::io::BufRead;
+        use std::process::{Command, Stdio};
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_finovy-image-exporter"));
+        cmd.args(["--web.listen-address", "127.0.0.1:0"])
+            .args(args)
+            .env_remove("FINOVY_ACCESS_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("exporter binary starts");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let output = output.clone();
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in std::io::BufReader::new(stream)
+                    .lines()
+                    .map_while(Result::ok)
+                {
+                    if let Some(addr) = listening_address(&line) {
+                        let _ = tx.send(addr);
+                    }
+                    output.lock().unwrap().push(line);
+                }
+            });
+        }
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                panic!(
+                    "exporter did not log its address; output:\n{}",
+                    output.lock().unwrap().join("\n")
+                );
+            }
+        };
+        ExporterProcess {
+            child,
+            addr,
+            output,
+        }
+    }
+
+    /// Everything the process wrote so far, stdout and stderr, line by line.
+    pub fn output(&self) -> Vec<String> {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// `http://ADDR` + path.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for ExporterProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The address of a `listening` log line, in logfmt or JSON.
+fn listening_address(line: &str) -> Option<std::net::SocketAddr> {
+    if !line.contains("listening") {
+        return None;
+    }
+    let start = line.find("address")? + "address".len();
+    line[start..]
+        .trim_start_matches(['=', '"', ':', ' '])
+        .split(['"', ' ', ','])
+        .next()?
+        .parse()
+        .ok()
+}

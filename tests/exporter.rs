@@ -1,0 +1,793 @@
+//! End-to-end behaviour of the exporter against the simulator on loopback:
+//! exact aggregates, imperfect paging, discovery, authentication failures,
+//! series lifecycle, endpoints, token hygiene, promtool, and shutdown.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser as _;
+use common::{parse_metrics, wait_for, ExporterProcess};
+use finovy_image_exporter::app::Exporter;
+use finovy_image_exporter::config::Config;
+use finovy_image_exporter::sim::{
+    self, AuthStyle, Faults, SimImage, SimOptions, SimServer, Simulator,
+};
+use tokio::sync::oneshot;
+
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// A simulator on a loopback port, stopped on drop.
+struct RunningSim {
+    sim: Simulator,
+    addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn start_sim(images: Vec<SimImage>, options: SimOptions, faults: Faults) -> RunningSim {
+    let sim = Simulator::new(images, options);
+    sim.set_faults(faults);
+    let server = SimServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), sim.clone())
+        .await
+        .unwrap();
+    let addr = server.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(server.serve(async move {
+        let _ = stopped.await;
+    }));
+    RunningSim {
+        sim,
+        addr,
+        _stop: stop,
+    }
+}
+
+/// A unique scratch directory for this test process.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "finovy-exporter-test-{}-{name}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn token_file(name: &str, token: &str) -> PathBuf {
+    let path = scratch(name).join("token");
+    std::fs::write(&path, format!("{token}\n")).unwrap();
+    path
+}
+
+/// An in-process exporter on a loopback port, stopped on drop.
+struct RunningExporter {
+    addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+}
+
+async fn start_exporter(
+    upstream: SocketAddr,
+    token: &str,
+    name: &str,
+    extra: &[&str],
+) -> RunningExporter {
+    let token_path = token_file(name, token);
+    let upstream = format!("http://{upstream}");
+    let mut args = vec![
+        "finovy-image-exporter",
+        "--web.listen-address",
+        "127.0.0.1:0",
+        "--api.url",
+        &upstream,
+        "--api.token-file",
+        token_path.to_str().unwrap(),
+        "--refresh.interval",
+        "200ms",
+        "--api.timeout",
+        "5s",
+    ];
+    args.extend_from_slice(extra);
+    let config = Config::try_parse_from(args).unwrap();
+    let exporter = Exporter::start(config).await.unwrap();
+    let addr = exporter.local_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(exporter.run(async move {
+        let _ = stopped.await;
+    }));
+    RunningExporter { addr, _stop: stop }
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let resp = reqwest::get(url).await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
+}
+
+async fn scrape(addr: SocketAddr) -> BTreeMap<String, f64> {
+    let (status, body) = get(&format!("http://{addr}/metrics")).await;
+    assert_eq!(status, 200);
+    parse_metrics(&body)
+}
+
+fn status_label(code: u8) -> &'static str {
+    match code {
+        0 => "creating",
+        1 => "available",
+        2 => "failed",
+        3 => "expired",
+        _ => "unknown",
+    }
+}
+
+/// The image series the exporter must publish for `images`, computed here
+/// independently of the exporter's code.
+fn expected_series(images: &[SimImage]) -> BTreeMap<String, f64> {
+    let mut groups: BTreeMap<(String, &str, String), (f64, f64, i64)> = BTreeMap::new();
+    for im in images {
+        let ty = if im.image_type.is_empty() {
+            "unknown".to_string()
+        } else {
+            im.image_type.clone()
+        };
+        let key = (im.datacenter_key.clone(), status_label(im.status), ty);
+        let e = groups.entry(key).or_insert((0.0, 0.0, i64::MAX));
+        e.0 += 1.0;
+        e.1 += (im.image_size.trim().parse::<f64>().unwrap() * GIB).round();
+        e.2 = e.2.min(im.create_time);
+    }
+    let mut out = BTreeMap::new();
+    for ((dc, status, ty), (count, size, oldest)) in groups {
+        let ty = ty
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        let labels = format!("{{datacenter_key=\"{dc}\",status=\"{status}\",image_type=\"{ty}\"}}");
+        out.insert(format!("finovy_images{labels}"), count);
+        out.insert(format!("finovy_images_size_bytes{labels}"), size);
+        out.insert(
+            format!("finovy_images_oldest_created_timestamp_seconds{labels}"),
+            oldest as f64 / 1000.0,
+        );
+    }
+    out
+}
+
+fn image_series(metrics: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    metrics
+        .iter()
+        .filter(|(k, _)| k.starts_with("finovy_images"))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
+
+/// Waits until the exporter's image series equal `expected`, showing the
+/// difference if they never do.
+async fn wait_for_exact(
+    addr: SocketAddr,
+    expected: &BTreeMap<String, f64>,
+) -> BTreeMap<String, f64> {
+    let start = std::time::Instant::now();
+    loop {
+        let metrics = scrape(addr).await;
+        let got = image_series(&metrics);
+        if &got == expected {
+            return metrics;
+        }
+        if start.elapsed() > DEADLINE {
+            let missing: Vec<_> = expected
+                .iter()
+                .filter(|(k, v)| got.get(*k) != Some(v))
+                .take(5)
+                .collect();
+            let extra: Vec<_> = got
+                .iter()
+                .filter(|(k, _)| !expected.contains_key(*k))
+                .take(5)
+                .collect();
+            panic!("image series never matched: missing or different {missing:?}, unexpected {extra:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn dataset(images: usize, datacenters: &[&str], seed: u64) -> Vec<SimImage> {
+    sim::generate(&sim::GenerateOptions {
+        images,
+        datacenters: datacenters.iter().map(|s| s.to_string()).collect(),
+        image_types: vec!["Windows".into(), "Ubuntu".into(), "CentOS".into()],
+        seed,
+        now_ms: 1_790_000_000_000,
+    })
+}
+
+fn odd_image(id: &str, dc: &str, ty: &str, status: u8, size: &str, created: i64) -> SimImage {
+    SimImage {
+        id: id.into(),
+        image_id: 1,
+        image_type: ty.into(),
+        image_name: id.into(),
+        image_size: size.into(),
+        datacenter_key: dc.into(),
+        status,
+        create_time: created,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_counts_sizes_and_oldest_per_group() {
+    let mut images = dataset(1234, &["HZ", "SH", "HK"], 7);
+    // Odd corners: an unlisted status code, an empty type, a fractional size,
+    // a label value that needs escaping.
+    images.push(odd_image("odd-1", "HZ", "", 9, "0.50", 1_000_000));
+    images.push(odd_image("odd-2", "SH", "Win \"11\"", 0, "3.25", 5_000));
+    let upstream = start_sim(images.clone(), SimOptions::default(), Faults::default()).await;
+    let exporter = start_exporter(
+        upstream.addr,
+        "t0ken",
+        "exact",
+        &["--datacenters", "HZ,SH,HK", "--api.page-size", "50"],
+    )
+    .await;
+    let expected = expected_series(&images);
+    assert!(expected.len() > 60, "the data set covers many groups");
+    let metrics = wait_for_exact(exporter.addr, &expected).await;
+    for dc in ["HZ", "SH", "HK"] {
+        assert_eq!(
+            metrics[&format!("finovy_up{{datacenter_key=\"{dc}\"}}")],
+            1.0
+        );
+        assert!(
+            metrics[&format!(
+                "finovy_refresh_last_success_timestamp_seconds{{datacenter_key=\"{dc}\"}}"
+            )] > 1.7e9
+        );
+    }
+    let requests = upstream.sim.requests();
+    let first = &requests[0];
+    assert!(first.query.contains("pageSize=50"), "{}", first.query);
+    assert!(first.query.contains("datacenterKey="), "{}", first.query);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capped_pages_repeated_items_and_a_short_last_page_all_yield_exact_totals() {
+    let images = dataset(1001, &["HZ", "SH"], 11);
+    let expected = expected_series(&images);
+    let cases = [
+        (
+            "capped",
+            Faults {
+                page_cap: Some(7),
+                ..Default::default()
+            },
+            "100",
+        ),
+        (
+            "overlap",
+            Faults {
+                overlap: 3,
+                ..Default::default()
+            },
+            "40",
+        ),
+        (
+            "capped-overlap",
+            Faults {
+                page_cap: Some(30),
+                overlap: 1,
+                ..Default::default()
+            },
+            "100",
+        ),
+        ("short-last-page", Faults::default(), "100"),
+    ];
+    for (name, faults, page_size) in cases {
+        let upstream = start_sim(images.clone(), SimOptions::default(), faults.clone()).await;
+        let exporter = start_exporter(
+            upstream.addr,
+            "t0ken",
+            name,
+            &["--datacenters", "HZ,SH", "--api.page-size", page_size],
+        )
+        .await;
+        let metrics = wait_for_exact(exporter.addr, &expected).await;
+        let duplicates = metrics
+            ["finovy_pagination_anomalies_total{datacenter_key=\"HZ\",kind=\"duplicate_items\"}"];
+        assert_eq!(
+            duplicates > 0.0,
+            faults.overlap > 0,
+            "{name}: duplicates are reported when pages overlap"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_finds_every_datacenter() {
+    let datacenters = ["HZ", "SH", "HK", "BJ", "GZ"];
+    let images = dataset(777, &datacenters, 3);
+    let upstream = start_sim(images.clone(), SimOptions::default(), Faults::default()).await;
+    let exporter = start_exporter(
+        upstream.addr,
+        "t0ken",
+        "discovery",
+        &["--api.page-size", "64"],
+    )
+    .await;
+    let metrics = wait_for_exact(exporter.addr, &expected_series(&images)).await;
+    for dc in datacenters {
+        assert_eq!(
+            metrics[&format!("finovy_up{{datacenter_key=\"{dc}\"}}")],
+            1.0,
+            "{dc}"
+        );
+    }
+    assert!(
+        upstream
+            .sim
+            .requests()
+            .iter()
+            .all(|r| !r.query.contains("datacenterKey")),
+        "discovery passes are unfiltered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthorized_in_either_style_counts_auth_failures_and_keeps_serving() {
+    for style in [AuthStyle::Http, AuthStyle::Body] {
+        let options = SimOptions {
+            token: Some("the-right-token".into()),
+            auth_style: style,
+        };
+        let upstream = start_sim(dataset(50, &["HZ"], 1), options, Faults::default()).await;
+        let name = format!("auth-{style:?}");
+        let exporter = start_exporter(
+            upstream.addr,
+            "a-wrong-token",
+            &name,
+            &["--datacenters", "HZ"],
+        )
+        .await;
+        let metrics = wait_for(&format!("auth failures ({style:?})"), DEADLINE, || async {
+            let m = scrape(exporter.addr).await;
+            let failures = m
+                .get("finovy_refresh_failures_total{datacenter_key=\"HZ\",reason=\"auth\"}")
+                .copied()
+                .unwrap_or(0.0);
+            (failures >= 2.0).then_some(m)
+        })
+        .await;
+        assert_eq!(metrics["finovy_up{datacenter_key=\"HZ\"}"], 0.0);
+        assert_eq!(
+            metrics["finovy_refresh_failures_total{datacenter_key=\"HZ\",reason=\"api\"}"], 0.0,
+            "{style:?}: a 401 in the body is an auth failure, not an API error"
+        );
+        assert!(image_series(&metrics).is_empty());
+        let (status, _) = get(&format!("http://{}/healthz", exporter.addr)).await;
+        assert_eq!(status, 200);
+        let (status, body) = get(&format!("http://{}/readyz", exporter.addr)).await;
+        assert_eq!(
+            status, 200,
+            "the first cycle finished, even though it failed"
+        );
+        assert!(body.contains("datacenter_key=\"HZ\" up=0"), "{body}");
+        assert!(body.contains("auth at"), "{body}");
+        // Only one try per refresh: authentication failures are not retried.
+        let requests = upstream.sim.requests().len() as f64;
+        let failures = scrape(exporter.addr).await
+            ["finovy_refresh_failures_total{datacenter_key=\"HZ\",reason=\"auth\"}"];
+        assert!(
+            requests <= failures + 1.0,
+            "{requests} requests for {failures} failed refreshes"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_removed_upstream_disappears_after_the_next_refresh() {
+    let mut images = dataset(300, &["HZ", "SH"], 5);
+    images.push(odd_image("sol-1", "HZ", "Solaris", 1, "1.00", 1_000));
+    images.push(odd_image("sol-2", "HZ", "Solaris", 1, "2.00", 2_000));
+    let upstream = start_sim(images.clone(), SimOptions::default(), Faults::default()).await;
+    let exporter = start_exporter(
+        upstream.addr,
+        "t0ken",
+        "vanish",
+        &["--datacenters", "HZ,SH"],
+    )
+    .await;
+    let before = wait_for_exact(exporter.addr, &expected_series(&images)).await;
+    let solaris =
+        "finovy_images{datacenter_key=\"HZ\",status=\"available\",image_type=\"Solaris\"}";
+    assert_eq!(before[solaris], 2.0);
+    images.retain(|im| im.image_type != "Solaris");
+    upstream.sim.set_images(images.clone());
+    let after = wait_for_exact(exporter.addr, &expected_series(&images)).await;
+    assert!(!after.contains_key(solaris));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_never_wait_on_a_hanging_upstream_and_readiness_waits_for_the_first_cycle() {
+    // An upstream that accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = listener.accept().await {
+            held.push(conn);
+        }
+    });
+    let exporter = start_exporter(
+        upstream,
+        "t0ken",
+        "hang",
+        &["--datacenters", "HZ", "--api.timeout", "60s"],
+    )
+    .await;
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let (status, body) = get(&format!("http://{}/metrics", exporter.addr)).await;
+        assert_eq!(status, 200);
+        assert!(body.contains("finovy_exporter_build_info{"));
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "a scrape waited on the upstream"
+        );
+        let (status, body) = get(&format!("http://{}/readyz", exporter.addr)).await;
+        assert_eq!(status, 503, "{body}");
+    }
+    let (status, _) = get(&format!("http://{}/healthz", exporter.addr)).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_gzip_head_404_and_405() {
+    let images = dataset(100, &["HZ"], 2);
+    let upstream = start_sim(images.clone(), SimOptions::default(), Faults::default()).await;
+    let exporter = start_exporter(
+        upstream.addr,
+        "t0ken",
+        "endpoints",
+        &["--web.telemetry-path", "/custom"],
+    )
+    .await;
+    wait_for("first cycle", DEADLINE, || async {
+        (get(&format!("http://{}/readyz", exporter.addr)).await.0 == 200).then_some(())
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let base = format!("http://{}", exporter.addr);
+
+    let plain = client.get(format!("{base}/custom")).send().await.unwrap();
+    assert_eq!(
+        plain.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let plain = plain.text().await.unwrap();
+    let zipped = client
+        .get(format!("{base}/custom"))
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(zipped.headers()["content-encoding"], "gzip");
+    let bytes = zipped.bytes().await.unwrap();
+    let mut unzipped = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut unzipped)
+        .unwrap();
+    assert!(bytes.len() < unzipped.len());
+    assert_eq!(
+        image_series(&parse_metrics(&unzipped)),
+        image_series(&parse_metrics(&plain))
+    );
+    assert_eq!(
+        image_series(&parse_metrics(&plain)),
+        expected_series(&images)
+    );
+
+    assert_eq!(
+        client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        client
+            .get(format!("{base}/nope"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    let post = client
+        .post(format!("{base}/custom"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 405);
+    assert_eq!(post.headers()["allow"], "GET, HEAD");
+    let head = client.head(format!("{base}/custom")).send().await.unwrap();
+    assert_eq!(head.status(), 200);
+    assert!(head.bytes().await.unwrap().is_empty());
+
+    let landing = client
+        .get(&base)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(landing.contains("href=\"/custom\""), "{landing}");
+    assert!(landing.contains(finovy_image_exporter::VERSION));
+    assert!(
+        landing.contains("<td>HZ</td><td class=\"up\">up</td>"),
+        "{landing}"
+    );
+    assert!(
+        landing.contains("<td>100</td>"),
+        "the image count is shown: {landing}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_appears_nowhere_in_either_log_format() {
+    const TOKEN: &str = "Zq7-very-distinctive-token-4vL4rcNG";
+    let dir = scratch("leak");
+    let token_path = dir.join("token");
+    std::fs::write(&token_path, TOKEN).unwrap();
+    for (format, accepted) in [
+        ("logfmt", true),
+        ("json", true),
+        ("logfmt", false),
+        ("json", false),
+    ] {
+        let options = SimOptions {
+            token: Some(if accepted {
+                TOKEN.to_string()
+            } else {
+                "other".to_string()
+            }),
+            auth_style: AuthStyle::Body,
+        };
+        let upstream = start_sim(dataset(120, &["HZ", "SH"], 4), options, Faults::default()).await;
+        let api_url = format!("http://{}", upstream.addr);
+        let process = ExporterProcess::spawn(
+            &[
+                "--api.url",
+                &api_url,
+                "--api.token-file",
+                token_path.to_str().unwrap(),
+                "--refresh.interval",
+                "200ms",
+                "--log.level",
+                "debug",
+                "--log.format",
+                format,
+                "--api.header",
+                "X-Extra=header-value",
+            ],
+            &[],
+        );
+        let mut pages = String::new();
+        wait_for("two refresh cycles", DEADLINE, || async {
+            let (_, m) = get(&process.url("/metrics")).await;
+            let requests = parse_metrics(&m)
+                .iter()
+                .filter(|(k, _)| k.starts_with("finovy_api_requests_total"))
+                .map(|(_, v)| v)
+                .sum::<f64>();
+            (requests >= 4.0).then_some(())
+        })
+        .await;
+        for path in ["/", "/metrics", "/readyz", "/healthz"] {
+            pages.push_str(&get(&process.url(path)).await.1);
+        }
+        let received = upstream.sim.requests();
+        assert!(
+            received.iter().all(|r| r
+                .headers
+                .iter()
+                .any(|(k, v)| k == "finovy-access-token" && v == TOKEN)),
+            "the token was sent upstream"
+        );
+        assert!(received.iter().all(|r| r
+            .headers
+            .iter()
+            .any(|(k, v)| k == "x-extra" && v == "header-value")));
+        let output = process.output().join("\n");
+        assert!(!output.is_empty());
+        assert!(
+            !output.contains(TOKEN),
+            "{format}: token in the logs:\n{output}"
+        );
+        assert!(!pages.contains(TOKEN), "token in a page");
+        if !accepted {
+            let failure = process
+                .output()
+                .into_iter()
+                .find(|l| l.contains("refresh failed"))
+                .unwrap_or_else(|| panic!("no failure line in:\n{output}"));
+            for needle in [
+                "reason",
+                "auth",
+                "datacenter_key",
+                "trace_id",
+                "http_status",
+            ] {
+                assert!(failure.contains(needle), "{needle} missing from {failure}");
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_check_metrics() {
+    let Some(promtool) = common::require_tool("promtool") else {
+        return;
+    };
+    let process = ExporterProcess::spawn(&["--demo", "--refresh.interval", "1s"], &[]);
+    let body = wait_for("demo data", DEADLINE, || async {
+        let (_, body) = get(&process.url("/metrics")).await;
+        body.contains("finovy_images{").then_some(body)
+    })
+    .await;
+    let mut child = std::process::Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), body.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool failed: {said}");
+    assert!(said.trim().is_empty(), "promtool warned: {said}");
+    for family in [
+        "finovy_images",
+        "finovy_images_size_bytes",
+        "finovy_images_oldest_created_timestamp_seconds",
+        "finovy_up",
+        "finovy_refresh_duration_seconds",
+        "finovy_refresh_last_success_timestamp_seconds",
+        "finovy_refresh_failures_total",
+        "finovy_api_requests_total",
+        "finovy_api_request_duration_seconds",
+        "finovy_api_invalid_items_total",
+        "finovy_exporter_build_info",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(
+            body.contains(&format!("# TYPE {family} ")),
+            "{family} missing"
+        );
+    }
+}
+
+#[test]
+fn a_bad_flag_exits_2_with_one_line_naming_it() {
+    for (args, flag) in [
+        (&["--api.timeout", "soon"][..], "--api.timeout"),
+        (&["--datacenters", "HZ,,SH"][..], "--datacenters"),
+        (&["--no-such-flag"][..], "--no-such-flag"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_finovy-image-exporter"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(flag), "{stderr}");
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_finovy-image-exporter"))
+        .env("FINOVY_API_PAGE_SIZE", "-3")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--api.page-size"));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_finovy-image-exporter"))
+        .args(["--web.listen-address", "127.0.0.1:0"])
+        .env_remove("FINOVY_ACCESS_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "no token is a configuration error"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("FINOVY_ACCESS_TOKEN"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_scrape_lets_it_complete_and_exits_zero() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Enough groups for a /metrics answer far larger than the socket buffers,
+    // so the server is still writing it when the signal comes.
+    let types: Vec<String> = (0..3000)
+        .map(|i| format!("type-{i:04}-with-a-rather-long-name"))
+        .collect();
+    let images = sim::generate(&sim::GenerateOptions {
+        images: 15_000,
+        datacenters: vec!["HZ".into()],
+        image_types: types,
+        seed: 9,
+        now_ms: 1_790_000_000_000,
+    });
+    let upstream = start_sim(images, SimOptions::default(), Faults::default()).await;
+    let api_url = format!("http://{}", upstream.addr);
+    let mut process = ExporterProcess::spawn(
+        &[
+            "--api.url",
+            &api_url,
+            "--datacenters",
+            "HZ",
+            "--api.page-size",
+            "1000",
+        ],
+        &[("FINOVY_ACCESS_TOKEN", "t0ken")],
+    );
+    wait_for("data", DEADLINE, || async {
+        get(&process.url("/metrics"))
+            .await
+            .1
+            .contains("finovy_images{")
+            .then_some(())
+    })
+    .await;
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut conn = socket.connect(process.addr).await.unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = vec![0u8; 1024];
+    let n = conn.read(&mut received).await.unwrap();
+    received.truncate(n);
+    assert!(received.starts_with(b"HTTP/1.1 200"));
+
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &process.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // The listener closes at once: new connections are refused.
+    wait_for("listener closed", DEADLINE, || async {
+        tokio::net::TcpStream::connect(process.addr)
+            .await
+            .is_err()
+            .then_some(())
+    })
+    .await;
+    conn.read_to_end(&mut received).await.unwrap();
+    let text = String::from_utf8_lossy(&received);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .expect("content-length")
+        .parse()
+        .unwrap();
+    assert!(length > 1 << 20, "the answer is large: {length}");
+    assert_eq!(body.len(), length, "the scrape completed");
+    assert!(body.ends_with('\n'));
+
+    let status = wait_for("exit", DEADLINE, || {
+        let status = process.child.try_wait().unwrap();
+        async move { status }
+    })
+    .await;
+    assert_eq!(status.code(), Some(0));
+}
