@@ -1,0 +1,633 @@
+//! End to end with a real Prometheus: the exporter binary runs against the simulator binary,
+//! Prometheus (the Debian package's server) scrapes it every second with the shipped alert
+//! rules loaded, and the test
+//!
+//! - runs every PromQL expression of the Grafana dashboard (variables substituted, once with
+//!   "All" selected and once with one datacenter and one image type) through the HTTP API and
+//!   requires data from each, and checks that each variable query finds values;
+//! - requires every alert rule to evaluate with health `ok`, the healthy-exporter alerts to
+//!   stay inactive and the expired-images alert to go pending on the simulator's data;
+//! - adds an image stuck in `creating` to the simulator and waits for
+//!   FinovyImagesStuckCreating to go pending for exactly that group;
+//! - renders the exporter's landing page and `/readyz` in headless Chromium and checks the
+//!   datacenter table.
+//!
+//! Prometheus and Chromium come from `scripts/test`; without them the test is skipped
+//! outside CI and fails under `CI=true`.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+const TOKEN: &str = "e2e-token";
+const JOB: &str = "finovy-image-exporter";
+const DATACENTERS: [&str; 2] = ["HZ", "SH"];
+const IMAGE_TYPES: [&str; 2] = ["Windows", "Ubuntu"];
+/// Upstream status codes: creating, available, failed, expired and one the exporter does not
+/// know (`unknown`).
+const STATUSES: [u8; 5] = [0, 1, 2, 3, 7];
+/// Alerts that must stay quiet while the exporter and the simulator are healthy.
+const QUIET_WHEN_HEALTHY: [&str; 7] = [
+    "FinovyExporterDown",
+    "FinovyExporterAbsent",
+    "FinovyRefreshFailing",
+    "FinovyDataStale",
+    "FinovyAuthenticationFailing",
+    "FinovyImagesStuckCreating",
+    "FinovyImageCreationFailuresRising",
+];
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A child process killed (and reaped) when the test ends, however it ends.
+struct Running {
+    name: &'static str,
+    child: Child,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `command` with its stdout and stderr read line by line into a channel.
+fn start(name: &'static str, command: &mut Command) -> (Running, mpsc::Receiver<String>) {
+    let mut child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+    let (lines, received) = mpsc::channel();
+    let streams: [Box<dyn Read + Send>; 2] = [
+        Box::new(child.stdout.take().unwrap()),
+        Box::new(child.stderr.take().unwrap()),
+    ];
+    for stream in streams {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            // Keep draining even when nobody listens any more: a closed pipe would kill
+            // the child on its next log line.
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let _ = lines.send(line);
+            }
+        });
+    }
+    (Running { name, child }, received)
+}
+
+/// Reads lines until `parse` finds what it wants; fails after `DEADLINE` with what was read.
+fn wait_for_line<T>(
+    process: &mut Running,
+    lines: &mpsc::Receiver<String>,
+    parse: impl Fn(&str) -> Option<T>,
+) -> T {
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    while start.elapsed() < DEADLINE {
+        match lines.recv_timeout(Duration::from_millis(200)) {
+            Ok(line) => {
+                if let Some(found) = parse(&line) {
+                    return found;
+                }
+                seen.push(line);
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Ok(Some(status)) = process.child.try_wait() {
+                    panic!(
+                        "{} exited with {status}:\n{}",
+                        process.name,
+                        seen.join("\n")
+                    );
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    panic!(
+        "{} did not say what the test waits for:\n{}",
+        process.name,
+        seen.join("\n")
+    );
+}
+
+/// A directory for the test's files, removed at the end.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(format!("finovy-e2e-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn image(id: usize, datacenter: &str, image_type: &str, status: u8, created_ms: i64) -> Value {
+    json!({
+        "id": format!("e2e-{id}"),
+        "imageId": id,
+        "imageType": image_type,
+        "imageName": format!("{image_type}-{id}"),
+        "imageSize": "20.00",
+        "datacenterKey": datacenter,
+        "status": status,
+        "createTime": created_ms,
+    })
+}
+
+/// Every status in every datacenter and image type, two images each. Images still creating
+/// were created ten minutes ago, well within FinovyImagesStuckCreating's hour.
+fn inventory() -> Vec<Value> {
+    let now = now_ms();
+    let mut images = Vec::new();
+    for datacenter in DATACENTERS {
+        for image_type in IMAGE_TYPES {
+            for status in STATUSES {
+                for _ in 0..2 {
+                    let created = if status == 0 {
+                        now - 10 * 60 * 1000
+                    } else {
+                        now - 10 * 24 * 3600 * 1000
+                    };
+                    images.push(image(images.len(), datacenter, image_type, status, created));
+                }
+            }
+        }
+    }
+    images
+}
+
+/// The parsed JSON body of a successful GET, or None.
+async fn get_json(client: &reqwest::Client, url: &str, query: &[(&str, &str)]) -> Option<Value> {
+    let response = client.get(url).query(query).send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    serde_json::from_str(&response.text().await.ok()?).ok()
+}
+
+async fn send_images(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    sim: &str,
+    images: &[Value],
+) {
+    let response = client
+        .request(method.clone(), format!("{sim}/_sim/images"))
+        .header("content-type", "application/json")
+        .body(serde_json::to_string(images).unwrap())
+        .send()
+        .await
+        .expect("simulator control API answers");
+    assert!(
+        response.status().is_success(),
+        "{method} /_sim/images: {}",
+        response.status()
+    );
+}
+
+/// The expressions of every panel, and the variable queries.
+fn dashboard_queries() -> (Vec<(String, String)>, Vec<String>) {
+    let path = repo().join("grafana/dashboards/finovy-images.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut panels: Vec<&Value> = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        panels.push(panel);
+        panels.extend(panel["panels"].as_array().into_iter().flatten());
+    }
+    let exprs = panels
+        .iter()
+        .flat_map(|panel| {
+            panel["targets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|target| {
+                    (
+                        format!("{} ({})", panel["title"].as_str().unwrap(), target["refId"]),
+                        target["expr"].as_str().unwrap().to_owned(),
+                    )
+                })
+        })
+        .collect();
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|variable| variable["query"]["query"].as_str().map(str::to_owned))
+        .collect();
+    (exprs, variables)
+}
+
+/// Substitutes the dashboard's variables as Grafana would for one selection.
+fn substitute(text: &str, selection: &[(&str, &str)]) -> String {
+    let mut out = text.to_owned();
+    for (name, value) in selection {
+        out = out
+            .replace(&format!("${{{name}}}"), value)
+            .replace(&format!("${name}"), value);
+    }
+    assert!(!out.contains('$'), "unsubstituted variable in {out}");
+    out
+}
+
+/// "All" selected: the datacenter and image type variables' allValue; the job variable has
+/// none, so Grafana lists its values.
+const ALL: &[(&str, &str)] = &[
+    ("__rate_interval", "1m"),
+    ("datacenter_key", ".*"),
+    ("image_type", ".*"),
+    ("job", JOB),
+];
+/// One datacenter and one image type selected.
+const ONE: &[(&str, &str)] = &[
+    ("__rate_interval", "1m"),
+    ("datacenter_key", "SH"),
+    ("image_type", "Windows"),
+    ("job", JOB),
+];
+
+/// An instant query's result vector when it holds at least one finite value. A query that
+/// Prometheus rejects fails the test at once: waiting would not fix it.
+async fn query_with_data(
+    client: &reqwest::Client,
+    prometheus: &str,
+    expr: &str,
+) -> Option<Vec<Value>> {
+    let response = client
+        .get(format!("{prometheus}/api/v1/query"))
+        .query(&[("query", expr)])
+        .send()
+        .await
+        .ok()?;
+    let status = response.status();
+    let body: Value = serde_json::from_str(&response.text().await.ok()?).ok()?;
+    assert!(
+        !status.is_client_error(),
+        "Prometheus rejects {expr}: {}",
+        body["error"]
+    );
+    if body["status"] != "success" {
+        return None;
+    }
+    let result = body["data"]["result"].as_array()?.clone();
+    let finite = result.iter().any(|sample| {
+        sample["value"][1]
+            .as_str()
+            .and_then(|v| v.parse::<f64>().ok())
+            .is_some_and(f64::is_finite)
+    });
+    finite.then_some(result)
+}
+
+/// Rules of every group from /api/v1/rules.
+async fn rules(client: &reqwest::Client, prometheus: &str) -> Option<Vec<Value>> {
+    let body = get_json(client, &format!("{prometheus}/api/v1/rules"), &[]).await?;
+    let groups = body["data"]["groups"].as_array()?;
+    Some(
+        groups
+            .iter()
+            .flat_map(|group| group["rules"].as_array().cloned().unwrap_or_default())
+            .collect(),
+    )
+}
+
+fn rule<'a>(rules: &'a [Value], name: &str) -> &'a Value {
+    rules
+        .iter()
+        .find(|rule| rule["name"] == name)
+        .unwrap_or_else(|| panic!("Prometheus has no rule {name}"))
+}
+
+/// Runs Chromium headless on `url` with `output_args` (e.g. `--dump-dom`), bounded in time.
+fn chromium(chromium: &Path, profile: &Path, output_args: &[&str], url: &str) -> String {
+    let mut child = Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(output_args)
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("chromium starts");
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "chromium {output_args:?} {url}: {status}");
+            return reader.join().unwrap();
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium did not finish {output_args:?} {url} within {DEADLINE:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The first cell of every body row of the landing page's datacenter table.
+fn datacenter_rows(dom: &str) -> Vec<String> {
+    let table = dom
+        .split("<table id=\"datacenters\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</table>").next())
+        .unwrap_or_else(|| panic!("no datacenter table in the landing page:\n{dom}"));
+    let body = table.split("<tbody>").nth(1).expect("the table has a body");
+    body.split("<tr>")
+        .skip(1)
+        .map(|row| {
+            row.split("<td>")
+                .nth(1)
+                .and_then(|cell| cell.split("</td>").next())
+                .expect("a row starts with its datacenter")
+                .trim()
+                .to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_exporter_and_answers_every_dashboard_query_and_alert() {
+    let (Some(prometheus_bin), Some(chromium_bin)) = (
+        common::require_tool("prometheus"),
+        common::require_tool("chromium"),
+    ) else {
+        return;
+    };
+    finovy_image_exporter::install_crypto_provider();
+    let client = reqwest::Client::new();
+    let temp = TempDir::new();
+
+    // The simulator, holding a known inventory.
+    let (mut sim_process, sim_lines) = start(
+        "finovy-api-sim",
+        Command::new(env!("CARGO_BIN_EXE_finovy-api-sim")).args([
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            TOKEN,
+        ]),
+    );
+    let sim_addr: SocketAddr = wait_for_line(&mut sim_process, &sim_lines, |line| {
+        line.strip_prefix("listening on ")?.trim().parse().ok()
+    });
+    let sim = format!("http://{sim_addr}");
+    send_images(&client, reqwest::Method::PUT, &sim, &inventory()).await;
+
+    // The exporter, refreshing every second.
+    let (mut exporter_process, exporter_lines) = start(
+        "finovy-image-exporter",
+        Command::new(env!("CARGO_BIN_EXE_finovy-image-exporter"))
+            .args([
+                "--web.listen-address",
+                "127.0.0.1:0",
+                "--api.url",
+                &sim,
+                "--refresh.interval",
+                "1s",
+                "--log.format",
+                "json",
+            ])
+            .env("FINOVY_ACCESS_TOKEN", TOKEN),
+    );
+    let exporter_addr: SocketAddr = wait_for_line(&mut exporter_process, &exporter_lines, |line| {
+        let entry: Value = serde_json::from_str(line).ok()?;
+        if entry["fields"]["message"] != "listening" {
+            return None;
+        }
+        entry["fields"]["address"].as_str()?.parse().ok()
+    });
+    let exporter = format!("http://{exporter_addr}");
+
+    // Prometheus, scraping it every second with the shipped rules.
+    let rules_file = repo().join("deploy/prometheus/rules/finovy-alerts.yml");
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+         rule_files:\n  - {}\n\
+         scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: [\"{exporter_addr}\"]\n",
+        rules_file.display()
+    );
+    let config_file = temp.0.join("prometheus.yml");
+    std::fs::write(&config_file, config).unwrap();
+    let prometheus_addr = format!("127.0.0.1:{}", free_port());
+    let (_prometheus_process, _prometheus_lines) = start(
+        "prometheus",
+        Command::new(&prometheus_bin)
+            .arg(format!("--config.file={}", config_file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                temp.0.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={prometheus_addr}"))
+            .arg("--log.level=warn"),
+    );
+    let prometheus = format!("http://{prometheus_addr}");
+    common::wait_for("Prometheus to be ready", DEADLINE, || async {
+        let response = client
+            .get(format!("{prometheus}/-/ready"))
+            .send()
+            .await
+            .ok()?;
+        response.status().is_success().then_some(())
+    })
+    .await;
+
+    // Samples of every datacenter, scraped from the exporter.
+    let up_query = format!("finovy_up{{job=\"{JOB}\"}} == 1");
+    common::wait_for(
+        "finovy_up of every datacenter in Prometheus",
+        DEADLINE,
+        || async {
+            let result = query_with_data(&client, &prometheus, &up_query).await?;
+            (result.len() == DATACENTERS.len()).then_some(())
+        },
+    )
+    .await;
+
+    // Every dashboard expression, for both selections, returns data.
+    let (exprs, variable_queries) = dashboard_queries();
+    assert!(
+        exprs.len() >= 20,
+        "only {} dashboard expressions",
+        exprs.len()
+    );
+    for selection in [ALL, ONE] {
+        for (panel, expr) in &exprs {
+            let expr = substitute(expr, selection);
+            common::wait_for(&format!("data for {panel}: {expr}"), DEADLINE, || {
+                query_with_data(&client, &prometheus, &expr)
+            })
+            .await;
+        }
+    }
+    // Variable queries: label_values(SELECTOR, LABEL) finds values of LABEL.
+    for query in &variable_queries {
+        let query = substitute(query, ALL);
+        let inner = query
+            .strip_prefix("label_values(")
+            .and_then(|rest| rest.strip_suffix(')'))
+            .unwrap_or_else(|| panic!("unexpected variable query {query}"));
+        let (selector, label) = inner.rsplit_once(',').unwrap();
+        let body = get_json(
+            &client,
+            &format!("{prometheus}/api/v1/series"),
+            &[("match[]", selector.trim())],
+        )
+        .await
+        .expect("series API answers");
+        let values: BTreeSet<&str> = body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|series| series[label.trim()].as_str())
+            .collect();
+        assert!(!values.is_empty(), "{query} finds no value");
+        if label.trim() == "datacenter_key" {
+            assert_eq!(values, DATACENTERS.into_iter().collect());
+        }
+        if label.trim() == "image_type" {
+            assert_eq!(values, IMAGE_TYPES.into_iter().collect());
+        }
+    }
+
+    // Every rule evaluates cleanly; with the inventory's expired images that alert is pending,
+    // and none of the alerts about an unhealthy exporter or stuck images is active.
+    let rule_count = std::fs::read_to_string(&rules_file)
+        .unwrap()
+        .matches("- alert:")
+        .count();
+    let evaluated = common::wait_for("every rule evaluated with health ok", DEADLINE, || async {
+        let rules = rules(&client, &prometheus).await?;
+        let all_ok = rules.len() == rule_count && rules.iter().all(|rule| rule["health"] == "ok");
+        let expired = rules
+            .iter()
+            .find(|r| r["name"] == "FinovyExpiredImagesPresent")?;
+        (all_ok && expired["state"] == "pending").then_some(rules)
+    })
+    .await;
+    for name in QUIET_WHEN_HEALTHY {
+        let rule = rule(&evaluated, name);
+        assert_eq!(rule["state"], "inactive", "{name} is active: {rule}");
+    }
+    let expired_alerts = rule(&evaluated, "FinovyExpiredImagesPresent")["alerts"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(expired_alerts, DATACENTERS.len() * IMAGE_TYPES.len());
+
+    // An image that has been creating for two hours makes the stuck-in-creating alert pending
+    // (its `for:` keeps it from firing within the test) for its group alone.
+    let stuck = image(10_000, "SH", "Ubuntu", 0, now_ms() - 2 * 3600 * 1000);
+    send_images(&client, reqwest::Method::POST, &sim, &[stuck]).await;
+    let alerts = common::wait_for("FinovyImagesStuckCreating pending", DEADLINE, || async {
+        let rules = rules(&client, &prometheus).await?;
+        let rule = rule(&rules, "FinovyImagesStuckCreating");
+        let alerts = rule["alerts"].as_array()?.clone();
+        let active = alerts.iter().any(|alert| {
+            ["pending", "firing"].contains(&alert["state"].as_str().unwrap_or_default())
+        });
+        active.then_some(alerts)
+    })
+    .await;
+    assert_eq!(alerts.len(), 1, "only the stuck group alerts: {alerts:?}");
+    let labels = &alerts[0]["labels"];
+    assert_eq!(labels["datacenter_key"], "SH");
+    assert_eq!(labels["image_type"], "Ubuntu");
+    assert_eq!(labels["status"], "creating");
+    assert_eq!(labels["job"], JOB);
+
+    // The landing page and /readyz, as a browser renders them.
+    let profile = temp.0.join("chromium-profile");
+    let landing = chromium(
+        &chromium_bin,
+        &profile,
+        &["--dump-dom"],
+        &format!("{exporter}/"),
+    );
+    let rows = datacenter_rows(&landing);
+    assert_eq!(
+        rows,
+        DATACENTERS.map(String::from).to_vec(),
+        "one row per datacenter"
+    );
+    let readyz = chromium(
+        &chromium_bin,
+        &profile,
+        &["--dump-dom"],
+        &format!("{exporter}/readyz"),
+    );
+    assert!(readyz.contains("ready"), "{readyz}");
+    for datacenter in DATACENTERS {
+        assert!(
+            readyz.contains(&format!("datacenter_key=\"{datacenter}\"")),
+            "/readyz does not list {datacenter}:\n{readyz}"
+        );
+    }
+    let screenshot = temp.0.join("landing.png");
+    chromium(
+        &chromium_bin,
+        &profile,
+        &[
+            "--window-size=900,560",
+            &format!("--screenshot={}", screenshot.display()),
+        ],
+        &format!("{exporter}/"),
+    );
+    let png = std::fs::read(&screenshot).expect("chromium wrote the screenshot");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 1000,
+        "not a PNG screenshot"
+    );
+}
