@@ -1,7 +1,7 @@
 //! Wiring: from a validated [`Config`] to a running exporter.
 //!
-//! [`Exporter::start`] does everything that can fail at start (token, bind, demo
-//! simulator) and reports it as a [`StartError`]; [`Exporter::run`] then serves
+//! [`Exporter::start`] does everything that can fail at start (web config, token,
+//! bind, demo simulator) and reports it as a [`StartError`]; [`Exporter::run`] then serves
 //! until the shutdown future completes. Taking any future as the trigger keeps
 //! shutdown testable.
 
@@ -21,10 +21,19 @@ use crate::sim::{self, SimServer, Simulator};
 use crate::snapshot::State;
 use crate::telemetry::Telemetry;
 use crate::upstream::{ApiClient, ClientConfig};
+use crate::web_config::{WebConfigError, WebConfigWatcher};
 
 /// What can stop the exporter from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    /// The web configuration file cannot be used (exit status 2).
+    #[error("--web.config.file: {}: {source}", path.display())]
+    WebConfig {
+        /// The file given.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        source: WebConfigError,
+    },
     /// No usable token (a configuration error: exit status 2).
     #[error("--api.token-file: {0}")]
     TokenFile(TokenError),
@@ -51,7 +60,7 @@ impl StartError {
     /// Exit status: 2 for configuration errors, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            StartError::TokenFile(_) | StartError::Token(_) => 2,
+            StartError::WebConfig { .. } | StartError::TokenFile(_) | StartError::Token(_) => 2,
             _ => 1,
         }
     }
@@ -64,11 +73,31 @@ pub struct Exporter {
     scheduler: Scheduler,
     liveness: Arc<Liveness>,
     demo: Option<SimServer>,
+    web_config: Option<WebConfigWatcher>,
 }
 
 impl Exporter {
-    /// Reads the token, binds the listener and, with `--demo`, starts the simulator.
+    /// Loads the web config, reads the token, binds the listener and, with
+    /// `--demo`, starts the simulator.
     pub async fn start(mut config: Config) -> Result<Self, StartError> {
+        let web_config = match &config.web_config_file {
+            Some(path) => {
+                let watcher =
+                    WebConfigWatcher::load(path).map_err(|source| StartError::WebConfig {
+                        path: path.clone(),
+                        source,
+                    })?;
+                let current = watcher.handle().current();
+                tracing::info!(
+                    file = %path.display(),
+                    tls = current.tls().is_some(),
+                    basic_auth = current.basic_auth().is_some(),
+                    "loaded --web.config.file"
+                );
+                Some(watcher)
+            }
+            None => None,
+        };
         let mut demo = None;
         let token = if config.demo {
             let demo_token = format!("demo-{:016x}", crate::random_u64());
@@ -121,18 +150,22 @@ impl Exporter {
             config.telemetry_path.clone(),
             config.max_requests as usize,
         ));
-        let server = Server::bind(&config.listen_address)
+        let mut server = Server::bind(&config.listen_address)
             .await
             .map_err(|source| StartError::Bind {
                 address: config.listen_address.to_string(),
                 source,
             })?;
+        if let Some(watcher) = &web_config {
+            server = server.with_web_config(watcher.handle());
+        }
         Ok(Exporter {
             server,
             routes,
             scheduler,
             liveness,
             demo,
+            web_config,
         })
     }
 
@@ -153,7 +186,10 @@ impl Exporter {
         };
         let demo = self.demo.map(|sim| tokio::spawn(sim.serve(stopped())));
         let scheduler = tokio::spawn(self.scheduler.run(self.liveness, stopped()));
-        tracing::info!(address = %self.server.local_addr(), "listening");
+        if let Some(watcher) = self.web_config {
+            tokio::spawn(watcher.run(stopped()));
+        }
+        tracing::info!(address = %self.server.local_addr(), tls = self.server.is_tls(), "listening");
         self.server.serve(self.routes, shutdown).await;
         drop(stop_tx);
         let _ = tokio::time::timeout(Duration::from_secs(2), scheduler).await;

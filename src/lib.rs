@@ -16,6 +16,7 @@
 //! - [`scheduler`]: the refresh loop.
 //! - [`telemetry`]: the exporter's own metrics.
 //! - [`routes`] and [`server`]: what each path answers, and the listener.
+//! - [`web_config`]: `--web.config.file` (TLS, basic auth, headers) and its reloading.
 //! - [`app`]: wiring a [`config::Config`] into a running exporter.
 //! - [`sim`]: a simulator of the upstream API, for `--demo` and tests.
 //! - [`logging`]: log set-up.
@@ -33,6 +34,7 @@ pub mod sim;
 pub mod snapshot;
 pub mod telemetry;
 pub mod upstream;
+pub mod web_config;
 
 /// The crate version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,9 +1,14 @@
-//! The HTTP listener: connections, limits and graceful shutdown (hyper 1).
+//! The HTTP listener: connections, TLS, basic auth, limits and graceful shutdown
+//! (hyper 1).
 //!
 //! One task per connection. The listener guards itself: a client has
-//! [`HEADER_READ_TIMEOUT`] to send its request head (slowloris), heads are capped
-//! in size, and on shutdown the listener is dropped at once while requests in
-//! flight get [`DRAIN_TIMEOUT`] to finish. What each path answers lives in
+//! [`HEADER_READ_TIMEOUT`] to finish its TLS handshake and again to send its
+//! request head (slowloris), heads are capped in size, and on shutdown the
+//! listener is dropped at once while requests in flight get [`DRAIN_TIMEOUT`] to
+//! finish. With a [`WebConfigHandle`], each new connection takes the TLS
+//! configuration in force when it is accepted, and each request the users and
+//! headers in force when it arrives; every path, `/healthz` included, is behind
+//! basic auth, as with exporter-toolkit. What each path answers lives in
 //! [`crate::routes`].
 
 use std::convert::Infallible;
@@ -12,15 +17,23 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::config::ListenAddress;
 use crate::routes::Routes;
+use crate::web_config::{WebConfigHandle, REALM};
 
-/// Time a client has to send a complete request head.
+/// Time a client has to complete its TLS handshake, and to send a request head.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head accepted, bytes.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
@@ -30,6 +43,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// A bound listener; [`Server::local_addr`] is known before serving starts.
 pub struct Server {
     listener: TcpListener,
+    web: Option<WebConfigHandle>,
+    header_read_timeout: Duration,
 }
 
 impl Server {
@@ -38,11 +53,30 @@ impl Server {
         let mut last_err = None;
         for candidate in &address.candidates {
             match TcpListener::bind(candidate).await {
-                Ok(listener) => return Ok(Server { listener }),
+                Ok(listener) => {
+                    return Ok(Server {
+                        listener,
+                        web: None,
+                        header_read_timeout: HEADER_READ_TIMEOUT,
+                    })
+                }
                 Err(err) => last_err = Some(err),
             }
         }
         Err(last_err.unwrap_or_else(|| std::io::Error::other("no address to bind")))
+    }
+
+    /// Serves with TLS, basic auth and headers as `web` says (`--web.config.file`).
+    pub fn with_web_config(mut self, web: WebConfigHandle) -> Self {
+        self.web = Some(web);
+        self
+    }
+
+    /// Replaces [`HEADER_READ_TIMEOUT`]. Not a flag: the tests use it to watch a
+    /// slow client being cut off without waiting ten seconds.
+    pub fn with_header_read_timeout(mut self, timeout: Duration) -> Self {
+        self.header_read_timeout = timeout;
+        self
     }
 
     /// The address actually bound (useful with port 0).
@@ -52,10 +86,23 @@ impl Server {
             .expect("bound listener has an address")
     }
 
+    /// Whether connections are served over TLS (decided at start).
+    pub fn is_tls(&self) -> bool {
+        self.web
+            .as_ref()
+            .is_some_and(|web| web.current().tls().is_some())
+    }
+
     /// Serves until `shutdown` completes, then stops accepting and lets requests
     /// in flight finish (at most [`DRAIN_TIMEOUT`]).
     pub async fn serve(self, routes: Arc<Routes>, shutdown: impl Future<Output = ()>) {
         let graceful = GracefulShutdown::new();
+        // Tells connections still in their TLS handshake to give up.
+        let (closing_tx, closing_rx) = watch::channel(false);
+        let handler = Arc::new(Handler {
+            routes,
+            web: self.web.clone(),
+        });
         tokio::pin!(shutdown);
         loop {
             let stream = tokio::select! {
@@ -71,24 +118,39 @@ impl Server {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let routes = Arc::clone(&routes);
-            let service = service_fn(move |req| {
-                let routes = Arc::clone(&routes);
-                async move { Ok::<_, Infallible>(routes.handle(req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_buf_size(MAX_HEADER_BYTES)
-                .serve_connection(TokioIo::new(stream), service);
-            let conn = graceful.watch(conn);
+            let tls = self
+                .web
+                .as_ref()
+                .and_then(|web| web.current().tls().cloned());
+            let handler = Arc::clone(&handler);
+            let watcher = graceful.watcher();
+            let timeout = self.header_read_timeout;
+            let Some(tls) = tls else {
+                tokio::spawn(serve_http(stream, handler, timeout, watcher));
+                continue;
+            };
+            let mut closing = closing_rx.clone();
             tokio::spawn(async move {
-                if let Err(err) = conn.await {
-                    tracing::debug!(error = %err, "connection ended with an error");
-                }
+                let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+                let stream = tokio::select! {
+                    _ = closing.wait_for(|closing| *closing) => return,
+                    done = tokio::time::timeout(timeout, handshake) => match done {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(err)) => {
+                            tracing::debug!(error = %err, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake not done within {timeout:?}; closing");
+                            return;
+                        }
+                    },
+                };
+                serve_http(stream, handler, timeout, watcher).await;
             });
         }
         drop(self.listener);
+        let _ = closing_tx.send(true);
         if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
             .await
             .is_err()
@@ -98,4 +160,67 @@ impl Server {
             );
         }
     }
+}
+
+/// Serves HTTP/1.1 on one connection, plain or TLS.
+async fn serve_http<S>(
+    stream: S,
+    handler: Arc<Handler>,
+    header_read_timeout: Duration,
+    watcher: Watcher,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let handler = Arc::clone(&handler);
+        async move { Ok::<_, Infallible>(handler.handle(req).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(MAX_HEADER_BYTES)
+        .serve_connection(TokioIo::new(stream), service);
+    if let Err(err) = watcher.watch(conn).await {
+        tracing::debug!(error = %err, "connection ended with an error");
+    }
+}
+
+/// Basic auth and configured headers around [`Routes`].
+struct Handler {
+    routes: Arc<Routes>,
+    web: Option<WebConfigHandle>,
+}
+
+impl Handler {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let web = self.web.as_ref().map(WebConfigHandle::current);
+        let auth = web.as_deref().and_then(|web| web.basic_auth());
+        let mut resp = match auth {
+            Some(auth) if !auth.verify(req.headers().get(AUTHORIZATION)).await => unauthorized(),
+            _ => self.routes.handle(req).await,
+        };
+        if let Some(web) = &web {
+            for (name, value) in web.headers() {
+                resp.headers_mut().insert(name.clone(), value.clone());
+            }
+        }
+        resp
+    }
+}
+
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(b"Unauthorized\n")));
+    *resp.status_mut() = StatusCode::UNAUTHORIZED;
+    let headers = resp.headers_mut();
+    headers.insert(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_str(&format!("Basic realm=\"{REALM}\""))
+            .expect("the realm is a valid header value"),
+    );
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
