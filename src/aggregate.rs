@@ -280,6 +280,11 @@ impl Aggregator {
         Added::New
     }
 
+    /// Whether `item` would count if added now: its id was not seen, or it has none.
+    pub fn is_new(&self, item: &Item) -> bool {
+        item.id.is_none_or(|id| !self.seen.contains(&id))
+    }
+
     /// Items counted (unique ids, plus items without a readable id).
     pub fn unique(&self) -> u64 {
         self.unique
@@ -379,6 +384,18 @@ mod tests {
         assert_eq!(agg.duplicates(), 1);
         assert_eq!(agg.invalid().find(|(f, _)| *f == Field::Id).unwrap().1, 2);
         assert_eq!(agg.finish()["HZ"].total_images(), 3);
+    }
+
+    #[test]
+    fn is_new_tells_whether_an_item_would_count() {
+        let mut agg = Aggregator::new();
+        let a = item(7, "HZ", "W", Status::Available, 1, 1);
+        assert!(agg.is_new(&a));
+        agg.add("HZ", &a);
+        assert!(!agg.is_new(&a));
+        let mut no_id = a.clone();
+        no_id.id = None;
+        assert!(agg.is_new(&no_id), "an item without id always counts");
     }
 
     #[test]

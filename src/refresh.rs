@@ -221,6 +221,9 @@ pub async fn collect(
         .unwrap_or(u32::MAX)
         .min(MAX_PAGES);
     let limit = planned.saturating_mul(2).saturating_add(1).min(MAX_PAGES);
+    // Whether a page shorter than the server's page size was seen: only then
+    // is the end of the list known (see the probe below).
+    let mut saw_short = served < per_page;
     drop(first);
 
     // Pages 2..=planned, at most `window` spawned at a time: the client's
@@ -250,17 +253,38 @@ pub async fn collect(
             Err(join_err) => std::panic::resume_unwind(join_err.into_panic()),
         };
         saw_empty |= page.items.is_empty();
+        saw_short |= (page.items.len() as u64) < per_page;
         pass.absorb(&page);
     }
 
-    // Items shifted or repeated: read on, one page at a time, until the count is reached.
+    // Read on, one page at a time, past the planned pages when
+    // - fewer unique items than `totalCounts` were seen (items shifted or
+    //   repeated), until the count is reached; or
+    // - every page came back full, so the end of the list was never seen:
+    //   `totalCounts` may lag behind the list by whole pages, and trusting it
+    //   would drop those pages without any sign (the regression test
+    //   `a_total_lying_low_by_whole_pages_is_detected`). This costs one request
+    //   when the count is a multiple of the page size, and is skipped for a
+    //   server that ignores `pageSize`, where the plan rests on `totalCounts` alone.
+    // A page there that brings no new item is the end: an empty page, or a
+    // server answering past the end with the last page again (MyBatis
+    // PageHelper's "reasonable" mode), which is not an anomaly.
+    let honours_page_size = per_page <= u64::from(client.page_size());
     let mut page_no = planned.saturating_add(1);
-    while !saw_empty && pass.aggregator.unique() < pass.total && page_no <= limit {
+    let mut cut_off = false;
+    while !saw_empty && (pass.aggregator.unique() < pass.total || (!saw_short && honours_page_size))
+    {
+        if page_no > limit {
+            cut_off = true;
+            break;
+        }
         let page = client.fetch_page(token, dc.as_deref(), page_no).await?;
-        saw_empty = page.items.is_empty();
-        pass.absorb(&page);
         page_no += 1;
+        if !page.items.iter().any(|item| pass.aggregator.is_new(item)) {
+            break;
+        }
+        saw_short |= (page.items.len() as u64) < per_page;
+        pass.absorb(&page);
     }
-    let cut_off = !saw_empty && pass.aggregator.unique() < pass.total && page_no > limit;
     Ok(pass.finish(cut_off))
 }

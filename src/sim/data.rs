@@ -52,11 +52,16 @@ impl Default for GenerateOptions {
                 "Debian".into(),
             ],
             seed: 1,
-            now_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64),
+            now_ms: now_ms(),
         }
     }
+}
+
+/// The wall clock, Unix milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// SplitMix64: a tiny, well-known generator; reproducibility is all we need.

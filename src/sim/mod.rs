@@ -5,17 +5,26 @@
 //! `Finovy-Access-Token` header, the `imageName`, `imageType`, `datacenterKey` and
 //! `status` filters, `page`/`pageSize` paging, the success envelope, and
 //! authentication failures either as HTTP 401 or as HTTP 200 with `"code":401`.
-//! [`Faults`] make it misbehave the way real servers do. A control API under
-//! `/_sim/` reads and replaces the images and the faults and lists the requests
+//!
+//! [`Faults`] make it misbehave the way real servers do: each [`FaultRule`] is
+//! scoped to some datacenters, a page, the next N requests or a share of them, and
+//! its [`FaultAction`] delays, replaces or bends the answer. [`Simulator::evolve`]
+//! moves the images through their life (created, available or failed, expired,
+//! deleted), and [`Simulator::set_alternates`] makes every refresh see another
+//! data set. A control API under `/_sim/` reads and replaces the images, the
+//! alternates and the faults, steps the evolution and lists the requests
 //! received, so tests can drive it from outside the process.
 
 mod data;
+mod evolve;
 mod server;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-pub use data::{generate, GenerateOptions, SimImage};
+pub use data::{generate, GenerateOptions, SimImage, SplitMix};
+pub use evolve::Evolution;
 pub use server::SimServer;
 
 /// How an authentication failure is answered.
@@ -30,6 +39,9 @@ pub enum AuthStyle {
 }
 
 /// Ways the simulator misbehaves; all off by default.
+///
+/// As JSON (the `/_sim/faults` body and the `--faults` flag), every field is
+/// optional: `{"rules":[{"datacenters":["SH"],"times":1,"action":{"kind":"status","status":503}}]}`.
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Faults {
@@ -40,6 +52,199 @@ pub struct Faults {
     pub overlap: usize,
     /// Refuse every token, in this style.
     pub reject_token: Option<AuthStyle>,
+    /// Added to every answer of the list endpoint, milliseconds.
+    pub latency_ms: u64,
+    /// Scoped misbehaviours, tried in order for every list request.
+    pub rules: Vec<FaultRule>,
+}
+
+/// One misbehaviour and the requests it applies to.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultRule {
+    /// Only requests for these `datacenterKey`s; empty: every request, the
+    /// unfiltered ones (discovery) included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datacenters: Vec<String>,
+    /// Only requests for this page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub page: Option<u32>,
+    /// Only the next this many matching requests; counts down to 0 (spent).
+    /// `None`: for ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub times: Option<u64>,
+    /// Only this share (0 to 1) of matching requests, drawn from the seeded
+    /// generator. `None`: all of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<f64>,
+    /// What happens.
+    pub action: FaultAction,
+}
+
+impl FaultRule {
+    /// A rule that applies `action` to every request.
+    pub fn always(action: FaultAction) -> Self {
+        FaultRule {
+            datacenters: Vec::new(),
+            page: None,
+            times: None,
+            rate: None,
+            action,
+        }
+    }
+
+    /// Limits the rule to one datacenter.
+    pub fn datacenter(mut self, dc: &str) -> Self {
+        self.datacenters = vec![dc.to_string()];
+        self
+    }
+
+    /// Limits the rule to one page.
+    pub fn page(mut self, page: u32) -> Self {
+        self.page = Some(page);
+        self
+    }
+
+    /// Limits the rule to the next `n` matching requests.
+    pub fn times(mut self, n: u64) -> Self {
+        self.times = Some(n);
+        self
+    }
+
+    /// Limits the rule to a share of the matching requests.
+    pub fn rate(mut self, rate: f64) -> Self {
+        self.rate = Some(rate);
+        self
+    }
+}
+
+/// What a fault does to an answer of the list endpoint.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FaultAction {
+    /// Answer `ms` milliseconds later (then normally, unless another rule says otherwise).
+    Delay {
+        /// Milliseconds.
+        ms: u64,
+    },
+    /// Never answer: no status line, no headers (for an hour, then the connection closes).
+    Hang,
+    /// Answer this HTTP status with a short error body, and `Retry-After` when given.
+    Status {
+        /// The status, e.g. 500, 502, 503 or 429.
+        status: u16,
+        /// `Retry-After` in seconds.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_secs: Option<u64>,
+    },
+    /// Send the headers and half of the body (its `Content-Length` promising all
+    /// of it), then close the connection.
+    CloseMidBody,
+    /// Send the headers and half of the body, then nothing more (for an hour).
+    StallMidBody,
+    /// HTTP 200 with a body that is not JSON (a proxy's HTML error page).
+    Malformed,
+    /// HTTP 200 with the first half of the JSON, correctly framed.
+    Truncated,
+    /// HTTP 200 with `"success":false` and this `code`.
+    ApiError {
+        /// The envelope's `code` (0 gives `success:false` alone).
+        code: i64,
+        /// The envelope's `msg`.
+        #[serde(default)]
+        msg: String,
+    },
+    /// An authentication failure in this style.
+    Unauthorized {
+        /// HTTP 401, or `"code":401` in a 200.
+        #[serde(default)]
+        style: AuthStyle,
+    },
+    /// `totalCounts` off by `offset` (never below 0); the items are right.
+    TotalCounts {
+        /// Added to the true count.
+        offset: i64,
+    },
+    /// Pages after the first start `items` later: those items are never served
+    /// (as when images before the cursor are deleted while a client pages).
+    Skip {
+        /// Items skipped.
+        items: usize,
+    },
+    /// Pages after the first begin with the last `items` of the previous page.
+    Repeat {
+        /// Items repeated.
+        items: usize,
+    },
+    /// Items whose `imageId` is a multiple of `every` have their fields bent.
+    Corrupt {
+        /// Which items: `imageId % every == 0`.
+        every: i64,
+        /// How.
+        how: Corruption,
+    },
+    /// A well-formed page padded with made-up items to `bytes` bytes, with its
+    /// `Content-Length`.
+    Oversized {
+        /// Body size, bytes.
+        bytes: usize,
+    },
+    /// A page whose item list never ends (chunked, no `Content-Length`).
+    Endless,
+    /// Pages past the end answer the last page again (as MyBatis PageHelper's
+    /// "reasonable" mode does) instead of an empty one.
+    ClampPage,
+}
+
+impl FaultAction {
+    /// A short name, recorded with each request it applied to.
+    pub fn label(&self) -> String {
+        match self {
+            FaultAction::Delay { ms } => format!("delay {ms}ms"),
+            FaultAction::Hang => "hang".into(),
+            FaultAction::Status { status, .. } => format!("status {status}"),
+            FaultAction::CloseMidBody => "close_mid_body".into(),
+            FaultAction::StallMidBody => "stall_mid_body".into(),
+            FaultAction::Malformed => "malformed".into(),
+            FaultAction::Truncated => "truncated".into(),
+            FaultAction::ApiError { code, .. } => format!("api_error {code}"),
+            FaultAction::Unauthorized { style } => format!("unauthorized {style:?}"),
+            FaultAction::TotalCounts { offset } => format!("total_counts {offset:+}"),
+            FaultAction::Skip { items } => format!("skip {items}"),
+            FaultAction::Repeat { items } => format!("repeat {items}"),
+            FaultAction::Corrupt { every, how } => format!("corrupt {how:?} every {every}"),
+            FaultAction::Oversized { bytes } => format!("oversized {bytes}"),
+            FaultAction::Endless => "endless".into(),
+            FaultAction::ClampPage => "clamp_page".into(),
+        }
+    }
+
+    /// Whether the action replaces the whole answer (only one such rule applies
+    /// to a request) rather than delaying or bending the page.
+    fn replaces_answer(&self) -> bool {
+        !matches!(
+            self,
+            FaultAction::Delay { .. }
+                | FaultAction::TotalCounts { .. }
+                | FaultAction::Skip { .. }
+                | FaultAction::Repeat { .. }
+                | FaultAction::Corrupt { .. }
+                | FaultAction::ClampPage
+        )
+    }
+}
+
+/// How [`FaultAction::Corrupt`] bends an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Corruption {
+    /// Every field the exporter reads has a type it cannot read (`"imageSize":true`,
+    /// `"status":"x"`, an object for `id`…).
+    WrongType,
+    /// Only `imageName` and `imageId` are left.
+    Missing,
+    /// Readable, but not as documented: numbers as strings and strings as numbers.
+    Loose,
 }
 
 /// One request the simulator received.
@@ -53,6 +258,26 @@ pub struct RecordedRequest {
     pub query: String,
     /// Headers, names lower-case.
     pub headers: Vec<(String, String)>,
+    /// When it arrived, Unix microseconds.
+    #[serde(default)]
+    pub received_us: u64,
+    /// The fault actions applied to it, by [`FaultAction::label`].
+    #[serde(default)]
+    pub faults: Vec<String>,
+}
+
+impl RecordedRequest {
+    /// The decoded value of query parameter `name`.
+    pub fn param(&self, name: &str) -> Option<String> {
+        url::form_urlencoded::parse(self.query.as_bytes())
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    }
+
+    /// The `page` asked for (1 when absent or unreadable).
+    pub fn page(&self) -> u32 {
+        self.param("page").and_then(|p| p.parse().ok()).unwrap_or(1)
+    }
 }
 
 /// Options fixed at start.
@@ -69,8 +294,30 @@ const MAX_RECORDED: usize = 1000;
 #[derive(Debug)]
 struct SimState {
     images: Arc<Vec<SimImage>>,
+    alternates: Vec<Arc<Vec<SimImage>>>,
+    /// Page-1 requests seen per `datacenterKey` ("" for unfiltered), to pick an alternate.
+    passes: HashMap<String, usize>,
     faults: Faults,
     requests: VecDeque<RecordedRequest>,
+    rng: SplitMix,
+}
+
+/// What the faults in force make of one request: computed, and the rules'
+/// counters spent, in one step under the lock.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Plan {
+    pub delay: Duration,
+    /// The rule that replaces the answer, if any.
+    pub replace: Option<FaultAction>,
+    pub total_offset: i64,
+    pub skip: usize,
+    pub repeat: usize,
+    pub corrupt: Option<(i64, Corruption)>,
+    pub clamp: bool,
+    pub page_cap: Option<usize>,
+    pub reject_token: Option<AuthStyle>,
+    /// The images this request pages through.
+    pub images: Arc<Vec<SimImage>>,
 }
 
 /// The simulated upstream: images, faults and options, shared with its server.
@@ -87,8 +334,11 @@ impl Simulator {
             options: Arc::new(options),
             state: Arc::new(Mutex::new(SimState {
                 images: Arc::new(images),
+                alternates: Vec::new(),
+                passes: HashMap::new(),
                 faults: Faults::default(),
                 requests: VecDeque::new(),
+                rng: SplitMix::new(0x5eed),
             })),
         }
     }
@@ -97,7 +347,12 @@ impl Simulator {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The images served now.
+    /// Seeds the generator behind fault rates and evolution, for reproducible runs.
+    pub fn reseed(&self, seed: u64) {
+        self.lock().rng = SplitMix::new(seed);
+    }
+
+    /// The images served now (when no alternates are set).
     pub fn images(&self) -> Arc<Vec<SimImage>> {
         Arc::clone(&self.lock().images)
     }
@@ -107,7 +362,23 @@ impl Simulator {
         self.lock().images = Arc::new(images);
     }
 
-    /// The faults in force.
+    /// Serves the data sets in turn instead of the images: each request for page 1
+    /// of a datacenter (or of the unfiltered list) moves that list on to the next
+    /// set, and its other pages come from the same set. An exporter that pages
+    /// one pass at a time thus sees every pass whole, each from another set.
+    /// An empty list goes back to the images.
+    pub fn set_alternates(&self, sets: Vec<Vec<SimImage>>) {
+        let mut state = self.lock();
+        state.alternates = sets.into_iter().map(Arc::new).collect();
+        state.passes.clear();
+    }
+
+    /// The alternating data sets (empty when off).
+    pub fn alternates(&self) -> Vec<Arc<Vec<SimImage>>> {
+        self.lock().alternates.clone()
+    }
+
+    /// The faults in force (with the rules' remaining `times`).
     pub fn faults(&self) -> Faults {
         self.lock().faults.clone()
     }
@@ -122,11 +393,101 @@ impl Simulator {
         self.lock().requests.iter().cloned().collect()
     }
 
-    fn record(&self, request: RecordedRequest) {
+    /// Forgets the requests received so far.
+    pub fn clear_requests(&self) {
+        self.lock().requests.clear();
+    }
+
+    /// Moves the images one step through their life, as of `now_ms` (Unix ms):
+    /// some are created (`creating`), some of those become `available` or
+    /// `failed`, some available ones expire, some failed or expired ones are
+    /// deleted. Reproducible for a given seed (see [`Simulator::reseed`]).
+    pub fn evolve(&self, now_ms: i64) -> Evolution {
         let mut state = self.lock();
+        let state = &mut *state;
+        let mut images = (*state.images).clone();
+        let change = evolve::step(&mut images, &mut state.rng, now_ms);
+        state.images = Arc::new(images);
+        change
+    }
+
+    /// Calls [`Simulator::evolve`] every `every`, for ever (spawn it, or select it
+    /// against a shutdown signal).
+    pub async fn evolve_every(self, every: Duration) {
+        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let change = self.evolve(data::now_ms());
+            tracing::debug!(?change, "simulated images evolved");
+        }
+    }
+
+    /// Records `request` and works out what the faults make of it.
+    pub(crate) fn admit(
+        &self,
+        mut request: RecordedRequest,
+        datacenter: Option<&str>,
+        page: u32,
+    ) -> Plan {
+        let mut state = self.lock();
+        let state = &mut *state;
+        let mut plan = Plan {
+            delay: Duration::from_millis(state.faults.latency_ms),
+            page_cap: state.faults.page_cap,
+            repeat: state.faults.overlap,
+            reject_token: state.faults.reject_token,
+            ..Plan::default()
+        };
+        for rule in &mut state.faults.rules {
+            let in_scope = match datacenter {
+                Some(dc) => rule.datacenters.is_empty() || rule.datacenters.iter().any(|d| d == dc),
+                None => rule.datacenters.is_empty(),
+            };
+            if !in_scope
+                || rule.page.is_some_and(|p| p != page)
+                || rule.times == Some(0)
+                || (plan.replace.is_some() && rule.action.replaces_answer())
+            {
+                continue;
+            }
+            if let Some(rate) = rule.rate {
+                let draw = (state.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+                if draw >= rate {
+                    continue;
+                }
+            }
+            if let Some(n) = rule.times.as_mut() {
+                *n -= 1;
+            }
+            request.faults.push(rule.action.label());
+            match &rule.action {
+                FaultAction::Delay { ms } => plan.delay += Duration::from_millis(*ms),
+                FaultAction::TotalCounts { offset } => plan.total_offset += offset,
+                FaultAction::Skip { items } => plan.skip += items,
+                FaultAction::Repeat { items } => plan.repeat += items,
+                FaultAction::Corrupt { every, how } => plan.corrupt = Some((*every, *how)),
+                FaultAction::ClampPage => plan.clamp = true,
+                other => plan.replace = Some(other.clone()),
+            }
+        }
+        plan.images = if state.alternates.is_empty() {
+            Arc::clone(&state.images)
+        } else {
+            let passes = state
+                .passes
+                .entry(datacenter.unwrap_or("").to_string())
+                .or_insert(0);
+            if page == 1 {
+                *passes += 1;
+            }
+            let set = passes.saturating_sub(1) % state.alternates.len();
+            Arc::clone(&state.alternates[set])
+        };
         if state.requests.len() == MAX_RECORDED {
             state.requests.pop_front();
         }
         state.requests.push_back(request);
+        plan
     }
 }

@@ -1,23 +1,34 @@
-//! The simulator's HTTP side: the list endpoint and the `/_sim/` control API.
+//! The simulator's HTTP side: the list endpoint, its faults, and the `/_sim/`
+//! control API.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
-use super::{AuthStyle, Faults, RecordedRequest, SimImage, Simulator};
+use super::{
+    AuthStyle, Corruption, FaultAction, Faults, Plan, RecordedRequest, SimImage, Simulator,
+};
 
 const CONTROL_BODY_LIMIT: usize = 256 << 20;
+/// How long a hang lasts: longer than any sane client timeout, short enough that
+/// a long-running simulator does not keep hung connections for ever.
+const HANG: Duration = Duration::from_secs(3600);
+/// Size of one chunk of an endless answer.
+const ENDLESS_CHUNK: usize = 64 << 10;
 
 /// A bound simulator server: [`SimServer::local_addr`] is known before it serves.
 pub struct SimServer {
@@ -41,7 +52,13 @@ impl SimServer {
             .expect("bound listener has an address")
     }
 
-    /// Serves until `shutdown` completes, then lets open requests finish.
+    /// The simulator this server answers from (a handle sharing its state).
+    pub fn simulator(&self) -> Simulator {
+        self.sim.clone()
+    }
+
+    /// Serves until `shutdown` completes, then lets open requests finish
+    /// (at most 5 seconds: hung answers are cut).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) {
         let graceful = GracefulShutdown::new();
         tokio::pin!(shutdown);
@@ -66,24 +83,128 @@ impl SimServer {
             });
         }
         drop(self.listener);
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), graceful.shutdown()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
     }
 }
 
-fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+/// An answer body: whole, or misbehaving on the wire.
+pub struct SimBody(BodyKind);
+
+enum BodyKind {
+    Whole(Option<Bytes>),
+    /// Sends the bytes, then nothing until the timer fires, then fails, which
+    /// makes hyper close the connection.
+    Cut(Option<Bytes>, Pin<Box<tokio::time::Sleep>>),
+    /// Sends the head, then the chunk again and again.
+    Endless(Option<Bytes>, Bytes),
+}
+
+impl SimBody {
+    fn whole(bytes: impl Into<Bytes>) -> Self {
+        SimBody(BodyKind::Whole(Some(bytes.into())))
+    }
+}
+
+impl Body for SimBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        let cut = || std::io::Error::new(std::io::ErrorKind::ConnectionAborted, "fault: cut");
+        match &mut self.get_mut().0 {
+            BodyKind::Whole(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            BodyKind::Cut(head, timer) => match head.take() {
+                Some(b) => Poll::Ready(Some(Ok(Frame::data(b)))),
+                None => timer.as_mut().poll(cx).map(|()| Some(Err(cut()))),
+            },
+            BodyKind::Endless(head, chunk) => Poll::Ready(Some(Ok(Frame::data(
+                head.take().unwrap_or_else(|| chunk.clone()),
+            )))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(&self.0, BodyKind::Whole(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.0 {
+            BodyKind::Whole(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<SimBody> {
+    response(status, "application/json", body.to_string())
+}
+
+fn response(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<SimBody> {
     Response::builder()
         .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_string())))
+        .header(CONTENT_TYPE, content_type)
+        .body(SimBody::whole(body))
         .expect("static response parts are valid")
 }
 
-async fn handle(sim: &Simulator, req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// The query parameters the list endpoint reads.
+struct ListQuery {
+    page: u32,
+    page_size: usize,
+    filters: Vec<(String, String)>,
+}
+
+impl ListQuery {
+    fn parse(query: &str) -> Self {
+        let mut q = ListQuery {
+            page: 1,
+            page_size: 20,
+            filters: Vec::new(),
+        };
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+            match k.as_ref() {
+                "page" => q.page = v.parse().unwrap_or(1),
+                "pageSize" => q.page_size = v.parse().unwrap_or(20),
+                "datacenterKey" | "imageType" | "imageName" | "status" => {
+                    q.filters.push((k.into_owned(), v.into_owned()))
+                }
+                _ => {}
+            }
+        }
+        q.page = q.page.max(1);
+        q
+    }
+
+    fn datacenter(&self) -> Option<&str> {
+        self.filters
+            .iter()
+            .find(|(k, _)| k == "datacenterKey")
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn matches(&self, im: &SimImage) -> bool {
+        self.filters.iter().all(|(k, v)| match k.as_str() {
+            "datacenterKey" => &im.datacenter_key == v,
+            "imageType" => &im.image_type == v,
+            "imageName" => im.image_name.contains(v.as_str()),
+            "status" => im.status.to_string() == *v,
+            _ => true,
+        })
+    }
+}
+
+async fn handle(sim: &Simulator, req: Request<Incoming>) -> Response<SimBody> {
     let path = req.uri().path().to_string();
     if let Some(control) = path.strip_prefix("/_sim/") {
         return control_api(sim, control.to_string(), req).await;
     }
-    sim.record(RecordedRequest {
+    let query = ListQuery::parse(req.uri().query().unwrap_or(""));
+    let recorded = RecordedRequest {
         method: req.method().to_string(),
         path: path.clone(),
         query: req.uri().query().unwrap_or("").to_string(),
@@ -97,30 +218,75 @@ async fn handle(sim: &Simulator, req: Request<Incoming>) -> Response<Full<Bytes>
                 )
             })
             .collect(),
-    });
+        received_us: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64),
+        faults: Vec::new(),
+    };
+    let plan = sim.admit(recorded, query.datacenter(), query.page);
     if req.method() != Method::GET {
         return json_response(
             StatusCode::METHOD_NOT_ALLOWED,
             &json!({"code": 405, "success": false, "msg": "GET only"}),
         );
     }
-    let faults = sim.faults();
+    if !plan.delay.is_zero() {
+        tokio::time::sleep(plan.delay).await;
+    }
+    // Faults in front of the application (a gateway, a proxy) answer before the
+    // token is even looked at.
+    match &plan.replace {
+        Some(FaultAction::Hang) => {
+            tokio::time::sleep(HANG).await;
+            return json_response(StatusCode::GATEWAY_TIMEOUT, &json!({"msg": "hung"}));
+        }
+        Some(FaultAction::Status {
+            status,
+            retry_after_secs,
+        }) => {
+            let status = StatusCode::from_u16(*status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let mut resp = json_response(
+                status,
+                &json!({"code": status.as_u16(), "success": false, "msg": status.canonical_reason().unwrap_or("error")}),
+            );
+            if let Some(secs) = retry_after_secs {
+                resp.headers_mut().insert(RETRY_AFTER, (*secs).into());
+            }
+            return resp;
+        }
+        Some(FaultAction::Malformed) => {
+            return response(
+                StatusCode::OK,
+                "text/html",
+                "<html><head><title>502 Bad Gateway</title></head><body><h1>Bad Gateway</h1></body></html>\n",
+            );
+        }
+        Some(FaultAction::Unauthorized { style }) => return auth_failure(*style),
+        Some(FaultAction::ApiError { code, msg }) => {
+            let msg = if msg.is_empty() { "系统异常" } else { msg };
+            return json_response(
+                StatusCode::OK,
+                &json!({"code": code, "success": false, "data": null, "msg": msg, "traceId": trace_id()}),
+            );
+        }
+        _ => {}
+    }
     let token = req
         .headers()
         .get("finovy-access-token")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     let token_ok = !token.is_empty() && sim.options.token.as_deref().is_none_or(|t| t == token);
-    if let Some(style) = faults
+    if let Some(style) = plan
         .reject_token
         .or((!token_ok).then_some(sim.options.auth_style))
     {
         return auth_failure(style);
     }
-    list(sim, &faults, req.uri().query().unwrap_or(""))
+    list(&plan, &query)
 }
 
-fn auth_failure(style: AuthStyle) -> Response<Full<Bytes>> {
+fn auth_failure(style: AuthStyle) -> Response<SimBody> {
     let body = json!({"code": 401, "success": false, "data": null, "msg": "身份认证失败", "traceId": trace_id()});
     let status = match style {
         AuthStyle::Http => StatusCode::UNAUTHORIZED,
@@ -136,66 +302,148 @@ fn trace_id() -> String {
     format!("{:032x}", nanos ^ 0x5eed_0000_0000_0000_0000_0000_0000_0000)
 }
 
-/// The list endpoint: filters, then the requested page.
-fn list(sim: &Simulator, faults: &Faults, query: &str) -> Response<Full<Bytes>> {
-    let mut page = 1usize;
-    let mut page_size = 20usize;
-    let mut filters: Vec<(String, String)> = Vec::new();
-    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-        match k.as_ref() {
-            "page" => page = v.parse().unwrap_or(1),
-            "pageSize" => page_size = v.parse().unwrap_or(20),
-            "datacenterKey" | "imageType" | "imageName" | "status" => {
-                filters.push((k.into_owned(), v.into_owned()))
-            }
-            _ => {}
-        }
-    }
-    let page = page.max(1);
-    let per_page = faults
+/// The list endpoint: filters, then the requested page, bent and framed as the
+/// plan says.
+fn list(plan: &Plan, query: &ListQuery) -> Response<SimBody> {
+    let per_page = plan
         .page_cap
-        .map_or(page_size, |cap| page_size.min(cap))
+        .map_or(query.page_size, |cap| query.page_size.min(cap))
         .max(1);
-    let images = sim.images();
-    let matching: Vec<&SimImage> = images
-        .iter()
-        .filter(|im| {
-            filters.iter().all(|(k, v)| match k.as_str() {
-                "datacenterKey" => &im.datacenter_key == v,
-                "imageType" => &im.image_type == v,
-                "imageName" => im.image_name.contains(v.as_str()),
-                "status" => im.status.to_string() == *v,
-                _ => true,
-            })
-        })
-        .collect();
-    let start = ((page - 1) * per_page).min(matching.len());
-    let end = (start + per_page).min(matching.len());
+    let matching: Vec<&SimImage> = plan.images.iter().filter(|im| query.matches(im)).collect();
+    let len = matching.len();
+    let page = query.page as usize;
+    let mut start = (page - 1).saturating_mul(per_page);
+    if page > 1 {
+        start = start.saturating_add(plan.skip);
+    }
+    if plan.clamp && start >= len && len > 0 {
+        start = (len - 1) / per_page * per_page;
+    }
+    let start = start.min(len);
+    let end = start.saturating_add(per_page).min(len);
     let from = if page > 1 {
-        start.saturating_sub(faults.overlap)
+        start.saturating_sub(plan.repeat)
     } else {
         start
     };
-    let items: Vec<&SimImage> = if start < end {
-        matching[from..end].to_vec()
+    let items: Vec<String> = if start < end {
+        matching[from..end]
+            .iter()
+            .map(|im| item_json(im, plan.corrupt).to_string())
+            .collect()
     } else {
         Vec::new()
     };
-    let body = json!({
-        "code": 0,
-        "success": true,
-        "data": {"data": items, "totalCounts": matching.len()},
-        "msg": "success",
-        "traceId": trace_id(),
-    });
-    json_response(StatusCode::OK, &body)
+    let total = (len as i64).saturating_add(plan.total_offset).max(0);
+    let head = format!(
+        r#"{{"code":0,"success":true,"msg":"success","traceId":"{}","data":{{"totalCounts":{total},"data":["#,
+        trace_id()
+    );
+    const TAIL: &str = "]}}";
+    let items = items.join(",");
+    let mut builder = Response::builder()
+        .status(StatusCode::OK)
+        .header(CONTENT_TYPE, "application/json");
+    let body = match &plan.replace {
+        Some(FaultAction::CloseMidBody) => {
+            let full = format!("{head}{items}{TAIL}");
+            builder = builder.header(CONTENT_LENGTH, full.len());
+            // A short pause first, so that the headers and the half body are
+            // flushed before the connection closes.
+            SimBody(BodyKind::Cut(
+                Some(half(full)),
+                Box::pin(tokio::time::sleep(Duration::from_millis(50))),
+            ))
+        }
+        Some(FaultAction::StallMidBody) => {
+            let full = format!("{head}{items}{TAIL}");
+            builder = builder.header(CONTENT_LENGTH, full.len());
+            SimBody(BodyKind::Cut(
+                Some(half(full)),
+                Box::pin(tokio::time::sleep(HANG)),
+            ))
+        }
+        Some(FaultAction::Truncated) => SimBody::whole(half(format!("{head}{items}{TAIL}"))),
+        Some(FaultAction::Oversized { bytes }) => {
+            let mut body = format!("{head}{items}");
+            let mut n = 0u64;
+            while body.len() + TAIL.len() < *bytes {
+                if !body.ends_with('[') {
+                    body.push(',');
+                }
+                body.push_str(&filler_item(n));
+                n += 1;
+            }
+            body.push_str(TAIL);
+            SimBody::whole(body)
+        }
+        Some(FaultAction::Endless) => {
+            let mut head = format!("{head}{items}");
+            if !head.ends_with('[') {
+                head.push(',');
+            }
+            let mut chunk = String::with_capacity(ENDLESS_CHUNK + 512);
+            let mut n = 0u64;
+            while chunk.len() < ENDLESS_CHUNK {
+                chunk.push_str(&filler_item(n));
+                chunk.push(',');
+                n += 1;
+            }
+            SimBody(BodyKind::Endless(Some(head.into()), chunk.into()))
+        }
+        _ => SimBody::whole(format!("{head}{items}{TAIL}")),
+    };
+    builder.body(body).expect("static response parts are valid")
 }
 
-async fn control_api(
-    sim: &Simulator,
-    what: String,
-    req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
+fn half(text: String) -> Bytes {
+    let mut bytes = Bytes::from(text);
+    bytes.truncate(bytes.len() / 2);
+    bytes
+}
+
+/// One item as the server sends it, bent when the plan corrupts it.
+fn item_json(im: &SimImage, corrupt: Option<(i64, Corruption)>) -> Value {
+    let how = corrupt
+        .and_then(|(every, how)| (every > 0 && im.image_id.rem_euclid(every) == 0).then_some(how));
+    match how {
+        None => json!(im),
+        Some(Corruption::WrongType) => json!({
+            "id": {"value": im.id},
+            "imageId": im.image_id,
+            "imageType": 7,
+            "imageName": im.image_name,
+            "imageSize": true,
+            "datacenterKey": [im.datacenter_key],
+            "status": "x",
+            "createTime": "yesterday",
+        }),
+        Some(Corruption::Missing) => json!({
+            "imageId": im.image_id,
+            "imageName": im.image_name,
+        }),
+        Some(Corruption::Loose) => json!({
+            "id": im.id,
+            "imageId": im.image_id.to_string(),
+            "imageType": im.image_type,
+            "imageName": im.image_name,
+            "imageSize": im.image_size.parse::<f64>().map_or(Value::Null, |v| json!(v)),
+            "datacenterKey": im.datacenter_key,
+            "status": im.status.to_string(),
+            "createTime": im.create_time.to_string(),
+        }),
+    }
+}
+
+/// A made-up item, to pad an oversized or endless answer (formatted directly:
+/// there may be hundreds of thousands).
+fn filler_item(n: u64) -> String {
+    format!(
+        r#"{{"id":"pad{n}","imageId":{n},"imageType":"Padding","imageName":"padding-{n}","imageSize":"1.00","datacenterKey":"PAD","status":1,"createTime":0}}"#
+    )
+}
+
+async fn control_api(sim: &Simulator, what: String, req: Request<Incoming>) -> Response<SimBody> {
     let method = req.method().clone();
     let body = match Limited::new(req.into_body(), CONTROL_BODY_LIMIT)
         .collect()
@@ -225,6 +473,22 @@ async fn control_api(
             }
             Err(e) => bad(e),
         },
+        (Method::GET, "alternates") => {
+            let alternates = sim.alternates();
+            let sets: Vec<&Vec<SimImage>> = alternates.iter().map(|s| &**s).collect();
+            json_response(StatusCode::OK, &json!(sets))
+        }
+        (Method::PUT, "alternates") => match serde_json::from_slice::<Vec<Vec<SimImage>>>(&body) {
+            Ok(sets) => {
+                sim.set_alternates(sets);
+                json_response(StatusCode::OK, &json!({"sets": sim.alternates().len()}))
+            }
+            Err(e) => bad(e),
+        },
+        (Method::POST, "evolve") => {
+            let change = sim.evolve(super::data::now_ms());
+            json_response(StatusCode::OK, &json!(change))
+        }
         (Method::GET, "faults") => json_response(StatusCode::OK, &json!(sim.faults())),
         (Method::PUT, "faults") => match serde_json::from_slice::<Faults>(&body) {
             Ok(faults) => {
@@ -234,6 +498,10 @@ async fn control_api(
             Err(e) => bad(e),
         },
         (Method::GET, "requests") => json_response(StatusCode::OK, &json!(sim.requests())),
+        (Method::DELETE, "requests") => {
+            sim.clear_requests();
+            json_response(StatusCode::OK, &json!({"requests": 0}))
+        }
         _ => json_response(
             StatusCode::NOT_FOUND,
             &json!({"error": "unknown control endpoint"}),
