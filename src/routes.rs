@@ -6,7 +6,6 @@
 //! `--web.max-requests` requests are handled at once (503 beyond).
 
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -17,6 +16,7 @@ use hyper::header::{
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::Semaphore;
 
+use crate::exposition::MetricsCache;
 use crate::scheduler::Liveness;
 use crate::snapshot::{unix_seconds, State};
 use crate::telemetry::Telemetry;
@@ -27,7 +27,7 @@ pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// The request handler and what it reads from.
 pub struct Routes {
     state: Arc<State>,
-    telemetry: Telemetry,
+    metrics: MetricsCache,
     liveness: Arc<Liveness>,
     telemetry_path: String,
     limiter: Semaphore,
@@ -43,8 +43,8 @@ impl Routes {
         max_requests: usize,
     ) -> Self {
         Routes {
+            metrics: MetricsCache::new(Arc::clone(&state), telemetry),
             state,
-            telemetry,
             liveness,
             telemetry_path,
             limiter: Semaphore::new(max_requests),
@@ -87,26 +87,15 @@ impl Routes {
     }
 
     fn metrics(&self, gzip: bool) -> Response<Full<Bytes>> {
-        let mut body = Vec::with_capacity(16 * 1024);
-        self.state.encode(&mut body);
-        self.telemetry.encode(&mut body);
+        let (body, gzipped) = self.metrics.body(gzip);
         let mut builder = Response::builder()
             .header(CONTENT_TYPE, TEXT_FORMAT)
             .header(VARY, "Accept-Encoding");
-        if gzip {
-            let mut enc = flate2::write::GzEncoder::new(
-                Vec::with_capacity(body.len() / 4),
-                flate2::Compression::fast(),
-            );
-            if enc.write_all(&body).is_ok() {
-                if let Ok(compressed) = enc.finish() {
-                    body = compressed;
-                    builder = builder.header(CONTENT_ENCODING, "gzip");
-                }
-            }
+        if gzipped {
+            builder = builder.header(CONTENT_ENCODING, "gzip");
         }
         builder
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(body))
             .expect("static response parts are valid")
     }
 

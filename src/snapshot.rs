@@ -241,7 +241,11 @@ impl State {
 
     /// Appends the text exposition of the image and health series to `out`.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let snap = self.snapshot();
+        self.encode_snapshot(&self.snapshot(), out);
+    }
+
+    /// Appends the text exposition of `snap` (a snapshot of this state) to `out`.
+    pub fn encode_snapshot(&self, snap: &Snapshot, out: &mut Vec<u8>) {
         let mut text = String::with_capacity(4096);
         for (i, (name, help)) in IMAGE_FAMILIES.iter().enumerate() {
             header(&mut text, name, help);
