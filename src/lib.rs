@@ -13,6 +13,7 @@
 //! - [`refresh`]: paging through one datacenter's list, page-parallel.
 //! - [`aggregate`]: pure aggregation of items into groups.
 //! - [`snapshot`]: the published state and its text exposition.
+//! - [`exposition`]: the `/metrics` body, encoded once per refresh or second.
 //! - [`scheduler`]: the refresh loop.
 //! - [`telemetry`]: the exporter's own metrics.
 //! - [`routes`] and [`server`]: what each path answers, and the listener.
@@ -24,6 +25,7 @@
 pub mod aggregate;
 pub mod app;
 pub mod config;
+pub mod exposition;
 pub mod logging;
 pub mod refresh;
 pub mod routes;
