@@ -676,6 +676,21 @@ async fn each_5xx_status_fails_only_its_datacenter_with_reason_http() {
     }
 }
 
+#[tokio::test]
+async fn another_http_status_fails_with_reason_http_and_is_not_retried() {
+    let images = dataset(&COUNTS, 32);
+    let faults = rules(vec![FaultRule::always(FaultAction::Status {
+        status: 404,
+        retry_after_secs: None,
+    })
+    .datacenter("SH")]);
+    let rig = Rig::start("404", images.clone(), faults, Flags::new()).await;
+    rig.until_failed("SH", "http", 2.0).await;
+    let m = rig.until_all_others(&images, "SH").await;
+    let tries = requests_for(&rig.sim, "SH", None).len() as f64;
+    assert!(tries <= failures(&m, "SH", "http") + 1.0, "{tries} tries");
+}
+
 impl Rig {
     /// Waits until every datacenter but `faulty` shows exact numbers.
     async fn until_all_others(&self, images: &[SimImage], faulty: &str) -> BTreeMap<String, f64> {
@@ -1101,6 +1116,34 @@ async fn a_total_lying_low_by_whole_pages_is_detected() {
     );
     assert_others_exact(&m, &images, &["SH"]);
     assert_eq!(logs.anomalies("SH")[0]["items"], 50);
+}
+
+#[tokio::test]
+async fn paging_that_does_not_end_is_cut_off_and_flagged() {
+    let (logs, _guard) = Logs::capture();
+    let images = dataset(&COUNTS, 33);
+    // SH claims 10 images, one page, and every page comes back full: the
+    // exporter reads on, up to 2 × 1 + 1 pages, then stops and says so.
+    let faults = rules(vec![FaultRule::always(FaultAction::TotalCounts {
+        offset: -40,
+    })
+    .datacenter("SH")]);
+    let rig = Rig::start("page-limit", images.clone(), faults, Flags::new()).await;
+    let m = rig
+        .until("a page limit on SH", |m| {
+            anomalies(m, "SH", "page_limit") >= 1.0
+        })
+        .await;
+    assert_eq!(images_shown(&m, "SH"), 30.0);
+    assert!(anomalies(&m, "SH", "total_mismatch") >= 1.0);
+    assert_others_exact(&m, &images, &["SH"]);
+    let pages = requests_for(&rig.sim, "SH", None)
+        .iter()
+        .map(RecordedRequest::page)
+        .max();
+    assert_eq!(pages, Some(3));
+    let warned = &logs.anomalies("SH")[0];
+    assert!(warned["anomalies"].as_str().unwrap().contains("page_limit"));
 }
 
 #[tokio::test]
