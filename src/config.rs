@@ -64,11 +64,11 @@ pub struct Config {
     pub max_retries: u32,
 
     /// Extra header sent with every request, `KEY=VALUE` (repeatable).
-    #[arg(long = "api.header", env = "FINOVY_API_HEADER", value_delimiter = ',', value_parser = parse_header)]
+    #[arg(long = "api.header", env = "FINOVY_API_HEADER", hide_env_values = true, value_delimiter = ',', value_parser = parse_header)]
     pub api_headers: Vec<ExtraHeader>,
 
     /// Extra query parameter sent with every request, `KEY=VALUE` (repeatable).
-    #[arg(long = "api.param", env = "FINOVY_API_PARAM", value_delimiter = ',', value_parser = parse_param)]
+    #[arg(long = "api.param", env = "FINOVY_API_PARAM", hide_env_values = true, value_delimiter = ',', value_parser = parse_param)]
     pub api_params: Vec<(String, String)>,
 
     /// Unit of the upstream `imageSize` field.
