@@ -222,8 +222,27 @@ impl Hasher for IdentityHasher {
     }
 }
 
+/// A fast, non-keyed hasher for the few short strings used as group keys (the
+/// FxHash mixing step). Ids are not hashed with it: they need SipHash's spread.
+#[derive(Default)]
+struct GroupKeyHasher(u64);
+
+impl Hasher for GroupKeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
+                .wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+}
+
 type IdSet = HashSet<u64, BuildHasherDefault<IdentityHasher>>;
-type TypeGroups = HashMap<String, [GroupStats; 5]>;
+type TypeGroups = HashMap<String, [GroupStats; 5], BuildHasherDefault<GroupKeyHasher>>;
 
 /// What [`Aggregator::add`] did with an item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -237,7 +256,7 @@ pub enum Added {
 /// Streams items into per-datacenter groups, counting each id once.
 #[derive(Debug, Default)]
 pub struct Aggregator {
-    datacenters: HashMap<String, TypeGroups>,
+    datacenters: HashMap<String, TypeGroups, BuildHasherDefault<GroupKeyHasher>>,
     seen: IdSet,
     unique: u64,
     duplicates: u64,

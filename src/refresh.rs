@@ -205,6 +205,13 @@ pub async fn collect(
         total: first.total,
         pages: 0,
     };
+    // Room for every id at once rather than growing in steps (bounded, since
+    // totalCounts may lie).
+    pass.aggregator.reserve(
+        usize::try_from(first.total)
+            .unwrap_or(usize::MAX)
+            .min(1 << 20),
+    );
     pass.absorb(&first);
     let served = first.items.len() as u64;
     if served == 0 {

@@ -11,8 +11,10 @@
 use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
 
+use std::fmt;
+
+use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 use crate::aggregate::{Field, Item, Status};
 use crate::config::SizeUnit;
@@ -46,19 +48,103 @@ pub enum WireError {
     Decode(String),
 }
 
+/// Any JSON value, kept only as far as the decoder needs it: one pass over the
+/// body, no second parse of a field, strings borrowed where they have no escapes.
+#[derive(Debug, Clone, PartialEq)]
+enum Loose<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    Str(Cow<'a, str>),
+    /// An array or an object, skipped.
+    Nested,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Loose<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct LooseVisitor;
+        impl<'de> Visitor<'de> for LooseVisitor {
+            type Value = Loose<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(Loose::Null)
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(Loose::Null)
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> Result<Self::Value, D::Error> {
+                Loose::deserialize(d)
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(Loose::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(Loose::Int(v))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(Loose::UInt(v))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(Loose::Float(v))
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Loose::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Loose::Str(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Loose::Str(Cow::Owned(v)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Loose::Nested)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Loose::Nested)
+            }
+        }
+        deserializer.deserialize_any(LooseVisitor)
+    }
+}
+
+/// The envelope of a successful answer, decoded in one pass.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Envelope<'a> {
     #[serde(borrow, default)]
-    code: Option<&'a RawValue>,
+    code: Option<Loose<'a>>,
     #[serde(borrow, default)]
-    success: Option<&'a RawValue>,
+    success: Option<Loose<'a>>,
     #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
+    data: Option<Data<'a>>,
     #[serde(borrow, default)]
-    msg: Option<&'a RawValue>,
+    msg: Option<Loose<'a>>,
     #[serde(borrow, default)]
-    trace_id: Option<&'a RawValue>,
+    trace_id: Option<Loose<'a>>,
+}
+
+/// The envelope again, when `data` is not a page (error answers often carry
+/// anything there): enough to tell an API error from a broken answer.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ErrorEnvelope<'a> {
+    #[serde(borrow, default)]
+    code: Option<Loose<'a>>,
+    #[serde(borrow, default)]
+    success: Option<Loose<'a>>,
+    #[serde(borrow, default)]
+    msg: Option<Loose<'a>>,
+    #[serde(borrow, default)]
+    trace_id: Option<Loose<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -67,42 +153,58 @@ struct Data<'a> {
     #[serde(borrow, default)]
     data: Option<Vec<RawItem<'a>>>,
     #[serde(borrow, default)]
-    total_counts: Option<&'a RawValue>,
+    total_counts: Option<Loose<'a>>,
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RawItem<'a> {
     #[serde(borrow, default)]
-    id: Option<&'a RawValue>,
+    id: Option<Loose<'a>>,
     #[serde(borrow, default)]
-    image_type: Option<&'a RawValue>,
+    image_type: Option<Loose<'a>>,
     #[serde(borrow, default)]
-    image_size: Option<&'a RawValue>,
+    image_size: Option<Loose<'a>>,
     #[serde(borrow, default)]
-    datacenter_key: Option<&'a RawValue>,
+    datacenter_key: Option<Loose<'a>>,
     #[serde(borrow, default)]
-    status: Option<&'a RawValue>,
+    status: Option<Loose<'a>>,
     #[serde(borrow, default)]
-    create_time: Option<&'a RawValue>,
+    create_time: Option<Loose<'a>>,
 }
 
 /// Decodes one answer body into a page, or says why it is not one.
 pub fn decode_page(body: &[u8], unit: SizeUnit) -> Result<Page, WireError> {
-    let envelope: Envelope<'_> = serde_json::from_slice(body)
-        .map_err(|e| WireError::Decode(format!("invalid JSON: {e}")))?;
-    let trace_id = envelope.trace_id.and_then(text).map(|t| shorten(&t, 128));
-    let code = match envelope.code {
+    let (envelope, data_error) = match serde_json::from_slice::<Envelope<'_>>(body) {
+        Ok(envelope) => (envelope, None),
+        Err(data_error) => {
+            // Not a page: perhaps an error answer with odd `data`, perhaps broken.
+            let e: ErrorEnvelope<'_> = serde_json::from_slice(body)
+                .map_err(|e| WireError::Decode(format!("invalid JSON: {e}")))?;
+            let envelope = Envelope {
+                code: e.code,
+                success: e.success,
+                data: None,
+                msg: e.msg,
+                trace_id: e.trace_id,
+            };
+            (envelope, Some(data_error))
+        }
+    };
+    let trace_id = envelope
+        .trace_id
+        .as_ref()
+        .and_then(text)
+        .map(|t| shorten(&t, 128));
+    let code = match &envelope.code {
         Some(raw) => {
             Some(integer(raw).ok_or_else(|| WireError::Decode("`code` is not an integer".into()))?)
         }
         None => None,
     };
-    let success = match envelope.success {
-        Some(raw) => Some(
-            serde_json::from_str::<bool>(raw.get())
-                .map_err(|_| WireError::Decode("`success` is not a boolean".into()))?,
-        ),
+    let success = match &envelope.success {
+        Some(Loose::Bool(b)) => Some(*b),
+        Some(_) => return Err(WireError::Decode("`success` is not a boolean".into())),
         None => None,
     };
     let failed = match (code, success) {
@@ -114,21 +216,22 @@ pub fn decode_page(body: &[u8], unit: SizeUnit) -> Result<Page, WireError> {
         (code, success) => code.is_some_and(|c| c != 0) || success == Some(false),
     };
     if failed {
-        let msg = envelope.msg.and_then(text).unwrap_or_default();
+        let msg = envelope.msg.as_ref().and_then(text).unwrap_or_default();
         return Err(WireError::Api {
             code: code.unwrap_or(0),
             msg: shorten(&msg, 200),
             trace_id,
         });
     }
+    if let Some(e) = data_error {
+        return Err(WireError::Decode(format!("`data` is not a page: {e}")));
+    }
     let data = envelope
         .data
-        .filter(|raw| raw.get() != "null")
         .ok_or_else(|| WireError::Decode("success without `data`".into()))?;
-    let data: Data<'_> = serde_json::from_str(data.get())
-        .map_err(|e| WireError::Decode(format!("`data` is not a page: {e}")))?;
     let total = data
         .total_counts
+        .as_ref()
         .and_then(integer)
         .and_then(|t| u64::try_from(t).ok())
         .ok_or_else(|| WireError::Decode("`totalCounts` is missing or not a count".into()))?;
@@ -155,31 +258,42 @@ fn decode_item(raw: &RawItem<'_>, unit: SizeUnit) -> Item {
         created_ms: None,
         invalid: 0,
     };
-    match raw.id.and_then(id_hash) {
+    match raw.id.as_ref().and_then(id_hash) {
         Some(id) => item.id = Some(id),
         None => item.mark_invalid(Field::Id),
     }
-    match raw.image_type.and_then(text) {
+    match raw.image_type.as_ref().and_then(text) {
         Some(t) => item.image_type = t.into_owned(),
         None => item.mark_invalid(Field::ImageType),
     }
-    match raw.datacenter_key.and_then(text).filter(|k| !k.is_empty()) {
+    match raw
+        .datacenter_key
+        .as_ref()
+        .and_then(text)
+        .filter(|k| !k.is_empty())
+    {
         Some(k) => item.datacenter_key = Some(k.into_owned()),
         None => item.mark_invalid(Field::DatacenterKey),
     }
-    match raw.status.and_then(integer) {
+    match raw.status.as_ref().and_then(integer) {
         Some(code) => item.status = Status::from_code(code),
         None => item.mark_invalid(Field::Status),
     }
     match raw
         .image_size
+        .as_ref()
         .and_then(decimal)
         .and_then(|v| to_bytes(v, unit))
     {
         Some(bytes) => item.size_bytes = bytes,
         None => item.mark_invalid(Field::ImageSize),
     }
-    match raw.create_time.and_then(integer).filter(|ms| *ms >= 0) {
+    match raw
+        .create_time
+        .as_ref()
+        .and_then(integer)
+        .filter(|ms| *ms >= 0)
+    {
         Some(ms) => item.created_ms = Some(ms),
         None => item.mark_invalid(Field::CreateTime),
     }
@@ -187,43 +301,40 @@ fn decode_item(raw: &RawItem<'_>, unit: SizeUnit) -> Item {
 }
 
 /// A JSON string's text.
-fn text<'a>(raw: &'a RawValue) -> Option<Cow<'a, str>> {
-    if raw.get().starts_with('"') {
-        serde_json::from_str::<Cow<'a, str>>(raw.get()).ok()
-    } else {
-        None
-    }
-}
-
-/// A number, or a string holding one, as text.
-fn numeric_text<'a>(raw: &'a RawValue) -> Option<Cow<'a, str>> {
-    let s = raw.get();
-    match s.as_bytes().first()? {
-        b'"' => text(raw).map(|t| match t {
-            Cow::Borrowed(b) => Cow::Borrowed(b.trim()),
-            Cow::Owned(o) => Cow::Owned(o.trim().to_string()),
-        }),
-        b'-' | b'0'..=b'9' => Some(Cow::Borrowed(s)),
+fn text<'a>(value: &'a Loose<'a>) -> Option<Cow<'a, str>> {
+    match value {
+        Loose::Str(s) => Some(Cow::Borrowed(s.as_ref())),
         _ => None,
     }
 }
 
 /// An integer given as a JSON integer, an integral float, or a string of either.
-fn integer(raw: &RawValue) -> Option<i64> {
-    let t = numeric_text(raw)?;
-    if let Ok(i) = t.parse::<i64>() {
-        return Some(i);
+fn integer(value: &Loose<'_>) -> Option<i64> {
+    let integral =
+        |f: f64| (f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15).then_some(f as i64);
+    match value {
+        Loose::Int(i) => Some(*i),
+        Loose::UInt(u) => i64::try_from(*u).ok(),
+        Loose::Float(f) => integral(*f),
+        Loose::Str(s) => {
+            let s = s.trim();
+            s.parse::<i64>()
+                .ok()
+                .or_else(|| s.parse::<f64>().ok().and_then(integral))
+        }
+        _ => None,
     }
-    let f = t.parse::<f64>().ok()?;
-    (f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15).then_some(f as i64)
 }
 
 /// A decimal given as a JSON number or a string such as `"128.00"`.
-fn decimal(raw: &RawValue) -> Option<f64> {
-    numeric_text(raw)?
-        .parse::<f64>()
-        .ok()
-        .filter(|v| v.is_finite())
+fn decimal(value: &Loose<'_>) -> Option<f64> {
+    match value {
+        Loose::Int(i) => Some(*i as f64),
+        Loose::UInt(u) => Some(*u as f64),
+        Loose::Float(f) => Some(*f),
+        Loose::Str(s) => s.trim().parse::<f64>().ok().filter(|v| v.is_finite()),
+        _ => None,
+    }
 }
 
 fn to_bytes(value: f64, unit: SizeUnit) -> Option<u64> {
@@ -233,13 +344,14 @@ fn to_bytes(value: f64, unit: SizeUnit) -> Option<u64> {
 }
 
 /// The id as a stable 64-bit hash: `"7"` and `7` are the same id.
-fn id_hash(raw: &RawValue) -> Option<u64> {
-    let t = numeric_text(raw)?;
-    if t.is_empty() {
-        return None;
-    }
+fn id_hash(value: &Loose<'_>) -> Option<u64> {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    t.hash(&mut hasher);
+    match value {
+        Loose::Str(s) if !s.trim().is_empty() => s.trim().hash(&mut hasher),
+        Loose::Int(i) => i.to_string().hash(&mut hasher),
+        Loose::UInt(u) => u.to_string().hash(&mut hasher),
+        _ => return None,
+    }
     Some(hasher.finish())
 }
 
