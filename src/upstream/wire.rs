@@ -116,31 +116,21 @@ impl<'de: 'a, 'a> Deserialize<'de> for Loose<'a> {
     }
 }
 
-/// The envelope of a successful answer, decoded in one pass.
+/// The envelope, with `data` decoded as `D`: a page in one pass, or, when that
+/// fails (error answers carry anything there), ignored, to tell an API error
+/// from a broken answer.
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Envelope<'a> {
+#[serde(
+    rename_all = "camelCase",
+    bound(deserialize = "'de: 'a, D: Deserialize<'de>")
+)]
+struct Envelope<'a, D> {
     #[serde(borrow, default)]
     code: Option<Loose<'a>>,
     #[serde(borrow, default)]
     success: Option<Loose<'a>>,
-    #[serde(borrow, default)]
-    data: Option<Data<'a>>,
-    #[serde(borrow, default)]
-    msg: Option<Loose<'a>>,
-    #[serde(borrow, default)]
-    trace_id: Option<Loose<'a>>,
-}
-
-/// The envelope again, when `data` is not a page (error answers often carry
-/// anything there): enough to tell an API error from a broken answer.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct ErrorEnvelope<'a> {
-    #[serde(borrow, default)]
-    code: Option<Loose<'a>>,
-    #[serde(borrow, default)]
-    success: Option<Loose<'a>>,
+    #[serde(default)]
+    data: Option<D>,
     #[serde(borrow, default)]
     msg: Option<Loose<'a>>,
     #[serde(borrow, default)]
@@ -175,11 +165,11 @@ struct RawItem<'a> {
 
 /// Decodes one answer body into a page, or says why it is not one.
 pub fn decode_page(body: &[u8], unit: SizeUnit) -> Result<Page, WireError> {
-    let (envelope, data_error) = match serde_json::from_slice::<Envelope<'_>>(body) {
+    let (envelope, data_error) = match serde_json::from_slice::<Envelope<'_, Data<'_>>>(body) {
         Ok(envelope) => (envelope, None),
         Err(data_error) => {
             // Not a page: perhaps an error answer with odd `data`, perhaps broken.
-            let e: ErrorEnvelope<'_> = serde_json::from_slice(body)
+            let e: Envelope<'_, IgnoredAny> = serde_json::from_slice(body)
                 .map_err(|e| WireError::Decode(format!("invalid JSON: {e}")))?;
             let envelope = Envelope {
                 code: e.code,
