@@ -1402,6 +1402,7 @@ async fn an_endless_answer_keeps_the_exporters_memory_bounded() {
         ],
         &[],
     );
+    finovy_image_exporter::install_crypto_provider();
     let http = reqwest::Client::new();
     let url = exporter.url("/metrics");
     let m = wait_for("20 cut-off answers", DEADLINE, || async {
@@ -1594,4 +1595,142 @@ async fn every_scrape_shows_one_whole_data_set_per_datacenter_under_load() {
     let passes = requests_for(&rig.sim, "SH", Some(1)).len();
     assert!(passes >= 4, "only {passes} refreshes of SH");
     rig.assert_serving().await;
+}
+
+// ---------------------------------------------------------------------------
+// The simulator binary.
+
+fn from_json<T: serde::de::DeserializeOwned>(text: String) -> T {
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// `finovy-api-sim` takes faults at start (`--faults`, `--page-cap`) and at run
+/// time (`PUT /_sim/faults`), and steps its evolution on `POST /_sim/evolve`.
+#[tokio::test]
+async fn the_simulator_binary_takes_faults_at_start_and_at_run_time() {
+    use std::io::BufRead as _;
+    let faults_file = std::env::temp_dir().join(format!(
+        "finovy-reliability-{}-faults.json",
+        std::process::id()
+    ));
+    std::fs::write(
+        &faults_file,
+        r#"{"rules":[{"datacenters":["SH"],"action":{"kind":"status","status":503}}]}"#,
+    )
+    .unwrap();
+    /// Kills the simulator even when an assertion fails.
+    struct Child(std::process::Child);
+    impl Drop for Child {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_finovy-api-sim"))
+        .args(["--listen", "127.0.0.1:0", "--images", "60", "--seed", "4"])
+        .args(["--page-cap", "5", "--datacenters", "HZ,SH"])
+        .arg(format!("--faults=@{}", faults_file.display()))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(Child)
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.0.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let addr = first
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+    finovy_image_exporter::install_crypto_provider();
+    let http = reqwest::Client::new();
+    let list = |dc: &str| {
+        http.get(format!(
+            "http://{addr}/v1/open/image/personal/getList?datacenterKey={dc}&pageSize=20"
+        ))
+        .header("Finovy-Access-Token", "anything")
+        .send()
+    };
+    assert_eq!(list("SH").await.unwrap().status().as_u16(), 503);
+    let page: Value = list("HZ")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .map(from_json)
+        .unwrap();
+    assert_eq!(page["data"]["data"].as_array().unwrap().len(), 5, "capped");
+
+    let control = format!("http://{addr}/_sim/faults");
+    let put = http
+        .put(&control)
+        .body(r#"{"rules":[{"datacenters":["HZ"],"times":1,"action":{"kind":"api_error","code":500}}]}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status().as_u16(), 200);
+    assert_eq!(list("SH").await.unwrap().status().as_u16(), 200);
+    let page: Value = list("HZ")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .map(from_json)
+        .unwrap();
+    assert_eq!(page["success"], false);
+    let page: Value = list("HZ")
+        .await
+        .unwrap()
+        .text()
+        .await
+        .map(from_json)
+        .unwrap();
+    assert_eq!(page["success"], true, "only the next request");
+    let faults: Value = http
+        .get(&control)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .map(from_json)
+        .unwrap();
+    assert_eq!(faults["rules"][0]["times"], 0);
+    let bad = http
+        .put(&control)
+        .body(r#"{"nope":1}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 400);
+
+    let change: Value = http
+        .post(format!("http://{addr}/_sim/evolve"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .map(from_json)
+        .unwrap();
+    assert!(change["created"].as_u64().unwrap() > 0);
+    let requests: Vec<RecordedRequest> = http
+        .get(format!("http://{addr}/_sim/requests"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .map(from_json)
+        .unwrap();
+    assert_eq!(requests.len(), 5);
+    assert_eq!(requests[0].faults, ["status 503"]);
+    assert!(requests
+        .windows(2)
+        .all(|w| w[0].received_us <= w[1].received_us));
+
+    drop(child);
+    let _ = std::fs::remove_file(&faults_file);
 }

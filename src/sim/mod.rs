@@ -491,3 +491,133 @@ impl Simulator {
         plan
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(query: &str) -> RecordedRequest {
+        RecordedRequest {
+            method: "GET".into(),
+            path: "/list".into(),
+            query: query.into(),
+            headers: Vec::new(),
+            received_us: 0,
+            faults: Vec::new(),
+        }
+    }
+
+    fn image(id: &str, dc: &str) -> SimImage {
+        SimImage {
+            id: id.into(),
+            image_id: 1,
+            image_type: "Ubuntu".into(),
+            image_name: id.into(),
+            image_size: "1.00".into(),
+            datacenter_key: dc.into(),
+            status: 1,
+            create_time: 0,
+        }
+    }
+
+    #[test]
+    fn faults_read_from_sparse_json_and_refuse_unknown_fields() {
+        let faults: Faults = serde_json::from_str("{}").unwrap();
+        assert_eq!(faults, Faults::default());
+        let faults: Faults = serde_json::from_str(
+            r#"{"latency_ms":5,"rules":[{"datacenters":["SH"],"page":2,"times":1,
+                "action":{"kind":"status","status":429,"retry_after_secs":3}},
+                {"action":{"kind":"corrupt","every":2,"how":"wrong_type"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(faults.latency_ms, 5);
+        assert_eq!(
+            faults.rules[0],
+            FaultRule::always(FaultAction::Status {
+                status: 429,
+                retry_after_secs: Some(3)
+            })
+            .datacenter("SH")
+            .page(2)
+            .times(1)
+        );
+        let round_trip: Faults =
+            serde_json::from_str(&serde_json::to_string(&faults).unwrap()).unwrap();
+        assert_eq!(round_trip, faults);
+        for bad in [
+            r#"{"latency":5}"#,
+            r#"{"rules":[{"action":{"kind":"explode"}}]}"#,
+            r#"{"rules":[{"datacenter":"SH","action":{"kind":"hang"}}]}"#,
+        ] {
+            assert!(serde_json::from_str::<Faults>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn rules_apply_by_datacenter_page_and_count() {
+        let sim = Simulator::new(Vec::new(), SimOptions::default());
+        sim.set_faults(Faults {
+            rules: vec![
+                FaultRule::always(FaultAction::Hang)
+                    .datacenter("SH")
+                    .page(2)
+                    .times(1),
+                FaultRule::always(FaultAction::Delay { ms: 7 }),
+                FaultRule::always(FaultAction::Malformed).datacenter("HZ"),
+            ],
+            ..Faults::default()
+        });
+        let plan = sim.admit(request(""), Some("SH"), 1);
+        assert_eq!(plan.replace, None);
+        assert_eq!(plan.delay, Duration::from_millis(7));
+        let plan = sim.admit(request(""), Some("SH"), 2);
+        assert_eq!(plan.replace, Some(FaultAction::Hang));
+        let plan = sim.admit(request(""), Some("SH"), 2);
+        assert_eq!(plan.replace, None, "spent after one request");
+        // Only one rule replaces the answer; the unfiltered list matches only
+        // unscoped rules.
+        let plan = sim.admit(request(""), Some("HZ"), 2);
+        assert_eq!(plan.replace, Some(FaultAction::Malformed));
+        let plan = sim.admit(request(""), None, 2);
+        assert_eq!(plan.replace, None);
+        let recorded = sim.requests();
+        assert_eq!(recorded[1].faults, ["hang", "delay 7ms"]);
+        assert_eq!(sim.faults().rules[0].times, Some(0));
+    }
+
+    #[test]
+    fn a_rate_applies_to_about_that_share_of_requests() {
+        let sim = Simulator::new(Vec::new(), SimOptions::default());
+        sim.reseed(1);
+        sim.set_faults(Faults {
+            rules: vec![FaultRule::always(FaultAction::Malformed).rate(0.25)],
+            ..Faults::default()
+        });
+        let hits = (0..4000)
+            .filter(|_| sim.admit(request(""), None, 1).replace.is_some())
+            .count();
+        assert!((800..1200).contains(&hits), "{hits} of 4000");
+    }
+
+    #[test]
+    fn alternates_change_at_page_one_per_datacenter() {
+        let sim = Simulator::new(Vec::new(), SimOptions::default());
+        let a = vec![image("a", "HZ")];
+        let b = vec![image("b", "HZ"), image("b2", "HZ")];
+        sim.set_alternates(vec![a.clone(), b.clone()]);
+        let served = |dc: Option<&str>, page| (*sim.admit(request(""), dc, page).images).clone();
+        assert_eq!(served(Some("HZ"), 1), a);
+        assert_eq!(
+            served(Some("HZ"), 2),
+            a,
+            "the other pages from the same set"
+        );
+        assert_eq!(served(Some("SH"), 1), a, "each datacenter on its own");
+        assert_eq!(served(Some("HZ"), 1), b);
+        assert_eq!(served(Some("HZ"), 3), b);
+        assert_eq!(served(Some("HZ"), 1), a);
+        sim.set_alternates(Vec::new());
+        sim.set_images(b.clone());
+        assert_eq!(served(Some("HZ"), 1), b);
+    }
+}
