@@ -205,13 +205,6 @@ pub async fn collect(
         total: first.total,
         pages: 0,
     };
-    // Room for every id at once rather than growing in steps (bounded, since
-    // totalCounts may lie).
-    pass.aggregator.reserve(
-        usize::try_from(first.total)
-            .unwrap_or(usize::MAX)
-            .min(1 << 20),
-    );
     pass.absorb(&first);
     let served = first.items.len() as u64;
     if served == 0 {
@@ -228,6 +221,17 @@ pub async fn collect(
         .unwrap_or(u32::MAX)
         .min(MAX_PAGES);
     let limit = planned.saturating_mul(2).saturating_add(1).min(MAX_PAGES);
+    // Page 1 of every datacenter goes out at once; the rest of the lists is read
+    // a few at a time, which keeps every request slot busy while only those few
+    // hold a growing id set (memory stays flat with the number of datacenters).
+    let _turn = client.paging_turn(planned.saturating_sub(1)).await;
+    // Room for every id at once rather than growing in steps (bounded, since
+    // totalCounts may lie).
+    pass.aggregator.reserve(
+        usize::try_from(first.total)
+            .unwrap_or(usize::MAX)
+            .min(1 << 20),
+    );
     // Whether a page shorter than the server's page size was seen: only then
     // is the end of the list known (see the probe below).
     let mut saw_short = served < per_page;

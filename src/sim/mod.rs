@@ -325,7 +325,17 @@ pub(crate) struct Plan {
 pub struct Simulator {
     options: Arc<SimOptions>,
     state: Arc<Mutex<SimState>>,
+    matches: Arc<Mutex<MatchCache>>,
 }
+
+/// The positions of the images that match a filter, remembered per image list,
+/// so that paging through a large inventory does not scan it once per page.
+#[derive(Debug, Default)]
+struct MatchCache {
+    entries: VecDeque<(Arc<Vec<SimImage>>, Vec<(String, String)>, Arc<Vec<u32>>)>,
+}
+
+const MATCH_CACHE_ENTRIES: usize = 64;
 
 impl Simulator {
     /// A simulator serving `images`.
@@ -340,7 +350,45 @@ impl Simulator {
                 requests: VecDeque::new(),
                 rng: SplitMix::new(0x5eed),
             })),
+            matches: Arc::default(),
         }
+    }
+
+    /// Positions in `images` of the images for which `filter` holds, computed
+    /// once per (image list, filter key).
+    pub(crate) fn matching(
+        &self,
+        images: &Arc<Vec<SimImage>>,
+        key: &[(String, String)],
+        filter: impl Fn(&SimImage) -> bool,
+    ) -> Arc<Vec<u32>> {
+        let mut cache = self.matches.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, found)) = cache
+            .entries
+            .iter()
+            .find(|(list, k, _)| Arc::ptr_eq(list, images) && k.as_slice() == key)
+        {
+            return Arc::clone(found);
+        }
+        let found: Arc<Vec<u32>> = Arc::new(
+            images
+                .iter()
+                .enumerate()
+                .filter(|(_, im)| filter(im))
+                .map(|(i, _)| i as u32)
+                .collect(),
+        );
+        // Entries hold their list, so a pointer is never reused while cached.
+        cache
+            .entries
+            .retain(|(list, _, _)| Arc::ptr_eq(list, images));
+        if cache.entries.len() == MATCH_CACHE_ENTRIES {
+            cache.entries.pop_front();
+        }
+        cache
+            .entries
+            .push_back((Arc::clone(images), key.to_vec(), Arc::clone(&found)));
+        found
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SimState> {

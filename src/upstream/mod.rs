@@ -210,8 +210,14 @@ pub struct ApiClient {
     config: ClientConfig,
     extra_headers: HeaderMap,
     limiter: Arc<Semaphore>,
+    turns: Semaphore,
     telemetry: Telemetry,
 }
+
+/// Windows of page requests open at once, in units of `--api.concurrency`: two,
+/// so that one datacenter's last pages overlap the next one's first and no
+/// request slot stays idle.
+const PAGING_WINDOWS: usize = 2;
 
 impl ApiClient {
     /// Builds the client. Redirects are followed only within the same origin, so
@@ -237,13 +243,27 @@ impl ApiClient {
             extra_headers.append(h.name.clone(), h.value.clone());
         }
         let limiter = Arc::new(Semaphore::new(config.concurrency as usize));
+        let turns = Semaphore::new(PAGING_WINDOWS * config.concurrency as usize);
         Ok(ApiClient {
             http,
             config,
             extra_headers,
             limiter,
+            turns,
             telemetry,
         })
+    }
+
+    /// Waits for a turn to read a list past its first page, `pages` pages long
+    /// (see [`crate::refresh`]): a list takes a share of the windows as large as
+    /// the requests it can have in flight, so short lists read side by side.
+    pub async fn paging_turn(&self, pages: u32) -> tokio::sync::SemaphorePermit<'_> {
+        let share = pages.clamp(1, self.config.concurrency);
+        // Closed only on drop of the client, which outlives every call.
+        self.turns
+            .acquire_many(share)
+            .await
+            .expect("turns are never closed")
     }
 
     /// Requests in flight at most.
@@ -406,7 +426,9 @@ impl ApiClient {
         {
             return Err(FetchError::TooLarge { limit });
         }
-        let mut body = BytesMut::new();
+        // Sized once from Content-Length (already checked against the limit).
+        let expected = response.content_length().unwrap_or(16 * 1024) as usize;
+        let mut body = BytesMut::with_capacity(expected);
         while let Some(chunk) = response
             .chunk()
             .await

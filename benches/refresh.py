@@ -1,0 +1,296 @@
+#!/usr/bin/env python3
+"""Refresh benchmark: the release exporter against the simulator on loopback.
+
+For each inventory size and concurrency it measures, on a fresh exporter process:
+  - the wall time of one full refresh (all datacenters), beside the best possible
+    schedule (page 1 of every datacenter, then every remaining page, C in flight,
+    L seconds each): L * (ceil(D/C) + ceil((P-D)/C));
+  - the exporter's CPU seconds for that refresh, and per million images (the
+    second refresh of the process, so start-up is not counted);
+  - its peak RSS (VmHWM) over both refreshes and its RSS when idle between them;
+  - /metrics latency (p50, p99) and throughput with wrk while refreshes run back
+    to back.
+It checks that the exported totals equal the simulator's before reporting.
+
+Usage: python3 benches/refresh.py [--sizes 10000,100000,1000000] [--concurrency 4,16]
+       [--latency-ms 20] [--datacenters 10] [--wrk-seconds 5]
+Needs cargo and wrk (Debian package `wrk`).
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release")
+PAGE_SIZE = 100
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Proc:
+    """A child process whose output is read in the background."""
+
+    def __init__(self, args, env=None, ready=None, timeout=120):
+        self.p = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        self.lines = []
+        self.found = threading.Event()
+        self.match = None
+        self.ready = re.compile(ready) if ready else None
+        threading.Thread(target=self._read, daemon=True).start()
+        if self.ready and not self.found.wait(timeout):
+            self.stop()
+            raise RuntimeError("%s did not start:\n%s" % (args[0], "\n".join(self.lines[-20:])))
+
+    def _read(self):
+        for line in self.p.stdout:
+            self.lines.append(line.rstrip())
+            if self.ready and not self.found.is_set():
+                m = self.ready.search(line)
+                if m:
+                    self.match = m
+                    self.found.set()
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+
+
+def proc_status(pid, key):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def fetch(url, timeout=10):
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.status, r.read().decode()
+
+
+def metrics(addr):
+    out = {}
+    for line in fetch("http://%s/metrics" % addr)[1].splitlines():
+        if line and not line.startswith("#"):
+            series, value = line.rsplit(" ", 1)
+            out[series] = float(value)
+    return out
+
+
+def wait(what, cond, deadline_s):
+    end = time.time() + deadline_s
+    while time.time() < end:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise RuntimeError("timed out waiting for " + what)
+
+
+def ready(addr):
+    try:
+        return fetch("http://%s/readyz" % addr, timeout=2)[0] == 200
+    except Exception:
+        return False
+
+
+def start_exporter(sim_addr, dcs, concurrency, interval):
+    env = dict(os.environ, FINOVY_ACCESS_TOKEN="bench-token")
+    args = [
+        os.path.join(BIN, "finovy-image-exporter"),
+        "--web.listen-address", "127.0.0.1:0",
+        "--api.url", "http://" + sim_addr,
+        "--datacenters", ",".join(dcs),
+        "--api.page-size", str(PAGE_SIZE),
+        "--api.concurrency", str(concurrency),
+        "--api.timeout", "30s",
+        "--refresh.interval", interval,
+        "--refresh.stale-after", "1h",
+        "--log.level", "info",
+        "--log.format", "json",
+    ]
+    return Proc(args, env=env, ready=r'"address":"([0-9.:]+)"')
+
+
+def best_schedule(pages, dcs, concurrency, latency):
+    return latency * (math.ceil(dcs / concurrency) + math.ceil(max(pages - dcs, 0) / concurrency))
+
+
+def parse_wrk(out):
+    def dur(s):
+        m = re.match(r"([0-9.]+)(us|ms|s)", s)
+        v = float(m.group(1))
+        return v / 1000 if m.group(2) == "us" else v if m.group(2) == "ms" else v * 1000
+
+    p50 = p99 = rps = None
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "50%":
+            p50 = dur(parts[1])
+        if len(parts) == 2 and parts[0] == "99%":
+            p99 = dur(parts[1])
+        if line.startswith("Requests/sec:"):
+            rps = float(line.split()[1])
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return p50, p99, rps, int(non2xx.group(1)) if non2xx else 0
+
+
+def run_case(sim_addr, images, dcs, per_dc, concurrency, latency, wrk_seconds):
+    pages = sum(max(1, math.ceil(n / PAGE_SIZE)) for n in per_dc.values())
+    bound = best_schedule(pages, len(dcs), concurrency, latency)
+
+    # Two refreshes on a fresh process. The second is the one measured: the first
+    # also pays for start-up (loading the system's root certificates, first
+    # connections). Idle RSS is read between the two.
+    interval = max(3.0, 2 * bound + 2.0)
+    exp = start_exporter(sim_addr, dcs, concurrency, "%dms" % (interval * 1000))
+    try:
+        addr = exp.match.group(1)
+        pid = exp.p.pid
+        wait("first refresh", lambda: ready(addr), 600)
+        first = {k: v for k, v in metrics(addr).items() if k.startswith("finovy_refresh_last_success_timestamp_seconds{")}
+        time.sleep(0.5)
+        idle = proc_status(pid, "VmRSS")
+        cpu0 = cpu_seconds(pid)
+
+        def second_done():
+            m = metrics(addr)
+            done = all(m.get(k, 0) > v for k, v in first.items())
+            return m if done else None
+
+        m = wait("second refresh", second_done, 600 + interval)
+        cpu = cpu_seconds(pid) - cpu0
+        peak = proc_status(pid, "VmHWM")
+        wall = max(v for k, v in m.items() if k.startswith("finovy_refresh_duration_seconds{"))
+        up = [v for k, v in m.items() if k.startswith("finovy_up{")]
+        total = sum(v for k, v in m.items() if k.startswith("finovy_images{"))
+        if total != images or len(up) != len(dcs) or min(up) != 1:
+            raise RuntimeError("wrong result: %s images exported, %s expected, up=%s" % (total, images, up))
+    finally:
+        exp.stop()
+
+    # /metrics under wrk while refreshes run back to back.
+    exp = start_exporter(sim_addr, dcs, concurrency, "1ms")
+    try:
+        addr = exp.match.group(1)
+        wait("first refresh", lambda: ready(addr), 600)
+        out = subprocess.run(
+            ["wrk", "-t1", "-c8", "-d%ds" % wrk_seconds, "--latency", "http://%s/metrics" % addr],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        p50, p99, rps, non2xx = parse_wrk(out)
+        refreshes = metrics(addr).get('finovy_api_requests_total{code="200"}', 0) / max(pages, 1)
+    finally:
+        exp.stop()
+
+    return {
+        "images": images,
+        "datacenters": len(dcs),
+        "pages": pages,
+        "concurrency": concurrency,
+        "latency_ms": latency * 1000,
+        "refresh_s": round(wall, 3),
+        "best_s": round(bound, 3),
+        "ratio": round(wall / bound, 3) if bound else None,
+        "cpu_s": round(cpu, 3),
+        "cpu_s_per_million": round(cpu / images * 1e6, 3),
+        "peak_rss_mib": round(peak / 2**20, 1),
+        "idle_rss_mib": round(idle / 2**20, 1),
+        "metrics_p50_ms": p50,
+        "metrics_p99_ms": p99,
+        "metrics_rps": rps,
+        "metrics_non2xx": non2xx,
+        "refreshes_during_wrk": round(refreshes, 1),
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="10000,100000,1000000")
+    ap.add_argument("--concurrency", default="4,16")
+    ap.add_argument("--latency-ms", type=int, default=20)
+    ap.add_argument("--datacenters", type=int, default=10)
+    ap.add_argument("--wrk-seconds", type=int, default=5)
+    ap.add_argument("--json", help="also write the results to this file")
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed: apt-get install wrk")
+    log("building release binaries…")
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bins"], cwd=ROOT, check=True)
+
+    dcs = ["DC%02d" % i for i in range(args.datacenters)]
+    latency = args.latency_ms / 1000
+    results = []
+    for images in [int(s) for s in args.sizes.split(",")]:
+        sim = Proc(
+            [
+                os.path.join(BIN, "finovy-api-sim"),
+                "--listen", "127.0.0.1:0",
+                "--images", str(images),
+                "--datacenters", ",".join(dcs),
+                "--faults", json.dumps({"latency_ms": args.latency_ms}),
+            ],
+            ready=r"listening on ([0-9.:]+)",
+            timeout=600,
+        )
+        try:
+            sim_addr = sim.match.group(1)
+            with urllib.request.urlopen("http://%s/_sim/images" % sim_addr) as r:
+                per_dc = {}
+                for im in json.load(r):
+                    per_dc[im["datacenterKey"]] = per_dc.get(im["datacenterKey"], 0) + 1
+            for c in [int(s) for s in args.concurrency.split(",")]:
+                log("images=%d concurrency=%d…" % (images, c))
+                r = run_case(sim_addr, images, dcs, per_dc, c, latency, args.wrk_seconds)
+                results.append(r)
+                log(json.dumps(r))
+        finally:
+            sim.stop()
+
+    cols = [
+        ("images", "images"), ("concurrency", "C"), ("pages", "pages"),
+        ("refresh_s", "refresh s"), ("best_s", "best s"), ("ratio", "ratio"),
+        ("cpu_s", "CPU s"), ("cpu_s_per_million", "CPU s/M"),
+        ("peak_rss_mib", "peak RSS MiB"), ("idle_rss_mib", "idle RSS MiB"),
+        ("metrics_p50_ms", "/metrics p50 ms"), ("metrics_p99_ms", "p99 ms"),
+        ("metrics_rps", "scrapes/s"),
+    ]
+    print("| " + " | ".join(c[1] for c in cols) + " |")
+    print("|" + "---|" * len(cols))
+    for r in results:
+        print("| " + " | ".join(str(r[c[0]]) for c in cols) + " |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
