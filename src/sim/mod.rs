@@ -332,8 +332,11 @@ pub struct Simulator {
 /// so that paging through a large inventory does not scan it once per page.
 #[derive(Debug, Default)]
 struct MatchCache {
-    entries: VecDeque<(Arc<Vec<SimImage>>, Vec<(String, String)>, Arc<Vec<u32>>)>,
+    entries: VecDeque<MatchEntry>,
 }
+
+/// An image list, a filter over it, and the positions that match.
+type MatchEntry = (Arc<Vec<SimImage>>, Vec<(String, String)>, Arc<Vec<u32>>);
 
 const MATCH_CACHE_ENTRIES: usize = 64;
 
