@@ -23,6 +23,9 @@ use crate::telemetry::Telemetry;
 use crate::upstream::{ApiClient, ClientConfig};
 use crate::web_config::{WebConfigError, WebConfigWatcher};
 
+/// How often the `--demo` simulator moves its images through their life.
+const DEMO_EVOLVE_EVERY: Duration = Duration::from_secs(5);
+
 /// What can stop the exporter from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -184,6 +187,11 @@ impl Exporter {
                 let _ = rx.changed().await;
             }
         };
+        // In the demo, images come and go so that a dashboard shows movement.
+        let evolution = self
+            .demo
+            .as_ref()
+            .map(|sim| tokio::spawn(sim.simulator().evolve_every(DEMO_EVOLVE_EVERY)));
         let demo = self.demo.map(|sim| tokio::spawn(sim.serve(stopped())));
         let scheduler = tokio::spawn(self.scheduler.run(self.liveness, stopped()));
         if let Some(watcher) = self.web_config {
@@ -193,6 +201,9 @@ impl Exporter {
         self.server.serve(self.routes, shutdown).await;
         drop(stop_tx);
         let _ = tokio::time::timeout(Duration::from_secs(2), scheduler).await;
+        if let Some(evolution) = evolution {
+            evolution.abort();
+        }
         if let Some(demo) = demo {
             let _ = tokio::time::timeout(Duration::from_secs(2), demo).await;
         }
