@@ -40,7 +40,11 @@ fn main() {
     let decode = time_per_call(|| {
         black_box(decode_page(black_box(&body), SizeUnit::Gib).unwrap());
     });
-    println!("decode_page, 100 items ({} bytes): {:>8.0} ns/image", body.len(), decode.as_nanos() as f64 / 100.0);
+    println!(
+        "decode_page, 100 items ({} bytes): {:>8.0} ns/image",
+        body.len(),
+        decode.as_nanos() as f64 / 100.0
+    );
 
     let pages: Vec<_> = (0..50)
         .map(|seed| decode_page(&page_body(100, seed), SizeUnit::Gib).unwrap())
@@ -54,5 +58,8 @@ fn main() {
         }
         black_box(agg.finish());
     });
-    println!("aggregate, 5000 items:               {:>8.0} ns/image", aggregate.as_nanos() as f64 / 5000.0);
+    println!(
+        "aggregate, 5000 items:               {:>8.0} ns/image",
+        aggregate.as_nanos() as f64 / 5000.0
+    );
 }

@@ -115,6 +115,7 @@ impl Scheduler {
             }
         }
         self.state.finish_cycle();
+        crate::release_freed_memory();
     }
 
     async fn refresh_datacenter(&self, dc: String) {

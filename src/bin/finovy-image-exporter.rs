@@ -4,9 +4,23 @@ use finovy_image_exporter::app::{shutdown_signal, Exporter};
 use finovy_image_exporter::config::Config;
 use finovy_image_exporter::logging;
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    finovy_image_exporter::configure_allocator();
     let config = Config::parse_or_exit();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start the async runtime: {err}");
+            std::process::exit(1);
+        }
+    };
+    runtime.block_on(run(config));
+}
+
+async fn run(config: Config) {
     logging::init(config.log_level, config.log_format);
     tracing::info!(
         version = finovy_image_exporter::VERSION,

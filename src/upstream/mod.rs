@@ -326,16 +326,17 @@ impl ApiClient {
         page: u32,
     ) -> Result<Page, FetchError> {
         let started = Instant::now();
-        let result = self.send(token, datacenter, page).await;
+        // The status, once one came back: a body that breaks or grows too large
+        // afterwards still counts under the status the server sent.
+        let mut answered = None;
+        let result = self.send(token, datacenter, page, &mut answered).await;
         self.telemetry
             .api_duration
             .observe(started.elapsed().as_secs_f64());
-        let code = match &result {
-            Ok((status, _)) => status.as_u16().to_string(),
-            Err(err) => err
-                .http_status()
-                .map_or_else(|| "error".to_string(), |s| s.to_string()),
-        };
+        let code = answered.map_or_else(
+            || "error".to_string(),
+            |s: StatusCode| s.as_u16().to_string(),
+        );
         self.telemetry
             .api_requests
             .with_label_values(&[code.as_str()])
@@ -374,6 +375,7 @@ impl ApiClient {
         token: &Token,
         datacenter: Option<&str>,
         page: u32,
+        answered: &mut Option<StatusCode>,
     ) -> Result<(StatusCode, BytesMut), FetchError> {
         let mut token_value = HeaderValue::from_str(token.expose())
             .map_err(|_| crate::secret::TokenError::Invalid)?;
@@ -406,6 +408,7 @@ impl ApiClient {
             .timeout(self.config.timeout);
         let mut response = request.send().await.map_err(|e| self.transport_error(e))?;
         let status = response.status();
+        *answered = Some(status);
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return Err(FetchError::Auth {
                 status: status.as_u16(),
