@@ -290,12 +290,28 @@ impl Logs {
             .collect()
     }
 
-    /// The `refresh failed` warnings about `dc`.
-    fn failures(&self, dc: &str) -> Vec<Value> {
-        self.events("refresh failed")
-            .into_iter()
-            .filter(|e| e["datacenter_key"] == dc && e["level"] == "WARN")
-            .collect()
+    /// The `refresh failed` warnings about `dc`, waiting (bounded) for the first.
+    ///
+    /// Waiting matters when tests run in parallel: `tracing` shares its callsite
+    /// caches between threads, and a thread's first event can be evaluated while
+    /// another test's subscriber is being installed or dropped.
+    async fn failures(&self, dc: &str) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let found: Vec<Value> = self
+                .events("refresh failed")
+                .into_iter()
+                .filter(|e| e["datacenter_key"] == dc && e["level"] == "WARN")
+                .collect();
+            if !found.is_empty() {
+                return found;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `refresh failed` warning about {dc} within 15 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// The `pagination was inconsistent` warnings about `dc`.
@@ -635,7 +651,7 @@ async fn a_permanent_5xx_fails_only_its_datacenter_keeps_then_drops_its_numbers_
         metric(&m, "finovy_api_requests_total{code=\"503\"}") >= 2.0,
         "tried, retried"
     );
-    let warned = logs.failures("SH");
+    let warned = logs.failures("SH").await;
     assert!(!warned.is_empty(), "one warn line per failed refresh");
     assert_eq!(warned[0]["reason"], "http");
     assert_eq!(warned[0]["http_status"], 503);
@@ -889,7 +905,7 @@ async fn a_hang_costs_at_most_the_timeout_per_try() {
     rig.assert_serving().await;
     assert!(started.elapsed() < Duration::from_secs(2));
     rig.until_all_others(&images, "SH").await;
-    assert_eq!(logs.failures("SH")[0]["reason"], "timeout");
+    assert_eq!(logs.failures("SH").await[0]["reason"], "timeout");
 }
 
 #[tokio::test]
@@ -970,7 +986,7 @@ async fn malformed_or_truncated_json_is_a_decode_failure_and_is_not_retried() {
             "{dc}: {tries} tries for {failed} failures"
         );
     }
-    assert!(logs.failures("HZ")[0]["error"]
+    assert!(logs.failures("HZ").await[0]["error"]
         .as_str()
         .unwrap()
         .contains("cannot decode"));
@@ -1001,7 +1017,7 @@ async fn a_failed_envelope_is_an_api_failure_with_its_trace_id_logged() {
     rig.until_failed("SH", "api", 1.0).await;
     rig.until_failed("HZ", "api", 1.0).await;
     rig.others_exact(&images, &["SH", "HZ"]).await;
-    let warned = &logs.failures("SH")[0];
+    let warned = &logs.failures("SH").await[0];
     assert_eq!(warned["reason"], "api");
     assert_eq!(warned["trace_id"].as_str().unwrap().len(), 32, "{warned}");
     assert!(warned["error"].as_str().unwrap().contains("系统繁忙"));
@@ -1370,7 +1386,7 @@ async fn an_endless_answer_is_cut_off_at_the_limit() {
     // Far less than the 10 s timeout: cut off by size, not by time.
     assert!(duration(&m, "SH") < 5.0, "{}", duration(&m, "SH"));
     rig.until_all_others(&images, "SH").await;
-    let error = logs.failures("SH")[0]["error"]
+    let error = logs.failures("SH").await[0]["error"]
         .as_str()
         .unwrap()
         .to_string();
@@ -1467,7 +1483,7 @@ async fn an_upstream_that_is_gone_is_a_connect_failure_everywhere() {
             )),
             "{readyz}"
         );
-        assert!(!logs.failures(dc).is_empty());
+        assert!(!logs.failures(dc).await.is_empty());
     }
     rig.assert_serving().await;
 }
