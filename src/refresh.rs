@@ -134,6 +134,7 @@ struct Pass {
     scope: Scope,
     aggregator: Aggregator,
     first_total: u64,
+    total_changed: bool,
     total: u64,
     pages: u32,
 }
@@ -142,9 +143,7 @@ impl Pass {
     fn absorb(&mut self, page: &Page) {
         self.pages += 1;
         self.total = self.total.max(page.total);
-        if page.total != self.first_total {
-            self.first_total = u64::MAX; // remembered as "changed"
-        }
+        self.total_changed |= page.total != self.first_total;
         for item in &page.items {
             let dc = match &self.scope {
                 Scope::Datacenter(dc) => dc.as_str(),
@@ -159,7 +158,7 @@ impl Pass {
         if self.aggregator.duplicates() > 0 {
             anomalies.push(Anomaly::DuplicateItems);
         }
-        if self.first_total == u64::MAX {
+        if self.total_changed {
             anomalies.push(Anomaly::TotalChanged);
         }
         if self.aggregator.unique() != self.total {
@@ -202,6 +201,7 @@ pub async fn collect(
         scope,
         aggregator: Aggregator::new(),
         first_total: first.total,
+        total_changed: false,
         total: first.total,
         pages: 0,
     };

@@ -124,7 +124,7 @@ impl Scheduler {
         let duration = started.elapsed();
         let outcome = match result {
             Ok(mut collected) => {
-                self.record_success(&collected, duration);
+                self.record_success(&dc, &collected, duration);
                 Outcome::Success {
                     images: collected.datacenters.remove(&dc).unwrap_or_default(),
                 }
@@ -149,7 +149,7 @@ impl Scheduler {
                 for dc in collected.datacenters.keys() {
                     self.telemetry.init_datacenter(dc);
                 }
-                self.record_success(&collected, duration);
+                self.record_success("", &collected, duration);
                 self.state
                     .publish_discovery(duration, Ok(collected.datacenters));
             }
@@ -176,23 +176,14 @@ impl Scheduler {
         collect(&self.client, &token, scope).await
     }
 
-    fn record_success(&self, collected: &Collected, duration: Duration) {
+    /// `scope` names the datacenter in logs; empty for a discovery pass.
+    fn record_success(&self, scope: &str, collected: &Collected, duration: Duration) {
         for (field, n) in &collected.invalid {
             self.telemetry
                 .invalid_items
                 .with_label_values(&[field.label()])
                 .inc_by(*n);
         }
-        let scope_label = if collected.datacenters.len() == 1 {
-            collected
-                .datacenters
-                .keys()
-                .next()
-                .cloned()
-                .unwrap_or_default()
-        } else {
-            String::new()
-        };
         for anomaly in &collected.anomalies {
             for dc in collected.datacenters.keys() {
                 self.telemetry
@@ -204,7 +195,7 @@ impl Scheduler {
         if !collected.anomalies.is_empty() {
             let kinds: Vec<&str> = collected.anomalies.iter().map(|a| a.label()).collect();
             tracing::warn!(
-                datacenter_key = %scope_label,
+                datacenter_key = %scope,
                 anomalies = %kinds.join(","),
                 total_counts = collected.total,
                 items = collected.items,
@@ -214,7 +205,7 @@ impl Scheduler {
             );
         }
         tracing::debug!(
-            datacenter_key = %scope_label,
+            datacenter_key = %scope,
             datacenters = collected.datacenters.len(),
             items = collected.items,
             pages = collected.pages,

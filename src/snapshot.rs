@@ -239,11 +239,6 @@ impl State {
         images.at_instant.elapsed() <= self.stale_after
     }
 
-    /// Appends the text exposition of the image and health series to `out`.
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        self.encode_snapshot(&self.snapshot(), out);
-    }
-
     /// Appends the text exposition of `snap` (a snapshot of this state) to `out`.
     pub fn encode_snapshot(&self, snap: &Snapshot, out: &mut Vec<u8>) {
         let mut text = String::with_capacity(4096);
@@ -412,7 +407,7 @@ mod tests {
 
     fn text(state: &State) -> String {
         let mut out = Vec::new();
-        state.encode(&mut out);
+        state.encode_snapshot(&state.snapshot(), &mut out);
         String::from_utf8(out).unwrap()
     }
 
