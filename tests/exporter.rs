@@ -9,41 +9,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser as _;
-use common::{parse_metrics, wait_for, ExporterProcess};
-use finovy_image_exporter::app::Exporter;
-use finovy_image_exporter::config::Config;
-use finovy_image_exporter::sim::{
-    self, AuthStyle, Faults, SimImage, SimOptions, SimServer, Simulator,
-};
+use common::{parse_metrics, wait_for, ExporterProcess, LoopbackSim};
+use finovy_image_exporter::sim::{self, AuthStyle, Faults, SimImage, SimOptions, Simulator};
 use tokio::sync::oneshot;
 
 const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// A simulator on a loopback port, stopped on drop.
-struct RunningSim {
-    sim: Simulator,
-    addr: SocketAddr,
-    _stop: oneshot::Sender<()>,
-}
-
-async fn start_sim(images: Vec<SimImage>, options: SimOptions, faults: Faults) -> RunningSim {
+async fn start_sim(images: Vec<SimImage>, options: SimOptions, faults: Faults) -> LoopbackSim {
     let sim = Simulator::new(images, options);
     sim.set_faults(faults);
-    let server = SimServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), sim.clone())
-        .await
-        .unwrap();
-    let addr = server.local_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server.serve(async move {
-        let _ = stopped.await;
-    }));
-    RunningSim {
-        sim,
-        addr,
-        _stop: stop,
-    }
+    LoopbackSim::start(sim).await
 }
 
 /// A unique scratch directory for this test process.
@@ -77,7 +53,6 @@ async fn start_exporter(
     let token_path = token_file(name, token);
     let upstream = format!("http://{upstream}");
     let mut args = vec![
-        "finovy-image-exporter",
         "--web.listen-address",
         "127.0.0.1:0",
         "--api.url",
@@ -90,13 +65,7 @@ async fn start_exporter(
         "5s",
     ];
     args.extend_from_slice(extra);
-    let config = Config::try_parse_from(args).unwrap();
-    let exporter = Exporter::start(config).await.unwrap();
-    let addr = exporter.local_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(exporter.run(async move {
-        let _ = stopped.await;
-    }));
+    let (addr, stop) = common::spawn_exporter(args).await;
     RunningExporter { addr, _stop: stop }
 }
 

@@ -18,13 +18,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use clap::Parser as _;
-use common::{parse_metrics, wait_for};
-use finovy_image_exporter::app::Exporter;
-use finovy_image_exporter::config::Config;
+use common::{parse_metrics, wait_for, LoopbackSim};
 use finovy_image_exporter::sim::{
     self, AuthStyle, Corruption, FaultAction, FaultRule, Faults, RecordedRequest, SimImage,
-    SimOptions, SimServer, Simulator,
+    SimOptions, Simulator,
 };
 use serde_json::Value;
 use tokio::sync::oneshot;
@@ -382,15 +379,7 @@ async fn start_sim(
         },
     );
     sim.set_faults(faults);
-    let server = SimServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), sim.clone())
-        .await
-        .unwrap();
-    let addr = server.local_addr();
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(server.serve(async move {
-        let _ = stopped.await;
-    }));
-    (sim, addr, stop)
+    LoopbackSim::start(sim).await.into_parts()
 }
 
 impl Rig {
@@ -419,7 +408,6 @@ impl Rig {
         ));
         std::fs::write(&token_path, format!("{TOKEN}\n")).unwrap();
         let mut args: Vec<String> = vec![
-            "finovy-image-exporter".into(),
             "--web.listen-address".into(),
             "127.0.0.1:0".into(),
             "--api.url".into(),
@@ -435,13 +423,7 @@ impl Rig {
             args.push(k);
             args.push(v);
         }
-        let config = Config::try_parse_from(args).unwrap();
-        let exporter = Exporter::start(config).await.unwrap();
-        let addr = exporter.local_addr();
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(exporter.run(async move {
-            let _ = stopped.await;
-        }));
+        let (addr, stop) = common::spawn_exporter(args).await;
         stops.push(stop);
         Rig {
             sim,

@@ -13,14 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use clap::Parser as _;
-use common::{parse_metrics, require_tool, wait_for, ExporterProcess};
-use finovy_image_exporter::app::Exporter;
-use finovy_image_exporter::config::{Config, ListenAddress};
+use common::{parse_metrics, require_tool, wait_for, ExporterProcess, LoopbackSim};
+use finovy_image_exporter::config::ListenAddress;
 use finovy_image_exporter::routes::Routes;
 use finovy_image_exporter::scheduler::Liveness;
 use finovy_image_exporter::server::Server;
-use finovy_image_exporter::sim::{self, AuthStyle, Faults, SimOptions, SimServer, Simulator};
+use finovy_image_exporter::sim::{self, AuthStyle, Faults, SimOptions, Simulator};
 use finovy_image_exporter::snapshot::State;
 use finovy_image_exporter::telemetry::Telemetry;
 use finovy_image_exporter::web_config::{WebConfigHandle, WebConfigWatcher};
@@ -733,13 +731,7 @@ async fn start_redirector(target: SocketAddr) -> Redirector {
 }
 
 /// A simulator on loopback; stopped on drop.
-struct RunningSim {
-    sim: Simulator,
-    addr: SocketAddr,
-    _stop: watch::Sender<()>,
-}
-
-async fn start_sim(accept_token: bool, faults: Faults) -> RunningSim {
+async fn start_sim(accept_token: bool, faults: Faults) -> LoopbackSim {
     let sim = Simulator::new(
         sim::generate(&sim::GenerateOptions::default()),
         SimOptions {
@@ -748,20 +740,7 @@ async fn start_sim(accept_token: bool, faults: Faults) -> RunningSim {
         },
     );
     sim.set_faults(faults);
-    let server = SimServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), sim.clone())
-        .await
-        .unwrap();
-    let addr = server.local_addr();
-    let (stop, _) = watch::channel(());
-    let mut stopped = stop.subscribe();
-    tokio::spawn(server.serve(async move {
-        let _ = stopped.changed().await;
-    }));
-    RunningSim {
-        sim,
-        addr,
-        _stop: stop,
-    }
+    LoopbackSim::start(sim).await
 }
 
 fn sent_the_token(headers: &[(String, String)]) -> bool {
@@ -789,8 +768,7 @@ async fn a_redirect_to_another_origin_does_not_get_the_token() {
     let dir = Scratch::new("redirect");
     let token = dir.write("token", TOKEN);
     let api_url = format!("http://{}", redirector.addr);
-    let config = Config::try_parse_from([
-        "finovy-image-exporter",
+    let (addr, stop) = common::spawn_exporter([
         "--web.listen-address",
         "127.0.0.1:0",
         "--api.url",
@@ -802,14 +780,8 @@ async fn a_redirect_to_another_origin_does_not_get_the_token() {
         "--refresh.interval",
         "200ms",
     ])
-    .unwrap();
-    let exporter = Exporter::start(config).await.unwrap();
-    let metrics_url = format!("http://{}/metrics", exporter.local_addr());
-    let (stop, _) = watch::channel(());
-    let mut stopped = stop.subscribe();
-    tokio::spawn(exporter.run(async move {
-        let _ = stopped.changed().await;
-    }));
+    .await;
+    let metrics_url = format!("http://{addr}/metrics");
 
     let client = plain_client();
     let metrics = wait_for("a refresh failing with reason http", DEADLINE, || async {

@@ -150,3 +150,66 @@ fn listening_address(line: &str) -> Option<std::net::SocketAddr> {
         .parse()
         .ok()
 }
+
+/// A simulator served on a loopback port until dropped.
+pub struct LoopbackSim {
+    pub sim: finovy_image_exporter::sim::Simulator,
+    pub addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl LoopbackSim {
+    /// Serves `sim` on `127.0.0.1`, on a free port.
+    pub async fn start(sim: finovy_image_exporter::sim::Simulator) -> Self {
+        let server = finovy_image_exporter::sim::SimServer::bind(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+            sim.clone(),
+        )
+        .await
+        .expect("a loopback port is free");
+        let addr = server.local_addr();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(server.serve(async move {
+            let _ = stopped.await;
+        }));
+        LoopbackSim { sim, addr, stop }
+    }
+
+    /// The parts, for a caller that keeps the stop handle itself (dropping it
+    /// stops the server).
+    pub fn into_parts(
+        self,
+    ) -> (
+        finovy_image_exporter::sim::Simulator,
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        (self.sim, self.addr, self.stop)
+    }
+}
+
+/// An exporter running in this process, started from command-line `args`
+/// (without the program name); it stops when the returned sender drops.
+pub async fn spawn_exporter<I, S>(
+    args: I,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>)
+where
+    I: IntoIterator<Item = S>,
+    S: Into<std::ffi::OsString> + Clone,
+{
+    use clap::Parser as _;
+    let config = finovy_image_exporter::config::Config::try_parse_from(
+        std::iter::once(std::ffi::OsString::from("finovy-image-exporter"))
+            .chain(args.into_iter().map(Into::into)),
+    )
+    .expect("valid test flags");
+    let exporter = finovy_image_exporter::app::Exporter::start(config)
+        .await
+        .expect("the exporter starts");
+    let addr = exporter.local_addr();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(exporter.run(async move {
+        let _ = stopped.await;
+    }));
+    (addr, stop)
+}
