@@ -52,9 +52,7 @@ fn main() {
     let aggregate = time_per_call(|| {
         let mut agg = Aggregator::new();
         for page in &pages {
-            for item in &page.items {
-                agg.add("HZ", item);
-            }
+            agg.add_page(page.items.iter().map(|item| ("HZ", item)));
         }
         black_box(agg.finish());
     });

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 /// Image status, as the upstream codes it (0 creating, 1 available, 2 failed, 3 expired).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -122,10 +123,10 @@ impl Field {
 pub struct Item {
     /// Hash of the upstream `id`, for de-duplication; `None` when unreadable.
     pub id: Option<u64>,
-    /// Upstream `datacenterKey`, when readable.
-    pub datacenter_key: Option<String>,
-    /// Upstream `imageType`; empty when missing.
-    pub image_type: String,
+    /// Upstream `datacenterKey`, when readable (shared: a page has few).
+    pub datacenter_key: Option<Arc<str>>,
+    /// Upstream `imageType`; empty when missing (shared: a page has few).
+    pub image_type: Arc<str>,
     /// Status.
     pub status: Status,
     /// Size in bytes; 0 when unreadable.
@@ -165,11 +166,26 @@ impl GroupStats {
     fn add(&mut self, item: &Item) {
         self.count += 1;
         self.size_bytes = self.size_bytes.saturating_add(item.size_bytes);
-        if let Some(created) = item.created_ms {
+        self.note_created(item.created_ms);
+    }
+
+    fn merge(&mut self, other: &GroupStats) {
+        self.count += other.count;
+        self.size_bytes = self.size_bytes.saturating_add(other.size_bytes);
+        self.note_created(other.oldest_created_ms);
+    }
+
+    fn note_created(&mut self, created: Option<i64>) {
+        if let Some(created) = created {
             self.oldest_created_ms =
                 Some(self.oldest_created_ms.map_or(created, |o| o.min(created)));
         }
     }
+}
+
+/// Equal strings, told quickly when they are the same string (shared labels).
+fn same_str(a: &str, b: &str) -> bool {
+    std::ptr::eq(a, b) || a == b
 }
 
 /// Key of a group inside one datacenter.
@@ -276,27 +292,69 @@ impl Aggregator {
 
     /// Adds one item to `datacenter`'s groups unless its id was seen already.
     pub fn add(&mut self, datacenter: &str, item: &Item) -> Added {
-        if let Some(id) = item.id {
-            if !self.seen.insert(id) {
-                self.duplicates += 1;
-                return Added::Duplicate;
+        let duplicates = self.duplicates;
+        self.add_page([(datacenter, item)]);
+        if self.duplicates > duplicates {
+            Added::Duplicate
+        } else {
+            Added::New
+        }
+    }
+
+    /// Adds a page of items, each to the groups of the datacenter paired with it,
+    /// skipping ids seen already. Items are first summed per group within the
+    /// page (a page has few groups, and items of one group share their strings),
+    /// so the group tables are looked up once per group rather than per item.
+    pub fn add_page<'a>(&mut self, items: impl IntoIterator<Item = (&'a str, &'a Item)>) {
+        // Past this many groups in one page, sums are moved to the tables early.
+        const PAGE_GROUPS: usize = 32;
+        let mut page: Vec<(&str, &str, [GroupStats; 5])> = Vec::new();
+        for (datacenter, item) in items {
+            if let Some(id) = item.id {
+                if !self.seen.insert(id) {
+                    self.duplicates += 1;
+                    continue;
+                }
+            }
+            self.unique += 1;
+            if item.invalid != 0 {
+                for field in item.invalid_fields() {
+                    self.invalid[field as usize] += 1;
+                }
+            }
+            let label = image_type_label(&item.image_type);
+            let slot = match page
+                .iter()
+                .position(|(dc, ty, _)| same_str(dc, datacenter) && same_str(ty, label))
+            {
+                Some(slot) => slot,
+                None => {
+                    if page.len() == PAGE_GROUPS {
+                        self.merge(page.drain(..));
+                    }
+                    page.push((datacenter, label, Default::default()));
+                    page.len() - 1
+                }
+            };
+            page[slot].2[item.status.index()].add(item);
+        }
+        self.merge(page);
+    }
+
+    fn merge<'a>(&mut self, groups: impl IntoIterator<Item = (&'a str, &'a str, [GroupStats; 5])>) {
+        for (datacenter, label, sums) in groups {
+            let types = match self.datacenters.get_mut(datacenter) {
+                Some(types) => types,
+                None => self.datacenters.entry(datacenter.to_string()).or_default(),
+            };
+            let stats = match types.get_mut(label) {
+                Some(stats) => stats,
+                None => types.entry(label.to_string()).or_default(),
+            };
+            for (total, sum) in stats.iter_mut().zip(&sums) {
+                total.merge(sum);
             }
         }
-        self.unique += 1;
-        for field in item.invalid_fields() {
-            self.invalid[field as usize] += 1;
-        }
-        let types = match self.datacenters.get_mut(datacenter) {
-            Some(types) => types,
-            None => self.datacenters.entry(datacenter.to_string()).or_default(),
-        };
-        let label = image_type_label(&item.image_type);
-        let stats = match types.get_mut(label) {
-            Some(stats) => stats,
-            None => types.entry(label.to_string()).or_default(),
-        };
-        stats[item.status.index()].add(item);
-        Added::New
     }
 
     /// Whether `item` would count if added now: its id was not seen, or it has none.
@@ -386,6 +444,37 @@ mod tests {
         }];
         assert_eq!(unknown.count, 1);
         assert_eq!(out["SH"].total_images(), 1);
+    }
+
+    #[test]
+    fn a_page_of_many_groups_sums_like_items_one_by_one() {
+        // 3 datacenters × 30 types × 2 statuses: more groups than a page sums
+        // locally before moving them to the tables, and items of a group spread
+        // over the page.
+        let items: Vec<(String, Item)> = (0..720u64)
+            .map(|i| {
+                let dc = format!("DC{}", i % 3);
+                let ty = format!("T{}", (i / 3) % 30);
+                let status = if i % 7 == 0 {
+                    Status::Failed
+                } else {
+                    Status::Available
+                };
+                let it = item(i % 700, &dc, &ty, status, i, 1_000 - i as i64);
+                (dc, it)
+            })
+            .collect();
+        let mut by_page = Aggregator::new();
+        by_page.add_page(items.iter().map(|(dc, it)| (dc.as_str(), it)));
+        let mut one_by_one = Aggregator::new();
+        for (dc, it) in &items {
+            one_by_one.add(dc, it);
+        }
+        assert_eq!(by_page.unique(), 700);
+        assert_eq!(by_page.duplicates(), 20);
+        let (by_page, one_by_one) = (by_page.finish(), one_by_one.finish());
+        assert_eq!(by_page.values().map(|d| d.groups.len()).sum::<usize>(), 180);
+        assert_eq!(by_page, one_by_one);
     }
 
     #[test]

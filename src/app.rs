@@ -193,7 +193,7 @@ impl Exporter {
             .as_ref()
             .map(|sim| tokio::spawn(sim.simulator().evolve_every(DEMO_EVOLVE_EVERY)));
         let demo = self.demo.map(|sim| tokio::spawn(sim.serve(stopped())));
-        let scheduler = tokio::spawn(self.scheduler.run(self.liveness, stopped()));
+        let scheduler = spawn_refresher(self.scheduler.run(self.liveness, stopped()));
         if let Some(watcher) = self.web_config {
             tokio::spawn(watcher.run(stopped()));
         }
@@ -208,6 +208,59 @@ impl Exporter {
             let _ = tokio::time::timeout(Duration::from_secs(2), demo).await;
         }
         tracing::info!("stopped");
+    }
+}
+
+/// Runs the refresh loop on a thread of its own, in a single-threaded runtime,
+/// and returns a future that completes when the loop has ended.
+///
+/// Every upstream request, its connection, the decoding and the aggregation then
+/// stay on one thread. On a multi-threaded runtime, each page handed work between
+/// workers several times (connection task, request task, paging task), and those
+/// wake-ups cost more CPU than decoding the page. Scrapes are served by the
+/// caller's runtime and never queue behind a page being decoded. Should the
+/// thread not start, the loop runs on the caller's runtime instead.
+fn spawn_refresher(task: impl Future<Output = ()> + Send + 'static) -> impl Future<Output = ()> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let (task_tx, task_rx) = std::sync::mpsc::sync_channel(1);
+    // The thread logs where the caller logs (its subscriber may be the thread's own).
+    let dispatch = tracing::dispatcher::get_default(|current| current.clone());
+    let thread = std::thread::Builder::new()
+        .name("refresh".into())
+        .spawn(move || {
+            let _done = done_tx;
+            let _log = tracing::dispatcher::set_default(&dispatch);
+            let Ok(task) = task_rx.recv() else { return };
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(task),
+                // Dropping the task clears the scheduler's liveness: /healthz fails.
+                Err(err) => tracing::error!(error = %err, "cannot start the refresh runtime"),
+            }
+        });
+    let fallback = match thread {
+        Ok(_) => {
+            // The thread holds the receiver until it has taken the task.
+            let _ =
+                task_tx.send(Box::pin(task) as std::pin::Pin<Box<dyn Future<Output = ()> + Send>>);
+            None
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot start the refresh thread; refreshing on the main runtime");
+            Some(tokio::spawn(task))
+        }
+    };
+    async move {
+        match fallback {
+            Some(handle) => {
+                let _ = handle.await;
+            }
+            None => {
+                let _ = done_rx.await;
+            }
+        }
     }
 }
 

@@ -144,13 +144,14 @@ impl Pass {
         self.pages += 1;
         self.total = self.total.max(page.total);
         self.total_changed |= page.total != self.first_total;
-        for item in &page.items {
-            let dc = match &self.scope {
+        let scope = &self.scope;
+        self.aggregator.add_page(page.items.iter().map(|item| {
+            let dc = match scope {
                 Scope::Datacenter(dc) => dc.as_str(),
                 Scope::Discover => item.datacenter_key.as_deref().unwrap_or(UNKNOWN_DATACENTER),
             };
-            self.aggregator.add(dc, item);
-        }
+            (dc, item)
+        }));
     }
 
     fn finish(self, cut_off: bool) -> Collected {

@@ -79,26 +79,35 @@ impl Scheduler {
         }
     }
 
-    /// Refreshes on schedule until `shutdown` completes.
-    pub async fn run(self, liveness: Arc<Liveness>, shutdown: impl Future<Output = ()>) {
-        let _guard = AliveGuard(liveness);
-        let mut ticker = tokio::time::interval(self.interval);
-        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = ticker.tick() => {}
-            }
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = self.refresh_all() => {}
+    /// Refreshes on schedule until `shutdown` completes. `liveness` is cleared
+    /// when the returned future ends or is dropped, even unpolled.
+    pub fn run(
+        self,
+        liveness: Arc<Liveness>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let guard = AliveGuard(liveness);
+        async move {
+            let _guard = guard;
+            let mut ticker = tokio::time::interval(self.interval);
+            ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            tokio::pin!(shutdown);
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = ticker.tick() => {}
+                }
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    _ = self.refresh_all() => {}
+                }
             }
         }
     }
 
     /// Runs one cycle: every datacenter, or one discovery pass.
     pub async fn refresh_all(&self) {
+        let started = Instant::now();
         if self.datacenters.is_empty() {
             self.discover().await;
         } else {
@@ -116,6 +125,14 @@ impl Scheduler {
         }
         self.state.finish_cycle();
         crate::release_freed_memory();
+        let snapshot = self.state.snapshot();
+        let failed = snapshot.datacenters.values().filter(|dc| !dc.up).count();
+        tracing::info!(
+            datacenters = snapshot.datacenters.len(),
+            failed,
+            duration = ?started.elapsed(),
+            "refresh cycle finished"
+        );
     }
 
     async fn refresh_datacenter(&self, dc: String) {

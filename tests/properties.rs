@@ -212,7 +212,7 @@ proptest! {
         for (im, item) in images.iter().zip(&page.items) {
             prop_assert_eq!(item.invalid, 0, "{:?}", im);
             prop_assert_eq!(item.datacenter_key.as_deref(), Some(im.datacenter_key.as_str()));
-            prop_assert_eq!(&item.image_type, &im.image_type);
+            prop_assert_eq!(&*item.image_type, im.image_type.as_str());
             prop_assert_eq!(item.status, Status::from_code(i64::from(im.status)));
             prop_assert_eq!(item.size_bytes as f64, (im.image_size.parse::<f64>().unwrap() * GIB).round());
             prop_assert_eq!(item.created_ms, Some(im.create_time));
@@ -317,10 +317,18 @@ proptest! {
     /// Counts and sizes are conserved: every item counts once per id (items
     /// without an id always count), in exactly one group.
     #[test]
-    fn aggregation_conserves_counts_and_sizes(items in prop::collection::vec(item(), 0..200)) {
+    fn aggregation_conserves_counts_and_sizes(
+        items in prop::collection::vec(item(), 0..200),
+        page_size in 1usize..60,
+    ) {
+        // Item by item for the first page, a page at a time after.
         let mut agg = Aggregator::new();
-        for it in &items {
+        let mut pages = items.chunks(page_size);
+        for it in pages.next().unwrap_or_default() {
             agg.add(it.datacenter_key.as_deref().unwrap(), it);
+        }
+        for page in pages {
+            agg.add_page(page.iter().map(|it| (it.datacenter_key.as_deref().unwrap(), it)));
         }
         // The same, naively.
         let mut seen = HashSet::new();
@@ -329,7 +337,7 @@ proptest! {
         let counted: Vec<&Item> = items.iter().filter(|it| it.id.is_none_or(|id| seen.insert(id))).collect();
         for it in &counted {
             let ty = if it.image_type.is_empty() { "unknown" } else { &it.image_type };
-            let g = want.entry((it.datacenter_key.clone().unwrap(), it.status, ty.to_string())).or_default();
+            let g = want.entry((it.datacenter_key.as_deref().unwrap().to_string(), it.status, ty.to_string())).or_default();
             g.count += 1;
             g.size_bytes += it.size_bytes;
             if let Some(c) = it.created_ms {

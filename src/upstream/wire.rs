@@ -10,10 +10,11 @@
 
 use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use std::fmt;
 
-use serde::de::{IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use crate::aggregate::{Field, Item, Status};
@@ -116,34 +117,57 @@ impl<'de: 'a, 'a> Deserialize<'de> for Loose<'a> {
     }
 }
 
-/// The envelope, with `data` decoded as `D`: a page in one pass, or, when that
-/// fails (error answers carry anything there), ignored, to tell an API error
-/// from a broken answer.
+/// The envelope with `data` ignored: read when an answer is not a page, to
+/// tell an API error (error answers carry anything in `data`) from a broken one.
 #[derive(Deserialize)]
-#[serde(
-    rename_all = "camelCase",
-    bound(deserialize = "'de: 'a, D: Deserialize<'de>")
-)]
-struct Envelope<'a, D> {
+#[serde(rename_all = "camelCase")]
+struct ErrorEnvelope<'a> {
     #[serde(borrow, default)]
     code: Option<Loose<'a>>,
     #[serde(borrow, default)]
     success: Option<Loose<'a>>,
-    #[serde(default)]
-    data: Option<D>,
     #[serde(borrow, default)]
     msg: Option<Loose<'a>>,
     #[serde(borrow, default)]
     trace_id: Option<Loose<'a>>,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// The envelope of a page, read in one pass: the items are reduced to [`Item`]s
+/// as the parser meets them, never held as JSON values.
+#[derive(Default)]
+struct Envelope<'a> {
+    code: Option<Loose<'a>>,
+    success: Option<Loose<'a>>,
+    msg: Option<Loose<'a>>,
+    trace_id: Option<Loose<'a>>,
+    data: Option<Data<'a>>,
+}
+
+#[derive(Default)]
 struct Data<'a> {
-    #[serde(borrow, default)]
-    data: Option<Vec<RawItem<'a>>>,
-    #[serde(borrow, default)]
+    items: Vec<Item>,
     total_counts: Option<Loose<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "camelCase")]
+enum EnvelopeKey {
+    Code,
+    Success,
+    Data,
+    Msg,
+    TraceId,
+    #[serde(other)]
+    Other,
+}
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "camelCase")]
+enum DataKey {
+    Data,
+    TotalCounts,
+    #[serde(other)]
+    Other,
 }
 
 #[derive(Deserialize)]
@@ -163,20 +187,177 @@ struct RawItem<'a> {
     create_time: Option<Loose<'a>>,
 }
 
+/// How to read a page: the size unit, and room for the items expected.
+#[derive(Clone, Copy)]
+struct PageSeed {
+    unit: SizeUnit,
+    capacity: usize,
+}
+
+/// Notes that field `bit` was read; a second occurrence is an error, as with
+/// derived decoders.
+fn first_time<E: serde::de::Error>(seen: &mut u8, bit: u8, name: &'static str) -> Result<(), E> {
+    if *seen & bit != 0 {
+        return Err(E::duplicate_field(name));
+    }
+    *seen |= bit;
+    Ok(())
+}
+
+impl<'de> DeserializeSeed<'de> for PageSeed {
+    type Value = Envelope<'de>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        struct EnvelopeVisitor(PageSeed);
+        impl<'de> Visitor<'de> for EnvelopeVisitor {
+            type Value = Envelope<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("the answer envelope")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut envelope = Envelope::default();
+                let mut seen = 0u8;
+                while let Some(key) = map.next_key::<EnvelopeKey>()? {
+                    match key {
+                        EnvelopeKey::Code => {
+                            first_time(&mut seen, 1, "code")?;
+                            envelope.code = map.next_value()?;
+                        }
+                        EnvelopeKey::Success => {
+                            first_time(&mut seen, 2, "success")?;
+                            envelope.success = map.next_value()?;
+                        }
+                        EnvelopeKey::Msg => {
+                            first_time(&mut seen, 4, "msg")?;
+                            envelope.msg = map.next_value()?;
+                        }
+                        EnvelopeKey::TraceId => {
+                            first_time(&mut seen, 8, "traceId")?;
+                            envelope.trace_id = map.next_value()?;
+                        }
+                        EnvelopeKey::Data => {
+                            first_time(&mut seen, 16, "data")?;
+                            envelope.data = map.next_value_seed(DataSeed(self.0))?;
+                        }
+                        EnvelopeKey::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(envelope)
+            }
+        }
+        d.deserialize_map(EnvelopeVisitor(self))
+    }
+}
+
+/// `data`: `null`, or the page object.
+struct DataSeed(PageSeed);
+
+impl<'de> DeserializeSeed<'de> for DataSeed {
+    type Value = Option<Data<'de>>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DataSeed {
+    type Value = Option<Data<'de>>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the page object or null")
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut data = Data::default();
+        let mut seen = 0u8;
+        while let Some(key) = map.next_key::<DataKey>()? {
+            match key {
+                DataKey::Data => {
+                    first_time(&mut seen, 1, "data")?;
+                    data.items = map.next_value_seed(ItemsSeed(self.0))?;
+                }
+                DataKey::TotalCounts => {
+                    first_time(&mut seen, 2, "totalCounts")?;
+                    data.total_counts = map.next_value()?;
+                }
+                DataKey::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Some(data))
+    }
+}
+
+/// The item array (`null` reads as empty), each item reduced as it is read.
+struct ItemsSeed(PageSeed);
+
+impl<'de> DeserializeSeed<'de> for ItemsSeed {
+    type Value = Vec<Item>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ItemsSeed {
+    type Value = Vec<Item>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an array of items or null")
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(Vec::new())
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let PageSeed { unit, capacity } = self.0;
+        let mut items = Vec::with_capacity(capacity);
+        let mut labels = Labels::default();
+        while let Some(raw) = seq.next_element::<RawItem<'de>>()? {
+            items.push(decode_item(&raw, unit, &mut labels));
+        }
+        Ok(items)
+    }
+}
+
 /// Decodes one answer body into a page, or says why it is not one.
 pub fn decode_page(body: &[u8], unit: SizeUnit) -> Result<Page, WireError> {
-    let (envelope, data_error) = match serde_json::from_slice::<Envelope<'_, Data<'_>>>(body) {
+    // Checked once here, so the parser need not check each string again.
+    let body = std::str::from_utf8(body)
+        .map_err(|e| WireError::Decode(format!("invalid JSON: not UTF-8: {e}")))?;
+    // Room for the items a body this long can hold, about; bounded, as the
+    // body's length is the server's to choose.
+    let seed = PageSeed {
+        unit,
+        capacity: (body.len() / 128).min(4096),
+    };
+    let mut parser = serde_json::Deserializer::from_str(body);
+    let parsed = seed
+        .deserialize(&mut parser)
+        .and_then(|envelope| parser.end().map(|()| envelope));
+    let (envelope, data_error) = match parsed {
         Ok(envelope) => (envelope, None),
         Err(data_error) => {
             // Not a page: perhaps an error answer with odd `data`, perhaps broken.
-            let e: Envelope<'_, IgnoredAny> = serde_json::from_slice(body)
+            let e: ErrorEnvelope<'_> = serde_json::from_str(body)
                 .map_err(|e| WireError::Decode(format!("invalid JSON: {e}")))?;
             let envelope = Envelope {
                 code: e.code,
                 success: e.success,
-                data: None,
                 msg: e.msg,
                 trace_id: e.trace_id,
+                data: None,
             };
             (envelope, Some(data_error))
         }
@@ -225,12 +406,7 @@ pub fn decode_page(body: &[u8], unit: SizeUnit) -> Result<Page, WireError> {
         .and_then(integer)
         .and_then(|t| u64::try_from(t).ok())
         .ok_or_else(|| WireError::Decode("`totalCounts` is missing or not a count".into()))?;
-    let items = data
-        .data
-        .unwrap_or_default()
-        .iter()
-        .map(|raw| decode_item(raw, unit))
-        .collect();
+    let items = data.items;
     Ok(Page {
         total,
         items,
@@ -238,11 +414,32 @@ pub fn decode_page(body: &[u8], unit: SizeUnit) -> Result<Page, WireError> {
     })
 }
 
-fn decode_item(raw: &RawItem<'_>, unit: SizeUnit) -> Item {
+/// The distinct `imageType` and `datacenterKey` values of one page, shared by its
+/// items: a page holds a handful, so each item costs no allocation of its own.
+#[derive(Default)]
+struct Labels(Vec<Arc<str>>);
+
+impl Labels {
+    /// Past this many distinct values a page is odd; stop looking them up.
+    const MAX: usize = 32;
+
+    fn get(&mut self, value: &str) -> Arc<str> {
+        if let Some(known) = self.0.iter().find(|known| ***known == *value) {
+            return Arc::clone(known);
+        }
+        let label: Arc<str> = Arc::from(value);
+        if self.0.len() < Self::MAX {
+            self.0.push(Arc::clone(&label));
+        }
+        label
+    }
+}
+
+fn decode_item(raw: &RawItem<'_>, unit: SizeUnit, labels: &mut Labels) -> Item {
     let mut item = Item {
         id: None,
         datacenter_key: None,
-        image_type: String::new(),
+        image_type: labels.get(""),
         status: Status::Unknown,
         size_bytes: 0,
         created_ms: None,
@@ -253,7 +450,7 @@ fn decode_item(raw: &RawItem<'_>, unit: SizeUnit) -> Item {
         None => item.mark_invalid(Field::Id),
     }
     match raw.image_type.as_ref().and_then(text) {
-        Some(t) => item.image_type = t.into_owned(),
+        Some(t) => item.image_type = labels.get(&t),
         None => item.mark_invalid(Field::ImageType),
     }
     match raw
@@ -262,7 +459,7 @@ fn decode_item(raw: &RawItem<'_>, unit: SizeUnit) -> Item {
         .and_then(text)
         .filter(|k| !k.is_empty())
     {
-        Some(k) => item.datacenter_key = Some(k.into_owned()),
+        Some(k) => item.datacenter_key = Some(labels.get(&k)),
         None => item.mark_invalid(Field::DatacenterKey),
     }
     match raw.status.as_ref().and_then(integer) {
@@ -379,7 +576,7 @@ mod tests {
         assert_eq!(item.status, Status::Available);
         assert_eq!(item.created_ms, Some(1_708_330_251_000));
         assert_eq!(item.datacenter_key.as_deref(), Some("HZ"));
-        assert_eq!(item.image_type, "Windows");
+        assert_eq!(&*item.image_type, "Windows");
     }
 
     #[test]
@@ -430,6 +627,24 @@ mod tests {
     }
 
     #[test]
+    fn null_items_unknown_fields_and_nesting_are_read_as_expected() {
+        let body = r#"{"extra":{"a":[1,{"b":null}]},"code":0,"data":{"pageNum":[2],
+            "data":null,"totalCounts":0},"success":true}"#;
+        let page = decode_page(body.as_bytes(), SizeUnit::Gib).unwrap();
+        assert_eq!((page.total, page.items.len()), (0, 0));
+        let body = r#"{"code":0,"data":{"totalCounts":2,"data":[
+            {"id":"a","imageType":"W\u0069n","tags":{"x":["y"]},"datacenterKey":"HZ","status":1,"imageSize":1,"createTime":1},
+            {"id":"b","imageType":"Win","datacenterKey":"HZ","status":1,"imageSize":1,"createTime":1}]}}"#;
+        let page = decode_page(body.as_bytes(), SizeUnit::Gib).unwrap();
+        let [a, b] = &page.items[..] else { panic!() };
+        assert_eq!((&*a.image_type, a.invalid), ("Win", 0));
+        assert!(
+            Arc::ptr_eq(&a.image_type, &b.image_type),
+            "one label per page"
+        );
+    }
+
+    #[test]
     fn structural_problems_are_decode_errors() {
         for body in [
             &b"not json"[..],
@@ -439,6 +654,9 @@ mod tests {
             br#"{"code":0,"data":{"data":[],"totalCounts":-1}}"#,
             br#"{"code":"zero","data":{"data":[],"totalCounts":0}}"#,
             br#"{"data":{"data":[],"totalCounts":0}}"#,
+            br#"{"code":0,"data":{"data":[],"totalCounts":0,"totalCounts":1}}"#,
+            br#"{"code":0,"data":{"data":[],"totalCounts":0}} trailing"#,
+            b"{\"code\":0,\"data\":{\"data\":[],\"totalCounts\":0},\"msg\":\"\xff\"}",
             br#"[]"#,
         ] {
             let e = decode_page(body, SizeUnit::Gib).unwrap_err();
