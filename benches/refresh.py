@@ -4,12 +4,13 @@
 For each inventory size and concurrency it measures, on a fresh exporter process:
   - the wall time of one full refresh (all datacenters), beside the best possible
     schedule (page 1 of every datacenter, then every remaining page, C in flight,
-    L seconds each): L * (ceil(D/C) + ceil((P-D)/C));
+    L seconds each): L * (ceil(D/C) + ceil((P-D)/C)); and the same at the latency
+    the simulator really added (its timers fire late), which it reports;
   - the exporter's CPU seconds for that refresh, and per million images (the
     second refresh of the process, so start-up is not counted);
   - its peak RSS (VmHWM) over both refreshes and its RSS when idle between them;
   - /metrics latency (p50, p99) and throughput with wrk while refreshes run back
-    to back.
+    to back, uncompressed and gzip-compressed (as Prometheus asks for it).
 It checks that the exported totals equal the simulator's before reporting.
 
 Usage: python3 benches/refresh.py [--sizes 10000,100000,1000000] [--concurrency 4,16]
@@ -140,6 +141,11 @@ def start_exporter(sim_addr, dcs, concurrency, interval):
     return Proc(args, env=env, ready=r'"address":"([0-9.:]+)"')
 
 
+def held(sim_addr):
+    """The simulator's count of list answers and the time it held them, in all."""
+    return json.loads(fetch("http://%s/_sim/held" % sim_addr)[1])
+
+
 def best_schedule(pages, dcs, concurrency, latency):
     return latency * (math.ceil(dcs / concurrency) + math.ceil(max(pages - dcs, 0) / concurrency))
 
@@ -187,8 +193,12 @@ def run_case(sim_addr, images, dcs, per_dc, concurrency, latency, wrk_seconds):
         time.sleep(0.5)
         idle = proc_status(pid, "VmRSS")
         cpu0 = cpu_seconds(pid)
+        held0 = held(sim_addr)
         wait("second refresh", lambda: cycles_logged(2), 600 + interval)
         cpu = cpu_seconds(pid) - cpu0
+        held1 = held(sim_addr)
+        answers = held1["answers"] - held0["answers"]
+        sim_latency = (held1["total_us"] - held0["total_us"]) / max(answers, 1) / 1e6
         peak = proc_status(pid, "VmHWM")
         m = metrics(addr)
         wall = max(v for k, v in m.items() if k.startswith("finovy_refresh_duration_seconds{"))
@@ -204,11 +214,19 @@ def run_case(sim_addr, images, dcs, per_dc, concurrency, latency, wrk_seconds):
     try:
         addr = exp.match.group(1)
         wait("first refresh", lambda: ready(addr), 600)
-        out = subprocess.run(
-            ["wrk", "-t1", "-c8", "-d%ds" % wrk_seconds, "--latency", "http://%s/metrics" % addr],
-            capture_output=True, text=True, check=True,
-        ).stdout
-        p50, p99, rps, non2xx = parse_wrk(out)
+        def run_wrk(*headers):
+            args = ["wrk", "-t1", "-c8", "-d%ds" % wrk_seconds, "--latency"]
+            for h in headers:
+                args += ["-H", h]
+            out = subprocess.run(
+                args + ["http://%s/metrics" % addr], capture_output=True, text=True, check=True
+            ).stdout
+            return parse_wrk(out)
+
+        # Uncompressed, and as Prometheus asks for it (gzip).
+        p50, p99, rps, non2xx = run_wrk()
+        gz_p50, gz_p99, gz_rps, gz_non2xx = run_wrk("Accept-Encoding: gzip")
+        non2xx += gz_non2xx
         refreshes = metrics(addr).get('finovy_api_requests_total{code="200"}', 0) / max(pages, 1)
     finally:
         exp.stop()
@@ -222,6 +240,9 @@ def run_case(sim_addr, images, dcs, per_dc, concurrency, latency, wrk_seconds):
         "refresh_s": round(wall, 3),
         "best_s": round(bound, 3),
         "ratio": round(wall / bound, 3) if bound else None,
+        "sim_latency_ms": round(sim_latency * 1000, 2),
+        "best_at_sim_latency_s": round(bound * sim_latency / latency, 3),
+        "ratio_at_sim_latency": round(wall / (bound * sim_latency / latency), 3) if bound else None,
         "cpu_s": round(cpu, 3),
         "cpu_s_per_million": round(cpu / images * 1e6, 3),
         "peak_rss_mib": round(peak / 2**20, 1),
@@ -229,6 +250,9 @@ def run_case(sim_addr, images, dcs, per_dc, concurrency, latency, wrk_seconds):
         "metrics_p50_ms": p50,
         "metrics_p99_ms": p99,
         "metrics_rps": rps,
+        "metrics_gzip_p50_ms": gz_p50,
+        "metrics_gzip_p99_ms": gz_p99,
+        "metrics_gzip_rps": gz_rps,
         "metrics_non2xx": non2xx,
         "refreshes_during_wrk": round(refreshes, 1),
     }
@@ -280,10 +304,12 @@ def main():
     cols = [
         ("images", "images"), ("concurrency", "C"), ("pages", "pages"),
         ("refresh_s", "refresh s"), ("best_s", "best s"), ("ratio", "ratio"),
+        ("sim_latency_ms", "sim L ms"), ("ratio_at_sim_latency", "ratio at sim L"),
         ("cpu_s", "CPU s"), ("cpu_s_per_million", "CPU s/M"),
         ("peak_rss_mib", "peak RSS MiB"), ("idle_rss_mib", "idle RSS MiB"),
         ("metrics_p50_ms", "/metrics p50 ms"), ("metrics_p99_ms", "p99 ms"),
         ("metrics_rps", "scrapes/s"),
+        ("metrics_gzip_p99_ms", "gzip p99 ms"), ("metrics_gzip_rps", "gzip scrapes/s"),
     ]
     print("| " + " | ".join(c[1] for c in cols) + " |")
     print("|" + "---|" * len(cols))

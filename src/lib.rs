@@ -14,7 +14,7 @@
 //! - [`aggregate`]: pure aggregation of items into groups.
 //! - [`snapshot`]: the published state and its text exposition.
 //! - [`exposition`]: the `/metrics` body, encoded once per refresh or second.
-//! - [`scheduler`]: the refresh loop.
+//! - [`scheduler`]: the refresh loop, which [`app`] runs on a thread of its own.
 //! - [`telemetry`]: the exporter's own metrics.
 //! - [`routes`] and [`server`]: what each path answers, and the listener.
 //! - [`web_config`]: `--web.config.file` (TLS, basic auth, headers) and its reloading.

@@ -139,22 +139,24 @@ impl Scheduler {
         let started = Instant::now();
         let result = self.pass(Scope::Datacenter(dc.clone())).await;
         let duration = started.elapsed();
-        let outcome = match result {
-            Ok(mut collected) => {
+        // The result is published before it is counted, so that a scrape that
+        // sees a counter move also sees the numbers it is about.
+        match result {
+            Ok(collected) => {
+                let images = collected.datacenters.get(&dc).cloned().unwrap_or_default();
+                self.state
+                    .publish(&dc, duration, Outcome::Success { images });
                 self.record_success(&dc, &collected, duration);
-                Outcome::Success {
-                    images: collected.datacenters.remove(&dc).unwrap_or_default(),
-                }
             }
             Err(err) => {
-                self.record_failure(&dc, &err, duration);
-                Outcome::Failure {
+                let outcome = Outcome::Failure {
                     reason: err.reason(),
                     message: err.to_string(),
-                }
+                };
+                self.state.publish(&dc, duration, outcome);
+                self.record_failure(&dc, &err, duration);
             }
-        };
-        self.state.publish(&dc, duration, outcome);
+        }
     }
 
     async fn discover(&self) {
@@ -166,9 +168,9 @@ impl Scheduler {
                 for dc in collected.datacenters.keys() {
                     self.telemetry.init_datacenter(dc);
                 }
-                self.record_success("", &collected, duration);
                 self.state
-                    .publish_discovery(duration, Ok(collected.datacenters));
+                    .publish_discovery(duration, Ok(collected.datacenters.clone()));
+                self.record_success("", &collected, duration);
             }
             Err(err) => {
                 let known: Vec<String> =
@@ -180,10 +182,12 @@ impl Scheduler {
                 };
                 for dc in &keys {
                     self.telemetry.init_datacenter(dc);
-                    self.record_failure(dc, &err, duration);
                 }
                 self.state
                     .publish_discovery(duration, Err((err.reason(), err.to_string())));
+                for dc in &keys {
+                    self.record_failure(dc, &err, duration);
+                }
             }
         }
     }

@@ -593,6 +593,14 @@ async fn added_latency_below_the_timeout_changes_only_the_duration() {
         // Page 1, then the other pages in parallel: at least two latencies.
         assert!(duration(&m, dc) >= 0.24, "{dc}: {}", duration(&m, dc));
     }
+    // The simulator accounts for the latency it really added to each answer.
+    let (answers, total_us) = rig.sim.held();
+    assert!(answers >= 2 * DCS.len() as u64, "{answers} answers held");
+    let mean_us = total_us / answers;
+    assert!(
+        mean_us >= 120_000,
+        "mean latency {mean_us} µs for 120 ms asked"
+    );
     rig.assert_serving().await;
 }
 

@@ -20,6 +20,7 @@ mod evolve;
 mod server;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -326,6 +327,16 @@ pub struct Simulator {
     options: Arc<SimOptions>,
     state: Arc<Mutex<SimState>>,
     matches: Arc<Mutex<MatchCache>>,
+    held: Arc<Held>,
+}
+
+/// How long list answers were held, from the request's arrival to the answer:
+/// the latency the simulator really adds (timers fire late, by up to a couple
+/// of milliseconds), which a benchmark's best possible schedule should use.
+#[derive(Debug, Default)]
+struct Held {
+    answers: AtomicU64,
+    total_us: AtomicU64,
 }
 
 /// The positions of the images that match a filter, remembered per image list,
@@ -354,7 +365,23 @@ impl Simulator {
                 rng: SplitMix::new(0x5eed),
             })),
             matches: Arc::default(),
+            held: Arc::default(),
         }
+    }
+
+    /// Notes that a list answer was held `held` after its request arrived.
+    pub(crate) fn note_held(&self, held: Duration) {
+        self.held.answers.fetch_add(1, Ordering::Relaxed);
+        let us = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
+        self.held.total_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// List answers so far, and the microseconds they were held in all.
+    pub fn held(&self) -> (u64, u64) {
+        (
+            self.held.answers.load(Ordering::Relaxed),
+            self.held.total_us.load(Ordering::Relaxed),
+        )
     }
 
     /// Positions in `images` of the images for which `filter` holds, computed

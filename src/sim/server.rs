@@ -201,6 +201,7 @@ impl ListQuery {
 }
 
 async fn handle(sim: &Simulator, req: Request<Incoming>) -> Response<SimBody> {
+    let arrived = tokio::time::Instant::now();
     let path = req.uri().path().to_string();
     if let Some(control) = path.strip_prefix("/_sim/") {
         return control_api(sim, control.to_string(), req).await;
@@ -232,16 +233,31 @@ async fn handle(sim: &Simulator, req: Request<Incoming>) -> Response<SimBody> {
             &json!({"code": 405, "success": false, "msg": "GET only"}),
         );
     }
-    if !plan.delay.is_zero() {
-        tokio::time::sleep(plan.delay).await;
+    // The latency runs from the request's arrival, and the answer is built
+    // meanwhile: a request takes the latency, not the latency plus the time it
+    // takes to write the page.
+    let deadline = arrived + plan.delay;
+    if let Some(FaultAction::Hang) = &plan.replace {
+        tokio::time::sleep_until(deadline).await;
+        tokio::time::sleep(HANG).await;
+        return json_response(StatusCode::GATEWAY_TIMEOUT, &json!({"msg": "hung"}));
     }
+    let response = answer(sim, &plan, &query, &req);
+    tokio::time::sleep_until(deadline).await;
+    sim.note_held(arrived.elapsed());
+    response
+}
+
+/// The answer to a list request, as the plan bends it.
+fn answer(
+    sim: &Simulator,
+    plan: &Plan,
+    query: &ListQuery,
+    req: &Request<Incoming>,
+) -> Response<SimBody> {
     // Faults in front of the application (a gateway, a proxy) answer before the
     // token is even looked at.
     match &plan.replace {
-        Some(FaultAction::Hang) => {
-            tokio::time::sleep(HANG).await;
-            return json_response(StatusCode::GATEWAY_TIMEOUT, &json!({"msg": "hung"}));
-        }
         Some(FaultAction::Status {
             status,
             retry_after_secs,
@@ -285,7 +301,7 @@ async fn handle(sim: &Simulator, req: Request<Incoming>) -> Response<SimBody> {
     {
         return auth_failure(style);
     }
-    list(sim, &plan, &query)
+    list(sim, plan, query)
 }
 
 fn auth_failure(style: AuthStyle) -> Response<SimBody> {
@@ -462,6 +478,13 @@ async fn control_api(sim: &Simulator, what: String, req: Request<Incoming>) -> R
     };
     match (method, what.as_str()) {
         (Method::GET, "images") => json_response(StatusCode::OK, &json!(*sim.images())),
+        (Method::GET, "held") => {
+            let (answers, total_us) = sim.held();
+            json_response(
+                StatusCode::OK,
+                &json!({"answers": answers, "total_us": total_us}),
+            )
+        }
         (Method::PUT, "images") => match serde_json::from_slice::<Vec<SimImage>>(&body) {
             Ok(images) => {
                 sim.set_images(images);

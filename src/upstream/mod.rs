@@ -284,6 +284,21 @@ impl ApiClient {
         datacenter: Option<&str>,
         page: u32,
     ) -> Result<Page, FetchError> {
+        // The request slot is given back once the body is in, not after decoding
+        // it, and the task yields before decoding, so that a request waiting for
+        // the slot goes out first, while this page is decoded.
+        let (status, body) = self.fetch_body(token, datacenter, page).await?;
+        tokio::task::yield_now().await;
+        decode(status, &body, self.config.size_unit)
+    }
+
+    /// One page's answer body, retrying what may pass.
+    async fn fetch_body(
+        &self,
+        token: &Token,
+        datacenter: Option<&str>,
+        page: u32,
+    ) -> Result<(StatusCode, BytesMut), FetchError> {
         let mut attempt = 0;
         loop {
             let result = {
@@ -293,10 +308,10 @@ impl ApiClient {
                     .acquire()
                     .await
                     .expect("limiter is never closed");
-                self.fetch_once(token, datacenter, page).await
+                self.receive(token, datacenter, page).await
             };
             let err = match result {
-                Ok(page) => return Ok(page),
+                Ok(answer) => return Ok(answer),
                 Err(err) => err,
             };
             if !err.retryable() || attempt >= self.config.max_retries {
@@ -319,12 +334,13 @@ impl ApiClient {
         }
     }
 
-    async fn fetch_once(
+    /// Sends one request and reads its body, counting it in the telemetry.
+    async fn receive(
         &self,
         token: &Token,
         datacenter: Option<&str>,
         page: u32,
-    ) -> Result<Page, FetchError> {
+    ) -> Result<(StatusCode, BytesMut), FetchError> {
         let started = Instant::now();
         // The status, once one came back: a body that breaks or grows too large
         // afterwards still counts under the status the server sent.
@@ -341,32 +357,7 @@ impl ApiClient {
             .api_requests
             .with_label_values(&[code.as_str()])
             .inc();
-        let (status, body) = result?;
-        wire::decode_page(&body, self.config.size_unit).map_err(|err| match err {
-            WireError::Api {
-                code: 401,
-                trace_id,
-                ..
-            } => FetchError::Auth {
-                status: status.as_u16(),
-                api_code: Some(401),
-                trace_id,
-            },
-            WireError::Api {
-                code,
-                msg,
-                trace_id,
-            } => FetchError::Api {
-                status: status.as_u16(),
-                code,
-                msg,
-                trace_id,
-            },
-            WireError::Decode(msg) => FetchError::Decode {
-                status: status.as_u16(),
-                msg,
-            },
-        })
+        result
     }
 
     /// Sends the request and reads the body, bounded in size.
@@ -460,6 +451,35 @@ impl ApiClient {
         }
         FetchError::Connect(msg)
     }
+}
+
+/// Decodes an answer body into a page, or into the error it reports.
+fn decode(status: StatusCode, body: &[u8], unit: SizeUnit) -> Result<Page, FetchError> {
+    wire::decode_page(body, unit).map_err(|err| match err {
+        WireError::Api {
+            code: 401,
+            trace_id,
+            ..
+        } => FetchError::Auth {
+            status: status.as_u16(),
+            api_code: Some(401),
+            trace_id,
+        },
+        WireError::Api {
+            code,
+            msg,
+            trace_id,
+        } => FetchError::Api {
+            status: status.as_u16(),
+            code,
+            msg,
+            trace_id,
+        },
+        WireError::Decode(msg) => FetchError::Decode {
+            status: status.as_u16(),
+            msg,
+        },
+    })
 }
 
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
