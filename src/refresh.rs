@@ -225,7 +225,7 @@ pub async fn collect(
     // Page 1 of every datacenter goes out at once; the rest of the lists is read
     // a few at a time, which keeps every request slot busy while only those few
     // hold a growing id set (memory stays flat with the number of datacenters).
-    let _turn = client.paging_turn(planned.saturating_sub(1)).await;
+    let mut turn = client.paging_turn(planned.saturating_sub(1)).await;
     // Room for every id at once rather than growing in steps (bounded, since
     // totalCounts may lie).
     pass.aggregator.reserve(
@@ -267,6 +267,16 @@ pub async fn collect(
         saw_empty |= page.items.is_empty();
         saw_short |= (page.items.len() as u64) < per_page;
         pass.absorb(&page);
+        // Near the end of the list, fewer requests remain than the turn's share:
+        // the rest of it goes to the next list at once, so no slot waits for
+        // this one to finish. One is kept to the end (the id set lives on).
+        let outstanding = (planned.saturating_add(1).saturating_sub(next) as usize)
+            .saturating_add(in_flight.len())
+            .max(1);
+        let excess = turn.num_permits().saturating_sub(outstanding);
+        if excess > 0 {
+            drop(turn.split(excess));
+        }
     }
 
     // Read on, one page at a time, past the planned pages when
