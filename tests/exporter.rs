@@ -623,20 +623,10 @@ async fn metrics_pass_promtool_check_metrics() {
     );
     assert!(out.status.success(), "promtool failed: {said}");
     assert!(said.trim().is_empty(), "promtool warned: {said}");
-    for family in [
-        "finovy_images",
-        "finovy_images_size_bytes",
-        "finovy_images_oldest_created_timestamp_seconds",
-        "finovy_up",
-        "finovy_refresh_duration_seconds",
-        "finovy_refresh_last_success_timestamp_seconds",
-        "finovy_refresh_failures_total",
-        "finovy_api_requests_total",
-        "finovy_api_request_duration_seconds",
-        "finovy_api_invalid_items_total",
-        "finovy_exporter_build_info",
-        "process_resident_memory_bytes",
-    ] {
+    for family in common::METRIC_FAMILIES
+        .iter()
+        .chain(&["process_resident_memory_bytes"])
+    {
         assert!(
             body.contains(&format!("# TYPE {family} ")),
             "{family} missing"

@@ -366,7 +366,7 @@ pub fn decode_page(body: &[u8], unit: SizeUnit) -> Result<Page, WireError> {
         .trace_id
         .as_ref()
         .and_then(text)
-        .map(|t| shorten(&t, 128));
+        .map(|t| shorten(t, 128));
     let code = match &envelope.code {
         Some(raw) => {
             Some(integer(raw).ok_or_else(|| WireError::Decode("`code` is not an integer".into()))?)
@@ -390,7 +390,7 @@ pub fn decode_page(body: &[u8], unit: SizeUnit) -> Result<Page, WireError> {
         let msg = envelope.msg.as_ref().and_then(text).unwrap_or_default();
         return Err(WireError::Api {
             code: code.unwrap_or(0),
-            msg: shorten(&msg, 200),
+            msg: shorten(msg, 200),
             trace_id,
         });
     }
@@ -436,22 +436,22 @@ impl Labels {
 }
 
 fn decode_item(raw: &RawItem<'_>, unit: SizeUnit, labels: &mut Labels) -> Item {
+    let image_type = raw.image_type.as_ref().and_then(text);
     let mut item = Item {
         id: None,
         datacenter_key: None,
-        image_type: labels.get(""),
+        image_type: labels.get(image_type.unwrap_or("")),
         status: Status::Unknown,
         size_bytes: 0,
         created_ms: None,
         invalid: 0,
     };
+    if image_type.is_none() {
+        item.mark_invalid(Field::ImageType);
+    }
     match raw.id.as_ref().and_then(id_hash) {
         Some(id) => item.id = Some(id),
         None => item.mark_invalid(Field::Id),
-    }
-    match raw.image_type.as_ref().and_then(text) {
-        Some(t) => item.image_type = labels.get(&t),
-        None => item.mark_invalid(Field::ImageType),
     }
     match raw
         .datacenter_key
@@ -459,7 +459,7 @@ fn decode_item(raw: &RawItem<'_>, unit: SizeUnit, labels: &mut Labels) -> Item {
         .and_then(text)
         .filter(|k| !k.is_empty())
     {
-        Some(k) => item.datacenter_key = Some(labels.get(&k)),
+        Some(k) => item.datacenter_key = Some(labels.get(k)),
         None => item.mark_invalid(Field::DatacenterKey),
     }
     match raw.status.as_ref().and_then(integer) {
@@ -488,9 +488,9 @@ fn decode_item(raw: &RawItem<'_>, unit: SizeUnit, labels: &mut Labels) -> Item {
 }
 
 /// A JSON string's text.
-fn text<'a>(value: &'a Loose<'a>) -> Option<Cow<'a, str>> {
+fn text<'a>(value: &'a Loose<'_>) -> Option<&'a str> {
     match value {
-        Loose::Str(s) => Some(Cow::Borrowed(s.as_ref())),
+        Loose::Str(s) => Some(s),
         _ => None,
     }
 }
