@@ -7,7 +7,9 @@ For each inventory size and concurrency it measures, on a fresh exporter process
     L seconds each): L * (ceil(D/C) + ceil((P-D)/C)); and the same at the latency
     the simulator really added (its timers fire late), which it reports;
   - the exporter's CPU seconds for that refresh, and per million images (from the
-    second refresh of the process on, so start-up is not counted);
+    second refresh of the process on, so start-up is not counted), split into user
+    and system time, with the context switches of its threads per request (how
+    often it went to sleep waiting for an answer and woke up again);
   - short refreshes are measured several times (about 5 s of refreshing, at most
     5 refreshes): the median wall time and the mean CPU time are reported;
   - its peak RSS (VmHWM) over all its refreshes, and its RSS when idle after the
@@ -90,9 +92,25 @@ def proc_status(pid, key):
 
 
 def cpu_seconds(pid):
+    """User and system CPU seconds of the whole process."""
     with open("/proc/%d/stat" % pid) as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def context_switches(pid):
+    """Context switches of all the process's threads: each is a thread going to
+    sleep (waiting for an answer) or being preempted."""
+    total = 0
+    for tid in os.listdir("/proc/%d/task" % pid):
+        try:
+            with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+                for line in f:
+                    if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                        total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total
 
 
 def fetch(url, timeout=10):
@@ -198,17 +216,22 @@ def run_case(sim_addr, images, dcs, per_dc, concurrency, latency, wrk_seconds):
         # Short refreshes are measured several times (about 5 s of refreshing,
         # at most 5): the median wall time, the mean CPU time. The CPU time of
         # each is read before the scrape that reads its wall time.
-        measured = max(1, min(5, int(5.0 // bound))) if bound else 1
-        walls, cpu = [], 0.0
+        measured = max(1, min(5, int(5.0 // bound))) if bound else 5
+        walls, user, system, switches = [], 0.0, 0.0, 0
         held0 = held(sim_addr)
         for k in range(measured):
-            cpu0 = cpu_seconds(pid)
+            (user0, system0), switches0 = cpu_seconds(pid), context_switches(pid)
             wait("refresh %d" % (k + 2), lambda: cycles_logged(k + 2), 600 + interval)
-            cpu += cpu_seconds(pid) - cpu0
+            (user1, system1), switches1 = cpu_seconds(pid), context_switches(pid)
+            user += user1 - user0
+            system += system1 - system0
+            switches += switches1 - switches0
             m = metrics(addr)
             walls.append(max(v for key, v in m.items() if key.startswith("finovy_refresh_duration_seconds{")))
         held1 = held(sim_addr)
-        cpu /= measured
+        user /= measured
+        system /= measured
+        cpu = user + system
         wall = sorted(walls)[len(walls) // 2]
         answers = held1["answers"] - held0["answers"]
         sim_latency = (held1["total_us"] - held0["total_us"]) / max(answers, 1) / 1e6
@@ -252,11 +275,14 @@ def run_case(sim_addr, images, dcs, per_dc, concurrency, latency, wrk_seconds):
         "best_s": round(bound, 3),
         "ratio": round(wall / bound, 3) if bound else None,
         "sim_latency_ms": round(sim_latency * 1000, 2),
-        "best_at_sim_latency_s": round(bound * sim_latency / latency, 3),
+        "best_at_sim_latency_s": round(bound * sim_latency / latency, 3) if bound else None,
         "ratio_at_sim_latency": round(wall / (bound * sim_latency / latency), 3) if bound else None,
         "refreshes_measured": measured,
         "cpu_s": round(cpu, 3),
         "cpu_s_per_million": round(cpu / images * 1e6, 3),
+        "user_s_per_million": round(user / images * 1e6, 3),
+        "system_s_per_million": round(system / images * 1e6, 3),
+        "switches_per_request": round(switches / measured / pages, 2),
         "peak_rss_mib": round(peak / 2**20, 1),
         "idle_rss_mib": round(idle / 2**20, 1),
         "metrics_p50_ms": p50,
@@ -318,6 +344,8 @@ def main():
         ("refresh_s", "refresh s"), ("best_s", "best s"), ("ratio", "ratio"),
         ("sim_latency_ms", "sim L ms"), ("ratio_at_sim_latency", "ratio at sim L"),
         ("cpu_s", "CPU s"), ("cpu_s_per_million", "CPU s/M"),
+        ("user_s_per_million", "user s/M"), ("system_s_per_million", "sys s/M"),
+        ("switches_per_request", "switches/request"),
         ("peak_rss_mib", "peak RSS MiB"), ("idle_rss_mib", "idle RSS MiB"),
         ("metrics_p50_ms", "/metrics p50 ms"), ("metrics_p99_ms", "p99 ms"),
         ("metrics_rps", "scrapes/s"),

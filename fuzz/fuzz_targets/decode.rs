@@ -1,16 +1,19 @@
 //! Fuzzes the decoder of the upstream's answers: whatever the bytes, it returns
-//! a page or an error, never panics, and a page it returns is well-formed.
+//! a page or an error, never panics, a page it returns is well-formed, and the
+//! fast path for the usual page agrees with the general one.
 
 #![no_main]
 
 use finovy_image_exporter::config::SizeUnit;
-use finovy_image_exporter::upstream::wire::decode_page;
+use finovy_image_exporter::upstream::wire::{decode_page, decode_page_general};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     // The unit only scales `imageSize`: the smallest and the largest cover it.
     for unit in [SizeUnit::B, SizeUnit::Tib] {
-        if let Ok(page) = decode_page(data, unit) {
+        let decoded = decode_page(data, unit);
+        assert_eq!(decoded, decode_page_general(data, unit));
+        if let Ok(page) = decoded {
             for item in &page.items {
                 assert!(
                     item.invalid < 1 << 6,

@@ -20,6 +20,8 @@ use serde::Deserialize;
 use crate::aggregate::{Field, Item, Status};
 use crate::config::SizeUnit;
 
+mod scan;
+
 /// One decoded page.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page {
@@ -170,7 +172,7 @@ enum DataKey {
     Other,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct RawItem<'a> {
     #[serde(borrow, default)]
@@ -333,7 +335,18 @@ impl<'de> Visitor<'de> for ItemsSeed {
 
 /// Decodes one answer body into a page, or says why it is not one.
 pub fn decode_page(body: &[u8], unit: SizeUnit) -> Result<Page, WireError> {
-    // Checked once here, so the parser need not check each string again.
+    decode(body, unit, true)
+}
+
+/// [`decode_page`] without the fast path for the usual page: the reference the
+/// fast path is fuzzed against.
+#[cfg(fuzzing)]
+pub fn decode_page_general(body: &[u8], unit: SizeUnit) -> Result<Page, WireError> {
+    decode(body, unit, false)
+}
+
+fn decode(body: &[u8], unit: SizeUnit, fast: bool) -> Result<Page, WireError> {
+    // Checked once here, so the parsers need not check each string again.
     let body = std::str::from_utf8(body)
         .map_err(|e| WireError::Decode(format!("invalid JSON: not UTF-8: {e}")))?;
     // Room for the items a body this long can hold, about; bounded, as the
@@ -342,25 +355,9 @@ pub fn decode_page(body: &[u8], unit: SizeUnit) -> Result<Page, WireError> {
         unit,
         capacity: (body.len() / 128).min(4096),
     };
-    let mut parser = serde_json::Deserializer::from_str(body);
-    let parsed = seed
-        .deserialize(&mut parser)
-        .and_then(|envelope| parser.end().map(|()| envelope));
-    let (envelope, data_error) = match parsed {
-        Ok(envelope) => (envelope, None),
-        Err(data_error) => {
-            // Not a page: perhaps an error answer with odd `data`, perhaps broken.
-            let e: ErrorEnvelope<'_> = serde_json::from_str(body)
-                .map_err(|e| WireError::Decode(format!("invalid JSON: {e}")))?;
-            let envelope = Envelope {
-                code: e.code,
-                success: e.success,
-                msg: e.msg,
-                trace_id: e.trace_id,
-                data: None,
-            };
-            (envelope, Some(data_error))
-        }
+    let (envelope, data_error) = match fast.then(|| scan::envelope(body, seed)).flatten() {
+        Some(envelope) => (envelope, None),
+        None => parse(body, seed)?,
     };
     let trace_id = envelope
         .trace_id
@@ -412,6 +409,34 @@ pub fn decode_page(body: &[u8], unit: SizeUnit) -> Result<Page, WireError> {
         items,
         trace_id,
     })
+}
+
+/// Reads the envelope with serde_json. An answer whose `data` is not a page is
+/// read again for the envelope alone (error answers carry anything in `data`),
+/// with the reason `data` was not a page.
+fn parse(
+    body: &str,
+    seed: PageSeed,
+) -> Result<(Envelope<'_>, Option<serde_json::Error>), WireError> {
+    let mut parser = serde_json::Deserializer::from_str(body);
+    let parsed = seed
+        .deserialize(&mut parser)
+        .and_then(|envelope| parser.end().map(|()| envelope));
+    match parsed {
+        Ok(envelope) => Ok((envelope, None)),
+        Err(data_error) => {
+            let e: ErrorEnvelope<'_> = serde_json::from_str(body)
+                .map_err(|e| WireError::Decode(format!("invalid JSON: {e}")))?;
+            let envelope = Envelope {
+                code: e.code,
+                success: e.success,
+                msg: e.msg,
+                trace_id: e.trace_id,
+                data: None,
+            };
+            Ok((envelope, Some(data_error)))
+        }
+    }
 }
 
 /// The distinct `imageType` and `datacenterKey` values of one page, shared by its
@@ -555,7 +580,7 @@ fn shorten(s: &str, max_chars: usize) -> String {
 mod tests {
     use super::*;
 
-    const SEED_EXAMPLE: &str = r#"{
+    pub(super) const SEED_EXAMPLE: &str = r#"{
         "code": 0, "success": true,
         "data": {"data": [{"id": "7sEdkaZ0T8", "imageId": 164471562, "imageType": "Windows",
             "imageName": "aaaaaaaa", "imageSize": "128.00", "datacenterKey": "HZ",
