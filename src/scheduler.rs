@@ -142,11 +142,11 @@ impl Scheduler {
         // The result is published before it is counted, so that a scrape that
         // sees a counter move also sees the numbers it is about.
         match result {
-            Ok(collected) => {
-                let images = collected.datacenters.get(&dc).cloned().unwrap_or_default();
+            Ok(mut collected) => {
+                let images = collected.datacenters.remove(&dc).unwrap_or_default();
                 self.state
                     .publish(&dc, duration, Outcome::Success { images });
-                self.record_success(&dc, &collected, duration);
+                self.record_success(&dc, std::slice::from_ref(&dc), &collected, duration);
             }
             Err(err) => {
                 let outcome = Outcome::Failure {
@@ -164,13 +164,14 @@ impl Scheduler {
         let result = self.pass(Scope::Discover).await;
         let duration = started.elapsed();
         match result {
-            Ok(collected) => {
-                for dc in collected.datacenters.keys() {
+            Ok(mut collected) => {
+                let keys: Vec<String> = collected.datacenters.keys().cloned().collect();
+                for dc in &keys {
                     self.telemetry.init_datacenter(dc);
                 }
-                self.state
-                    .publish_discovery(duration, Ok(collected.datacenters.clone()));
-                self.record_success("", &collected, duration);
+                let images = std::mem::take(&mut collected.datacenters);
+                self.state.publish_discovery(duration, Ok(images));
+                self.record_success("", &keys, &collected, duration);
             }
             Err(err) => {
                 let known: Vec<String> =
@@ -197,8 +198,15 @@ impl Scheduler {
         collect(&self.client, &token, scope).await
     }
 
-    /// `scope` names the datacenter in logs; empty for a discovery pass.
-    fn record_success(&self, scope: &str, collected: &Collected, duration: Duration) {
+    /// `scope` names the datacenter in logs, empty for a discovery pass;
+    /// `datacenters` are those the pass covered, which its anomalies count against.
+    fn record_success(
+        &self,
+        scope: &str,
+        datacenters: &[String],
+        collected: &Collected,
+        duration: Duration,
+    ) {
         for (field, n) in &collected.invalid {
             self.telemetry
                 .invalid_items
@@ -206,7 +214,7 @@ impl Scheduler {
                 .inc_by(*n);
         }
         for anomaly in &collected.anomalies {
-            for dc in collected.datacenters.keys() {
+            for dc in datacenters {
                 self.telemetry
                     .pagination_anomalies
                     .with_label_values(&[dc.as_str(), anomaly.label()])
@@ -227,7 +235,7 @@ impl Scheduler {
         }
         tracing::debug!(
             datacenter_key = %scope,
-            datacenters = collected.datacenters.len(),
+            datacenters = datacenters.len(),
             items = collected.items,
             pages = collected.pages,
             duration = ?duration,

@@ -124,11 +124,12 @@ impl<'de: 'a, 'a> Deserialize<'de> for Loose<'a> {
     }
 }
 
-/// The envelope with `data` ignored: read when an answer is not a page, to
-/// tell an API error (error answers carry anything in `data`) from a broken one.
-#[derive(Deserialize)]
+/// The envelope's fields besides `data`. Read on their own when an answer is
+/// not a page, to tell an API error (error answers carry anything in `data`)
+/// from a broken answer.
+#[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct ErrorEnvelope<'a> {
+struct Head<'a> {
     #[serde(borrow, default)]
     code: Option<Loose<'a>>,
     #[serde(borrow, default)]
@@ -143,10 +144,7 @@ struct ErrorEnvelope<'a> {
 /// as the parser meets them, never held as JSON values.
 #[derive(Default)]
 struct Envelope<'a> {
-    code: Option<Loose<'a>>,
-    success: Option<Loose<'a>>,
-    msg: Option<Loose<'a>>,
-    trace_id: Option<Loose<'a>>,
+    head: Head<'a>,
     data: Option<Data<'a>>,
 }
 
@@ -227,19 +225,19 @@ impl<'de> DeserializeSeed<'de> for PageSeed {
                     match key {
                         EnvelopeKey::Code => {
                             first_time(&mut seen, 1, "code")?;
-                            envelope.code = map.next_value()?;
+                            envelope.head.code = map.next_value()?;
                         }
                         EnvelopeKey::Success => {
                             first_time(&mut seen, 2, "success")?;
-                            envelope.success = map.next_value()?;
+                            envelope.head.success = map.next_value()?;
                         }
                         EnvelopeKey::Msg => {
                             first_time(&mut seen, 4, "msg")?;
-                            envelope.msg = map.next_value()?;
+                            envelope.head.msg = map.next_value()?;
                         }
                         EnvelopeKey::TraceId => {
                             first_time(&mut seen, 8, "traceId")?;
-                            envelope.trace_id = map.next_value()?;
+                            envelope.head.trace_id = map.next_value()?;
                         }
                         EnvelopeKey::Data => {
                             first_time(&mut seen, 16, "data")?;
@@ -364,18 +362,19 @@ fn decode(body: &[u8], unit: SizeUnit, fast: bool) -> Result<Page, WireError> {
         Some(envelope) => (envelope, None),
         None => parse(body, seed)?,
     };
-    let trace_id = envelope
+    let head = &envelope.head;
+    let trace_id = head
         .trace_id
         .as_ref()
         .and_then(text)
         .map(|t| shorten(t, 128));
-    let code = match &envelope.code {
+    let code = match &head.code {
         Some(raw) => {
             Some(integer(raw).ok_or_else(|| WireError::Decode("`code` is not an integer".into()))?)
         }
         None => None,
     };
-    let success = match &envelope.success {
+    let success = match &head.success {
         Some(Loose::Bool(b)) => Some(*b),
         Some(_) => return Err(WireError::Decode("`success` is not a boolean".into())),
         None => None,
@@ -389,7 +388,7 @@ fn decode(body: &[u8], unit: SizeUnit, fast: bool) -> Result<Page, WireError> {
         (code, success) => code.is_some_and(|c| c != 0) || success == Some(false),
     };
     if failed {
-        let msg = envelope.msg.as_ref().and_then(text).unwrap_or_default();
+        let msg = head.msg.as_ref().and_then(text).unwrap_or_default();
         return Err(WireError::Api {
             code: code.unwrap_or(0),
             msg: shorten(msg, 200),
@@ -430,16 +429,9 @@ fn parse(
     match parsed {
         Ok(envelope) => Ok((envelope, None)),
         Err(data_error) => {
-            let e: ErrorEnvelope<'_> = serde_json::from_str(body)
+            let head = serde_json::from_str(body)
                 .map_err(|e| WireError::Decode(format!("invalid JSON: {e}")))?;
-            let envelope = Envelope {
-                code: e.code,
-                success: e.success,
-                msg: e.msg,
-                trace_id: e.trace_id,
-                data: None,
-            };
-            Ok((envelope, Some(data_error)))
+            Ok((Envelope { head, data: None }, Some(data_error)))
         }
     }
 }

@@ -21,22 +21,18 @@ pub(super) fn envelope(text: &str, seed: PageSeed) -> Option<Envelope<'_>> {
     let mut scan = Scanner { text, pos: 0 };
     let mut envelope = Envelope::default();
     let mut seen = 0u8;
-    scan.object(|scan, key| {
-        let (bit, slot) = match key {
-            "code" => (1, &mut envelope.code),
-            "success" => (2, &mut envelope.success),
-            "msg" => (4, &mut envelope.msg),
-            "traceId" => (8, &mut envelope.trace_id),
-            "data" => {
-                first_time(&mut seen, 16)?;
-                envelope.data = scan.data(seed)?;
-                return Some(());
-            }
-            _ => return scan.scalar().map(drop),
-        };
-        first_time(&mut seen, bit)?;
-        *slot = scan.scalar()?;
-        Some(())
+    let head = &mut envelope.head;
+    scan.object(|scan, key| match key {
+        "code" => scan.field(&mut seen, 1, &mut head.code),
+        "success" => scan.field(&mut seen, 2, &mut head.success),
+        "msg" => scan.field(&mut seen, 4, &mut head.msg),
+        "traceId" => scan.field(&mut seen, 8, &mut head.trace_id),
+        "data" => {
+            first_time(&mut seen, 16)?;
+            envelope.data = scan.data(seed)?;
+            Some(())
+        }
+        _ => scan.scalar().map(drop),
     })?;
     scan.skip_whitespace();
     (scan.pos == text.len()).then_some(envelope)
@@ -143,8 +139,15 @@ impl<'a> Scanner<'a> {
         Some(Some(value))
     }
 
-    /// An object, handing each key to `field`, which reads the value.
-    fn object(&mut self, mut field: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+    /// A known field's value into `slot`, unless field `bit` was read already.
+    fn field(&mut self, seen: &mut u8, bit: u8, slot: &mut Option<Loose<'a>>) -> Option<()> {
+        first_time(seen, bit)?;
+        *slot = self.scalar()?;
+        Some(())
+    }
+
+    /// An object, handing each key to `value`, which reads the value.
+    fn object(&mut self, mut value: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
         self.eat(b'{')?;
         if self.peek()? == b'}' {
             self.pos += 1;
@@ -153,7 +156,7 @@ impl<'a> Scanner<'a> {
         loop {
             let key = self.string()?;
             self.eat(b':')?;
-            field(self, key)?;
+            value(self, key)?;
             match self.peek()? {
                 b',' => self.pos += 1,
                 b'}' => {
@@ -178,11 +181,7 @@ impl<'a> Scanner<'a> {
                 data.items = scan.items(seed)?;
                 Some(())
             }
-            "totalCounts" => {
-                first_time(&mut seen, 2)?;
-                data.total_counts = scan.scalar()?;
-                Some(())
-            }
+            "totalCounts" => scan.field(&mut seen, 2, &mut data.total_counts),
             _ => scan.scalar().map(drop),
         })?;
         Some(Some(data))
@@ -217,19 +216,14 @@ impl<'a> Scanner<'a> {
     fn item(&mut self) -> Option<RawItem<'a>> {
         let mut raw = RawItem::default();
         let mut seen = 0u8;
-        self.object(|scan, key| {
-            let (bit, slot) = match key {
-                "id" => (1, &mut raw.id),
-                "imageType" => (2, &mut raw.image_type),
-                "imageSize" => (4, &mut raw.image_size),
-                "datacenterKey" => (8, &mut raw.datacenter_key),
-                "status" => (16, &mut raw.status),
-                "createTime" => (32, &mut raw.create_time),
-                _ => return scan.scalar().map(drop),
-            };
-            first_time(&mut seen, bit)?;
-            *slot = scan.scalar()?;
-            Some(())
+        self.object(|scan, key| match key {
+            "id" => scan.field(&mut seen, 1, &mut raw.id),
+            "imageType" => scan.field(&mut seen, 2, &mut raw.image_type),
+            "imageSize" => scan.field(&mut seen, 4, &mut raw.image_size),
+            "datacenterKey" => scan.field(&mut seen, 8, &mut raw.datacenter_key),
+            "status" => scan.field(&mut seen, 16, &mut raw.status),
+            "createTime" => scan.field(&mut seen, 32, &mut raw.create_time),
+            _ => scan.scalar().map(drop),
         })?;
         Some(raw)
     }
