@@ -59,7 +59,7 @@ fn parse_faults(s: &str) -> Result<Faults, String> {
     serde_json::from_str(&text).map_err(|e| format!("not a faults document: {e}"))
 }
 
-#[tokio::main]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let auth_style = match args.auth_style.as_str() {

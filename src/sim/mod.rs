@@ -21,7 +21,7 @@ mod server;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 pub use data::{generate, GenerateOptions, SimImage, SplitMix};
@@ -346,8 +346,59 @@ struct MatchCache {
     entries: VecDeque<MatchEntry>,
 }
 
-/// An image list, a filter over it, and the positions that match.
-type MatchEntry = (Arc<Vec<SimImage>>, Vec<(String, String)>, Arc<Vec<u32>>);
+/// An image list, a filter over it, and the images that match.
+type MatchEntry = (Arc<Vec<SimImage>>, Vec<(String, String)>, Arc<Matches>);
+
+/// The images of a list that match a filter: their positions, and once a page
+/// of them is asked for, the text of all of them in a row, so that a page is a
+/// slice of it rather than a hundred images written out again.
+#[derive(Debug)]
+pub(crate) struct Matches {
+    /// Positions in the image list, in list order.
+    pub positions: Vec<u32>,
+    written: OnceLock<Written>,
+}
+
+/// The matching images as the list answer writes them, comma-separated.
+#[derive(Debug)]
+struct Written {
+    text: String,
+    /// Where each image's text starts; one more entry, one past the end.
+    starts: Vec<usize>,
+}
+
+impl Matches {
+    fn new(positions: Vec<u32>) -> Self {
+        Matches {
+            positions,
+            written: OnceLock::new(),
+        }
+    }
+
+    /// Matching images `from..end` (by their rank among the matches), as
+    /// written in a list answer and separated by commas.
+    pub fn written(
+        &self,
+        images: &[SimImage],
+        from: usize,
+        end: usize,
+        write: impl Fn(&mut String, &SimImage),
+    ) -> &str {
+        let written = self.written.get_or_init(|| {
+            let mut text = String::new();
+            let mut starts = Vec::with_capacity(self.positions.len() + 1);
+            for &i in &self.positions {
+                starts.push(text.len());
+                write(&mut text, &images[i as usize]);
+                text.push(',');
+            }
+            starts.push(text.len());
+            Written { text, starts }
+        });
+        // Without the comma after the last one.
+        &written.text[written.starts[from]..written.starts[end] - 1]
+    }
+}
 
 const MATCH_CACHE_ENTRIES: usize = 64;
 
@@ -391,7 +442,7 @@ impl Simulator {
         images: &Arc<Vec<SimImage>>,
         key: &[(String, String)],
         filter: impl Fn(&SimImage) -> bool,
-    ) -> Arc<Vec<u32>> {
+    ) -> Arc<Matches> {
         let mut cache = self.matches.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, _, found)) = cache
             .entries
@@ -400,14 +451,14 @@ impl Simulator {
         {
             return Arc::clone(found);
         }
-        let found: Arc<Vec<u32>> = Arc::new(
+        let found = Arc::new(Matches::new(
             images
                 .iter()
                 .enumerate()
                 .filter(|(_, im)| filter(im))
                 .map(|(i, _)| i as u32)
                 .collect(),
-        );
+        ));
         // Entries hold their list, so a pointer is never reused while cached.
         cache
             .entries
@@ -596,6 +647,34 @@ mod tests {
             status: 1,
             create_time: 0,
         }
+    }
+
+    #[test]
+    fn a_page_of_matches_is_a_slice_of_their_text() {
+        let images: Vec<SimImage> = (0..7)
+            .map(|i| image(&format!("im-{i}"), if i % 3 == 0 { "A" } else { "B" }))
+            .collect();
+        let images = Arc::new(images);
+        let sim = Simulator::new(Vec::new(), SimOptions::default());
+        let key = vec![("datacenterKey".to_string(), "B".to_string())];
+        let matches = sim.matching(&images, &key, |im| im.datacenter_key == "B");
+        assert_eq!(matches.positions, [1, 2, 4, 5]);
+        let write = |out: &mut String, im: &SimImage| out.push_str(&im.id);
+        for from in 0..4 {
+            for end in from + 1..=4 {
+                let expected: Vec<&str> = matches.positions[from..end]
+                    .iter()
+                    .map(|&i| images[i as usize].id.as_str())
+                    .collect();
+                assert_eq!(
+                    matches.written(&images, from, end, write),
+                    expected.join(",")
+                );
+            }
+        }
+        // The same list and filter give the same matches, text and all.
+        let again = sim.matching(&images, &key, |_| unreachable!());
+        assert!(Arc::ptr_eq(&matches, &again));
     }
 
     #[test]

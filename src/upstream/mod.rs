@@ -349,14 +349,8 @@ impl ApiClient {
         self.telemetry
             .api_duration
             .observe(started.elapsed().as_secs_f64());
-        let code = answered.map_or_else(
-            || "error".to_string(),
-            |s: StatusCode| s.as_u16().to_string(),
-        );
-        self.telemetry
-            .api_requests
-            .with_label_values(&[code.as_str()])
-            .inc();
+        let code = answered.as_ref().map_or("error", StatusCode::as_str);
+        self.telemetry.api_requests.with_label_values(&[code]).inc();
         result
     }
 
@@ -371,31 +365,36 @@ impl ApiClient {
         let mut token_value = HeaderValue::from_str(token.expose())
             .map_err(|_| crate::secret::TokenError::Invalid)?;
         token_value.set_sensitive(true);
-        let mut query: Vec<(&str, String)> = Vec::with_capacity(8 + self.config.params.len());
-        query.push(("page", page.to_string()));
-        query.push(("pageSize", self.config.page_size.to_string()));
-        if let Some(dc) = datacenter {
-            query.push(("datacenterKey", dc.to_string()));
+        let mut url = self.config.url.clone();
+        {
+            // The configured URL has no query of its own (checked at start-up).
+            let mut query = url.query_pairs_mut();
+            query
+                .append_pair("page", &page.to_string())
+                .append_pair("pageSize", &self.config.page_size.to_string());
+            if let Some(dc) = datacenter {
+                query.append_pair("datacenterKey", dc);
+            }
+            let f = &self.config.filters;
+            if let Some(t) = &f.image_type {
+                query.append_pair("imageType", t);
+            }
+            if let Some(n) = &f.image_name {
+                query.append_pair("imageName", n);
+            }
+            if let Some(code) = f.status.and_then(Status::code) {
+                query.append_pair("status", &code.to_string());
+            }
+            for (k, v) in &self.config.params {
+                query.append_pair(k, v);
+            }
         }
-        let f = &self.config.filters;
-        if let Some(t) = &f.image_type {
-            query.push(("imageType", t.clone()));
+        let mut request = self.http.get(url);
+        if !self.extra_headers.is_empty() {
+            request = request.headers(self.extra_headers.clone());
         }
-        if let Some(n) = &f.image_name {
-            query.push(("imageName", n.clone()));
-        }
-        if let Some(code) = f.status.and_then(Status::code) {
-            query.push(("status", code.to_string()));
-        }
-        for (k, v) in &self.config.params {
-            query.push((k.as_str(), v.clone()));
-        }
-        let request = self
-            .http
-            .get(self.config.url.clone())
-            .headers(self.extra_headers.clone())
+        let request = request
             .header(TOKEN_HEADER, token_value)
-            .query(&query)
             .timeout(self.config.timeout);
         let mut response = request.send().await.map_err(|e| self.transport_error(e))?;
         let status = response.status();

@@ -526,7 +526,7 @@ fn integer(value: &Loose<'_>) -> Option<i64> {
         Loose::UInt(u) => i64::try_from(*u).ok(),
         Loose::Float(f) => integral(*f),
         Loose::Str(s) => {
-            let s = s.trim();
+            let s = trim(s);
             s.parse::<i64>()
                 .ok()
                 .or_else(|| s.parse::<f64>().ok().and_then(integral))
@@ -541,9 +541,46 @@ fn decimal(value: &Loose<'_>) -> Option<f64> {
         Loose::Int(i) => Some(*i as f64),
         Loose::UInt(u) => Some(*u as f64),
         Loose::Float(f) => Some(*f),
-        Loose::Str(s) => s.trim().parse::<f64>().ok().filter(|v| v.is_finite()),
+        Loose::Str(s) => {
+            let s = trim(s);
+            plain_decimal(s)
+                .or_else(|| s.parse::<f64>().ok())
+                .filter(|v| v.is_finite())
+        }
         _ => None,
     }
+}
+
+/// `s` without surrounding whitespace, as [`str::trim`]; the usual value has
+/// none, which is checked on its two end bytes.
+fn trim(s: &str) -> &str {
+    match (s.as_bytes().first(), s.as_bytes().last()) {
+        (Some(first), Some(last)) if first.is_ascii_graphic() && last.is_ascii_graphic() => s,
+        _ => s.trim(),
+    }
+}
+
+/// The value of a plain decimal such as `128.00` (digits, then optionally a
+/// point and more digits), when it is exact to compute: the digits read as one
+/// integer of at most 15 digits, divided by a power of ten, is then the correctly
+/// rounded value, the same that [`str::parse`] gives. `None` for anything else,
+/// which is left to [`str::parse`].
+fn plain_decimal(s: &str) -> Option<f64> {
+    const POWERS: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
+    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+    if int.is_empty() || int.len() + frac.len() > 15 || (s.len() > int.len() && frac.is_empty()) {
+        return None;
+    }
+    let mut digits = 0u64;
+    for b in int.bytes().chain(frac.bytes()) {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        digits = digits * 10 + u64::from(b - b'0');
+    }
+    Some(digits as f64 / POWERS[frac.len()])
 }
 
 fn to_bytes(value: f64, unit: SizeUnit) -> Option<u64> {
@@ -556,7 +593,7 @@ fn to_bytes(value: f64, unit: SizeUnit) -> Option<u64> {
 fn id_hash(value: &Loose<'_>) -> Option<u64> {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     match value {
-        Loose::Str(s) if !s.trim().is_empty() => s.trim().hash(&mut hasher),
+        Loose::Str(s) if !trim(s).is_empty() => trim(s).hash(&mut hasher),
         Loose::Int(i) => i.to_string().hash(&mut hasher),
         Loose::UInt(u) => u.to_string().hash(&mut hasher),
         _ => return None,
@@ -583,6 +620,37 @@ mod tests {
             "imageName": "aaaaaaaa", "imageSize": "128.00", "datacenterKey": "HZ",
             "status": 1, "createTime": 1708330251000}], "totalCounts": 1},
         "msg": "success", "traceId": "1d54261079ac4063b7e97f2548b18510.3561.17083313961692799"}"#;
+
+    proptest::proptest! {
+        #[test]
+        fn plain_decimals_read_as_the_standard_parser_reads_them(
+            s in "[0-9]{0,17}(\\.[0-9]{0,17})?|[ +-]?[0-9.eE]{1,8} ?"
+        ) {
+            if let Some(v) = plain_decimal(&s) {
+                proptest::prop_assert_eq!(Some(v), s.parse::<f64>().ok(), "{:?}", s);
+            }
+        }
+
+        #[test]
+        fn trimming_is_the_standard_trim(s in "\\PC{0,4}|[ \t\u{a0}\u{3000}]?[a-z0-9]{0,3}[ \n\u{2003}]?") {
+            proptest::prop_assert_eq!(trim(&s), s.trim());
+        }
+    }
+
+    #[test]
+    fn usual_decimals_take_the_exact_path() {
+        for (s, v) in [
+            ("128.00", 128.0),
+            ("256.50", 256.5),
+            ("0.1", 0.1),
+            ("7", 7.0),
+        ] {
+            assert_eq!(plain_decimal(s), Some(v), "{s}");
+        }
+        for s in ["1.", ".5", "-1", "1e3", "1234567890.123456", "", "1.2.3"] {
+            assert_eq!(plain_decimal(s), None, "{s}");
+        }
+    }
 
     #[test]
     fn the_documented_example_decodes() {
