@@ -353,14 +353,20 @@ fn list(sim: &Simulator, plan: &Plan, query: &ListQuery) -> Response<SimBody> {
         r#"{{"code":0,"success":true,"msg":"success","traceId":"{}","data":{{"totalCounts":{total},"data":["#,
         trace_id()
     );
-    if start < end && plan.corrupt.is_none() {
-        page_body.push_str(matches.written(&plan.images, from, end, write_plain_item));
-    } else if start < end {
-        for (n, &i) in matches.positions[from..end].iter().enumerate() {
-            if n > 0 {
-                page_body.push(',');
+    if start < end {
+        match plan.corrupt {
+            // The usual page: a slice of the matching images, written once. The
+            // benchmark pages through a million images on the machine it measures
+            // the exporter on, and the simulator must take as little of it as it can.
+            None => page_body.push_str(matches.written(&plan.images, from, end, write_plain_item)),
+            Some(_) => {
+                for (n, &i) in matches.positions[from..end].iter().enumerate() {
+                    if n > 0 {
+                        page_body.push(',');
+                    }
+                    write_item(&mut page_body, &plan.images[i as usize], plan.corrupt);
+                }
             }
-            write_item(&mut page_body, &plan.images[i as usize], plan.corrupt);
         }
     }
     const TAIL: &str = "]}}";
@@ -430,9 +436,6 @@ fn write_item(out: &mut String, im: &SimImage, corrupt: Option<(i64, Corruption)
     let how = corrupt
         .and_then(|(every, how)| (every > 0 && im.image_id.rem_euclid(every) == 0).then_some(how));
     let value = match how {
-        // The common case, straight to text: the benchmark pages through a
-        // million images on the machine it measures the exporter on, and the
-        // simulator must cost as little of it as it can.
         None => return write_plain_item(out, im),
         Some(Corruption::WrongType) => json!({
             "id": {"value": im.id},

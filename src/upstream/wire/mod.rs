@@ -593,7 +593,10 @@ fn to_bytes(value: f64, unit: SizeUnit) -> Option<u64> {
 fn id_hash(value: &Loose<'_>) -> Option<u64> {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     match value {
-        Loose::Str(s) if !trim(s).is_empty() => trim(s).hash(&mut hasher),
+        Loose::Str(s) => match trim(s) {
+            "" => return None,
+            s => s.hash(&mut hasher),
+        },
         Loose::Int(i) => i.to_string().hash(&mut hasher),
         Loose::UInt(u) => u.to_string().hash(&mut hasher),
         _ => return None,
