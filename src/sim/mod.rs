@@ -375,21 +375,16 @@ impl Matches {
         }
     }
 
-    /// Matching images `from..end` (by their rank among the matches), as
-    /// written in a list answer and separated by commas.
-    pub fn written(
-        &self,
-        images: &[SimImage],
-        from: usize,
-        end: usize,
-        write: impl Fn(&mut String, &SimImage),
-    ) -> &str {
+    /// Matching images `from..end` (by their rank among the matches) of
+    /// `images`, the list they were matched in, as written in a list answer and
+    /// separated by commas.
+    pub fn written(&self, images: &[SimImage], from: usize, end: usize) -> &str {
         let written = self.written.get_or_init(|| {
             let mut text = String::new();
             let mut starts = Vec::with_capacity(self.positions.len() + 1);
             for &i in &self.positions {
                 starts.push(text.len());
-                write(&mut text, &images[i as usize]);
+                server::write_plain_item(&mut text, &images[i as usize]);
                 text.push(',');
             }
             starts.push(text.len());
@@ -659,17 +654,13 @@ mod tests {
         let key = vec![("datacenterKey".to_string(), "B".to_string())];
         let matches = sim.matching(&images, &key, |im| im.datacenter_key == "B");
         assert_eq!(matches.positions, [1, 2, 4, 5]);
-        let write = |out: &mut String, im: &SimImage| out.push_str(&im.id);
         for from in 0..4 {
             for end in from + 1..=4 {
-                let expected: Vec<&str> = matches.positions[from..end]
+                let expected: Vec<String> = matches.positions[from..end]
                     .iter()
-                    .map(|&i| images[i as usize].id.as_str())
+                    .map(|&i| serde_json::to_string(&images[i as usize]).unwrap())
                     .collect();
-                assert_eq!(
-                    matches.written(&images, from, end, write),
-                    expected.join(",")
-                );
+                assert_eq!(matches.written(&images, from, end), expected.join(","));
             }
         }
         // The same list and filter give the same matches, text and all.

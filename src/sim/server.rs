@@ -358,7 +358,7 @@ fn list(sim: &Simulator, plan: &Plan, query: &ListQuery) -> Response<SimBody> {
             // The usual page: a slice of the matching images, written once. The
             // benchmark pages through a million images on the machine it measures
             // the exporter on, and the simulator must take as little of it as it can.
-            None => page_body.push_str(matches.written(&plan.images, from, end, write_plain_item)),
+            None => page_body.push_str(matches.written(&plan.images, from, end)),
             Some(_) => {
                 for (n, &i) in matches.positions[from..end].iter().enumerate() {
                     if n > 0 {
@@ -467,7 +467,7 @@ fn write_item(out: &mut String, im: &SimImage, corrupt: Option<(i64, Corruption)
 
 /// An image as serde would write it (the same bytes, which a test checks),
 /// without going through serde for every field.
-fn write_plain_item(out: &mut String, im: &SimImage) {
+pub(super) fn write_plain_item(out: &mut String, im: &SimImage) {
     out.push_str(r#"{"id":"#);
     push_json_str(out, &im.id);
     let _ = write!(out, r#","imageId":{},"imageType":"#, im.image_id);

@@ -14,10 +14,9 @@
 //! result for every body (a differential property test and the fuzz target).
 
 use std::borrow::Cow;
+use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
-
-use std::fmt;
 
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
