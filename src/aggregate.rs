@@ -1,122 +1,16 @@
 //! Aggregation of image items into groups: pure, no I/O.
 //!
 //! Items stream in page by page; an [`Aggregator`] keeps one [`GroupStats`] per
-//! (datacenter, status, image type) and the hashes of the ids it has seen, so that
-//! an item repeated across pages counts once. Its memory grows with the number of
-//! groups plus eight bytes per image id, never with the items themselves.
+//! (datacenter, status, image type) and, per datacenter, the hashes of the ids it
+//! has seen, so that an item repeated across pages counts once. Ids are told apart
+//! per datacenter: in discovery, two datacenters whose ids overlap both keep their
+//! images. Memory grows with the number of groups plus about sixteen bytes per
+//! image id, never with the items themselves.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 
-/// Image status, as the upstream codes it (0 creating, 1 available, 2 failed, 3 expired).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Status {
-    /// 0: being created.
-    Creating,
-    /// 1: usable.
-    Available,
-    /// 2: creation failed.
-    Failed,
-    /// 3: expired.
-    Expired,
-    /// Any other code, or none.
-    Unknown,
-}
-
-impl Status {
-    /// Every status, in label order.
-    pub const ALL: [Status; 5] = [
-        Status::Creating,
-        Status::Available,
-        Status::Failed,
-        Status::Expired,
-        Status::Unknown,
-    ];
-
-    /// Maps an upstream status code.
-    pub fn from_code(code: i64) -> Status {
-        match code {
-            0 => Status::Creating,
-            1 => Status::Available,
-            2 => Status::Failed,
-            3 => Status::Expired,
-            _ => Status::Unknown,
-        }
-    }
-
-    /// The upstream code for a known status (used as the `status` filter).
-    pub fn code(self) -> Option<u8> {
-        match self {
-            Status::Creating => Some(0),
-            Status::Available => Some(1),
-            Status::Failed => Some(2),
-            Status::Expired => Some(3),
-            Status::Unknown => None,
-        }
-    }
-
-    /// The `status` label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            Status::Creating => "creating",
-            Status::Available => "available",
-            Status::Failed => "failed",
-            Status::Expired => "expired",
-            Status::Unknown => "unknown",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-/// Item fields that can be unreadable; the `field` label of
-/// `finovy_api_invalid_items_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Field {
-    /// `id`: missing or not a string/number (the item cannot be de-duplicated).
-    Id,
-    /// `imageType`: not a string.
-    ImageType,
-    /// `imageSize`: missing, not a non-negative decimal.
-    ImageSize,
-    /// `datacenterKey`: missing or not a string, when discovering.
-    DatacenterKey,
-    /// `status`: missing or not an integer.
-    Status,
-    /// `createTime`: missing or not an integer of milliseconds.
-    CreateTime,
-}
-
-impl Field {
-    /// Every field, in label order.
-    pub const ALL: [Field; 6] = [
-        Field::Id,
-        Field::ImageType,
-        Field::ImageSize,
-        Field::DatacenterKey,
-        Field::Status,
-        Field::CreateTime,
-    ];
-
-    /// The upstream field name, used as the label value.
-    pub fn label(self) -> &'static str {
-        match self {
-            Field::Id => "id",
-            Field::ImageType => "imageType",
-            Field::ImageSize => "imageSize",
-            Field::DatacenterKey => "datacenterKey",
-            Field::Status => "status",
-            Field::CreateTime => "createTime",
-        }
-    }
-
-    fn bit(self) -> u8 {
-        1 << (self as u8)
-    }
-}
+pub use crate::labels::{Field, Status};
 
 /// One image, reduced to what the aggregates need.
 #[derive(Debug, Clone, PartialEq)]
@@ -140,15 +34,20 @@ pub struct Item {
 impl Item {
     /// Marks `field` as unreadable.
     pub fn mark_invalid(&mut self, field: Field) {
-        self.invalid |= field.bit();
+        self.invalid |= bit(field);
     }
 
     /// The unreadable fields.
     pub fn invalid_fields(&self) -> impl Iterator<Item = Field> + '_ {
         Field::ALL
-            .into_iter()
-            .filter(move |f| self.invalid & f.bit() != 0)
+            .iter()
+            .copied()
+            .filter(move |f| self.invalid & bit(*f) != 0)
     }
+}
+
+fn bit(field: Field) -> u8 {
+    1 << field.index()
 }
 
 /// Totals of one group.
@@ -158,7 +57,7 @@ pub struct GroupStats {
     pub count: u64,
     /// Sum of their sizes, bytes.
     pub size_bytes: u64,
-    /// Smallest `createTime` (Unix ms) among them, when any was readable.
+    /// `createTime` of the oldest image with a valid one, Unix milliseconds.
     pub oldest_created_ms: Option<i64>,
 }
 
@@ -169,7 +68,8 @@ impl GroupStats {
         self.note_created(item.created_ms);
     }
 
-    fn merge(&mut self, other: &GroupStats) {
+    /// Adds another group's totals to this one (used when groups are folded).
+    pub fn merge(&mut self, other: &GroupStats) {
         self.count += other.count;
         self.size_bytes = self.size_bytes.saturating_add(other.size_bytes);
         self.note_created(other.oldest_created_ms);
@@ -181,11 +81,6 @@ impl GroupStats {
                 Some(self.oldest_created_ms.map_or(created, |o| o.min(created)));
         }
     }
-}
-
-/// Equal strings, told quickly when they are the same string (shared labels).
-fn same_str(a: &str, b: &str) -> bool {
-    std::ptr::eq(a, b) || a == b
 }
 
 /// Key of a group inside one datacenter.
@@ -221,59 +116,32 @@ pub fn image_type_label(raw: &str) -> &str {
 }
 
 /// Hasher for ids that are already hashes: passes the u64 through.
-#[derive(Default)]
-struct IdentityHasher(u64);
-
-impl Hasher for IdentityHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-/// A fast, non-keyed hasher for the few short strings used as group keys (the
-/// FxHash mixing step). Ids are not hashed with it: they need SipHash's spread.
-#[derive(Default)]
-struct GroupKeyHasher(u64);
-
-impl Hasher for GroupKeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8) {
-            let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word))
-                .wrapping_mul(0x517c_c1b7_2722_0a95);
-        }
-    }
-}
-
-type IdSet = HashSet<u64, BuildHasherDefault<IdentityHasher>>;
-type TypeGroups = HashMap<String, [GroupStats; 5], BuildHasherDefault<GroupKeyHasher>>;
-
-/// What [`Aggregator::add`] did with an item.
+/// What adding one item did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Added {
-    /// Counted.
+    /// Its id was not seen before in this datacenter: it counts, and it makes its
+    /// page "new" (paging goes on).
     New,
-    /// Its id was seen before: not counted again.
+    /// Its id was seen before: it does not count again.
     Duplicate,
+    /// It has no id: it counts, but it cannot tell whether the page is new, so it
+    /// never keeps paging going by itself.
+    Anonymous,
 }
 
-/// Streams items into per-datacenter groups, counting each id once.
+/// The sums of one datacenter during a pass.
+#[derive(Debug, Default)]
+struct DatacenterSums {
+    /// Id hashes seen so far in this datacenter.
+    seen: HashSet<u64>,
+    /// Per image type label, one total per status (indexed by [`Status::index`]).
+    types: HashMap<String, [GroupStats; Status::ALL.len()]>,
+}
+
+/// Sums items into groups, counting each id once per datacenter.
 #[derive(Debug, Default)]
 pub struct Aggregator {
-    datacenters: HashMap<String, TypeGroups, BuildHasherDefault<GroupKeyHasher>>,
-    seen: IdSet,
+    datacenters: HashMap<String, DatacenterSums>,
     unique: u64,
     duplicates: u64,
     invalid: [u64; Field::ALL.len()],
@@ -285,110 +153,67 @@ impl Aggregator {
         Self::default()
     }
 
-    /// Prepares room for about `n` ids, so the set does not grow in steps.
-    pub fn reserve(&mut self, n: usize) {
-        self.seen.reserve(n.saturating_sub(self.seen.len()));
-    }
-
-    /// Adds one item to `datacenter`'s groups unless its id was seen already.
+    /// Adds one item under `datacenter`.
     pub fn add(&mut self, datacenter: &str, item: &Item) -> Added {
-        let duplicates = self.duplicates;
-        self.add_page([(datacenter, item)]);
-        if self.duplicates > duplicates {
-            Added::Duplicate
-        } else {
-            Added::New
-        }
-    }
-
-    /// Adds a page of items, each to the groups of the datacenter paired with it,
-    /// skipping ids seen already. Items are first summed per group within the
-    /// page (a page has few groups, and items of one group share their strings),
-    /// so the group tables are looked up once per group rather than per item.
-    pub fn add_page<'a>(&mut self, items: impl IntoIterator<Item = (&'a str, &'a Item)>) {
-        // Past this many groups in one page, sums are moved to the tables early.
-        const PAGE_GROUPS: usize = 32;
-        let mut page: Vec<(&str, &str, [GroupStats; 5])> = Vec::new();
-        for (datacenter, item) in items {
-            if let Some(id) = item.id {
-                if !self.seen.insert(id) {
-                    self.duplicates += 1;
-                    continue;
-                }
+        let sums = match self.datacenters.get_mut(datacenter) {
+            Some(sums) => sums,
+            None => self.datacenters.entry(datacenter.to_string()).or_default(),
+        };
+        let added = match item.id {
+            Some(id) if !sums.seen.insert(id) => {
+                self.duplicates += 1;
+                return Added::Duplicate;
             }
-            self.unique += 1;
-            if item.invalid != 0 {
-                for field in item.invalid_fields() {
-                    self.invalid[field as usize] += 1;
-                }
-            }
-            let label = image_type_label(&item.image_type);
-            let slot = match page
-                .iter()
-                .position(|(dc, ty, _)| same_str(dc, datacenter) && same_str(ty, label))
-            {
-                Some(slot) => slot,
-                None => {
-                    if page.len() == PAGE_GROUPS {
-                        self.merge(page.drain(..));
-                    }
-                    page.push((datacenter, label, Default::default()));
-                    page.len() - 1
-                }
-            };
-            page[slot].2[item.status.index()].add(item);
+            Some(_) => Added::New,
+            None => Added::Anonymous,
+        };
+        self.unique += 1;
+        for field in item.invalid_fields() {
+            self.invalid[field.index()] += 1;
         }
-        self.merge(page);
+        let label = image_type_label(&item.image_type);
+        let per_status = match sums.types.get_mut(label) {
+            Some(per_status) => per_status,
+            None => sums.types.entry(label.to_string()).or_default(),
+        };
+        per_status[item.status.index()].add(item);
+        added
     }
 
-    fn merge<'a>(&mut self, groups: impl IntoIterator<Item = (&'a str, &'a str, [GroupStats; 5])>) {
-        for (datacenter, label, sums) in groups {
-            let types = match self.datacenters.get_mut(datacenter) {
-                Some(types) => types,
-                None => self.datacenters.entry(datacenter.to_string()).or_default(),
-            };
-            let stats = match types.get_mut(label) {
-                Some(stats) => stats,
-                None => types.entry(label.to_string()).or_default(),
-            };
-            for (total, sum) in stats.iter_mut().zip(&sums) {
-                total.merge(sum);
-            }
-        }
+    /// Whether `id` was counted in `datacenter` already.
+    pub fn has_seen(&self, datacenter: &str, id: u64) -> bool {
+        self.datacenters
+            .get(datacenter)
+            .is_some_and(|sums| sums.seen.contains(&id))
     }
 
-    /// Whether `item` would count if added now: its id was not seen, or it has none.
-    pub fn is_new(&self, item: &Item) -> bool {
-        item.id.is_none_or(|id| !self.seen.contains(&id))
-    }
-
-    /// Items counted (unique ids, plus items without a readable id).
+    /// Items counted (each id once per datacenter, items without id always).
     pub fn unique(&self) -> u64 {
         self.unique
     }
 
-    /// Items skipped because their id was seen before.
+    /// Items not counted because their id was seen before.
     pub fn duplicates(&self) -> u64 {
         self.duplicates
     }
 
     /// Counted items with an unreadable field, per field.
     pub fn invalid(&self) -> impl Iterator<Item = (Field, u64)> + '_ {
-        Field::ALL.into_iter().zip(self.invalid.iter().copied())
+        Field::ALL.iter().copied().zip(self.invalid.iter().copied())
     }
 
     /// The result, one entry per datacenter seen.
     pub fn finish(self) -> BTreeMap<String, DatacenterImages> {
         self.datacenters
             .into_iter()
-            .map(|(dc, types)| {
+            .map(|(dc, sums)| {
                 let mut images = DatacenterImages::default();
-                for (image_type, per_status) in types {
+                for (image_type, per_status) in sums.types {
                     for status in Status::ALL {
                         let stats = per_status[status.index()];
                         if stats.count > 0 {
                             let key = GroupKey {
-                                status,
+                                status: *status,
                                 image_type: image_type.clone(),
                             };
                             images.groups.insert(key, stats);
@@ -447,37 +272,6 @@ mod tests {
     }
 
     #[test]
-    fn a_page_of_many_groups_sums_like_items_one_by_one() {
-        // 3 datacenters × 30 types × 2 statuses: more groups than a page sums
-        // locally before moving them to the tables, and items of a group spread
-        // over the page.
-        let items: Vec<(String, Item)> = (0..720u64)
-            .map(|i| {
-                let dc = format!("DC{}", i % 3);
-                let ty = format!("T{}", (i / 3) % 30);
-                let status = if i % 7 == 0 {
-                    Status::Failed
-                } else {
-                    Status::Available
-                };
-                let it = item(i % 700, &dc, &ty, status, i, 1_000 - i as i64);
-                (dc, it)
-            })
-            .collect();
-        let mut by_page = Aggregator::new();
-        by_page.add_page(items.iter().map(|(dc, it)| (dc.as_str(), it)));
-        let mut one_by_one = Aggregator::new();
-        for (dc, it) in &items {
-            one_by_one.add(dc, it);
-        }
-        assert_eq!(by_page.unique(), 700);
-        assert_eq!(by_page.duplicates(), 20);
-        let (by_page, one_by_one) = (by_page.finish(), one_by_one.finish());
-        assert_eq!(by_page.values().map(|d| d.groups.len()).sum::<usize>(), 180);
-        assert_eq!(by_page, one_by_one);
-    }
-
-    #[test]
     fn a_repeated_id_counts_once_and_items_without_id_always_count() {
         let mut agg = Aggregator::new();
         let a = item(7, "HZ", "W", Status::Available, 1, 1);
@@ -486,8 +280,8 @@ mod tests {
         let mut no_id = a.clone();
         no_id.id = None;
         no_id.mark_invalid(Field::Id);
-        agg.add("HZ", &no_id);
-        agg.add("HZ", &no_id);
+        assert_eq!(agg.add("HZ", &no_id), Added::Anonymous);
+        assert_eq!(agg.add("HZ", &no_id), Added::Anonymous);
         assert_eq!(agg.unique(), 3);
         assert_eq!(agg.duplicates(), 1);
         assert_eq!(agg.invalid().find(|(f, _)| *f == Field::Id).unwrap().1, 2);
@@ -495,15 +289,16 @@ mod tests {
     }
 
     #[test]
-    fn is_new_tells_whether_an_item_would_count() {
+    fn the_same_id_in_two_datacenters_counts_in_both() {
         let mut agg = Aggregator::new();
         let a = item(7, "HZ", "W", Status::Available, 1, 1);
-        assert!(agg.is_new(&a));
-        agg.add("HZ", &a);
-        assert!(!agg.is_new(&a));
-        let mut no_id = a.clone();
-        no_id.id = None;
-        assert!(agg.is_new(&no_id), "an item without id always counts");
+        let b = item(7, "SH", "W", Status::Available, 1, 1);
+        assert_eq!(agg.add("HZ", &a), Added::New);
+        assert_eq!(agg.add("SH", &b), Added::New);
+        assert_eq!(agg.add("SH", &b), Added::Duplicate);
+        let out = agg.finish();
+        assert_eq!(out["HZ"].total_images(), 1);
+        assert_eq!(out["SH"].total_images(), 1);
     }
 
     #[test]

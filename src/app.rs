@@ -12,15 +12,15 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::account::Account;
 use crate::config::Config;
 use crate::routes::Routes;
-use crate::scheduler::{Liveness, Scheduler};
 use crate::secret::{Token, TokenError, TokenSource};
 use crate::server::Server;
 use crate::sim::{self, SimServer, Simulator};
-use crate::snapshot::State;
+use crate::state::State;
+use crate::target::{Limits, Liveness, Scheduler, Shard};
 use crate::telemetry::Telemetry;
-use crate::upstream::{ApiClient, ClientConfig};
 use crate::web_config::{WebConfigError, WebConfigWatcher};
 
 /// How often the `--demo` simulator moves its images through their life.
@@ -74,6 +74,7 @@ pub struct Exporter {
     server: Server,
     routes: Arc<Routes>,
     scheduler: Scheduler,
+    accounts: Vec<Account>,
     liveness: Arc<Liveness>,
     demo: Option<SimServer>,
     web_config: Option<WebConfigWatcher>,
@@ -134,17 +135,32 @@ impl Exporter {
             );
         }
 
+        warn_if_cleartext(&config);
+
         let telemetry = Telemetry::new();
-        let client = ApiClient::new(ClientConfig::from_config(&config), telemetry.clone())?;
-        let state = Arc::new(State::new(config.stale_after));
+        let accounts = vec![Account::from_flags(&config, token)];
+        // Every client is built once here, so that a setting reqwest refuses stops
+        // the start instead of a target.
+        for account in &accounts {
+            crate::upstream::ApiClient::new(
+                &account.name,
+                account.client.clone(),
+                account.concurrency,
+                telemetry.clone(),
+            )?;
+        }
+        let state = Arc::new(State::new());
         let liveness = Liveness::new();
+        let limits = Limits {
+            image_types: config.limit_image_types as usize,
+            datacenters: config.limit_datacenters as usize,
+            label_length: config.limit_label_length as usize,
+        };
         let scheduler = Scheduler::new(
-            Arc::new(client),
-            token,
             Arc::clone(&state),
             telemetry.clone(),
-            config.refresh_interval,
-            config.datacenters.clone(),
+            limits,
+            Shard::default(),
         );
         let routes = Arc::new(Routes::new(
             state,
@@ -166,6 +182,7 @@ impl Exporter {
             server,
             routes,
             scheduler,
+            accounts,
             liveness,
             demo,
             web_config,
@@ -193,7 +210,16 @@ impl Exporter {
             .as_ref()
             .map(|sim| tokio::spawn(sim.simulator().evolve_every(DEMO_EVOLVE_EVERY)));
         let demo = self.demo.map(|sim| tokio::spawn(sim.serve(stopped())));
-        let scheduler = spawn_refresher(self.scheduler.run(self.liveness, stopped()));
+        // SIGHUP: the token file is read again at every pass anyway; the web
+        // configuration is re-read by its watcher.
+        ignore_other_signals(|| {});
+        let (_reload_tx, reloads) = tokio::sync::mpsc::unbounded_channel();
+        let scheduler = spawn_refresher(self.scheduler.run(
+            self.accounts,
+            self.liveness,
+            reloads,
+            stopped(),
+        ));
         if let Some(watcher) = self.web_config {
             tokio::spawn(watcher.run(stopped()));
         }
@@ -208,6 +234,26 @@ impl Exporter {
             let _ = tokio::time::timeout(Duration::from_secs(2), demo).await;
         }
         tracing::info!("stopped");
+    }
+}
+
+/// Warns when the token would travel unencrypted: an `http://` API URL, or an
+/// `http://` proxy from the environment for an `http://` URL.
+fn warn_if_cleartext(config: &Config) {
+    if config.demo || config.api_url.scheme() != "http" {
+        return;
+    }
+    tracing::warn!(
+        url = %config.api_url,
+        "--api.url is http://: the access token is sent unencrypted; use https://"
+    );
+    for var in ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"] {
+        if std::env::var_os(var).is_some_and(|v| !v.is_empty()) {
+            tracing::warn!(
+                variable = var,
+                "a proxy is set for http:// URLs: the access token reaches the proxy in clear text"
+            );
+        }
     }
 }
 
@@ -262,6 +308,44 @@ fn spawn_refresher(task: impl Future<Output = ()> + Send + 'static) -> impl Futu
             }
         }
     }
+}
+
+/// Logs and otherwise ignores every signal whose default action would end the
+/// process, but SIGTERM and SIGINT (which [`shutdown_signal`] handles) and those
+/// no program can catch. SIGHUP calls `on_hangup` (re-read what can be re-read).
+pub fn ignore_other_signals(on_hangup: impl Fn() + Send + Sync + 'static) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let on_hangup = Arc::new(on_hangup);
+        let kinds = [
+            ("SIGHUP", SignalKind::hangup()),
+            ("SIGUSR1", SignalKind::user_defined1()),
+            ("SIGUSR2", SignalKind::user_defined2()),
+            ("SIGQUIT", SignalKind::quit()),
+            ("SIGALRM", SignalKind::alarm()),
+            ("SIGPIPE", SignalKind::pipe()),
+        ];
+        for (name, kind) in kinds {
+            let Ok(mut stream) = signal(kind) else {
+                tracing::debug!(signal = name, "cannot handle signal");
+                continue;
+            };
+            let on_hangup = Arc::clone(&on_hangup);
+            tokio::spawn(async move {
+                while stream.recv().await.is_some() {
+                    if name == "SIGHUP" {
+                        tracing::info!(signal = name, "signal received: re-reading the token file and the web configuration");
+                        on_hangup();
+                    } else {
+                        tracing::info!(signal = name, "signal received and ignored (only SIGTERM and SIGINT stop the exporter)");
+                    }
+                }
+            });
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = on_hangup;
 }
 
 /// Completes on SIGINT or SIGTERM.

@@ -97,13 +97,29 @@ pub struct Config {
     #[arg(long = "datacenters", env = "FINOVY_DATACENTERS", value_delimiter = ',', value_parser = parse_datacenter)]
     pub datacenters: Vec<String>,
 
-    /// Time between the starts of two refreshes.
-    #[arg(long = "refresh.interval", env = "FINOVY_REFRESH_INTERVAL", default_value = "60s", value_parser = parse_positive_duration)]
+    /// Time between the starts of two passes of a target (at least 1s).
+    #[arg(long = "refresh.interval", env = "FINOVY_REFRESH_INTERVAL", default_value = "60s", value_parser = parse_interval)]
     pub refresh_interval: Duration,
 
     /// Drop a datacenter's image series after this long without a successful refresh.
     #[arg(long = "refresh.stale-after", env = "FINOVY_REFRESH_STALE_AFTER", default_value = "5m", value_parser = parse_positive_duration)]
     pub stale_after: Duration,
+
+    /// Longest a pass may take before it fails with reason timeout [default: the interval].
+    #[arg(long = "refresh.timeout", env = "FINOVY_REFRESH_TIMEOUT", value_parser = parse_positive_duration)]
+    pub refresh_timeout: Option<Duration>,
+
+    /// Image types kept per target; the smallest groups beyond fold into image_type="other".
+    #[arg(long = "limit.image-types", env = "FINOVY_LIMIT_IMAGE_TYPES", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub limit_image_types: u32,
+
+    /// Datacenters kept per discovery pass; the smallest beyond fold into datacenter_key="other".
+    #[arg(long = "limit.datacenters", env = "FINOVY_LIMIT_DATACENTERS", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub limit_datacenters: u32,
+
+    /// Longest label value, in bytes; longer upstream values are cut.
+    #[arg(long = "limit.label-length", env = "FINOVY_LIMIT_LABEL_LENGTH", default_value_t = 128, value_parser = clap::value_parser!(u32).range(8..=4096))]
+    pub limit_label_length: u32,
 
     /// Log level: error, warn, info, debug or trace.
     #[arg(
@@ -247,6 +263,20 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("'{s}' is not a duration such as 30s or 5m ({e})"))?;
     if d.is_zero() {
         return Err("must be greater than zero".to_string());
+    }
+    Ok(d)
+}
+
+/// The smallest `--refresh.interval`: below it the exporter would send the
+/// upstream more requests than any inventory justifies.
+pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_positive_duration(s)?;
+    if d < MIN_INTERVAL {
+        return Err(format!(
+            "'{s}' is below the 1s minimum; an inventory changes far more slowly than that"
+        ));
     }
     Ok(d)
 }

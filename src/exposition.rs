@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::snapshot::{Snapshot, State};
+use crate::state::{Snapshot, State};
 use crate::telemetry::Telemetry;
 
 /// How long an encoded body is served again while no new result is published:
@@ -68,7 +68,7 @@ impl MetricsCache {
         }
         let mut body =
             Vec::with_capacity(current.as_ref().map_or(16 * 1024, |e| e.plain.len() + 1024));
-        self.state.encode_snapshot(&snapshot, &mut body);
+        State::encode_snapshot(&snapshot, &mut body);
         self.telemetry.encode(&mut body);
         let enc = Arc::new(Encoded {
             at: Instant::now(),

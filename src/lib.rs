@@ -7,33 +7,43 @@
 //!
 //! # Layout
 //!
+//! Data flows one way: configuration → targets → upstream → state → HTTP.
+//!
 //! - [`config`]: flags, their `FINOVY_*` environment twins, validation.
+//! - [`account`]: an account's settings and the targets it yields.
 //! - [`secret`]: the token type that cannot be printed, and its source.
-//! - [`upstream`]: the API client and its wire types ([`upstream::wire`]).
-//! - [`refresh`]: paging through one datacenter's list, page-parallel.
+//! - [`labels`]: every closed set of label values (statuses, fields, reasons, anomalies).
+//! - [`target`]: one target's schedule ([`target::schedule`]), paging
+//!   ([`target::paging`]) and cardinality bounds ([`target::limits`]).
+//! - [`upstream`]: the API client (one request, retries), the request budget,
+//!   the error type and the wire types ([`upstream::wire`]).
 //! - [`aggregate`]: pure aggregation of items into groups.
-//! - [`snapshot`]: the published state and its text exposition.
-//! - [`exposition`]: the `/metrics` body, encoded once per refresh or second.
-//! - [`scheduler`]: the refresh loop, which [`app`] runs on a thread of its own.
-//! - [`telemetry`]: the exporter's own metrics.
+//! - [`state`]: the published state, per target, and its text exposition.
+//! - [`metrics`]: the one table of every metric family.
+//! - [`telemetry`]: the exporter's process-wide metrics (a `prometheus` registry).
+//! - [`exposition`]: the `/metrics` body, encoded once per change or second.
 //! - [`routes`] and [`server`]: what each path answers, and the listener.
 //! - [`web_config`]: `--web.config.file` (TLS, basic auth, headers) and its reloading.
+//! - [`healthcheck`]: the `healthcheck` subcommand, for container health checks.
 //! - [`app`]: wiring a [`config::Config`] into a running exporter.
 //! - [`sim`]: a simulator of the upstream API, for `--demo` and tests.
 //! - [`logging`]: log set-up.
 
+pub mod account;
 pub mod aggregate;
 pub mod app;
 pub mod config;
 pub mod exposition;
+pub mod healthcheck;
+pub mod labels;
 pub mod logging;
-pub mod refresh;
+pub mod metrics;
 pub mod routes;
-pub mod scheduler;
 pub mod secret;
 pub mod server;
 pub mod sim;
-pub mod snapshot;
+pub mod state;
+pub mod target;
 pub mod telemetry;
 pub mod upstream;
 pub mod web_config;
@@ -58,33 +68,6 @@ pub fn random_u64() -> u64 {
             .map_or(0, |d| d.as_nanos() as u64),
     );
     h.finish()
-}
-
-/// Sets up the allocator for a small, steady resident set: one glibc malloc
-/// arena instead of one per thread (measured with `benches/refresh.py`: peak RSS
-/// at a million images 14.5 → 11.6 MiB, CPU unchanged). Call before any thread
-/// starts.
-pub fn configure_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only sets an allocator parameter; called before other
-    // threads exist, as the binary's first step.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-    }
-}
-
-/// Hands memory freed by a refresh back to the operating system.
-///
-/// glibc keeps freed heap memory for reuse, and raises its mmap threshold after
-/// freeing a large block, so the id sets of a large refresh would otherwise stay
-/// in the resident set while the exporter idles until the next one.
-pub fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks the allocator's own free lists; it has no
-    // preconditions and is safe to call from any thread at any time.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// A random number in `[0, 1)`, for jitter.

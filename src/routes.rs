@@ -17,8 +17,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::Semaphore;
 
 use crate::exposition::MetricsCache;
-use crate::scheduler::Liveness;
-use crate::snapshot::{unix_seconds, State};
+use crate::state::{unix_seconds, State, TargetState};
+use crate::target::Liveness;
 use crate::telemetry::Telemetry;
 
 /// Content type of the Prometheus text exposition format.
@@ -113,36 +113,28 @@ impl Routes {
     fn readyz(&self) -> Response<Full<Bytes>> {
         let snap = self.state.snapshot();
         let mut body = String::new();
-        let status = if snap.cycles > 0 {
-            body.push_str("ready: the first refresh cycle has finished\n");
+        let waiting = snap.targets.values().filter(|t| t.passes == 0).count();
+        let status = if snap.ready() {
+            body.push_str("ready: every target has finished its first pass\n");
             StatusCode::OK
         } else {
-            body.push_str("not ready: the first refresh cycle is still running\n");
+            let _ = writeln!(
+                body,
+                "not ready: {waiting} of {} targets have not finished their first pass",
+                snap.targets.len()
+            );
             StatusCode::SERVICE_UNAVAILABLE
         };
-        for (dc, state) in &snap.datacenters {
-            let _ = write!(
+        for (key, t) in &snap.targets {
+            let _ = writeln!(
                 body,
-                "datacenter_key={} up={} last_success={} last_error=",
-                quote(dc),
-                u8::from(state.up),
-                state.last_success.map_or_else(|| "never".into(), rfc3339),
+                "account={} datacenter_key={} up={} last_success={} last_error={}",
+                quote(&key.account),
+                quote(key.datacenter.as_deref().unwrap_or("(discovery)")),
+                u8::from(t.up),
+                t.last_success.map_or_else(|| "never".into(), rfc3339),
+                last_error(t).map_or_else(|| "none".into(), |e| quote(&e)),
             );
-            match &state.last_error {
-                Some(e) => {
-                    let _ = writeln!(
-                        body,
-                        "{}",
-                        quote(&format!(
-                            "{} at {}: {}",
-                            e.reason.label(),
-                            rfc3339(e.at),
-                            e.message
-                        ))
-                    );
-                }
-                None => body.push_str("none\n"),
-            }
         }
         text(status, &body)
     }
@@ -150,37 +142,39 @@ impl Routes {
     fn landing(&self) -> Response<Full<Bytes>> {
         let snap = self.state.snapshot();
         let mut rows = String::new();
-        for (dc, state) in &snap.datacenters {
-            let images = state
-                .images
-                .as_ref()
-                .filter(|im| self.state.is_fresh(im))
-                .map_or_else(|| "-".to_string(), |im| im.total_images.to_string());
-            let error = state.last_error.as_ref().map_or_else(
-                || "-".to_string(),
-                |e| format!("{} at {}: {}", e.reason.label(), rfc3339(e.at), e.message),
-            );
+        for (key, t) in &snap.targets {
+            let images = t
+                .fresh_images()
+                .map_or_else(|| "-".to_string(), |(n, _)| n.to_string());
+            let (state, class) = match (t.passes, t.up) {
+                (0, _) => ("waiting", "down"),
+                (_, true) => ("up", "up"),
+                (_, false) => ("down", "down"),
+            };
             let _ = writeln!(
                 rows,
-                "<tr><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                html(if dc.is_empty() { "(discovery)" } else { dc }),
-                if state.up { "up" } else { "down" },
-                if state.up { "up" } else { "down" },
-                state.last_success.map_or_else(|| "never".into(), rfc3339),
-                html(&error),
+                "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                html(&key.account),
+                html(key.datacenter.as_deref().unwrap_or("(discovery)")),
+                class,
+                state,
+                t.last_success.map_or_else(|| "never".into(), rfc3339),
+                html(&last_error(t).unwrap_or_else(|| "-".into())),
                 images,
             );
         }
         if rows.is_empty() {
-            rows.push_str("<tr><td colspan=\"5\">no refresh has finished yet</td></tr>\n");
+            rows.push_str("<tr><td colspan=\"6\">no target is configured</td></tr>\n");
         }
+        let finished = snap.targets.values().filter(|t| t.passes > 0).count();
         let page = format!(
             include_str!("landing.html"),
             version = crate::VERSION,
             revision = crate::REVISION,
             metrics = html(&self.telemetry_path),
             rows = rows,
-            refreshed = snap.cycles,
+            finished = finished,
+            targets = snap.targets.len(),
             now = unix_seconds(std::time::SystemTime::now()) as u64,
         );
         let mut resp = Response::new(Full::new(Bytes::from(page)));
@@ -190,6 +184,13 @@ impl Routes {
         );
         resp
     }
+}
+
+/// A target's last error, for `/readyz` and the landing page.
+fn last_error(t: &TargetState) -> Option<String> {
+    t.last_error
+        .as_ref()
+        .map(|e| format!("{} at {}: {}", e.reason.label(), rfc3339(e.at), e.message))
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {

@@ -11,6 +11,13 @@ use std::path::{Path, PathBuf};
 /// Environment variable holding the token when no token file is given.
 pub const TOKEN_ENV: &str = "FINOVY_ACCESS_TOKEN";
 
+/// The request header that carries the token.
+pub const TOKEN_HEADER: reqwest::header::HeaderName =
+    reqwest::header::HeaderName::from_static("finovy-access-token");
+
+/// Largest token file read: a token is a few dozen bytes; a larger file is a mistake.
+const MAX_TOKEN_FILE_BYTES: u64 = 64 * 1024;
+
 /// A secret string. Only [`Token::expose`] reveals it, for the request header.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Token(String);
@@ -31,6 +38,15 @@ impl Token {
     /// The secret itself, for the one place that sends it.
     pub fn expose(&self) -> &str {
         &self.0
+    }
+
+    /// `text` with every occurrence of the token replaced by `**hidden**`.
+    ///
+    /// Upstream text (`msg`, `traceId`, bodies) passes through here before it is
+    /// stored, logged or shown: an upstream that echoes the token back must not
+    /// make us publish it.
+    pub fn redact(&self, text: &str) -> String {
+        text.replace(self.0.as_str(), "**hidden**")
     }
 }
 
@@ -60,10 +76,19 @@ pub enum TokenError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The token path is not a regular file (a FIFO, a device, a directory), or is
+    /// too large: reading it could block a refresh forever or fill the memory.
+    #[error("token file {path} is not a regular file of at most 64 KiB ({what}); point --api.token-file at the file holding the token")]
+    NotRegular {
+        /// The file.
+        path: PathBuf,
+        /// What it is instead.
+        what: &'static str,
+    },
 }
 
 /// Where the token comes from.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenSource {
     /// A fixed token (from the environment, or made up for `--demo`).
     Fixed(Token),
@@ -91,13 +116,7 @@ impl TokenSource {
     pub fn current(&self) -> Result<Token, TokenError> {
         match self {
             TokenSource::Fixed(token) => Ok(token.clone()),
-            TokenSource::File(path) => {
-                let raw = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                Token::new(&raw)
-            }
+            TokenSource::File(path) => Token::new(&read_token_file(path)?),
         }
     }
 
@@ -110,6 +129,60 @@ impl TokenSource {
                 return meta.permissions().mode() & 0o004 != 0;
             }
         }
+        false
+    }
+}
+
+/// Reads a token file without ever blocking on it: only a regular file is read.
+///
+/// Opening a FIFO with no writer waits for one, and reading a device may never end,
+/// so the path's type is checked before it is opened, and once more on the open
+/// file (a path swapped in between is caught there, before anything is read).
+fn read_token_file(path: &Path) -> Result<String, TokenError> {
+    use std::io::Read as _;
+    let read_error = |source| TokenError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    check_regular(path, &std::fs::metadata(path).map_err(read_error)?)?;
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    check_regular(path, &file.metadata().map_err(read_error)?)?;
+    let mut raw = String::new();
+    file.take(MAX_TOKEN_FILE_BYTES + 1)
+        .read_to_string(&mut raw)
+        .map_err(read_error)?;
+    Ok(raw)
+}
+
+fn check_regular(path: &Path, meta: &std::fs::Metadata) -> Result<(), TokenError> {
+    let kind = meta.file_type();
+    let what = if kind.is_file() {
+        if meta.len() <= MAX_TOKEN_FILE_BYTES {
+            return Ok(());
+        }
+        "larger than 64 KiB"
+    } else if kind.is_dir() {
+        "a directory"
+    } else if is_fifo(&kind) {
+        "a FIFO"
+    } else {
+        "a special file"
+    };
+    Err(TokenError::NotRegular {
+        path: path.to_path_buf(),
+        what,
+    })
+}
+
+fn is_fifo(kind: &std::fs::FileType) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        kind.is_fifo()
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = kind;
         false
     }
 }
@@ -144,5 +217,27 @@ mod tests {
         std::fs::write(&path, "second").unwrap();
         assert_eq!(source.current().unwrap().expose(), "second");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_token_file_replaced_by_a_fifo_fails_at_once_instead_of_blocking() {
+        let dir = std::env::temp_dir().join(format!("finovy-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("token");
+        let made = std::process::Command::new("mkfifo").arg(&path).status();
+        if !made.is_ok_and(|s| s.success()) {
+            std::fs::remove_dir_all(&dir).unwrap();
+            panic!("mkfifo is part of coreutils and must work here");
+        }
+        let err = TokenSource::File(path.clone()).current().unwrap_err();
+        assert!(err.to_string().contains("a FIFO"), "{err}");
+        assert!(err.to_string().contains("token"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn redact_removes_every_copy_of_the_token() {
+        let t = Token::new("s3cr3t").unwrap();
+        assert_eq!(t.redact("bad token s3cr3t (s3cr3t)"), "bad token **hidden** (**hidden**)");
     }
 }

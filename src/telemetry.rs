@@ -1,100 +1,68 @@
-//! The exporter's own metrics: how its upstream calls and refreshes went.
+//! The exporter's process-wide metrics: its upstream calls, per account, and its
+//! build.
 //!
-//! Kept apart from the image series (see [`crate::snapshot`]), in a registry of the
-//! `prometheus` crate, with the standard `process_*` collector. Counters with a
-//! bounded label set are created at zero, so that `rate()` and `increase()` work
-//! from the first scrape.
+//! Kept apart from the per-target series (see [`crate::state`]), in a registry of
+//! the `prometheus` crate, with the standard `process_*` collector. Every family
+//! comes from the table in [`crate::metrics`]. Counters with a bounded label set
+//! are created at zero when their account is, so that `rate()` and `increase()`
+//! work from the first scrape, and removed with it.
 
+use prometheus::core::Collector as _;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+    TextEncoder,
 };
 
-use crate::aggregate::Field;
-use crate::refresh::{Anomaly, Reason};
+use crate::labels::Field;
+use crate::metrics;
 
-/// The exporter's own metrics.
+/// The exporter's own metrics. Cloning shares them.
 #[derive(Clone)]
 pub struct Telemetry {
     registry: Registry,
-    /// `finovy_api_requests_total{code}`.
+    /// `finovy_api_requests_total{account,code}`.
     pub api_requests: IntCounterVec,
-    /// `finovy_api_request_duration_seconds`.
-    pub api_duration: Histogram,
-    /// `finovy_api_invalid_items_total{field}`.
+    /// `finovy_api_request_duration_seconds{account}`.
+    pub api_duration: HistogramVec,
+    /// `finovy_api_invalid_items_total{account,field}`.
     pub invalid_items: IntCounterVec,
-    /// `finovy_refresh_failures_total{datacenter_key,reason}`.
-    pub refresh_failures: IntCounterVec,
-    /// `finovy_pagination_anomalies_total{datacenter_key,kind}`.
-    pub pagination_anomalies: IntCounterVec,
+    /// `finovy_api_concurrency_limit{account}`.
+    pub concurrency_limit: IntGaugeVec,
 }
 
 impl Telemetry {
     /// Creates the metrics and registers them with a new registry.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let api_requests = IntCounterVec::new(
-            Opts::new(
-                "finovy_api_requests_total",
-                "Requests sent to the Finovy API, by HTTP status code (error when no answer came back).",
-            ),
-            &["code"],
-        )
-        .expect("valid metric");
-        let api_duration = Histogram::with_opts(
-            HistogramOpts::new(
-                "finovy_api_request_duration_seconds",
-                "Latency of requests to the Finovy API, answer body included.",
-            )
-            .buckets(vec![
+        let counter = |family: &metrics::Family| {
+            IntCounterVec::new(family.opts(), family.labels).expect("valid metric")
+        };
+        let api_requests = counter(&metrics::API_REQUESTS);
+        let invalid_items = counter(&metrics::API_INVALID_ITEMS);
+        let api_duration = HistogramVec::new(
+            HistogramOpts::from(metrics::API_DURATION.opts()).buckets(vec![
                 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
             ]),
+            metrics::API_DURATION.labels,
         )
         .expect("valid metric");
-        let invalid_items = IntCounterVec::new(
-            Opts::new(
-                "finovy_api_invalid_items_total",
-                "Images counted although one of their fields could not be read, by field.",
-            ),
-            &["field"],
+        let concurrency_limit = IntGaugeVec::new(
+            metrics::API_CONCURRENCY_LIMIT.opts(),
+            metrics::API_CONCURRENCY_LIMIT.labels,
         )
         .expect("valid metric");
-        let refresh_failures = IntCounterVec::new(
-            Opts::new(
-                "finovy_refresh_failures_total",
-                "Failed refreshes of a datacenter, by reason (auth, timeout, connect, http, api, decode).",
-            ),
-            &["datacenter_key", "reason"],
-        )
-        .expect("valid metric");
-        let pagination_anomalies = IntCounterVec::new(
-            Opts::new(
-                "finovy_pagination_anomalies_total",
-                "Refreshes whose paging was inconsistent, by kind: duplicate_items, total_changed, total_mismatch, page_limit.",
-            ),
-            &["datacenter_key", "kind"],
-        )
-        .expect("valid metric");
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                "finovy_exporter_build_info",
-                "Version and revision of the exporter; always 1.",
-            ),
-            &["version", "revision"],
-        )
-        .expect("valid metric");
+        let build_info =
+            IntGaugeVec::new(metrics::BUILD_INFO.opts(), metrics::BUILD_INFO.labels)
+                .expect("valid metric");
         build_info
             .with_label_values(&[crate::VERSION, crate::REVISION])
             .set(1);
-        for field in Field::ALL {
-            invalid_items.with_label_values(&[field.label()]);
-        }
 
         for collector in [
             Box::new(api_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(api_duration.clone()),
             Box::new(invalid_items.clone()),
-            Box::new(refresh_failures.clone()),
-            Box::new(pagination_anomalies.clone()),
+            Box::new(concurrency_limit.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -112,20 +80,49 @@ impl Telemetry {
             api_requests,
             api_duration,
             invalid_items,
-            refresh_failures,
-            pagination_anomalies,
+            concurrency_limit,
         }
     }
 
-    /// Creates the per-datacenter counters at zero, once the datacenter is known.
-    pub fn init_datacenter(&self, datacenter: &str) {
-        for reason in Reason::ALL {
-            self.refresh_failures
-                .with_label_values(&[datacenter, reason.label()]);
+    /// Creates an account's counters at zero.
+    pub fn init_account(&self, account: &str) {
+        for field in Field::ALL {
+            self.invalid_items
+                .with_label_values(&[account, field.label()]);
         }
-        for kind in Anomaly::ALL {
-            self.pagination_anomalies
-                .with_label_values(&[datacenter, kind.label()]);
+        self.api_duration.with_label_values(&[account]);
+    }
+
+    /// The gauge of an account's current concurrency limit.
+    pub fn concurrency_gauge(&self, account: &str) -> IntGauge {
+        self.concurrency_limit.with_label_values(&[account])
+    }
+
+    /// Removes every series of an account that is no longer configured.
+    pub fn remove_account(&self, account: &str) {
+        for field in Field::ALL {
+            let _ = self
+                .invalid_items
+                .remove_label_values(&[account, field.label()]);
+        }
+        let _ = self.api_duration.remove_label_values(&[account]);
+        let _ = self.concurrency_limit.remove_label_values(&[account]);
+        // The status codes seen are not known here: gather them from the family.
+        for family in self.api_requests.collect() {
+            for metric in family.get_metric() {
+                let labels = metric.get_label();
+                let value = |name: &str| {
+                    labels
+                        .iter()
+                        .find(|l| l.name() == name)
+                        .map(|l| l.value().to_string())
+                };
+                if value("account").as_deref() == Some(account) {
+                    if let Some(code) = value("code") {
+                        let _ = self.api_requests.remove_label_values(&[account, &code]);
+                    }
+                }
+            }
         }
     }
 

@@ -1,11 +1,18 @@
 //! The exporter daemon: parse flags, start, serve until SIGTERM or SIGINT.
+//!
+//! `finovy-image-exporter healthcheck [--url URL]` instead asks a running exporter's
+//! `/healthz` and exits 0 when it answers 200, for container health checks in an
+//! image without curl.
 
 use finovy_image_exporter::app::{shutdown_signal, Exporter};
+use finovy_image_exporter::healthcheck;
 use finovy_image_exporter::config::Config;
 use finovy_image_exporter::logging;
 
 fn main() {
-    finovy_image_exporter::configure_allocator();
+    if std::env::args_os().nth(1).is_some_and(|a| a == "healthcheck") {
+        std::process::exit(healthcheck::run(std::env::args_os().skip(1)));
+    }
     let config = Config::parse_or_exit();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,32 +1,33 @@
-//! The Finovy API client: one page per call, with retries, limits and typed errors.
+//! The Finovy API client: one request per call, with retries and typed errors.
 //!
 //! [`ApiClient::fetch_page`] sends the token header, the extra headers and
 //! parameters, the filters and the paging parameters; reads at most a bounded
 //! number of bytes; decodes with [`wire`]; and retries timeouts, connection errors,
 //! 5xx and 429 (after `Retry-After` when given) with exponential backoff and
-//! jitter. Every failure is a [`FetchError`] whose [`Reason`] becomes the `reason`
-//! label. Requests in flight are bounded by a semaphore shared by all datacenters.
+//! jitter. Every failure is a [`FetchError`] whose [`crate::labels::Reason`]
+//! becomes the `reason` label. How many requests are in flight is not the
+//! client's business: paging asks the account's [`Budget`] before each call.
 
+pub mod budget;
+pub mod error;
 pub mod wire;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::StatusCode;
-use tokio::sync::Semaphore;
 use url::Url;
 
-use crate::aggregate::Status;
-use crate::config::{Config, ExtraHeader, SizeUnit};
-use crate::refresh::Reason;
+use crate::config::{ExtraHeader, SizeUnit};
+use crate::labels::Status;
+pub use crate::secret::TOKEN_HEADER;
 use crate::secret::Token;
 use crate::telemetry::Telemetry;
+pub use budget::Budget;
+pub use error::FetchError;
 pub use wire::{Page, WireError};
-
-/// The header that carries the access token.
-pub const TOKEN_HEADER: HeaderName = HeaderName::from_static("finovy-access-token");
 
 /// Largest wait between two tries that the client accepts, `Retry-After` included;
 /// a server asking for longer fails the refresh, and the next one tries again.
@@ -45,10 +46,10 @@ pub struct Filters {
     pub status: Option<Status>,
 }
 
-/// What the client needs to know, taken from [`Config`].
-#[derive(Debug, Clone)]
+/// What the client needs to know about one account's upstream.
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClientConfig {
-    /// Full URL of the list endpoint.
+    /// Full URL of the list endpoint, without a query.
     pub url: Url,
     /// Per-request timeout, body included.
     pub timeout: Duration,
@@ -64,30 +65,9 @@ pub struct ClientConfig {
     pub size_unit: SizeUnit,
     /// Retries after a retryable failure.
     pub max_retries: u32,
-    /// Requests in flight at most.
-    pub concurrency: u32,
 }
 
 impl ClientConfig {
-    /// Takes the client's part of the configuration.
-    pub fn from_config(config: &Config) -> Self {
-        ClientConfig {
-            url: config.list_url(),
-            timeout: config.api_timeout,
-            page_size: config.page_size,
-            headers: config.api_headers.clone(),
-            params: config.api_params.clone(),
-            filters: Filters {
-                image_type: config.filter_image_type.clone(),
-                image_name: config.filter_image_name.clone(),
-                status: config.filter_status,
-            },
-            size_unit: config.image_size_unit,
-            max_retries: config.max_retries,
-            concurrency: config.api_concurrency,
-        }
-    }
-
     /// Largest answer body accepted: room for `pageSize` items of 4 KiB each
     /// (a real item is about 250 bytes) plus 1 MiB. A larger answer is cut off.
     pub fn max_body_bytes(&self) -> usize {
@@ -95,134 +75,25 @@ impl ClientConfig {
     }
 }
 
-/// Why a request failed. Never contains the token.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    /// The token could not be read.
-    #[error(transparent)]
-    Token(#[from] crate::secret::TokenError),
-    /// HTTP 401/403, or `"code":401` in the body.
-    #[error("authentication failed (HTTP {status}{})", api_code.map(|c| format!(", code {c}")).unwrap_or_default())]
-    Auth {
-        /// HTTP status.
-        status: u16,
-        /// The envelope's code, when it was in the body.
-        api_code: Option<i64>,
-        /// Upstream `traceId`.
-        trace_id: Option<String>,
-    },
-    /// No complete answer within the timeout.
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    /// The connection could not be made or broke.
-    #[error("connection failed: {0}")]
-    Connect(String),
-    /// An HTTP status other than 200.
-    #[error("HTTP status {status}")]
-    Http {
-        /// The status.
-        status: u16,
-        /// `Retry-After`, when the server sent one.
-        retry_after: Option<Duration>,
-    },
-    /// The envelope reported a failure other than authentication.
-    #[error("API error code {code}: {msg}")]
-    Api {
-        /// HTTP status.
-        status: u16,
-        /// The envelope's `code`.
-        code: i64,
-        /// The envelope's `msg`.
-        msg: String,
-        /// Upstream `traceId`.
-        trace_id: Option<String>,
-    },
-    /// The answer is not a page.
-    #[error("cannot decode the answer: {msg}")]
-    Decode {
-        /// HTTP status.
-        status: u16,
-        /// What is wrong.
-        msg: String,
-    },
-    /// The answer was larger than the limit.
-    #[error("answer larger than {limit} bytes, cut off")]
-    TooLarge {
-        /// The limit in bytes.
-        limit: usize,
-    },
-}
-
-impl FetchError {
-    /// The `reason` label of `finovy_refresh_failures_total`.
-    pub fn reason(&self) -> Reason {
-        match self {
-            FetchError::Token(_) | FetchError::Auth { .. } => Reason::Auth,
-            FetchError::Timeout(_) => Reason::Timeout,
-            FetchError::Connect(_) => Reason::Connect,
-            FetchError::Http { .. } => Reason::Http,
-            FetchError::Api { .. } => Reason::Api,
-            FetchError::Decode { .. } | FetchError::TooLarge { .. } => Reason::Decode,
-        }
-    }
-
-    /// The HTTP status that came back, if one did.
-    pub fn http_status(&self) -> Option<u16> {
-        match self {
-            FetchError::Auth { status, .. }
-            | FetchError::Http { status, .. }
-            | FetchError::Api { status, .. }
-            | FetchError::Decode { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-
-    /// The upstream `traceId`, if the answer had one.
-    pub fn trace_id(&self) -> Option<&str> {
-        match self {
-            FetchError::Auth { trace_id, .. } | FetchError::Api { trace_id, .. } => {
-                trace_id.as_deref()
-            }
-            _ => None,
-        }
-    }
-
-    /// Whether trying again may help: timeouts, broken connections, 5xx and 429.
-    fn retryable(&self) -> bool {
-        match self {
-            FetchError::Timeout(_) | FetchError::Connect(_) => true,
-            FetchError::Http { status, .. } => *status == 429 || *status >= 500,
-            _ => false,
-        }
-    }
-
-    fn retry_after(&self) -> Option<Duration> {
-        match self {
-            FetchError::Http { retry_after, .. } => *retry_after,
-            _ => None,
-        }
-    }
-}
-
-/// Client of the image list endpoint.
+/// Client of one account's image list endpoint.
 pub struct ApiClient {
     http: reqwest::Client,
     config: ClientConfig,
     extra_headers: HeaderMap,
-    limiter: Arc<Semaphore>,
-    turns: Semaphore,
     telemetry: Telemetry,
+    account: String,
 }
 
-/// Windows of page requests open at once, in units of `--api.concurrency`: two,
-/// so that one datacenter's last pages overlap the next one's first and no
-/// request slot stays idle.
-const PAGING_WINDOWS: usize = 2;
-
 impl ApiClient {
-    /// Builds the client. Redirects are followed only within the same origin, so
-    /// the token is never sent to another host.
-    pub fn new(config: ClientConfig, telemetry: Telemetry) -> Result<Self, reqwest::Error> {
+    /// Builds the client for `account`, keeping up to `idle_connections` open
+    /// between passes. Redirects are followed only within the same origin, so the
+    /// token is never sent to another host.
+    pub fn new(
+        account: &str,
+        config: ClientConfig,
+        idle_connections: u32,
+        telemetry: Telemetry,
+    ) -> Result<Self, reqwest::Error> {
         crate::install_crypto_provider();
         let origin = config.url.origin();
         let redirect = reqwest::redirect::Policy::custom(move |attempt| {
@@ -236,39 +107,20 @@ impl ApiClient {
             .user_agent(concat!("finovy-image-exporter/", env!("CARGO_PKG_VERSION")))
             .redirect(redirect)
             .connect_timeout(config.timeout)
-            .pool_max_idle_per_host(config.concurrency as usize)
+            .pool_max_idle_per_host(idle_connections as usize)
             .build()?;
         let mut extra_headers = HeaderMap::new();
         for h in &config.headers {
             extra_headers.append(h.name.clone(), h.value.clone());
         }
-        let limiter = Arc::new(Semaphore::new(config.concurrency as usize));
-        let turns = Semaphore::new(PAGING_WINDOWS * config.concurrency as usize);
+        telemetry.init_account(account);
         Ok(ApiClient {
             http,
             config,
             extra_headers,
-            limiter,
-            turns,
             telemetry,
+            account: account.to_string(),
         })
-    }
-
-    /// Waits for a turn to read a list past its first page, `pages` pages long
-    /// (see [`crate::refresh`]): a list takes a share of the windows as large as
-    /// the requests it can have in flight, so short lists read side by side.
-    pub async fn paging_turn(&self, pages: u32) -> tokio::sync::SemaphorePermit<'_> {
-        let share = pages.clamp(1, self.config.concurrency);
-        // Closed only on drop of the client, which outlives every call.
-        self.turns
-            .acquire_many(share)
-            .await
-            .expect("turns are never closed")
-    }
-
-    /// Requests in flight at most.
-    pub fn concurrency(&self) -> u32 {
-        self.config.concurrency
     }
 
     /// The configured `pageSize`.
@@ -276,44 +128,47 @@ impl ApiClient {
         self.config.page_size
     }
 
+    /// The list URL, for log lines: it never has a query, so neither the extra
+    /// parameters nor the token can be in it.
+    pub fn url(&self) -> &Url {
+        &self.config.url
+    }
+
     /// Fetches one page of `datacenter` (all datacenters when `None`), retrying
     /// what may pass.
     pub async fn fetch_page(
         &self,
+        budget: &Arc<Budget>,
         token: &Token,
         datacenter: Option<&str>,
         page: u32,
     ) -> Result<Page, FetchError> {
-        // The request slot is given back once the body is in, not after decoding
-        // it, and the task yields before decoding, so that a request waiting for
-        // the slot goes out first, while this page is decoded.
-        let (status, body) = self.fetch_body(token, datacenter, page).await?;
-        tokio::task::yield_now().await;
-        decode(status, &body, self.config.size_unit)
+        let (status, body) = self.fetch_body(budget, token, datacenter, page).await?;
+        decode(status, &body, self.config.size_unit, token)
     }
 
     /// One page's answer body, retrying what may pass.
     async fn fetch_body(
         &self,
+        budget: &Arc<Budget>,
         token: &Token,
         datacenter: Option<&str>,
         page: u32,
     ) -> Result<(StatusCode, BytesMut), FetchError> {
         let mut attempt = 0;
         loop {
+            // One permit per attempt: a retry waiting out its backoff holds none.
             let result = {
-                // Closed only on drop of the client, which outlives every call.
-                let _permit = self
-                    .limiter
-                    .acquire()
-                    .await
-                    .expect("limiter is never closed");
+                let _permit = budget.acquire().await;
                 self.receive(token, datacenter, page).await
             };
             let err = match result {
                 Ok(answer) => return Ok(answer),
                 Err(err) => err,
             };
+            if matches!(err, FetchError::Http { status: 429, .. }) {
+                budget.note_throttled();
+            }
             if !err.retryable() || attempt >= self.config.max_retries {
                 return Err(err);
             }
@@ -348,9 +203,13 @@ impl ApiClient {
         let result = self.send(token, datacenter, page, &mut answered).await;
         self.telemetry
             .api_duration
+            .with_label_values(&[&self.account])
             .observe(started.elapsed().as_secs_f64());
         let code = answered.as_ref().map_or("error", StatusCode::as_str);
-        self.telemetry.api_requests.with_label_values(&[code]).inc();
+        self.telemetry
+            .api_requests
+            .with_label_values(&[&self.account, code])
+            .inc();
         result
     }
 
@@ -442,18 +301,39 @@ impl ApiClient {
         // The URL carries the extra parameters, which may be secrets: leave it out.
         let err = err.without_url();
         let mut msg = err.to_string();
+        let mut tls = false;
         let mut source = std::error::Error::source(&err);
         while let Some(s) = source {
             msg.push_str(": ");
             msg.push_str(&s.to_string());
+            tls |= is_tls_error(s);
             source = s.source();
         }
-        FetchError::Connect(msg)
+        if tls {
+            FetchError::Tls(msg)
+        } else {
+            FetchError::Connect(msg)
+        }
     }
 }
 
-/// Decodes an answer body into a page, or into the error it reports.
-fn decode(status: StatusCode, body: &[u8], unit: SizeUnit) -> Result<Page, FetchError> {
+/// Whether an error in a transport error's chain comes from rustls: a refused
+/// certificate or a failed handshake, which trying again cannot fix.
+///
+/// rustls errors reach us wrapped in an `io::Error`, whose `source()` skips the
+/// error it wraps, so the wrapped one is looked at directly.
+fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    if err.downcast_ref::<rustls::Error>().is_some() {
+        return true;
+    }
+    err.downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+}
+
+/// Decodes an answer body into a page, or into the error it reports. Upstream
+/// text is redacted of the token here, before any of it is kept.
+fn decode(status: StatusCode, body: &[u8], unit: SizeUnit, token: &Token) -> Result<Page, FetchError> {
     wire::decode_page(body, unit).map_err(|err| match err {
         WireError::Api {
             code: 401,
@@ -462,7 +342,7 @@ fn decode(status: StatusCode, body: &[u8], unit: SizeUnit) -> Result<Page, Fetch
         } => FetchError::Auth {
             status: status.as_u16(),
             api_code: Some(401),
-            trace_id,
+            trace_id: trace_id.map(|t| token.redact(&t)),
         },
         WireError::Api {
             code,
@@ -471,12 +351,12 @@ fn decode(status: StatusCode, body: &[u8], unit: SizeUnit) -> Result<Page, Fetch
         } => FetchError::Api {
             status: status.as_u16(),
             code,
-            msg,
-            trace_id,
+            msg: token.redact(&msg),
+            trace_id: trace_id.map(|t| token.redact(&t)),
         },
         WireError::Decode(msg) => FetchError::Decode {
             status: status.as_u16(),
-            msg,
+            msg: token.redact(&msg),
         },
     })
 }
@@ -504,6 +384,7 @@ fn backoff(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::labels::Reason;
 
     #[test]
     fn backoff_grows_and_is_capped() {
@@ -578,6 +459,7 @@ mod tests {
                 false,
             ),
             (FetchError::TooLarge { limit: 1 }, Reason::Decode, false),
+            (FetchError::Tls("UnknownIssuer".into()), Reason::Tls, false),
         ];
         for (err, reason, retry) in cases {
             assert_eq!(err.reason(), reason, "{err}");

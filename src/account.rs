@@ -1,0 +1,141 @@
+//! An account: one token and its upstream settings, and the targets it yields.
+//!
+//! Everything below an account is fixed once it is built: the scheduler compares
+//! accounts of two configurations by value to tell which targets changed, so a
+//! target whose account did not change keeps its schedule, state and series.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::config::Config;
+use crate::secret::TokenSource;
+use crate::upstream::{ClientConfig, Filters};
+
+/// The name of the one account the flags describe.
+pub const DEFAULT_ACCOUNT: &str = "default";
+
+/// How often a target refreshes and how long its data lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RefreshSettings {
+    /// Time between the starts of two passes.
+    pub interval: Duration,
+    /// A datacenter's image series are dropped after this long without success.
+    pub stale_after: Duration,
+    /// A pass that takes longer fails with reason `timeout`.
+    pub timeout: Duration,
+}
+
+/// One account, ready to refresh.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// The `account` label.
+    pub name: String,
+    /// Where its token comes from.
+    pub token: TokenSource,
+    /// Its upstream client settings.
+    pub client: ClientConfig,
+    /// Requests in flight at most, over all its datacenters.
+    pub concurrency: u32,
+    /// Request attempts per second at most (0: no limit).
+    pub requests_per_second: f64,
+    /// Datacenters to refresh; empty: discover them.
+    pub datacenters: Vec<String>,
+    /// Its schedule.
+    pub refresh: RefreshSettings,
+}
+
+impl Account {
+    /// The account the command-line flags describe, named [`DEFAULT_ACCOUNT`].
+    pub fn from_flags(config: &Config, token: TokenSource) -> Self {
+        Account {
+            name: DEFAULT_ACCOUNT.to_string(),
+            token,
+            client: ClientConfig {
+                url: config.list_url(),
+                timeout: config.api_timeout,
+                page_size: config.page_size,
+                headers: config.api_headers.clone(),
+                params: config.api_params.clone(),
+                filters: Filters {
+                    image_type: config.filter_image_type.clone(),
+                    image_name: config.filter_image_name.clone(),
+                    status: config.filter_status,
+                },
+                size_unit: config.image_size_unit,
+                max_retries: config.max_retries,
+            },
+            concurrency: config.api_concurrency,
+            requests_per_second: 0.0,
+            datacenters: config.datacenters.clone(),
+            refresh: RefreshSettings {
+                interval: config.refresh_interval,
+                stale_after: config.stale_after,
+                timeout: config.refresh_timeout.unwrap_or(config.refresh_interval),
+            },
+        }
+    }
+
+    /// Its targets: one per datacenter, or one discovery target.
+    pub fn targets(&self) -> Vec<TargetKey> {
+        if self.datacenters.is_empty() {
+            vec![TargetKey::discovery(&self.name)]
+        } else {
+            self.datacenters
+                .iter()
+                .map(|dc| TargetKey::datacenter(&self.name, dc))
+                .collect()
+        }
+    }
+
+    /// Whether `other` would refresh exactly as this one does (the token source
+    /// included), so that its running targets can be kept as they are.
+    pub fn same_settings(&self, other: &Account) -> bool {
+        self.name == other.name
+            && self.token == other.token
+            && self.client == other.client
+            && self.concurrency == other.concurrency
+            && self.requests_per_second == other.requests_per_second
+            && self.refresh == other.refresh
+    }
+}
+
+/// What one target refreshes: a datacenter of an account, or (without a
+/// datacenter) one discovery pass over all of the account's datacenters.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TargetKey {
+    /// The account's name.
+    pub account: String,
+    /// The datacenter key; `None` for a discovery target.
+    pub datacenter: Option<String>,
+}
+
+impl TargetKey {
+    /// The target of one datacenter.
+    pub fn datacenter(account: &str, datacenter: &str) -> Self {
+        TargetKey {
+            account: account.to_string(),
+            datacenter: Some(datacenter.to_string()),
+        }
+    }
+
+    /// The discovery target of an account.
+    pub fn discovery(account: &str) -> Self {
+        TargetKey {
+            account: account.to_string(),
+            datacenter: None,
+        }
+    }
+}
+
+/// `account/datacenter_key`, and `account/` for a discovery target: the string
+/// the shard of a target is computed from.
+impl fmt::Display for TargetKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{}",
+            self.account,
+            self.datacenter.as_deref().unwrap_or("")
+        )
+    }
+}

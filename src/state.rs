@@ -1,0 +1,461 @@
+//! The published state: what the last pass of every target found, its counters,
+//! and their text exposition.
+//!
+//! Every pass publishes by building a new [`TargetState`] and swapping a new
+//! immutable [`Snapshot`] in whole, so a scrape sees each target either before or
+//! after a pass, never half of one. The image series are rendered to text when a
+//! result is published, not when scraped; a scrape copies the pre-rendered lines
+//! of every datacenter whose data is younger than its stale-after. The lock is held
+//! only to clone or swap an `Arc`, never across I/O.
+//!
+//! A target's counters (failures, anomalies) live here, beside its series, so that
+//! they vanish with the target (removed from the configuration, or a datacenter
+//! gone from discovery for longer than stale-after) and never outlive it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::account::TargetKey;
+use crate::aggregate::DatacenterImages;
+use crate::labels::{Anomaly, Reason};
+use crate::metrics::{self, Family};
+
+/// The datacenter key of a discovery target's series before it found any
+/// datacenter (or when it found none), so that `finovy_up` always exists.
+pub const NO_DATACENTER: &str = "";
+
+/// How a target's pass ended.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// The full list was read.
+    Success {
+        /// The groups found, per datacenter (one entry for a datacenter target).
+        datacenters: BTreeMap<String, DatacenterImages>,
+        /// What did not add up (each counted once per datacenter of the pass).
+        anomalies: Vec<Anomaly>,
+        /// Groups folded into `other`, per datacenter and label name.
+        folded: BTreeMap<String, Vec<(&'static str, u64)>>,
+    },
+    /// The pass failed.
+    Failure {
+        /// Why, as the metric label.
+        reason: Reason,
+        /// What happened, for `/readyz` and the landing page. Never holds the token.
+        message: String,
+    },
+}
+
+/// The last error of a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LastError {
+    /// When it happened.
+    pub at: SystemTime,
+    /// Why.
+    pub reason: Reason,
+    /// What happened.
+    pub message: String,
+}
+
+/// The image series of one datacenter, as of its last successful pass.
+#[derive(Debug, Clone)]
+pub struct PublishedImages {
+    /// When that pass succeeded (wall clock).
+    pub at: SystemTime,
+    at_instant: Instant,
+    /// Images over all groups.
+    pub total_images: u64,
+    /// Bytes over all groups.
+    pub total_bytes: u64,
+    /// Number of (status, image type) groups.
+    pub groups: usize,
+    rendered: [String; IMAGE_FAMILIES.len()],
+}
+
+/// The series of one datacenter of a target.
+#[derive(Debug, Clone, Default)]
+pub struct DatacenterSeries {
+    /// Its image series, until they turn stale.
+    pub images: Option<Arc<PublishedImages>>,
+    /// When a pass last found it (a discovery target forgets it after stale-after).
+    last_seen: Option<Instant>,
+    /// Failed passes, per [`Reason::index`].
+    pub failures: [u64; Reason::ALL.len()],
+    /// Anomalies, per [`Anomaly::index`].
+    pub anomalies: [u64; Anomaly::ALL.len()],
+    /// Groups folded by the last successful pass, per label name.
+    pub folded: Vec<(&'static str, u64)>,
+}
+
+/// Everything known about one target.
+#[derive(Debug, Clone)]
+pub struct TargetState {
+    /// Time between its passes.
+    pub interval: Duration,
+    /// How long its image series outlive their last success.
+    pub stale_after: Duration,
+    /// Passes finished (0 until the first has ended).
+    pub passes: u64,
+    /// Whether its last pass succeeded.
+    pub up: bool,
+    /// Wall time of its last pass.
+    pub last_duration: Duration,
+    /// When it last succeeded.
+    pub last_success: Option<SystemTime>,
+    /// Its last error, if any pass failed.
+    pub last_error: Option<LastError>,
+    /// When its next pass is due (wall clock), once known.
+    pub next_pass: Option<SystemTime>,
+    /// Its datacenters: one for a datacenter target; those discovered (or
+    /// [`NO_DATACENTER`]) for a discovery target.
+    pub datacenters: BTreeMap<String, DatacenterSeries>,
+}
+
+impl TargetState {
+    fn new(key: &TargetKey, interval: Duration, stale_after: Duration) -> Self {
+        let dc = key.datacenter.clone().unwrap_or_default();
+        TargetState {
+            interval,
+            stale_after,
+            passes: 0,
+            up: false,
+            last_duration: Duration::ZERO,
+            last_success: None,
+            last_error: None,
+            next_pass: None,
+            datacenters: BTreeMap::from([(dc, DatacenterSeries::default())]),
+        }
+    }
+
+    /// Whether a datacenter's image series are still served.
+    pub fn is_fresh(&self, images: &PublishedImages) -> bool {
+        images.at_instant.elapsed() <= self.stale_after
+    }
+
+    /// Images over the fresh series of all its datacenters, when it has any.
+    pub fn fresh_images(&self) -> Option<(u64, u64)> {
+        let mut found = None;
+        for series in self.datacenters.values() {
+            if let Some(images) = series.images.as_ref().filter(|im| self.is_fresh(im)) {
+                let (n, bytes) = found.get_or_insert((0, 0));
+                *n += images.total_images;
+                *bytes += images.total_bytes;
+            }
+        }
+        found
+    }
+}
+
+/// One consistent view of every target.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Per target, in key order (account, then datacenter).
+    pub targets: BTreeMap<TargetKey, Arc<TargetState>>,
+}
+
+impl Snapshot {
+    /// Whether every target has finished its first pass.
+    pub fn ready(&self) -> bool {
+        self.targets.values().all(|t| t.passes > 0)
+    }
+}
+
+/// The shared, swappable snapshot.
+#[derive(Debug, Default)]
+pub struct State {
+    current: RwLock<Arc<Snapshot>>,
+}
+
+const IMAGE_FAMILIES: [Family; 3] = [metrics::IMAGES, metrics::IMAGES_SIZE, metrics::IMAGES_OLDEST];
+
+impl State {
+    /// An empty state: no target known.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Snapshot)) {
+        let mut guard = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let mut next = Snapshot::clone(&guard);
+        change(&mut next);
+        *guard = Arc::new(next);
+    }
+
+    /// Adds a target before its first pass (not ready until that pass ends), or
+    /// updates the schedule of a known one, keeping its series and counters.
+    pub fn register(&self, key: &TargetKey, interval: Duration, stale_after: Duration) {
+        self.update(|snap| match snap.targets.get_mut(key) {
+            Some(existing) => {
+                let state = Arc::make_mut(existing);
+                state.interval = interval;
+                state.stale_after = stale_after;
+            }
+            None => {
+                snap.targets.insert(
+                    key.clone(),
+                    Arc::new(TargetState::new(key, interval, stale_after)),
+                );
+            }
+        });
+    }
+
+    /// Removes a target with all its series and counters, at once.
+    pub fn remove(&self, key: &TargetKey) {
+        self.update(|snap| {
+            snap.targets.remove(key);
+        });
+    }
+
+    /// Records when a target's next pass is due.
+    pub fn set_next_pass(&self, key: &TargetKey, at: SystemTime) {
+        self.update(|snap| {
+            if let Some(t) = snap.targets.get_mut(key) {
+                Arc::make_mut(t).next_pass = Some(at);
+            }
+        });
+    }
+
+    /// Publishes the outcome of one pass of `key`. A target no longer registered
+    /// (removed while its pass ran) publishes nothing.
+    pub fn publish(&self, key: &TargetKey, duration: Duration, outcome: Outcome) {
+        let now = SystemTime::now();
+        let now_instant = Instant::now();
+        // Rendering happens outside the lock.
+        let prepared = match outcome {
+            Outcome::Success {
+                datacenters,
+                anomalies,
+                folded,
+            } => Ok((
+                datacenters
+                    .iter()
+                    .map(|(dc, images)| {
+                        (
+                            dc.clone(),
+                            Arc::new(render_images(key, dc, images, now, now_instant)),
+                        )
+                    })
+                    .collect::<BTreeMap<_, _>>(),
+                anomalies,
+                folded,
+            )),
+            Outcome::Failure { reason, message } => Err((reason, message)),
+        };
+        self.update(|snap| {
+            let Some(target) = snap.targets.get_mut(key) else {
+                return;
+            };
+            let t = Arc::make_mut(target);
+            t.passes += 1;
+            t.last_duration = duration;
+            match prepared {
+                Ok((found, anomalies, mut folded)) => {
+                    t.up = true;
+                    t.last_success = Some(now);
+                    let discovery = key.datacenter.is_none();
+                    if discovery && !found.is_empty() {
+                        t.datacenters.remove(NO_DATACENTER);
+                    }
+                    // A datacenter gone from discovery loses its images now (its
+                    // groups are gone), and its series after stale-after.
+                    let stale_after = t.stale_after;
+                    t.datacenters.retain(|dc, series| {
+                        if found.contains_key(dc) {
+                            return true;
+                        }
+                        series.images = None;
+                        series.folded.clear();
+                        series
+                            .last_seen
+                            .is_some_and(|seen| now_instant.duration_since(seen) <= stale_after)
+                            || (discovery && found.is_empty() && dc == NO_DATACENTER)
+                    });
+                    if discovery && found.is_empty() {
+                        t.datacenters.entry(NO_DATACENTER.to_string()).or_default();
+                    }
+                    for (dc, images) in found {
+                        let series = t.datacenters.entry(dc.clone()).or_default();
+                        series.images = Some(images);
+                        series.last_seen = Some(now_instant);
+                        series.folded = folded.remove(&dc).unwrap_or_default();
+                        for anomaly in &anomalies {
+                            series.anomalies[anomaly.index()] += 1;
+                        }
+                    }
+                }
+                Err((reason, message)) => {
+                    t.up = false;
+                    t.last_error = Some(LastError {
+                        at: now,
+                        reason,
+                        message,
+                    });
+                    for series in t.datacenters.values_mut() {
+                        series.failures[reason.index()] += 1;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Appends the text exposition of `snap` (a snapshot of this state) to `out`.
+    pub fn encode_snapshot(snap: &Snapshot, out: &mut Vec<u8>) {
+        let mut text = String::with_capacity(4096);
+        for (i, family) in IMAGE_FAMILIES.iter().enumerate() {
+            header(&mut text, family);
+            for t in snap.targets.values() {
+                for series in t.datacenters.values() {
+                    if let Some(images) = series.images.as_ref().filter(|im| t.is_fresh(im)) {
+                        text.push_str(&images.rendered[i]);
+                    }
+                }
+            }
+        }
+        let per_datacenter = |text: &mut String,
+                              family: &Family,
+                              value: &dyn Fn(&TargetState, &DatacenterSeries) -> f64| {
+            header(text, family);
+            for (key, t) in &snap.targets {
+                for (dc, series) in &t.datacenters {
+                    sample(text, family, &[&key.account, dc], value(t, series));
+                }
+            }
+        };
+        per_datacenter(&mut text, &metrics::UP, &|t, _| f64::from(u8::from(t.up)));
+        per_datacenter(&mut text, &metrics::REFRESH_DURATION, &|t, _| {
+            t.last_duration.as_secs_f64()
+        });
+        per_datacenter(&mut text, &metrics::REFRESH_LAST_SUCCESS, &|t, _| {
+            t.last_success.map_or(0.0, unix_seconds)
+        });
+        per_datacenter(&mut text, &metrics::REFRESH_INTERVAL, &|t, _| {
+            t.interval.as_secs_f64()
+        });
+        header(&mut text, &metrics::REFRESH_FAILURES);
+        for (key, t) in &snap.targets {
+            for (dc, series) in &t.datacenters {
+                for reason in Reason::ALL {
+                    let n = series.failures[reason.index()];
+                    sample(
+                        &mut text,
+                        &metrics::REFRESH_FAILURES,
+                        &[&key.account, dc, reason.label()],
+                        n,
+                    );
+                }
+            }
+        }
+        header(&mut text, &metrics::PAGINATION_ANOMALIES);
+        for (key, t) in &snap.targets {
+            for (dc, series) in &t.datacenters {
+                for anomaly in Anomaly::ALL {
+                    let n = series.anomalies[anomaly.index()];
+                    sample(
+                        &mut text,
+                        &metrics::PAGINATION_ANOMALIES,
+                        &[&key.account, dc, anomaly.label()],
+                        n,
+                    );
+                }
+            }
+        }
+        header(&mut text, &metrics::LIMIT_FOLDED);
+        for (key, t) in &snap.targets {
+            for (dc, series) in &t.datacenters {
+                for (label, n) in &series.folded {
+                    sample(
+                        &mut text,
+                        &metrics::LIMIT_FOLDED,
+                        &[&key.account, dc, label],
+                        n,
+                    );
+                }
+            }
+        }
+        out.extend_from_slice(text.as_bytes());
+    }
+}
+
+fn render_images(
+    key: &TargetKey,
+    datacenter: &str,
+    images: &DatacenterImages,
+    now: SystemTime,
+    now_instant: Instant,
+) -> PublishedImages {
+    let mut rendered: [String; 3] = Default::default();
+    let mut total_bytes = 0u64;
+    for (group, stats) in &images.groups {
+        let labels = [
+            key.account.as_str(),
+            datacenter,
+            group.status.label(),
+            group.image_type.as_str(),
+        ];
+        total_bytes = total_bytes.saturating_add(stats.size_bytes);
+        sample(&mut rendered[0], &IMAGE_FAMILIES[0], &labels, stats.count);
+        sample(&mut rendered[1], &IMAGE_FAMILIES[1], &labels, stats.size_bytes);
+        if let Some(ms) = stats.oldest_created_ms {
+            sample(&mut rendered[2], &IMAGE_FAMILIES[2], &labels, ms as f64 / 1000.0);
+        }
+    }
+    PublishedImages {
+        at: now,
+        at_instant: now_instant,
+        total_images: images.total_images(),
+        total_bytes,
+        groups: images.groups.len(),
+        rendered,
+    }
+}
+
+fn header(out: &mut String, family: &Family) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}",
+        name = family.name,
+        help = family.help,
+        kind = family.kind.as_str()
+    );
+}
+
+/// Writes one sample of `family`; `values` follow its label names.
+fn sample(out: &mut String, family: &Family, values: &[&str], value: impl std::fmt::Display) {
+    debug_assert_eq!(family.labels.len(), values.len(), "{}", family.name);
+    out.push_str(family.name);
+    out.push('{');
+    for (i, (k, v)) in family.labels.iter().zip(values).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        escape_label_value(out, v);
+        out.push('"');
+    }
+    let _ = writeln!(out, "}} {value}");
+}
+
+/// Escapes a label value for the text format: backslash, double quote, newline.
+fn escape_label_value(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}

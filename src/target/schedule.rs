@@ -1,0 +1,448 @@
+//! Every target on its own schedule.
+//!
+//! Each target runs as a task of its own: its first pass at a random offset within
+//! the first interval (so that targets do not fire together), then one pass every
+//! interval. A target's passes never overlap: the next tick waits for the pass to
+//! end (a late pass delays that target's schedule instead of piling up), and a pass
+//! has a deadline, `refresh.timeout`. Nothing one target does (a hang, a flood of
+//! pages, a lie) delays another: they share only the account's request
+//! [`Budget`](crate::upstream::Budget). Every result is published the moment its
+//! pass ends, counted, and logged in one line.
+//!
+//! [`Scheduler::apply`] starts, keeps and stops targets to match a list of
+//! accounts, so a reload keeps the schedule and state of every target whose
+//! account did not change.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::MissedTickBehavior;
+
+use super::limits::{self, Limits};
+use super::paging::{Collected, Pager};
+use crate::account::{Account, TargetKey};
+use crate::state::{Outcome, State};
+use crate::telemetry::Telemetry;
+use crate::upstream::{ApiClient, Budget, FetchError};
+
+/// Cleared when the scheduler's loop ends for any reason (a panic included), so
+/// `/healthz` can tell.
+#[derive(Debug)]
+pub struct Liveness(AtomicBool);
+
+impl Liveness {
+    /// Alive until the guard of [`Scheduler::run`] drops.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Liveness(AtomicBool::new(true)))
+    }
+
+    /// Whether the scheduler is still running.
+    pub fn is_alive(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+struct AliveGuard(Arc<Liveness>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0 .0.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Which targets this replica refreshes: those whose stable hash of
+/// `account/datacenter_key` modulo `total` is `index` (kube-state-metrics' rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This replica's shard, `0..total`.
+    pub index: u32,
+    /// The number of shards.
+    pub total: u32,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard { index: 0, total: 1 }
+    }
+}
+
+impl Shard {
+    /// Whether this replica refreshes `key`.
+    pub fn owns(&self, key: &TargetKey) -> bool {
+        self.total <= 1 || stable_hash(&key.to_string()) % u64::from(self.total) == u64::from(self.index)
+    }
+}
+
+/// FNV-1a, 64 bits: the same on every replica, version and platform (std's
+/// hasher is randomly keyed per process, so it cannot be used for sharding).
+fn stable_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// What every pass of one account shares.
+struct AccountRuntime {
+    account: Account,
+    pager: Pager,
+}
+
+/// Starts and stops target tasks, and holds what they share.
+pub struct Scheduler {
+    state: Arc<State>,
+    telemetry: Telemetry,
+    limits: Limits,
+    shard: Shard,
+    accounts: HashMap<String, Arc<AccountRuntime>>,
+    targets: BTreeMap<TargetKey, AbortHandle>,
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        for handle in self.targets.values() {
+            handle.abort();
+        }
+    }
+}
+
+impl Scheduler {
+    /// A scheduler with no target yet.
+    pub fn new(state: Arc<State>, telemetry: Telemetry, limits: Limits, shard: Shard) -> Self {
+        Scheduler {
+            state,
+            telemetry,
+            limits,
+            shard,
+            accounts: HashMap::new(),
+            targets: BTreeMap::new(),
+        }
+    }
+
+    /// Builds what an account's passes share: its client and budget.
+    fn runtime(&self, account: Account) -> Result<Arc<AccountRuntime>, reqwest::Error> {
+        let client = ApiClient::new(
+            &account.name,
+            account.client.clone(),
+            account.concurrency,
+            self.telemetry.clone(),
+        )?;
+        let budget = Budget::new(
+            account.concurrency,
+            account.requests_per_second,
+            self.telemetry.concurrency_gauge(&account.name),
+        );
+        Ok(Arc::new(AccountRuntime {
+            pager: Pager {
+                client: Arc::new(client),
+                budget: Arc::new(budget),
+                window: account.concurrency as usize,
+            },
+            account,
+        }))
+    }
+
+    /// Makes the running targets those of `accounts` (only the ones this shard
+    /// owns): new ones start and are registered (not ready until their first pass);
+    /// removed ones stop, and their series vanish at once; those whose account did
+    /// not change keep running untouched. Must be called within a Tokio runtime.
+    pub fn apply(&mut self, accounts: Vec<Account>) -> Result<(), reqwest::Error> {
+        // Build every new client first, so a failure changes nothing.
+        let mut next: HashMap<String, Arc<AccountRuntime>> = HashMap::new();
+        for account in accounts {
+            let runtime = match self.accounts.get(&account.name) {
+                Some(old) if old.account.same_settings(&account) => {
+                    if old.account.datacenters == account.datacenters {
+                        Arc::clone(old)
+                    } else {
+                        // Same client and budget, another datacenter list.
+                        Arc::new(AccountRuntime {
+                            pager: old.pager.clone(),
+                            account,
+                        })
+                    }
+                }
+                _ => self.runtime(account)?,
+            };
+            next.insert(runtime.account.name.clone(), runtime);
+        }
+        let wanted: BTreeMap<TargetKey, Arc<AccountRuntime>> = next
+            .values()
+            .flat_map(|rt| rt.account.targets().into_iter().map(move |k| (k, Arc::clone(rt))))
+            .filter(|(key, _)| self.shard.owns(key))
+            .collect();
+        // Stop targets that are gone, or whose account's settings changed.
+        let stop: Vec<TargetKey> = self
+            .targets
+            .keys()
+            .filter(|key| match (wanted.get(key), self.accounts.get(&key.account)) {
+                (Some(new), Some(old)) => !Arc::ptr_eq(&new.pager.budget, &old.pager.budget),
+                _ => true,
+            })
+            .cloned()
+            .collect();
+        for key in stop {
+            if let Some(handle) = self.targets.remove(&key) {
+                handle.abort();
+            }
+            if !wanted.contains_key(&key) {
+                self.state.remove(&key);
+            }
+        }
+        for name in self.accounts.keys() {
+            if !next.contains_key(name) {
+                self.telemetry.remove_account(name);
+            }
+        }
+        for (key, rt) in wanted {
+            if self.targets.contains_key(&key) {
+                continue;
+            }
+            let refresh = rt.account.refresh;
+            self.state
+                .register(&key, refresh.interval, refresh.stale_after);
+            let target = TargetTask {
+                key: key.clone(),
+                runtime: rt,
+                state: Arc::clone(&self.state),
+                telemetry: self.telemetry.clone(),
+                limits: self.limits,
+            };
+            let handle = tokio::spawn(target.run()).abort_handle();
+            self.targets.insert(key, handle);
+        }
+        self.accounts = next;
+        Ok(())
+    }
+
+    /// Starts the targets of `accounts` and runs them until `shutdown` completes,
+    /// applying every list of accounts that arrives on `reloads`. `liveness` is
+    /// cleared when the returned future ends or is dropped, even unpolled.
+    pub fn run(
+        mut self,
+        accounts: Vec<Account>,
+        liveness: Arc<Liveness>,
+        mut reloads: mpsc::UnboundedReceiver<Vec<Account>>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let guard = AliveGuard(liveness);
+        async move {
+            let _guard = guard;
+            if let Err(err) = self.apply(accounts) {
+                // The clients were built once at start, so this does not happen;
+                // should it, /healthz fails rather than serving nothing silently.
+                tracing::error!(error = %err, "cannot start the targets");
+                return;
+            }
+            tokio::pin!(shutdown);
+            loop {
+                tokio::select! {
+                    _ = &mut shutdown => return,
+                    accounts = reloads.recv() => match accounts {
+                        Some(accounts) => {
+                            if let Err(err) = self.apply(accounts) {
+                                tracing::error!(error = %err, "cannot build an upstream client; keeping the running targets");
+                            }
+                        }
+                        // No more reloads can come: run until shutdown.
+                        None => {
+                            (&mut shutdown).await;
+                            return;
+                        }
+                    },
+                }
+            }
+        }
+    }
+}
+
+/// One target's loop.
+struct TargetTask {
+    key: TargetKey,
+    runtime: Arc<AccountRuntime>,
+    state: Arc<State>,
+    telemetry: Telemetry,
+    limits: Limits,
+}
+
+impl TargetTask {
+    async fn run(self) {
+        let interval = self.runtime.account.refresh.interval;
+        let offset = interval.mul_f64(crate::random_fraction());
+        self.state
+            .set_next_pass(&self.key, SystemTime::now() + offset);
+        tokio::time::sleep(offset).await;
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            let started = SystemTime::now();
+            self.pass().await;
+            // The next tick is one interval after this pass started, or at once
+            // when the pass took longer than that.
+            self.state
+                .set_next_pass(&self.key, (started + interval).max(SystemTime::now()));
+        }
+    }
+
+    async fn pass(&self) {
+        let account = &self.runtime.account;
+        let started = Instant::now();
+        let result = match account.token.current() {
+            Err(err) => Err(FetchError::Token(err)),
+            Ok(token) => {
+                let timeout = account.refresh.timeout;
+                let pass = self
+                    .runtime
+                    .pager
+                    .collect(&token, self.key.datacenter.as_deref());
+                match tokio::time::timeout(timeout, pass).await {
+                    Ok(result) => result,
+                    Err(_) => Err(FetchError::PassTimeout(timeout)),
+                }
+            }
+        };
+        self.runtime.pager.budget.pass_finished();
+        let duration = started.elapsed();
+        // The result is published before it is logged, so that whoever reads the
+        // log line finds the numbers it is about.
+        match result {
+            Ok(collected) => self.succeeded(collected, duration),
+            Err(err) => self.failed(&err, duration),
+        }
+    }
+
+    fn succeeded(&self, collected: Collected, duration: Duration) {
+        let account = &self.key.account;
+        let dc_label = self.key.datacenter.as_deref().unwrap_or("");
+        let discovery = self.key.datacenter.is_none();
+        let (datacenters, folded) = limits::apply(collected.datacenters, &self.limits, discovery);
+        for (field, n) in &collected.invalid {
+            self.telemetry
+                .invalid_items
+                .with_label_values(&[account, field.label()])
+                .inc_by(*n);
+        }
+        if !collected.anomalies.is_empty() {
+            let kinds: Vec<&str> = collected.anomalies.iter().map(|a| a.label()).collect();
+            tracing::warn!(
+                account = %account,
+                datacenter_key = %dc_label,
+                anomalies = %kinds.join(","),
+                total_counts = collected.total,
+                items = collected.items,
+                duplicates = collected.duplicates,
+                pages = collected.pages,
+                "pagination was inconsistent"
+            );
+        }
+        if collected.foreign > 0 {
+            tracing::warn!(
+                account = %account,
+                datacenter_key = %dc_label,
+                foreign_items = collected.foreign,
+                foreign_keys = %collected.foreign_keys.join(","),
+                "the upstream answered with images of other datacenters: it seems to ignore datacenterKey; they were not counted. Leave out --datacenters (discovery mode) if this upstream cannot filter by datacenter"
+            );
+        }
+        for (dc, labels) in &folded {
+            for (label, n) in labels {
+                tracing::warn!(
+                    account = %account,
+                    datacenter_key = %dc,
+                    label = %label,
+                    folded = n,
+                    "too many distinct values: the smallest groups were folded into \"other\" (see --limit.image-types and --limit.datacenters)"
+                );
+            }
+        }
+        let images: u64 = datacenters.values().map(|d| d.total_images()).sum();
+        self.state.publish(
+            &self.key,
+            duration,
+            Outcome::Success {
+                datacenters,
+                anomalies: collected.anomalies,
+                folded,
+            },
+        );
+        tracing::info!(
+            account = %account,
+            datacenter_key = %dc_label,
+            images,
+            pages = collected.pages,
+            duration_seconds = duration.as_secs_f64(),
+            "refresh finished"
+        );
+    }
+
+    fn failed(&self, err: &FetchError, duration: Duration) {
+        let reason = err.reason();
+        self.state.publish(
+            &self.key,
+            duration,
+            Outcome::Failure {
+                reason,
+                message: err.to_string(),
+            },
+        );
+        let url = self.runtime.pager.client.url();
+        match err.http_status() {
+            Some(status) => tracing::warn!(
+                account = %self.key.account,
+                datacenter_key = %self.key.datacenter.as_deref().unwrap_or(""),
+                reason = reason.label(),
+                http_status = status,
+                url = %url,
+                trace_id = err.trace_id().unwrap_or(""),
+                duration_seconds = duration.as_secs_f64(),
+                error = %err,
+                "refresh failed"
+            ),
+            None => tracing::warn!(
+                account = %self.key.account,
+                datacenter_key = %self.key.datacenter.as_deref().unwrap_or(""),
+                reason = reason.label(),
+                url = %url,
+                duration_seconds = duration.as_secs_f64(),
+                error = %err,
+                "refresh failed"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_target_belongs_to_exactly_one_shard() {
+        let keys: Vec<TargetKey> = (0..200)
+            .map(|i| TargetKey::datacenter(&format!("acct{}", i % 17), &format!("DC{i}")))
+            .chain((0..17).map(|i| TargetKey::discovery(&format!("acct{i}"))))
+            .collect();
+        let total = 3;
+        let mut per_shard = [0usize; 3];
+        for key in &keys {
+            let owners: Vec<u32> = (0..total)
+                .filter(|&index| Shard { index, total }.owns(key))
+                .collect();
+            assert_eq!(owners.len(), 1, "{key} owned by {owners:?}");
+            per_shard[owners[0] as usize] += 1;
+        }
+        assert!(per_shard.iter().all(|&n| n > 30), "{per_shard:?}");
+    }
+
+    #[test]
+    fn the_shard_hash_is_stable() {
+        // FNV-1a of "default/HZ": fixed, so every replica and version agrees.
+        assert_eq!(stable_hash("default/HZ"), stable_hash("default/HZ"));
+        assert_eq!(stable_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(stable_hash("a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}
