@@ -96,23 +96,29 @@ fn compress(plain: &[u8]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::Outcome;
+    use crate::account::TargetKey;
+    use crate::state::Outcome;
 
     #[test]
     fn a_published_result_invalidates_the_body_at_once() {
-        let state = Arc::new(State::new(Duration::from_secs(60)));
+        let state = Arc::new(State::new());
+        let key = TargetKey::datacenter("default", "HZ");
+        state.register(&key, Duration::from_secs(60), Duration::from_secs(300));
         let cache = MetricsCache::new(Arc::clone(&state), Telemetry::new());
         let (first, _) = cache.body(false);
         assert_eq!(cache.body(false).0.as_ptr(), first.as_ptr(), "served again");
         state.publish(
-            "HZ",
+            &key,
             Duration::ZERO,
             Outcome::Success {
-                images: Default::default(),
+                datacenters: [("HZ".to_string(), Default::default())].into(),
+                anomalies: Vec::new(),
+                folded: Default::default(),
             },
         );
         let (second, _) = cache.body(false);
-        assert!(String::from_utf8_lossy(&second).contains("finovy_up{datacenter_key=\"HZ\"} 1"));
+        assert!(String::from_utf8_lossy(&second)
+            .contains("finovy_up{account=\"default\",datacenter_key=\"HZ\"} 1"));
         let (zipped, is_gzip) = cache.body(true);
         assert!(is_gzip);
         let mut text = String::new();

@@ -143,25 +143,34 @@ impl Routes {
         let snap = self.state.snapshot();
         let mut rows = String::new();
         for (key, t) in &snap.targets {
-            let images = t
-                .fresh_images()
-                .map_or_else(|| "-".to_string(), |(n, _)| n.to_string());
             let (state, class) = match (t.passes, t.up) {
                 (0, _) => ("waiting", "down"),
                 (_, true) => ("up", "up"),
                 (_, false) => ("down", "down"),
             };
-            let _ = writeln!(
-                rows,
-                "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                html(&key.account),
-                html(key.datacenter.as_deref().unwrap_or("(discovery)")),
-                class,
-                state,
-                t.last_success.map_or_else(|| "never".into(), rfc3339),
-                html(&last_error(t).unwrap_or_else(|| "-".into())),
-                images,
-            );
+            // One row per datacenter: a discovery target lists what it found.
+            for (dc, series) in &t.datacenters {
+                let images = series
+                    .images
+                    .as_ref()
+                    .filter(|im| t.is_fresh(im))
+                    .map_or_else(|| "-".to_string(), |im| im.total_images.to_string());
+                let dc = match (&key.datacenter, dc.as_str()) {
+                    (None, "") => "(discovery: none found yet)",
+                    (_, dc) => dc,
+                };
+                let _ = writeln!(
+                    rows,
+                    "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    html(&key.account),
+                    html(dc),
+                    class,
+                    state,
+                    t.last_success.map_or_else(|| "never".into(), rfc3339),
+                    html(&last_error(t).unwrap_or_else(|| "-".into())),
+                    images,
+                );
+            }
         }
         if rows.is_empty() {
             rows.push_str("<tr><td colspan=\"6\">no target is configured</td></tr>\n");

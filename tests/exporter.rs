@@ -60,7 +60,7 @@ async fn start_exporter(
         "--api.token-file",
         token_path.to_str().unwrap(),
         "--refresh.interval",
-        "200ms",
+        "1s",
         "--api.timeout",
         "5s",
     ];
@@ -113,7 +113,7 @@ fn expected_series(images: &[SimImage]) -> BTreeMap<String, f64> {
             .replace('\\', "\\\\")
             .replace('"', "\\\"")
             .replace('\n', "\\n");
-        let labels = format!("{{datacenter_key=\"{dc}\",status=\"{status}\",image_type=\"{ty}\"}}");
+        let labels = format!("{{account=\"default\",datacenter_key=\"{dc}\",status=\"{status}\",image_type=\"{ty}\"}}");
         out.insert(format!("finovy_images{labels}"), count);
         out.insert(format!("finovy_images_size_bytes{labels}"), size);
         out.insert(
@@ -205,12 +205,12 @@ async fn exact_counts_sizes_and_oldest_per_group() {
     let metrics = wait_for_exact(exporter.addr, &expected).await;
     for dc in ["HZ", "SH", "HK"] {
         assert_eq!(
-            metrics[&format!("finovy_up{{datacenter_key=\"{dc}\"}}")],
+            metrics[&format!("finovy_up{{account=\"default\",datacenter_key=\"{dc}\"}}")],
             1.0
         );
         assert!(
             metrics[&format!(
-                "finovy_refresh_last_success_timestamp_seconds{{datacenter_key=\"{dc}\"}}"
+                "finovy_refresh_last_success_timestamp_seconds{{account=\"default\",datacenter_key=\"{dc}\"}}"
             )] > 1.7e9
         );
     }
@@ -263,7 +263,7 @@ async fn capped_pages_repeated_items_and_a_short_last_page_all_yield_exact_total
         .await;
         let metrics = wait_for_exact(exporter.addr, &expected).await;
         let duplicates = metrics
-            ["finovy_pagination_anomalies_total{datacenter_key=\"HZ\",kind=\"duplicate_items\"}"];
+            ["finovy_pagination_anomalies_total{account=\"default\",datacenter_key=\"HZ\",kind=\"duplicate_items\"}"];
         assert_eq!(
             duplicates > 0.0,
             faults.overlap > 0,
@@ -287,7 +287,7 @@ async fn discovery_finds_every_datacenter() {
     let metrics = wait_for_exact(exporter.addr, &expected_series(&images)).await;
     for dc in datacenters {
         assert_eq!(
-            metrics[&format!("finovy_up{{datacenter_key=\"{dc}\"}}")],
+            metrics[&format!("finovy_up{{account=\"default\",datacenter_key=\"{dc}\"}}")],
             1.0,
             "{dc}"
         );
@@ -321,15 +321,15 @@ async fn unauthorized_in_either_style_counts_auth_failures_and_keeps_serving() {
         let metrics = wait_for(&format!("auth failures ({style:?})"), DEADLINE, || async {
             let m = scrape(exporter.addr).await;
             let failures = m
-                .get("finovy_refresh_failures_total{datacenter_key=\"HZ\",reason=\"auth\"}")
+                .get("finovy_refresh_failures_total{account=\"default\",datacenter_key=\"HZ\",reason=\"auth\"}")
                 .copied()
                 .unwrap_or(0.0);
             (failures >= 2.0).then_some(m)
         })
         .await;
-        assert_eq!(metrics["finovy_up{datacenter_key=\"HZ\"}"], 0.0);
+        assert_eq!(metrics["finovy_up{account=\"default\",datacenter_key=\"HZ\"}"], 0.0);
         assert_eq!(
-            metrics["finovy_refresh_failures_total{datacenter_key=\"HZ\",reason=\"api\"}"], 0.0,
+            metrics["finovy_refresh_failures_total{account=\"default\",datacenter_key=\"HZ\",reason=\"api\"}"], 0.0,
             "{style:?}: a 401 in the body is an auth failure, not an API error"
         );
         assert!(image_series(&metrics).is_empty());
@@ -345,7 +345,7 @@ async fn unauthorized_in_either_style_counts_auth_failures_and_keeps_serving() {
         // Only one try per refresh: authentication failures are not retried.
         let requests = upstream.sim.requests().len() as f64;
         let failures = scrape(exporter.addr).await
-            ["finovy_refresh_failures_total{datacenter_key=\"HZ\",reason=\"auth\"}"];
+            ["finovy_refresh_failures_total{account=\"default\",datacenter_key=\"HZ\",reason=\"auth\"}"];
         assert!(
             requests <= failures + 1.0,
             "{requests} requests for {failures} failed refreshes"
@@ -368,7 +368,7 @@ async fn a_group_removed_upstream_disappears_after_the_next_refresh() {
     .await;
     let before = wait_for_exact(exporter.addr, &expected_series(&images)).await;
     let solaris =
-        "finovy_images{datacenter_key=\"HZ\",status=\"available\",image_type=\"Solaris\"}";
+        "finovy_images{account=\"default\",datacenter_key=\"HZ\",status=\"available\",image_type=\"Solaris\"}";
     assert_eq!(before[solaris], 2.0);
     images.retain(|im| im.image_type != "Solaris");
     upstream.sim.set_images(images.clone());
@@ -391,7 +391,14 @@ async fn metrics_never_wait_on_a_hanging_upstream_and_readiness_waits_for_the_fi
         upstream,
         "t0ken",
         "hang",
-        &["--datacenters", "HZ", "--api.timeout", "60s"],
+        &[
+            "--datacenters",
+            "HZ",
+            "--api.timeout",
+            "60s",
+            "--refresh.timeout",
+            "60s",
+        ],
     )
     .await;
     for _ in 0..5 {
@@ -496,7 +503,7 @@ async fn endpoints_gzip_head_404_and_405() {
     assert!(landing.contains("href=\"/custom\""), "{landing}");
     assert!(landing.contains(finovy_image_exporter::VERSION));
     assert!(
-        landing.contains("<td>HZ</td><td class=\"up\">up</td>"),
+        landing.contains("<td>default</td><td>HZ</td><td class=\"up\">up</td>"),
         "{landing}"
     );
     assert!(
@@ -534,7 +541,7 @@ async fn the_token_appears_nowhere_in_either_log_format() {
                 "--api.token-file",
                 token_path.to_str().unwrap(),
                 "--refresh.interval",
-                "200ms",
+                "1s",
                 "--log.level",
                 "debug",
                 "--log.format",
@@ -694,6 +701,10 @@ async fn sigterm_during_a_scrape_lets_it_complete_and_exits_zero() {
             "HZ",
             "--api.page-size",
             "1000",
+            "--limit.image-types",
+            "5000",
+            "--refresh.interval",
+            "1s",
         ],
         &[("FINOVY_ACCESS_TOKEN", "t0ken")],
     );

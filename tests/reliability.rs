@@ -117,7 +117,7 @@ fn series(dc: &str, reads: impl IntoIterator<Item = Read>) -> BTreeMap<String, f
     }
     let mut out = BTreeMap::new();
     for ((status, ty), (count, bytes, oldest)) in groups {
-        let labels = format!("{{datacenter_key=\"{dc}\",status=\"{status}\",image_type=\"{ty}\"}}");
+        let labels = format!("{{account=\"default\",datacenter_key=\"{dc}\",status=\"{status}\",image_type=\"{ty}\"}}");
         out.insert(format!("finovy_images{labels}"), count);
         out.insert(format!("finovy_images_size_bytes{labels}"), bytes);
         if let Some(ms) = oldest {
@@ -136,7 +136,7 @@ fn expected(images: &[SimImage], dc: &str) -> BTreeMap<String, f64> {
 
 /// The image series the exporter shows for `dc`.
 fn shown(metrics: &BTreeMap<String, f64>, dc: &str) -> BTreeMap<String, f64> {
-    let needle = format!("{{datacenter_key=\"{dc}\",");
+    let needle = format!("{{account=\"default\",datacenter_key=\"{dc}\",");
     metrics
         .iter()
         .filter(|(k, _)| k.starts_with("finovy_images") && k.contains(&needle))
@@ -145,7 +145,7 @@ fn shown(metrics: &BTreeMap<String, f64>, dc: &str) -> BTreeMap<String, f64> {
 }
 
 fn images_shown(metrics: &BTreeMap<String, f64>, dc: &str) -> f64 {
-    let prefix = format!("finovy_images{{datacenter_key=\"{dc}\",");
+    let prefix = format!("finovy_images{{account=\"default\",datacenter_key=\"{dc}\",");
     metrics
         .iter()
         .filter(|(k, _)| k.starts_with(&prefix))
@@ -159,14 +159,14 @@ fn metric(metrics: &BTreeMap<String, f64>, series: &str) -> f64 {
 
 fn up(metrics: &BTreeMap<String, f64>, dc: &str) -> Option<f64> {
     metrics
-        .get(&format!("finovy_up{{datacenter_key=\"{dc}\"}}"))
+        .get(&format!("finovy_up{{account=\"default\",datacenter_key=\"{dc}\"}}"))
         .copied()
 }
 
 fn failures(metrics: &BTreeMap<String, f64>, dc: &str, reason: &str) -> f64 {
     metric(
         metrics,
-        &format!("finovy_refresh_failures_total{{datacenter_key=\"{dc}\",reason=\"{reason}\"}}"),
+        &format!("finovy_refresh_failures_total{{account=\"default\",datacenter_key=\"{dc}\",reason=\"{reason}\"}}"),
     )
 }
 
@@ -180,7 +180,7 @@ fn all_failures(metrics: &BTreeMap<String, f64>, dc: &str) -> f64 {
 fn anomalies(metrics: &BTreeMap<String, f64>, dc: &str, kind: &str) -> f64 {
     metric(
         metrics,
-        &format!("finovy_pagination_anomalies_total{{datacenter_key=\"{dc}\",kind=\"{kind}\"}}"),
+        &format!("finovy_pagination_anomalies_total{{account=\"default\",datacenter_key=\"{dc}\",kind=\"{kind}\"}}"),
     )
 }
 
@@ -199,14 +199,14 @@ fn all_anomalies(metrics: &BTreeMap<String, f64>, dc: &str) -> f64 {
 fn duration(metrics: &BTreeMap<String, f64>, dc: &str) -> f64 {
     metric(
         metrics,
-        &format!("finovy_refresh_duration_seconds{{datacenter_key=\"{dc}\"}}"),
+        &format!("finovy_refresh_duration_seconds{{account=\"default\",datacenter_key=\"{dc}\"}}"),
     )
 }
 
 fn last_success(metrics: &BTreeMap<String, f64>, dc: &str) -> f64 {
     metric(
         metrics,
-        &format!("finovy_refresh_last_success_timestamp_seconds{{datacenter_key=\"{dc}\"}}"),
+        &format!("finovy_refresh_last_success_timestamp_seconds{{account=\"default\",datacenter_key=\"{dc}\"}}"),
     )
 }
 
@@ -346,7 +346,7 @@ impl Flags {
         Flags(
             [
                 ("--datacenters", "HZ,SH,HK"),
-                ("--refresh.interval", "200ms"),
+                ("--refresh.interval", "1s"),
                 ("--api.timeout", "1s"),
                 ("--api.max-retries", "2"),
                 ("--api.page-size", "10"),
@@ -1410,7 +1410,7 @@ async fn an_endless_answer_keeps_the_exporters_memory_bounded() {
             "--datacenters",
             "HZ,SH,HK,BJ,GZ,SZ",
             "--refresh.interval",
-            "100ms",
+            "1s",
             "--api.max-retries",
             "0",
         ],
@@ -1440,7 +1440,7 @@ async fn an_endless_answer_keeps_the_exporters_memory_bounded() {
     // 4 × 1.4 MiB in flight at most, on top of the process itself.
     eprintln!("peak RSS after 20 endless answers: {peak_kib} KiB");
     assert!(peak_kib < 64 * 1024, "peak RSS {peak_kib} KiB");
-    assert_eq!(metric(&m, "finovy_up{datacenter_key=\"SH\"}"), 0.0);
+    assert_eq!(metric(&m, "finovy_up{account=\"default\",datacenter_key=\"SH\"}"), 0.0);
     let _ = std::fs::remove_file(&token_path);
 }
 
@@ -1539,7 +1539,7 @@ async fn every_scrape_shows_one_whole_data_set_per_datacenter_under_load() {
     let a = dataset(&COUNTS, 30);
     let b = dataset(&[("HZ", 61), ("SH", 28), ("HK", 44)], 31);
     let flags = Flags::new()
-        .set("--refresh.interval", "50ms")
+        .set("--refresh.interval", "1s")
         .set("--web.max-requests", &MAX_REQUESTS.to_string());
     let rig = Arc::new(Rig::start("atomic", a.clone(), Faults::default(), flags).await);
     rig.sim.set_alternates(vec![a.clone(), b.clone()]);

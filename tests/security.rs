@@ -16,10 +16,10 @@ use bytes::Bytes;
 use common::{parse_metrics, require_tool, wait_for, ExporterProcess, LoopbackSim};
 use finovy_image_exporter::config::ListenAddress;
 use finovy_image_exporter::routes::Routes;
-use finovy_image_exporter::scheduler::Liveness;
+use finovy_image_exporter::target::Liveness;
 use finovy_image_exporter::server::Server;
 use finovy_image_exporter::sim::{self, AuthStyle, Faults, SimOptions, Simulator};
-use finovy_image_exporter::snapshot::State;
+use finovy_image_exporter::state::State;
 use finovy_image_exporter::telemetry::Telemetry;
 use finovy_image_exporter::web_config::{WebConfigHandle, WebConfigWatcher};
 use http_body_util::Full;
@@ -236,7 +236,7 @@ async fn serve(config: Option<&Path>, header_read_timeout: Duration) -> Served {
     }
     let addr = server.local_addr();
     let routes = Arc::new(Routes::new(
-        Arc::new(State::new(Duration::from_secs(300))),
+        Arc::new(State::new()),
         Telemetry::new(),
         Liveness::new(),
         "/metrics".into(),
@@ -778,7 +778,7 @@ async fn a_redirect_to_another_origin_does_not_get_the_token() {
         "--datacenters",
         "HZ",
         "--refresh.interval",
-        "200ms",
+        "1s",
     ])
     .await;
     let metrics_url = format!("http://{addr}/metrics");
@@ -959,7 +959,7 @@ async fn the_token_appears_in_no_output_in_any_security_scenario() {
                 "--api.url",
                 &api_url,
                 "--refresh.interval",
-                "200ms",
+                "1s",
                 "--log.level",
                 "debug",
                 "--log.format",
