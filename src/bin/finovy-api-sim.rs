@@ -74,7 +74,8 @@ struct Args {
     #[arg(long, conflicts_with = "account")]
     token: Option<String>,
     /// An account to serve, NAME:TOKEN:SEED:COUNT[:DC,DC...]; repeatable (see below).
-    /// Read as text and parsed in `main`, so that an error never repeats the token.
+    // Read as text and parsed in `main`: clap's own error would repeat the value,
+    // token and all.
     #[arg(long, value_name = "NAME:TOKEN:SEED:COUNT[:DCS]")]
     account: Vec<String>,
     /// Answer a wrong token with HTTP 401 (`http`) or `"code":401` in a 200 (`body`).
