@@ -26,6 +26,16 @@ pub struct Evolution {
     pub deleted: usize,
 }
 
+impl std::ops::AddAssign for Evolution {
+    fn add_assign(&mut self, other: Evolution) {
+        self.created += other.created;
+        self.became_available += other.became_available;
+        self.failed += other.failed;
+        self.expired += other.expired;
+        self.deleted += other.deleted;
+    }
+}
+
 const SIZES: [&str; 5] = ["20.00", "40.00", "64.00", "128.00", "256.50"];
 
 /// Applies one step to `images`.
@@ -109,12 +119,7 @@ mod tests {
         let mut rng = SplitMix::new(9);
         let mut total = Evolution::default();
         for i in 0..50 {
-            let c = step(&mut images, &mut rng, 1_700_000_000_000 + i * 5_000);
-            total.created += c.created;
-            total.became_available += c.became_available;
-            total.failed += c.failed;
-            total.expired += c.expired;
-            total.deleted += c.deleted;
+            total += step(&mut images, &mut rng, 1_700_000_000_000 + i * 5_000);
         }
         for (what, n) in [
             ("created", total.created),

@@ -2,7 +2,6 @@
 //! control API.
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -17,11 +16,13 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
+use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
+use super::page::{self, ListQuery};
 use super::{
-    AuthStyle, Corruption, FaultAction, Faults, Plan, RecordedRequest, SimImage, Simulator,
+    AccountError, AuthStyle, FaultAction, Faults, Plan, RecordedRequest, SimImage, Simulator,
 };
 
 const CONTROL_BODY_LIMIT: usize = 256 << 20;
@@ -143,8 +144,9 @@ impl Body for SimBody {
     }
 }
 
-fn json_response(status: StatusCode, body: &Value) -> Response<SimBody> {
-    response(status, "application/json", body.to_string())
+fn json_response(status: StatusCode, body: &impl Serialize) -> Response<SimBody> {
+    let body = serde_json::to_vec(body).expect("control and error bodies serialize");
+    response(status, "application/json", body)
 }
 
 fn response(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<SimBody> {
@@ -155,52 +157,6 @@ fn response(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> R
         .expect("static response parts are valid")
 }
 
-/// The query parameters the list endpoint reads.
-struct ListQuery {
-    page: u32,
-    page_size: usize,
-    filters: Vec<(String, String)>,
-}
-
-impl ListQuery {
-    fn parse(query: &str) -> Self {
-        let mut q = ListQuery {
-            page: 1,
-            page_size: 20,
-            filters: Vec::new(),
-        };
-        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-            match k.as_ref() {
-                "page" => q.page = v.parse().unwrap_or(1),
-                "pageSize" => q.page_size = v.parse().unwrap_or(20),
-                "datacenterKey" | "imageType" | "imageName" | "status" => {
-                    q.filters.push((k.into_owned(), v.into_owned()))
-                }
-                _ => {}
-            }
-        }
-        q.page = q.page.max(1);
-        q
-    }
-
-    fn datacenter(&self) -> Option<&str> {
-        self.filters
-            .iter()
-            .find(|(k, _)| k == "datacenterKey")
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn matches(&self, im: &SimImage) -> bool {
-        self.filters.iter().all(|(k, v)| match k.as_str() {
-            "datacenterKey" => &im.datacenter_key == v,
-            "imageType" => &im.image_type == v,
-            "imageName" => im.image_name.contains(v.as_str()),
-            "status" => im.status.to_string() == *v,
-            _ => true,
-        })
-    }
-}
-
 async fn handle(sim: &Simulator, req: Request<Incoming>) -> Response<SimBody> {
     let arrived = tokio::time::Instant::now();
     let path = req.uri().path().to_string();
@@ -208,6 +164,11 @@ async fn handle(sim: &Simulator, req: Request<Incoming>) -> Response<SimBody> {
         return control_api(sim, control.to_string(), req).await;
     }
     let query = ListQuery::parse(req.uri().query().unwrap_or(""));
+    let token = req
+        .headers()
+        .get("finovy-access-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     let recorded = RecordedRequest {
         method: req.method().to_string(),
         path: path.clone(),
@@ -226,8 +187,9 @@ async fn handle(sim: &Simulator, req: Request<Incoming>) -> Response<SimBody> {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64),
         faults: Vec::new(),
+        account: None,
     };
-    let plan = sim.admit(recorded, query.datacenter(), query.page);
+    let plan = sim.admit(recorded, token, query.datacenter(), query.page);
     if req.method() != Method::GET {
         return json_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -237,28 +199,24 @@ async fn handle(sim: &Simulator, req: Request<Incoming>) -> Response<SimBody> {
     // The latency runs from the request's arrival, and the answer is built
     // meanwhile: a request takes the latency, not the latency plus the time it
     // takes to write the page.
-    let deadline = arrived + plan.delay;
-    if let Some(FaultAction::Hang) = &plan.replace {
+    let deadline = arrived + plan.effects.delay;
+    if let Some(FaultAction::Hang) = &plan.effects.replace {
         tokio::time::sleep_until(deadline).await;
         tokio::time::sleep(HANG).await;
         return json_response(StatusCode::GATEWAY_TIMEOUT, &json!({"msg": "hung"}));
     }
-    let response = answer(sim, &plan, &query, &req);
+    let response = answer(sim, &plan, &query);
     tokio::time::sleep_until(deadline).await;
     sim.note_held(arrived.elapsed());
     response
 }
 
 /// The answer to a list request, as the plan bends it.
-fn answer(
-    sim: &Simulator,
-    plan: &Plan,
-    query: &ListQuery,
-    req: &Request<Incoming>,
-) -> Response<SimBody> {
+fn answer(sim: &Simulator, plan: &Plan, query: &ListQuery) -> Response<SimBody> {
+    let effects = &plan.effects;
     // Faults in front of the application (a gateway, a proxy) answer before the
     // token is even looked at.
-    match &plan.replace {
+    match &effects.replace {
         Some(FaultAction::Status {
             status,
             retry_after_secs,
@@ -290,19 +248,13 @@ fn answer(
         }
         _ => {}
     }
-    let token = req
-        .headers()
-        .get("finovy-access-token")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    let token_ok = !token.is_empty() && sim.options.token.as_deref().is_none_or(|t| t == token);
-    if let Some(style) = plan
-        .reject_token
-        .or((!token_ok).then_some(sim.options.auth_style))
-    {
-        return auth_failure(style);
-    }
-    list(sim, plan, query)
+    let inventory = match (&plan.inventory, effects.reject_token) {
+        (Some(inventory), None) => inventory,
+        (_, Some(style)) => return auth_failure(style),
+        (None, None) => return auth_failure(sim.auth_style),
+    };
+    let body = page::write(inventory, query, effects, &trace_id());
+    frame(body, effects.replace.as_ref())
 }
 
 fn auth_failure(style: AuthStyle) -> Response<SimBody> {
@@ -321,192 +273,93 @@ fn trace_id() -> String {
     format!("{:032x}", nanos ^ 0x5eed_0000_0000_0000_0000_0000_0000_0000)
 }
 
-/// The list endpoint: filters, then the requested page, bent and framed as the
-/// plan says.
-fn list(sim: &Simulator, plan: &Plan, query: &ListQuery) -> Response<SimBody> {
-    let per_page = plan
-        .page_cap
-        .map_or(query.page_size, |cap| query.page_size.min(cap))
-        .max(1);
-    let matches = sim.matching(&plan.images, &query.filters, |im| query.matches(im));
-    let len = matches.positions.len();
-    let page = query.page as usize;
-    let mut start = (page - 1).saturating_mul(per_page);
-    if page > 1 {
-        start = start.saturating_add(plan.skip);
-    }
-    if plan.clamp && start >= len && len > 0 {
-        start = (len - 1) / per_page * per_page;
-    }
-    let start = start.min(len);
-    let end = start.saturating_add(per_page).min(len);
-    let from = if page > 1 {
-        start.saturating_sub(plan.repeat)
-    } else {
-        start
-    };
-    let total = (len as i64).saturating_add(plan.total_offset).max(0);
-    // The page is written into one buffer, sized for the usual item.
-    let mut page_body = String::with_capacity(160 + 256 * end.saturating_sub(from));
-    let _ = write!(
-        page_body,
-        r#"{{"code":0,"success":true,"msg":"success","traceId":"{}","data":{{"totalCounts":{total},"data":["#,
-        trace_id()
-    );
-    if start < end {
-        match plan.corrupt {
-            // The usual page: a slice of the matching images, written once. The
-            // benchmark pages through a million images on the machine it measures
-            // the exporter on, and the simulator must take as little of it as it can.
-            None => page_body.push_str(matches.written(&plan.images, from, end)),
-            Some(_) => {
-                for (n, &i) in matches.positions[from..end].iter().enumerate() {
-                    if n > 0 {
-                        page_body.push(',');
-                    }
-                    write_item(&mut page_body, &plan.images[i as usize], plan.corrupt);
-                }
-            }
-        }
-    }
-    const TAIL: &str = "]}}";
+/// A successful list answer carrying `body`, misbehaving on the wire as the
+/// fault that replaces the answer says.
+fn frame(body: Vec<u8>, fault: Option<&FaultAction>) -> Response<SimBody> {
     let mut builder = Response::builder()
         .status(StatusCode::OK)
         .header(CONTENT_TYPE, "application/json");
-    let body = match &plan.replace {
+    let body = match fault {
         Some(FaultAction::CloseMidBody) => {
-            let full = page_body + TAIL;
-            builder = builder.header(CONTENT_LENGTH, full.len());
+            builder = builder.header(CONTENT_LENGTH, body.len());
             // A short pause first, so that the headers and the half body are
             // flushed before the connection closes.
             SimBody(BodyKind::Cut(
-                Some(half(full)),
+                Some(half(body)),
                 Box::pin(tokio::time::sleep(Duration::from_millis(50))),
             ))
         }
         Some(FaultAction::StallMidBody) => {
-            let full = page_body + TAIL;
-            builder = builder.header(CONTENT_LENGTH, full.len());
+            builder = builder.header(CONTENT_LENGTH, body.len());
             SimBody(BodyKind::Cut(
-                Some(half(full)),
+                Some(half(body)),
                 Box::pin(tokio::time::sleep(HANG)),
             ))
         }
-        Some(FaultAction::Truncated) => SimBody::whole(half(page_body + TAIL)),
+        Some(FaultAction::Truncated) => SimBody::whole(half(body)),
         Some(FaultAction::Oversized { bytes }) => {
-            let mut body = page_body;
+            let (mut head, tail) = open_array(body);
             let mut n = 0u64;
-            while body.len() + TAIL.len() < *bytes {
-                if !body.ends_with('[') {
-                    body.push(',');
-                }
-                body.push_str(&filler_item(n));
+            while head.len() + tail.len() < *bytes {
+                push_item(&mut head, &page::filler_item(n));
                 n += 1;
             }
-            body.push_str(TAIL);
-            SimBody::whole(body)
+            head.extend_from_slice(tail);
+            SimBody::whole(head)
         }
         Some(FaultAction::Endless) => {
-            let mut head = page_body;
-            if !head.ends_with('[') {
-                head.push(',');
-            }
-            let mut chunk = String::with_capacity(ENDLESS_CHUNK + 512);
-            let mut n = 0u64;
+            let (mut head, _) = open_array(body);
+            push_item(&mut head, &page::filler_item(0));
+            let mut chunk = Vec::with_capacity(ENDLESS_CHUNK + 512);
+            let mut n = 1u64;
             while chunk.len() < ENDLESS_CHUNK {
-                chunk.push_str(&filler_item(n));
-                chunk.push(',');
+                chunk.push(b',');
+                chunk.extend_from_slice(&page::filler_item(n));
                 n += 1;
             }
             SimBody(BodyKind::Endless(Some(head.into()), chunk.into()))
         }
-        _ => SimBody::whole(page_body + TAIL),
+        _ => SimBody::whole(body),
     };
     builder.body(body).expect("static response parts are valid")
 }
 
-fn half(text: String) -> Bytes {
-    let mut bytes = Bytes::from(text);
+/// The end of a page whose item array comes last (as serde writes it, unless
+/// a fault took the array away).
+const PAGE_TAIL: &[u8] = b"]}}";
+
+/// A page cut where more items could follow its last one, and what closes it.
+fn open_array(mut body: Vec<u8>) -> (Vec<u8>, &'static [u8]) {
+    match body.ends_with(PAGE_TAIL) {
+        true => {
+            body.truncate(body.len() - PAGE_TAIL.len());
+            (body, PAGE_TAIL)
+        }
+        false => (body, b""),
+    }
+}
+
+/// Appends an item to an open array, after a comma unless it is the first.
+fn push_item(array: &mut Vec<u8>, item: &[u8]) {
+    if array.last() != Some(&b'[') {
+        array.push(b',');
+    }
+    array.extend_from_slice(item);
+}
+
+fn half(body: Vec<u8>) -> Bytes {
+    let mut bytes = Bytes::from(body);
     bytes.truncate(bytes.len() / 2);
     bytes
 }
 
-/// One item as the server sends it, bent when the plan corrupts it.
-fn write_item(out: &mut String, im: &SimImage, corrupt: Option<(i64, Corruption)>) {
-    let how = corrupt
-        .and_then(|(every, how)| (every > 0 && im.image_id.rem_euclid(every) == 0).then_some(how));
-    let value = match how {
-        None => return write_plain_item(out, im),
-        Some(Corruption::WrongType) => json!({
-            "id": {"value": im.id},
-            "imageId": im.image_id,
-            "imageType": 7,
-            "imageName": im.image_name,
-            "imageSize": true,
-            "datacenterKey": [im.datacenter_key],
-            "status": "x",
-            "createTime": "yesterday",
-        }),
-        Some(Corruption::Missing) => json!({
-            "imageId": im.image_id,
-            "imageName": im.image_name,
-        }),
-        Some(Corruption::Loose) => json!({
-            "id": im.id,
-            "imageId": im.image_id.to_string(),
-            "imageType": im.image_type,
-            "imageName": im.image_name,
-            "imageSize": im.image_size.parse::<f64>().map_or(Value::Null, |v| json!(v)),
-            "datacenterKey": im.datacenter_key,
-            "status": im.status.to_string(),
-            "createTime": im.create_time.to_string(),
-        }),
-    };
-    let _ = write!(out, "{value}");
-}
-
-/// An image as serde would write it (the same bytes, which a test checks),
-/// without going through serde for every field.
-pub(super) fn write_plain_item(out: &mut String, im: &SimImage) {
-    out.push_str(r#"{"id":"#);
-    push_json_str(out, &im.id);
-    let _ = write!(out, r#","imageId":{},"imageType":"#, im.image_id);
-    push_json_str(out, &im.image_type);
-    out.push_str(r#","imageName":"#);
-    push_json_str(out, &im.image_name);
-    out.push_str(r#","imageSize":"#);
-    push_json_str(out, &im.image_size);
-    out.push_str(r#","datacenterKey":"#);
-    push_json_str(out, &im.datacenter_key);
-    let _ = write!(
-        out,
-        r#","status":{},"createTime":{}}}"#,
-        im.status, im.create_time
-    );
-}
-
-/// A JSON string: as it is when nothing in it needs escaping, through
-/// serde_json otherwise.
-fn push_json_str(out: &mut String, s: &str) {
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
-        out.push('"');
-        out.push_str(s);
-        out.push('"');
-    } else {
-        out.push_str(&Value::from(s).to_string());
-    }
-}
-
-/// A made-up item, to pad an oversized or endless answer (formatted directly:
-/// there may be hundreds of thousands).
-fn filler_item(n: u64) -> String {
-    format!(
-        r#"{{"id":"pad{n}","imageId":{n},"imageType":"Padding","imageName":"padding-{n}","imageSize":"1.00","datacenterKey":"PAD","status":1,"createTime":0}}"#
-    )
-}
-
+/// The `/_sim/` control API. `images` reads and changes the first account,
+/// or the one named by `?account=NAME`.
 async fn control_api(sim: &Simulator, what: String, req: Request<Incoming>) -> Response<SimBody> {
     let method = req.method().clone();
+    let account = url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "account")
+        .map(|(_, v)| v.into_owned());
     let body = match Limited::new(req.into_body(), CONTROL_BODY_LIMIT)
         .collect()
         .await
@@ -514,11 +367,26 @@ async fn control_api(sim: &Simulator, what: String, req: Request<Incoming>) -> R
         Ok(collected) => collected.to_bytes(),
         Err(e) => return json_response(StatusCode::BAD_REQUEST, &json!({"error": e.to_string()})),
     };
-    let bad = |e: serde_json::Error| {
+    let bad = |e: &dyn std::fmt::Display| {
         json_response(StatusCode::BAD_REQUEST, &json!({"error": e.to_string()}))
     };
+    let account = account.unwrap_or_else(|| sim.accounts().swap_remove(0));
     match (method, what.as_str()) {
-        (Method::GET, "images") => json_response(StatusCode::OK, &json!(*sim.images())),
+        (Method::GET, "accounts") => {
+            let accounts: Vec<Value> = sim
+                .accounts()
+                .into_iter()
+                .map(|name| {
+                    let images = sim.account_images(&name).map_or(0, |im| im.len());
+                    json!({"name": name, "images": images})
+                })
+                .collect();
+            json_response(StatusCode::OK, &accounts)
+        }
+        (Method::GET, "images") => match sim.account_images(&account) {
+            Ok(images) => json_response(StatusCode::OK, &*images),
+            Err(e) => not_found(&e),
+        },
         (Method::GET, "held") => {
             let (answers, total_us) = sim.held();
             json_response(
@@ -526,47 +394,59 @@ async fn control_api(sim: &Simulator, what: String, req: Request<Incoming>) -> R
                 &json!({"answers": answers, "total_us": total_us}),
             )
         }
-        (Method::PUT, "images") => match serde_json::from_slice::<Vec<SimImage>>(&body) {
-            Ok(images) => {
-                sim.set_images(images);
-                json_response(StatusCode::OK, &json!({"images": sim.images().len()}))
+        (method @ (Method::PUT | Method::POST), "images") => {
+            let mut images = match serde_json::from_slice::<Vec<SimImage>>(&body) {
+                Ok(images) => images,
+                Err(e) => return bad(&e),
+            };
+            let before = match sim.account_images(&account) {
+                Ok(before) => before,
+                Err(e) => return not_found(&e),
+            };
+            if method == Method::POST {
+                images.splice(0..0, before.iter().cloned());
             }
-            Err(e) => bad(e),
-        },
-        (Method::POST, "images") => match serde_json::from_slice::<Vec<SimImage>>(&body) {
-            Ok(more) => {
-                let mut images = (*sim.images()).clone();
-                images.extend(more);
-                sim.set_images(images);
-                json_response(StatusCode::OK, &json!({"images": sim.images().len()}))
+            let count = images.len();
+            match sim.set_account_images(&account, images) {
+                Ok(()) => json_response(StatusCode::OK, &json!({"images": count})),
+                Err(e) => not_found(&e),
             }
-            Err(e) => bad(e),
-        },
+        }
         (Method::GET, "alternates") => {
             let alternates = sim.alternates();
             let sets: Vec<&Vec<SimImage>> = alternates.iter().map(|s| &**s).collect();
-            json_response(StatusCode::OK, &json!(sets))
+            json_response(StatusCode::OK, &sets)
         }
         (Method::PUT, "alternates") => match serde_json::from_slice::<Vec<Vec<SimImage>>>(&body) {
             Ok(sets) => {
                 sim.set_alternates(sets);
                 json_response(StatusCode::OK, &json!({"sets": sim.alternates().len()}))
             }
-            Err(e) => bad(e),
+            Err(e) => bad(&e),
         },
         (Method::POST, "evolve") => {
             let change = sim.evolve(super::data::now_ms());
-            json_response(StatusCode::OK, &json!(change))
+            json_response(StatusCode::OK, &change)
         }
-        (Method::GET, "faults") => json_response(StatusCode::OK, &json!(sim.faults())),
+        (Method::GET, "faults") => json_response(StatusCode::OK, &sim.faults()),
         (Method::PUT, "faults") => match serde_json::from_slice::<Faults>(&body) {
             Ok(faults) => {
                 sim.set_faults(faults);
-                json_response(StatusCode::OK, &json!(sim.faults()))
+                json_response(StatusCode::OK, &sim.faults())
             }
-            Err(e) => bad(e),
+            Err(e) => bad(&e),
         },
-        (Method::GET, "requests") => json_response(StatusCode::OK, &json!(sim.requests())),
+        (Method::GET, "requests") => json_response(StatusCode::OK, &sim.requests()),
+        (Method::GET, "counts") => {
+            let counts: Vec<Value> = sim
+                .request_counts()
+                .into_iter()
+                .map(|((account, datacenter), requests)| {
+                    json!({"account": account, "datacenter": datacenter, "requests": requests})
+                })
+                .collect();
+            json_response(StatusCode::OK, &counts)
+        }
         (Method::DELETE, "requests") => {
             sim.clear_requests();
             json_response(StatusCode::OK, &json!({"requests": 0}))
@@ -578,41 +458,6 @@ async fn control_api(sim: &Simulator, what: String, req: Request<Incoming>) -> R
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plain_items_are_written_as_serde_writes_them() {
-        let mut images = super::super::generate(&super::super::GenerateOptions {
-            images: 300,
-            ..Default::default()
-        });
-        let odd = [
-            "",
-            "quote\"inside",
-            "back\\slash",
-            "tab\tand\nnewline",
-            "\u{1}\u{1f}",
-            "中文镜像",
-            "emoji 🚀 / slash",
-            "\u{7f}\u{2028}",
-        ];
-        for (n, s) in odd.iter().enumerate() {
-            let mut im = images[n].clone();
-            im.id = s.to_string();
-            im.image_type = s.to_string();
-            im.image_name = s.to_string();
-            im.image_size = s.to_string();
-            im.datacenter_key = s.to_string();
-            im.image_id = -(n as i64);
-            im.create_time = i64::MIN + n as i64;
-            images.push(im);
-        }
-        for im in &images {
-            let mut written = String::new();
-            write_item(&mut written, im, None);
-            assert_eq!(written, serde_json::to_string(im).unwrap());
-        }
-    }
+fn not_found(e: &AccountError) -> Response<SimBody> {
+    json_response(StatusCode::NOT_FOUND, &json!({"error": e.to_string()}))
 }
