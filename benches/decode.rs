@@ -52,7 +52,9 @@ fn main() {
     let aggregate = time_per_call(|| {
         let mut agg = Aggregator::new();
         for page in &pages {
-            agg.add_page(page.items.iter().map(|item| ("HZ", item)));
+            for item in &page.items {
+                agg.add("HZ", item);
+            }
         }
         black_box(agg.finish());
     });
