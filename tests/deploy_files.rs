@@ -982,6 +982,66 @@ fn kustomize_fails_clearly_without_the_token_file() {
         .any(|line| line == format!("{KUSTOMIZE_BASE}/{TOKEN_FILE}")));
 }
 
+/// The probe patch deploy/kubernetes/README.md shows for basic auth, applied to the base in
+/// an overlay as the README says: both probes send the probe user's header.
+#[test]
+fn readme_probe_patch_for_basic_auth_applies_to_the_base() {
+    use base64::Engine as _;
+    let (Some(kubectl), Some(validator), Some(python)) = (
+        common::require_tool("kubectl"),
+        common::require_tool("kubernetes-validate"),
+        require_python_yaml(),
+    ) else {
+        return;
+    };
+    let readme = read("deploy/kubernetes/README.md");
+    let start = readme
+        .find("```yaml\n# my-overlay/probe-auth.yaml")
+        .expect("the probe patch in deploy/kubernetes/README.md")
+        + "```yaml\n".len();
+    let patch = &readme[start..start + readme[start..].find("```").expect("end of block")];
+
+    let scratch = Scratch::new("probe-auth");
+    let base = kubernetes_copy(&scratch, KUSTOMIZE_BASE, true);
+    let overlay = scratch.0.join("kubernetes/my-overlay");
+    std::fs::create_dir_all(&overlay).expect("overlay directory");
+    std::fs::write(overlay.join("probe-auth.yaml"), patch).expect("write patch");
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        "resources: [../base]\npatches:\n  - path: probe-auth.yaml\n",
+    )
+    .expect("write kustomization");
+    assert!(base.join(TOKEN_FILE).is_file());
+    check_kubectl_version(&kubectl);
+    let output = run_ok(Command::new(&kubectl).arg("kustomize").arg(&overlay));
+    let file = scratch.write("kustomized.yaml", &output.stdout);
+    let docs = yaml_documents(&python, &file);
+    validate_kubernetes(&validator, &file, &docs);
+
+    let deployment = find(&docs, "Deployment", "finovy-image-exporter");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(get["path"], path, "{probe} keeps its path");
+        assert_eq!(get["scheme"], "HTTPS", "{probe}");
+        let headers = get["httpHeaders"].as_array().expect("httpHeaders");
+        let authorization = headers
+            .iter()
+            .find(|header| header["name"] == "Authorization")
+            .unwrap_or_else(|| panic!("{probe} sends no Authorization header"));
+        let credentials = authorization["value"]
+            .as_str()
+            .and_then(|value| value.strip_prefix("Basic "))
+            .expect("Basic credentials");
+        let credentials = base64::engine::general_purpose::STANDARD
+            .decode(credentials)
+            .expect("base64 credentials");
+        assert_eq!(credentials, b"probe:probe-password", "{probe}");
+        // The merge keeps the rest of the probe.
+        assert!(container[probe]["periodSeconds"].is_u64(), "{probe}");
+    }
+}
+
 #[test]
 fn kustomize_sharded_overlay_runs_one_statefulset_pod_per_shard() {
     let (Some(kubectl), Some(validator), Some(python)) = (
