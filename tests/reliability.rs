@@ -1760,3 +1760,190 @@ async fn the_simulator_binary_takes_faults_at_start_and_at_run_time() {
     drop(child);
     let _ = std::fs::remove_file(&faults_file);
 }
+
+// ---------------------------------------------------------------------------
+// Bounds on what a hostile upstream can make the exporter do (SPEC "Targets",
+// "Bounds on what the upstream can make us do").
+
+/// Four datacenters: two to break, two that must stay healthy beside them.
+const FOUR: [(&str, usize); 4] = [("HZ", 43), ("SH", 50), ("HK", 37), ("BJ", 21)];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_and_a_flooding_datacenter_never_hold_back_the_healthy_ones() {
+    let images = dataset(&FOUR, 40);
+    let faults = rules(vec![
+        FaultRule::always(FaultAction::Hang).datacenter("SH"),
+        FaultRule::always(FaultAction::ClaimTotal {
+            total: 1_000_000_000_000,
+        })
+        .datacenter("HK"),
+        FaultRule::always(FaultAction::ClampPage).datacenter("HK"),
+    ]);
+    let flags = Flags::new()
+        .set("--datacenters", "HZ,SH,HK,BJ")
+        // A hung request waits this long; the old shared cycle waited with it.
+        .set("--api.timeout", "10s")
+        .set("--refresh.timeout", "12s");
+    let rig = Rig::start("hung-flood", images.clone(), faults, flags).await;
+    let interval = 1.0;
+    rig.until_exact("HZ", &expected(&images, "HZ")).await;
+    rig.until_exact("BJ", &expected(&images, "BJ")).await;
+    // For several intervals, HZ and BJ are never more than one interval (plus
+    // the time a pass and a scrape take) behind, while SH hangs for 10 s.
+    let watch_until = Instant::now() + Duration::from_secs(6);
+    let mut scrapes = 0;
+    while Instant::now() < watch_until {
+        let m = rig.scrape().await;
+        let now = now_secs();
+        for dc in ["HZ", "BJ"] {
+            let age = now - last_success(&m, dc);
+            assert!(age < 3.0 * interval, "{dc} fell behind: {age:.2}s since its last success");
+            assert_eq!(shown(&m, dc), expected(&images, dc), "{dc} stays exact");
+        }
+        scrapes += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(scrapes >= 10);
+    // The flood: every HK pass costs the real pages, the repeat that ends it,
+    // and at most a window of requests in flight, never 10^11 pages.
+    let m = rig.until_exact("HK", &expected(&images, "HK")).await;
+    assert_eq!(up(&m, "HK"), Some(1.0));
+    assert!(anomalies(&m, "HK", "total_mismatch") >= 1.0);
+    let hk = requests_for(&rig.sim, "HK", None);
+    let passes = requests_for(&rig.sim, "HK", Some(1)).len();
+    let real_pages = 37usize.div_ceil(10);
+    let per_pass_bound = real_pages + 1 + 4; // + the page that ends it + the window (concurrency 4)
+    assert!(passes >= 2, "{passes} passes of HK");
+    assert!(
+        hk.len() <= passes * per_pass_bound,
+        "{} requests for {passes} passes of HK (bound {per_pass_bound} a pass)",
+        hk.len()
+    );
+    // SH hangs: no success until its pass deadline fails it; then every target
+    // has finished a pass and the exporter is ready.
+    assert_eq!(images_shown(&m, "SH"), 0.0);
+    rig.until_failed("SH", "timeout", 1.0).await;
+    rig.assert_serving().await;
+}
+
+#[tokio::test]
+async fn an_upstream_that_ignores_the_datacenter_key_never_counts_another_datacenter() {
+    let (logs, _guard) = Logs::capture();
+    let images = dataset(&COUNTS, 41);
+    let faults = rules(vec![FaultRule::always(FaultAction::IgnoreDatacenter)]);
+    // XX does not exist: it must show no image, not the whole account.
+    let flags = Flags::new().set("--datacenters", "HZ,SH,XX");
+    let rig = Rig::start("ignore-dc", images.clone(), faults, flags).await;
+    let m = rig
+        .until("every datacenter flagged foreign items", |m| {
+            ["HZ", "SH", "XX"]
+                .iter()
+                .all(|dc| anomalies(m, dc, "foreign_items") >= 1.0)
+        })
+        .await;
+    assert_eq!(shown(&m, "HZ"), expected(&images, "HZ"));
+    assert_eq!(shown(&m, "SH"), expected(&images, "SH"));
+    assert_eq!(images_shown(&m, "XX"), 0.0, "a missing datacenter shows nothing");
+    assert_eq!(up(&m, "XX"), Some(1.0));
+    let warned = wait_for("the ignore-datacenterKey warning", DEADLINE, || async {
+        let text = logs.text();
+        text.contains("ignore datacenterKey").then_some(text)
+    })
+    .await;
+    assert!(warned.contains("discovery mode"), "the warning names the remedy");
+}
+
+#[tokio::test]
+async fn repeated_pages_of_items_without_id_fail_instead_of_counting_twice() {
+    let images = dataset(&COUNTS, 42);
+    let rig = Rig::start("id-less", images.clone(), Faults::default(), Flags::new()).await;
+    let good = rig.until_exact("SH", &expected(&images, "SH")).await;
+    let good_sh = shown(&good, "SH");
+    // SH's items lose their ids and its pages repeat past a lying total: the
+    // exporter cannot tell repeated pages from new ones.
+    rig.sim.set_faults(rules(vec![
+        FaultRule::always(FaultAction::IdLess { every: 1 }).datacenter("SH"),
+        FaultRule::always(FaultAction::ClampPage).datacenter("SH"),
+        FaultRule::always(FaultAction::ClaimTotal { total: 500 }).datacenter("SH"),
+    ]));
+    let m = rig.until_failed("SH", "decode", 1.0).await;
+    assert_eq!(shown(&m, "SH"), good_sh, "the last good numbers stay");
+    assert_eq!(up(&m, "SH"), Some(0.0));
+    rig.others_exact(&images, &["SH"]).await;
+}
+
+#[tokio::test]
+async fn discovery_keeps_both_datacenters_whose_ids_overlap() {
+    let mut images = dataset(&COUNTS, 43);
+    // SH reuses HZ's ids: ids are unique per datacenter only.
+    let hz_ids: Vec<String> = in_dc(&images, "HZ").map(|im| im.id.clone()).collect();
+    let sh = images.iter_mut().filter(|im| im.datacenter_key == "SH");
+    for (im, id) in sh.zip(&hz_ids) {
+        im.id = id.clone();
+    }
+    let flags = Flags::new().set("--datacenters", "");
+    let rig = Rig::start("overlap", images.clone(), Faults::default(), flags).await;
+    let m = rig.until_exact("SH", &expected(&images, "SH")).await;
+    assert_eq!(shown(&m, "HZ"), expected(&images, "HZ"));
+    assert_eq!(shown(&m, "HK"), expected(&images, "HK"));
+}
+
+#[tokio::test]
+async fn key_churn_and_type_explosion_keep_series_bounded_and_totals_exact() {
+    let images = dataset(&COUNTS, 44);
+    let faults = rules(vec![
+        FaultRule::always(FaultAction::KeyChurn { per_request: false }),
+        FaultRule::always(FaultAction::TypeExplosion { types: 5_000 }),
+    ]);
+    let flags = Flags::new()
+        .set("--datacenters", "")
+        .set("--refresh.stale-after", "2s")
+        .set("--limit.datacenters", "2")
+        .set("--limit.image-types", "5");
+    let rig = Rig::start("churn", images.clone(), faults, flags).await;
+    let total = images.len() as f64;
+    let mut passes_seen = 0;
+    let watch_until = Instant::now() + Duration::from_secs(8);
+    while Instant::now() < watch_until {
+        let m = rig.scrape().await;
+        let up_series = m.keys().filter(|k| k.starts_with("finovy_up{")).count();
+        // Two kept per pass; those of older passes live for stale-after (2 s at a
+        // 1 s interval: at most three passes' worth), then vanish.
+        assert!(up_series <= 2 * 4, "{up_series} datacenters published");
+        let image_series = m.keys().filter(|k| k.starts_with("finovy_images{")).count();
+        assert!(image_series <= 2 * 5 * 5, "{image_series} image series");
+        let counted: f64 = m
+            .iter()
+            .filter(|(k, _)| k.starts_with("finovy_images{"))
+            .map(|(_, v)| v)
+            .sum();
+        if counted > 0.0 {
+            assert_eq!(counted, total, "folding keeps the totals exact");
+            passes_seen += 1;
+        }
+        let folded = m
+            .keys()
+            .any(|k| k.starts_with("finovy_limit_folded_groups{"));
+        assert!(counted == 0.0 || folded, "what was folded is visible");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(passes_seen > 5, "{passes_seen} scrapes with data");
+}
+
+#[tokio::test]
+async fn a_token_file_replaced_by_a_fifo_is_an_auth_failure_not_a_hang() {
+    let images = dataset(&COUNTS, 45);
+    let rig = Rig::start("fifo", images.clone(), Faults::default(), Flags::new()).await;
+    rig.until_all_exact(&images).await;
+    std::fs::remove_file(&rig.token_path).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&rig.token_path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let m = rig.until_failed("HZ", "auth", 1.0).await;
+    assert_eq!(up(&m, "HZ"), Some(0.0));
+    let (_, readyz) = rig.get("/readyz").await;
+    assert!(readyz.contains("a FIFO"), "{readyz}");
+    rig.assert_serving().await;
+}
