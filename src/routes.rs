@@ -125,16 +125,20 @@ impl Routes {
             );
             StatusCode::SERVICE_UNAVAILABLE
         };
+        // One line per datacenter, as /metrics has them: a discovery target lists
+        // what it found (`datacenter_key=""` before it found any).
         for (key, t) in &snap.targets {
-            let _ = writeln!(
-                body,
-                "account={} datacenter_key={} up={} last_success={} last_error={}",
-                quote(&key.account),
-                quote(key.datacenter.as_deref().unwrap_or("(discovery)")),
-                u8::from(t.up),
-                t.last_success.map_or_else(|| "never".into(), rfc3339),
-                last_error(t).map_or_else(|| "none".into(), |e| quote(&e)),
-            );
+            for dc in t.datacenters.keys() {
+                let _ = writeln!(
+                    body,
+                    "account={} datacenter_key={} up={} last_success={} last_error={}",
+                    quote(&key.account),
+                    quote(dc),
+                    u8::from(t.up),
+                    t.last_success.map_or_else(|| "never".into(), rfc3339),
+                    last_error(t).map_or_else(|| "none".into(), |e| quote(&e)),
+                );
+            }
         }
         text(status, &body)
     }

@@ -377,7 +377,8 @@ fn chromium(chromium: &Path, profile: &Path, output_args: &[&str], url: &str) ->
     }
 }
 
-/// The first cell of every body row of the landing page's datacenter table.
+/// The datacenter cell (the second, after the account) of every body row of the
+/// landing page's target table.
 fn datacenter_rows(dom: &str) -> Vec<String> {
     let table = dom
         .split("<table id=\"datacenters\">")
@@ -389,7 +390,7 @@ fn datacenter_rows(dom: &str) -> Vec<String> {
         .skip(1)
         .map(|row| {
             row.split("<td>")
-                .nth(1)
+                .nth(2)
                 .and_then(|cell| cell.split("</td>").next())
                 .expect("a row starts with its datacenter")
                 .trim()
