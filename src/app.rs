@@ -19,7 +19,7 @@ use crate::secret::{Token, TokenError, TokenSource};
 use crate::server::Server;
 use crate::sim::{self, SimServer, Simulator};
 use crate::state::State;
-use crate::target::{Limits, Liveness, Scheduler, Shard};
+use crate::target::{Limits, Liveness, Scheduler};
 use crate::telemetry::Telemetry;
 use crate::web_config::{WebConfigError, WebConfigWatcher};
 
@@ -54,6 +54,9 @@ pub enum StartError {
     /// The HTTP client cannot be built.
     #[error("cannot build the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
+    /// The sharding flags do not name a shard (exit status 2).
+    #[error("{0}")]
+    Shard(String),
     /// The demo simulator cannot start.
     #[error("cannot start the demo simulator: {0}")]
     Demo(std::io::Error),
@@ -63,7 +66,10 @@ impl StartError {
     /// Exit status: 2 for configuration errors, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            StartError::WebConfig { .. } | StartError::TokenFile(_) | StartError::Token(_) => 2,
+            StartError::WebConfig { .. }
+            | StartError::TokenFile(_)
+            | StartError::Token(_)
+            | StartError::Shard(_) => 2,
             _ => 1,
         }
     }
@@ -156,12 +162,9 @@ impl Exporter {
             datacenters: config.limit_datacenters as usize,
             label_length: config.limit_label_length as usize,
         };
-        let scheduler = Scheduler::new(
-            Arc::clone(&state),
-            telemetry.clone(),
-            limits,
-            Shard::default(),
-        );
+        let shard = config.shard().map_err(StartError::Shard)?;
+        telemetry.set_shard(shard);
+        let scheduler = Scheduler::new(Arc::clone(&state), telemetry.clone(), limits, shard);
         let routes = Arc::new(Routes::new(
             state,
             telemetry,

@@ -141,6 +141,18 @@ pub struct Config {
     )]
     pub log_format: LogFormat,
 
+    /// This replica's shard, 0 to --total-shards - 1 (kube-state-metrics' sharding).
+    #[arg(long = "shard", env = "FINOVY_SHARD", default_value_t = 0)]
+    pub shard: u32,
+
+    /// Replicas sharing the targets; each refreshes those whose hash falls to its shard.
+    #[arg(long = "total-shards", env = "FINOVY_TOTAL_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub total_shards: u32,
+
+    /// Take the shard from a StatefulSet pod name ending in -N (instead of --shard).
+    #[arg(long = "shard.from-pod-name", env = "FINOVY_SHARD_FROM_POD_NAME", conflicts_with = "shard")]
+    pub shard_from_pod_name: Option<String>,
+
     /// Serve data from a built-in simulated upstream: no token or network needed.
     #[arg(long = "demo", env = "FINOVY_DEMO")]
     pub demo: bool,
@@ -154,6 +166,33 @@ impl Config {
             Ok(config) => config,
             Err(err) => exit_with(err),
         }
+    }
+
+    /// The shard this replica refreshes, from `--shard` or `--shard.from-pod-name`
+    /// and `--total-shards`; the error names the flag and the fix.
+    pub fn shard(&self) -> Result<crate::target::Shard, String> {
+        let index = match &self.shard_from_pod_name {
+            Some(name) => name
+                .rsplit_once('-')
+                .and_then(|(_, n)| n.parse::<u32>().ok())
+                .ok_or_else(|| {
+                    format!(
+                        "--shard.from-pod-name: '{name}' does not end in -N, as a StatefulSet pod name does (e.g. finovy-image-exporter-2)"
+                    )
+                })?,
+            None => self.shard,
+        };
+        if index >= self.total_shards {
+            return Err(format!(
+                "--shard: shard {index} does not exist with --total-shards {}; shards count from 0 to {}",
+                self.total_shards,
+                self.total_shards - 1
+            ));
+        }
+        Ok(crate::target::Shard {
+            index,
+            total: self.total_shards,
+        })
     }
 
     /// The full URL of the image list endpoint.

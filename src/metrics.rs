@@ -160,6 +160,14 @@ pub const API_CONCURRENCY_LIMIT: Family = Family {
     labels: &["account"],
 };
 
+/// `finovy_shard_info`.
+pub const SHARD_INFO: Family = Family {
+    name: "finovy_shard_info",
+    kind: Kind::Gauge,
+    help: "The shard of the targets this replica refreshes, out of total_shards; always 1.",
+    labels: &["shard", "total_shards"],
+};
+
 /// `finovy_exporter_build_info`.
 pub const BUILD_INFO: Family = Family {
     name: "finovy_exporter_build_info",
@@ -185,6 +193,7 @@ pub const ALL: &[Family] = &[
     API_DURATION,
     API_INVALID_ITEMS,
     API_CONCURRENCY_LIMIT,
+    SHARD_INFO,
     BUILD_INFO,
 ];
 

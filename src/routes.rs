@@ -218,23 +218,35 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     resp
 }
 
-/// Whether the client accepts gzip (`Accept-Encoding: gzip`, not `gzip;q=0`).
+/// Whether the client accepts gzip, as RFC 9110 reads `Accept-Encoding`: the
+/// weight given to `gzip` if it is listed, else the weight of `*`; a weight of 0
+/// refuses (`gzip;q=0, *` does not get gzip).
 fn accepts_gzip<B>(req: &Request<B>) -> bool {
-    req.headers()
+    let mut gzip = None;
+    let mut any = None;
+    for part in req
+        .headers()
         .get_all(ACCEPT_ENCODING)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|part| {
-            let mut pieces = part.split(';').map(str::trim);
-            let coding = pieces.next().unwrap_or("");
-            let refused = pieces.any(|p| {
+    {
+        let mut pieces = part.split(';').map(str::trim);
+        let coding = pieces.next().unwrap_or("");
+        let weight = pieces
+            .find_map(|p| {
                 p.strip_prefix("q=")
-                    .and_then(|q| q.parse::<f32>().ok())
-                    .is_some_and(|q| q == 0.0)
-            });
-            (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
-        })
+                    .or_else(|| p.strip_prefix("Q="))
+                    .map(|q| q.trim().parse::<f32>().unwrap_or(0.0))
+            })
+            .unwrap_or(1.0);
+        if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+            gzip = Some(gzip.map_or(weight, |w: f32| w.min(weight)));
+        } else if coding == "*" {
+            any = Some(weight);
+        }
+    }
+    gzip.or(any).is_some_and(|w| w > 0.0)
 }
 
 fn rfc3339(t: std::time::SystemTime) -> String {
@@ -277,6 +289,10 @@ mod tests {
         assert!(accepts_gzip(&req("gzip")));
         assert!(accepts_gzip(&req("deflate, gzip;q=0.5")));
         assert!(!accepts_gzip(&req("gzip;q=0")));
+        assert!(!accepts_gzip(&req("gzip;q=0, *")), "an explicit refusal beats *");
+        assert!(!accepts_gzip(&req("gzip; q=0.000")));
+        assert!(accepts_gzip(&req("*")));
+        assert!(!accepts_gzip(&req("*;q=0")));
         assert!(!accepts_gzip(&req("identity")));
     }
 

@@ -28,6 +28,7 @@ pub struct Telemetry {
     pub invalid_items: IntCounterVec,
     /// `finovy_api_concurrency_limit{account}`.
     pub concurrency_limit: IntGaugeVec,
+    shard_info: IntGaugeVec,
 }
 
 impl Telemetry {
@@ -57,12 +58,16 @@ impl Telemetry {
         build_info
             .with_label_values(&[crate::VERSION, crate::REVISION])
             .set(1);
+        let shard_info = IntGaugeVec::new(metrics::SHARD_INFO.opts(), metrics::SHARD_INFO.labels)
+            .expect("valid metric");
+        shard_info.with_label_values(&["0", "1"]).set(1);
 
         for collector in [
             Box::new(api_requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(api_duration.clone()),
             Box::new(invalid_items.clone()),
             Box::new(concurrency_limit.clone()),
+            Box::new(shard_info.clone()),
             Box::new(build_info),
         ] {
             registry
@@ -81,7 +86,16 @@ impl Telemetry {
             api_duration,
             invalid_items,
             concurrency_limit,
+            shard_info,
         }
+    }
+
+    /// Shows which shard this replica is.
+    pub fn set_shard(&self, shard: crate::target::Shard) {
+        self.shard_info.reset();
+        self.shard_info
+            .with_label_values(&[&shard.index.to_string(), &shard.total.to_string()])
+            .set(1);
     }
 
     /// Creates an account's counters at zero.

@@ -70,6 +70,7 @@ async fn start_exporter(
 }
 
 async fn get(url: &str) -> (u16, String) {
+    finovy_image_exporter::install_crypto_provider();
     let resp = reqwest::get(url).await.unwrap();
     let status = resp.status().as_u16();
     (status, resp.text().await.unwrap())
@@ -760,4 +761,143 @@ async fn sigterm_during_a_scrape_lets_it_complete_and_exits_zero() {
     })
     .await;
     assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn an_interval_below_one_second_or_a_shard_that_does_not_exist_exits_2_naming_the_flag() {
+    for (args, needle) in [
+        (&["--refresh.interval", "500ms"][..], "--refresh.interval"),
+        (&["--shard", "3", "--total-shards", "3"][..], "--total-shards 3"),
+        (
+            &["--shard.from-pod-name", "exporter", "--total-shards", "3"][..],
+            "does not end in -N",
+        ),
+        (
+            &["--shard", "1", "--shard.from-pod-name", "exporter-1"][..],
+            "--shard",
+        ),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_finovy-image-exporter"))
+            .args(["--web.listen-address", "127.0.0.1:0", "--demo"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hangup_and_user_signals_are_logged_and_never_stop_the_exporter() {
+    let mut process = ExporterProcess::spawn(&["--demo", "--refresh.interval", "1s"], &[]);
+    for signal in ["HUP", "USR1", "USR2", "QUIT", "ALRM"] {
+        let sent = std::process::Command::new("kill")
+            .args([&format!("-{signal}"), &process.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        wait_for(&format!("the SIG{signal} log line"), DEADLINE, || async {
+            process
+                .output()
+                .iter()
+                .any(|l| l.contains(&format!("SIG{signal}")) && l.contains("signal received"))
+                .then_some(())
+        })
+        .await;
+        assert!(process.child.try_wait().unwrap().is_none(), "SIG{signal} stopped it");
+        let (status, _) = get(&process.url("/healthz")).await;
+        assert_eq!(status, 200, "still serving after SIG{signal}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_shards_refresh_every_target_exactly_once_between_them() {
+    let datacenters: Vec<String> = (0..12).map(|i| format!("DC{i:02}")).collect();
+    let images = sim::generate(&sim::GenerateOptions {
+        images: 360,
+        datacenters: datacenters.clone(),
+        seed: 12,
+        now_ms: 1_790_000_000_000,
+        ..Default::default()
+    });
+    let upstream = start_sim(
+        images,
+        SimOptions {
+            token: Some("t0ken".into()),
+            ..Default::default()
+        },
+        Faults::default(),
+    )
+    .await;
+    let token = token_file("shards", "t0ken");
+    let mut exporters = Vec::new();
+    for shard in 0..3 {
+        let args: Vec<String> = [
+            "--web.listen-address",
+            "127.0.0.1:0",
+            "--api.url",
+            &format!("http://{}", upstream.addr),
+            "--api.token-file",
+            token.to_str().unwrap(),
+            "--datacenters",
+            &datacenters.join(","),
+            "--refresh.interval",
+            "1s",
+            "--total-shards",
+            "3",
+            "--shard",
+            &shard.to_string(),
+            // Tells the simulator's request log which replica asked.
+            "--api.param",
+            &format!("replica={shard}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        exporters.push(common::spawn_exporter(args).await);
+    }
+    // Every datacenter is refreshed (page 1 asked) at least twice...
+    let requests = wait_for("every datacenter refreshed twice", DEADLINE, || async {
+        let requests = upstream.sim.requests();
+        datacenters
+            .iter()
+            .all(|dc| {
+                requests
+                    .iter()
+                    .filter(|r| r.param("datacenterKey").as_deref() == Some(dc) && r.page() == 1)
+                    .count()
+                    >= 2
+            })
+            .then_some(requests)
+    })
+    .await;
+    // ...and always by the same one replica.
+    let mut per_shard = [0usize; 3];
+    for dc in &datacenters {
+        let replicas: std::collections::BTreeSet<String> = requests
+            .iter()
+            .filter(|r| r.param("datacenterKey").as_deref() == Some(dc))
+            .filter_map(|r| r.param("replica"))
+            .collect();
+        assert_eq!(replicas.len(), 1, "{dc} asked by replicas {replicas:?}");
+        per_shard[replicas.first().unwrap().parse::<usize>().unwrap()] += 1;
+    }
+    assert_eq!(per_shard.iter().sum::<usize>(), 12);
+    // Each replica publishes exactly its own targets, and says which shard it is.
+    let mut published = std::collections::BTreeSet::new();
+    for (shard, (addr, _)) in exporters.iter().enumerate() {
+        let (_, body) = get(&format!("http://{addr}/metrics")).await;
+        let m = parse_metrics(&body);
+        assert_eq!(
+            m.get(&format!("finovy_shard_info{{shard=\"{shard}\",total_shards=\"3\"}}")),
+            Some(&1.0)
+        );
+        let ups: Vec<&String> = m.keys().filter(|k| k.starts_with("finovy_up{")).collect();
+        assert_eq!(ups.len(), per_shard[shard], "shard {shard}: {ups:?}");
+        for up in ups {
+            assert!(published.insert(up.clone()), "{up} published twice");
+        }
+    }
+    assert_eq!(published.len(), 12);
 }
