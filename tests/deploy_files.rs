@@ -1729,10 +1729,6 @@ fn finovy_metrics(expr: &str) -> Vec<String> {
     names
 }
 
-/// Families of SPEC.md's "Version 2" the rules use before every exporter exposes them (a
-/// rule that finds no series is inactive, not broken).
-const VERSION_2_FAMILIES: &[&str] = &["finovy_refresh_interval_seconds"];
-
 #[test]
 fn dashboard_and_alerts_use_only_documented_metrics() {
     let dashboard = dashboard();
@@ -1757,8 +1753,7 @@ fn dashboard_and_alerts_use_only_documented_metrics() {
     for expr in &exprs {
         for metric in finovy_metrics(expr) {
             assert!(
-                common::is_exporter_series(&metric)
-                    || VERSION_2_FAMILIES.contains(&metric.as_str()),
+                common::is_exporter_series(&metric),
                 "{metric} is not a metric of SPEC.md (in {expr:?})"
             );
             seen.insert(metric);

@@ -631,9 +631,10 @@ async fn metrics_pass_promtool_check_metrics() {
     );
     assert!(out.status.success(), "promtool failed: {said}");
     assert!(said.trim().is_empty(), "promtool warned: {said}");
-    for family in common::METRIC_FAMILIES
+    for family in finovy_image_exporter::metrics::ALL
         .iter()
-        .chain(&["process_resident_memory_bytes"])
+        .map(|f| f.name)
+        .chain(["process_resident_memory_bytes"])
     {
         assert!(
             body.contains(&format!("# TYPE {family} ")),

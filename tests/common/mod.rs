@@ -4,34 +4,17 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// The exporter's metric families: SPEC.md's, plus `finovy_pagination_anomalies_total`.
-pub const METRIC_FAMILIES: &[&str] = &[
-    "finovy_images",
-    "finovy_images_size_bytes",
-    "finovy_images_oldest_created_timestamp_seconds",
-    "finovy_up",
-    "finovy_refresh_duration_seconds",
-    "finovy_refresh_last_success_timestamp_seconds",
-    "finovy_refresh_failures_total",
-    "finovy_pagination_anomalies_total",
-    "finovy_api_requests_total",
-    "finovy_api_request_duration_seconds",
-    "finovy_api_invalid_items_total",
-    "finovy_exporter_build_info",
-];
-
-/// The families among them that are histograms.
-const HISTOGRAMS: &[&str] = &["finovy_api_request_duration_seconds"];
-
-/// Whether `name` is a series the exporter exposes: a family's name, or for a
-/// histogram its `_bucket`, `_sum` or `_count` (the family name alone is no series).
+/// Whether `name` is a series the exporter exposes: a family of the library's
+/// one table ([`finovy_image_exporter::metrics::ALL`]), or for a histogram its
+/// `_bucket`, `_sum` or `_count` (the family name alone is no series).
 pub fn is_exporter_series(name: &str) -> bool {
-    METRIC_FAMILIES.iter().any(|family| {
-        if HISTOGRAMS.contains(family) {
-            name.strip_prefix(family)
+    use finovy_image_exporter::metrics::{Kind, ALL};
+    ALL.iter().any(|family| {
+        if family.kind == Kind::Histogram {
+            name.strip_prefix(family.name)
                 .is_some_and(|suffix| ["_bucket", "_sum", "_count"].contains(&suffix))
         } else {
-            name == *family
+            name == family.name
         }
     })
 }
