@@ -217,12 +217,11 @@ impl Exporter {
         // configuration is re-read by its watcher.
         ignore_other_signals(|| {});
         let (_reload_tx, reloads) = tokio::sync::mpsc::unbounded_channel();
-        let scheduler = spawn_refresher(self.scheduler.run(
-            self.accounts,
-            self.liveness,
-            reloads,
-            stopped(),
-        ));
+        let scheduler =
+            spawn_refresher(
+                self.scheduler
+                    .run(self.accounts, self.liveness, reloads, stopped()),
+            );
         if let Some(watcher) = self.web_config {
             tokio::spawn(watcher.run(stopped()));
         }
@@ -338,7 +337,10 @@ pub fn ignore_other_signals(on_hangup: impl Fn() + Send + Sync + 'static) {
             tokio::spawn(async move {
                 while stream.recv().await.is_some() {
                     if name == "SIGHUP" {
-                        tracing::info!(signal = name, "signal received: re-reading the token file and the web configuration");
+                        tracing::info!(
+                            signal = name,
+                            "signal received: re-reading the token file and the web configuration"
+                        );
                         on_hangup();
                     } else {
                         tracing::info!(signal = name, "signal received and ignored (only SIGTERM and SIGINT stop the exporter)");

@@ -150,7 +150,11 @@ pub struct Config {
     pub total_shards: u32,
 
     /// Take the shard from a StatefulSet pod name ending in -N (instead of --shard).
-    #[arg(long = "shard.from-pod-name", env = "FINOVY_SHARD_FROM_POD_NAME", conflicts_with = "shard")]
+    #[arg(
+        long = "shard.from-pod-name",
+        env = "FINOVY_SHARD_FROM_POD_NAME",
+        conflicts_with = "shard"
+    )]
     pub shard_from_pod_name: Option<String>,
 
     /// Serve data from a built-in simulated upstream: no token or network needed.

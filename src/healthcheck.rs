@@ -65,7 +65,11 @@ async fn check(args: &Args) -> i32 {
             1
         }
         Err(err) => {
-            eprintln!("healthcheck: {} did not answer: {}", args.url, err.without_url());
+            eprintln!(
+                "healthcheck: {} did not answer: {}",
+                args.url,
+                err.without_url()
+            );
             1
         }
     }

@@ -216,7 +216,12 @@ mod tests {
                 "{} twice",
                 f.name
             );
-            assert_eq!(f.kind == Kind::Counter, f.name.ends_with("_total"), "{}", f.name);
+            assert_eq!(
+                f.kind == Kind::Counter,
+                f.name.ends_with("_total"),
+                "{}",
+                f.name
+            );
             assert!(f.name.starts_with("finovy_"), "{}", f.name);
         }
     }

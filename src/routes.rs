@@ -289,7 +289,10 @@ mod tests {
         assert!(accepts_gzip(&req("gzip")));
         assert!(accepts_gzip(&req("deflate, gzip;q=0.5")));
         assert!(!accepts_gzip(&req("gzip;q=0")));
-        assert!(!accepts_gzip(&req("gzip;q=0, *")), "an explicit refusal beats *");
+        assert!(
+            !accepts_gzip(&req("gzip;q=0, *")),
+            "an explicit refusal beats *"
+        );
         assert!(!accepts_gzip(&req("gzip; q=0.000")));
         assert!(accepts_gzip(&req("*")));
         assert!(!accepts_gzip(&req("*;q=0")));

@@ -238,6 +238,9 @@ mod tests {
     #[test]
     fn redact_removes_every_copy_of_the_token() {
         let t = Token::new("s3cr3t").unwrap();
-        assert_eq!(t.redact("bad token s3cr3t (s3cr3t)"), "bad token **hidden** (**hidden**)");
+        assert_eq!(
+            t.redact("bad token s3cr3t (s3cr3t)"),
+            "bad token **hidden** (**hidden**)"
+        );
     }
 }

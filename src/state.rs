@@ -167,7 +167,11 @@ pub struct State {
     current: RwLock<Arc<Snapshot>>,
 }
 
-const IMAGE_FAMILIES: [Family; 3] = [metrics::IMAGES, metrics::IMAGES_SIZE, metrics::IMAGES_OLDEST];
+const IMAGE_FAMILIES: [Family; 3] = [
+    metrics::IMAGES,
+    metrics::IMAGES_SIZE,
+    metrics::IMAGES_OLDEST,
+];
 
 impl State {
     /// An empty state: no target known.
@@ -317,16 +321,17 @@ impl State {
                 }
             }
         }
-        let per_datacenter = |text: &mut String,
-                              family: &Family,
-                              value: &dyn Fn(&TargetState, &DatacenterSeries) -> f64| {
-            header(text, family);
-            for (key, t) in &snap.targets {
-                for (dc, series) in &t.datacenters {
-                    sample(text, family, &[&key.account, dc], value(t, series));
+        let per_datacenter =
+            |text: &mut String,
+             family: &Family,
+             value: &dyn Fn(&TargetState, &DatacenterSeries) -> f64| {
+                header(text, family);
+                for (key, t) in &snap.targets {
+                    for (dc, series) in &t.datacenters {
+                        sample(text, family, &[&key.account, dc], value(t, series));
+                    }
                 }
-            }
-        };
+            };
         per_datacenter(&mut text, &metrics::UP, &|t, _| f64::from(u8::from(t.up)));
         per_datacenter(&mut text, &metrics::REFRESH_DURATION, &|t, _| {
             t.last_duration.as_secs_f64()
@@ -400,9 +405,19 @@ fn render_images(
         ];
         total_bytes = total_bytes.saturating_add(stats.size_bytes);
         sample(&mut rendered[0], &IMAGE_FAMILIES[0], &labels, stats.count);
-        sample(&mut rendered[1], &IMAGE_FAMILIES[1], &labels, stats.size_bytes);
+        sample(
+            &mut rendered[1],
+            &IMAGE_FAMILIES[1],
+            &labels,
+            stats.size_bytes,
+        );
         if let Some(ms) = stats.oldest_created_ms {
-            sample(&mut rendered[2], &IMAGE_FAMILIES[2], &labels, ms as f64 / 1000.0);
+            sample(
+                &mut rendered[2],
+                &IMAGE_FAMILIES[2],
+                &labels,
+                ms as f64 / 1000.0,
+            );
         }
     }
     PublishedImages {

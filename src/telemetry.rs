@@ -52,9 +52,8 @@ impl Telemetry {
             metrics::API_CONCURRENCY_LIMIT.labels,
         )
         .expect("valid metric");
-        let build_info =
-            IntGaugeVec::new(metrics::BUILD_INFO.opts(), metrics::BUILD_INFO.labels)
-                .expect("valid metric");
+        let build_info = IntGaugeVec::new(metrics::BUILD_INFO.opts(), metrics::BUILD_INFO.labels)
+            .expect("valid metric");
         build_info
             .with_label_values(&[crate::VERSION, crate::REVISION])
             .set(1);

@@ -328,7 +328,10 @@ async fn unauthorized_in_either_style_counts_auth_failures_and_keeps_serving() {
             (failures >= 2.0).then_some(m)
         })
         .await;
-        assert_eq!(metrics["finovy_up{account=\"default\",datacenter_key=\"HZ\"}"], 0.0);
+        assert_eq!(
+            metrics["finovy_up{account=\"default\",datacenter_key=\"HZ\"}"],
+            0.0
+        );
         assert_eq!(
             metrics["finovy_refresh_failures_total{account=\"default\",datacenter_key=\"HZ\",reason=\"api\"}"], 0.0,
             "{style:?}: a 401 in the body is an auth failure, not an API error"
@@ -768,7 +771,10 @@ async fn sigterm_during_a_scrape_lets_it_complete_and_exits_zero() {
 fn an_interval_below_one_second_or_a_shard_that_does_not_exist_exits_2_naming_the_flag() {
     for (args, needle) in [
         (&["--refresh.interval", "500ms"][..], "--refresh.interval"),
-        (&["--shard", "3", "--total-shards", "3"][..], "--total-shards 3"),
+        (
+            &["--shard", "3", "--total-shards", "3"][..],
+            "--total-shards 3",
+        ),
         (
             &["--shard.from-pod-name", "exporter", "--total-shards", "3"][..],
             "does not end in -N",
@@ -806,7 +812,10 @@ async fn hangup_and_user_signals_are_logged_and_never_stop_the_exporter() {
                 .then_some(())
         })
         .await;
-        assert!(process.child.try_wait().unwrap().is_none(), "SIG{signal} stopped it");
+        assert!(
+            process.child.try_wait().unwrap().is_none(),
+            "SIG{signal} stopped it"
+        );
         let (status, _) = get(&process.url("/healthz")).await;
         assert_eq!(status, 200, "still serving after SIG{signal}");
     }
@@ -891,7 +900,9 @@ async fn three_shards_refresh_every_target_exactly_once_between_them() {
         let (_, body) = get(&format!("http://{addr}/metrics")).await;
         let m = parse_metrics(&body);
         assert_eq!(
-            m.get(&format!("finovy_shard_info{{shard=\"{shard}\",total_shards=\"3\"}}")),
+            m.get(&format!(
+                "finovy_shard_info{{shard=\"{shard}\",total_shards=\"3\"}}"
+            )),
             Some(&1.0)
         );
         let ups: Vec<&String> = m.keys().filter(|k| k.starts_with("finovy_up{")).collect();

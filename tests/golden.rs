@@ -39,8 +39,8 @@ fn normalise(body: &str) -> String {
         if name.starts_with("process_") {
             continue;
         }
-        let volatile = !line.starts_with('#')
-            && VOLATILE.iter().any(|family| name.starts_with(family));
+        let volatile =
+            !line.starts_with('#') && VOLATILE.iter().any(|family| name.starts_with(family));
         match line.rsplit_once(' ') {
             Some((series, _)) if volatile => {
                 out.push_str(series);
@@ -102,8 +102,9 @@ async fn the_metrics_of_a_fixed_inventory_match_the_golden_file() {
         ["HZ", "SH"]
             .iter()
             .all(|dc| {
-                m.get(&format!("finovy_up{{account=\"default\",datacenter_key=\"{dc}\"}}"))
-                    == Some(&1.0)
+                m.get(&format!(
+                    "finovy_up{{account=\"default\",datacenter_key=\"{dc}\"}}"
+                )) == Some(&1.0)
             })
             .then_some(body)
     })

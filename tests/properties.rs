@@ -18,11 +18,11 @@ use finovy_image_exporter::aggregate::{
 };
 use finovy_image_exporter::config::SizeUnit;
 use finovy_image_exporter::labels::Anomaly;
-use finovy_image_exporter::target::paging::Pager;
 use finovy_image_exporter::secret::Token;
 use finovy_image_exporter::sim::{
     self, FaultAction, FaultRule, Faults, SimImage, SimOptions, SimServer, Simulator,
 };
+use finovy_image_exporter::target::paging::Pager;
 use finovy_image_exporter::telemetry::Telemetry;
 use finovy_image_exporter::upstream::wire::{decode_page, WireError};
 use finovy_image_exporter::upstream::{ApiClient, Budget, ClientConfig, Filters};
@@ -454,7 +454,10 @@ fn dataset() -> impl Strategy<Value = Vec<SimImage>> {
 }
 
 /// The whole list, read at once and aggregated.
-fn aggregate_at_once(images: &[SimImage], scope: Option<&str>) -> BTreeMap<String, DatacenterImages> {
+fn aggregate_at_once(
+    images: &[SimImage],
+    scope: Option<&str>,
+) -> BTreeMap<String, DatacenterImages> {
     let page = decode_page(
         page_json(images, images.len() as i64).as_bytes(),
         SizeUnit::Gib,
@@ -487,7 +490,9 @@ fn paging_equals_reading_at_once(scope: Option<&str>, cases: u32) {
         // A page that repeats only items seen before ends the pass (the bound on
         // what a lying upstream can make us ask), so every page must bring at
         // least one new item: the overlap stays below what a page holds.
-        let per_page = paging.cap.map_or(paging.page_size as usize, |c| c.min(paging.page_size as usize));
+        let per_page = paging.cap.map_or(paging.page_size as usize, |c| {
+            c.min(paging.page_size as usize)
+        });
         prop_assume!(paging.overlap < per_page);
         upstream.sim.set_images(images.clone());
         upstream.sim.set_faults(Faults {

@@ -159,7 +159,9 @@ fn metric(metrics: &BTreeMap<String, f64>, series: &str) -> f64 {
 
 fn up(metrics: &BTreeMap<String, f64>, dc: &str) -> Option<f64> {
     metrics
-        .get(&format!("finovy_up{{account=\"default\",datacenter_key=\"{dc}\"}}"))
+        .get(&format!(
+            "finovy_up{{account=\"default\",datacenter_key=\"{dc}\"}}"
+        ))
         .copied()
 }
 
@@ -642,7 +644,10 @@ async fn a_permanent_5xx_fails_only_its_datacenter_keeps_then_drops_its_numbers_
     );
     rig.others_exact(&changed, &["SH"]).await;
     assert!(
-        metric(&m, "finovy_api_requests_total{account=\"default\",code=\"503\"}") >= 2.0,
+        metric(
+            &m,
+            "finovy_api_requests_total{account=\"default\",code=\"503\"}"
+        ) >= 2.0,
         "tried, retried"
     );
     let warned = logs.failures("SH").await;
@@ -784,7 +789,10 @@ async fn a_transient_5xx_is_retried_and_the_refresh_succeeds_with_exact_numbers(
         assert_eq!(faulted(&tries), 1, "{dc}");
         assert!(tries.len() >= 2, "{dc} page {page} was tried again");
         assert_eq!(
-            metric(&m, &format!("finovy_api_requests_total{{account=\"default\",code=\"{code}\"}}")),
+            metric(
+                &m,
+                &format!("finovy_api_requests_total{{account=\"default\",code=\"{code}\"}}")
+            ),
             1.0
         );
     }
@@ -849,7 +857,13 @@ async fn a_429_with_retry_after_is_honoured_then_the_refresh_succeeds() {
     let rig = Rig::start("429", images.clone(), faults, Flags::new()).await;
     let m = rig.until_all_exact(&images).await;
     rig.others_exact(&images, &[]).await;
-    assert_eq!(metric(&m, "finovy_api_requests_total{account=\"default\",code=\"429\"}"), 1.0);
+    assert_eq!(
+        metric(
+            &m,
+            "finovy_api_requests_total{account=\"default\",code=\"429\"}"
+        ),
+        1.0
+    );
     let tries = requests_for(&rig.sim, "SH", Some(1));
     assert_eq!(tries[0].faults, ["status 429"]);
     let gap = tries[1].received_us - tries[0].received_us;
@@ -1041,7 +1055,12 @@ async fn unauthorized_in_either_style_fails_only_its_datacenter_and_never_leaks_
         0.0,
         "a 401 in the body is auth, not api"
     );
-    assert!(metric(&m, "finovy_api_requests_total{account=\"default\",code=\"401\"}") >= 2.0);
+    assert!(
+        metric(
+            &m,
+            "finovy_api_requests_total{account=\"default\",code=\"401\"}"
+        ) >= 2.0
+    );
     for dc in ["SH", "HZ"] {
         let tries = requests_for(&rig.sim, dc, None).len() as f64;
         assert!(tries <= failures(&m, dc, "auth") + 1.0, "{dc}: not retried");
@@ -1451,7 +1470,10 @@ async fn an_endless_answer_keeps_the_exporters_memory_bounded() {
     // 4 × 1.4 MiB in flight at most, on top of the process itself.
     eprintln!("peak RSS after 20 endless answers: {peak_kib} KiB");
     assert!(peak_kib < 64 * 1024, "peak RSS {peak_kib} KiB");
-    assert_eq!(metric(&m, "finovy_up{account=\"default\",datacenter_key=\"SH\"}"), 0.0);
+    assert_eq!(
+        metric(&m, "finovy_up{account=\"default\",datacenter_key=\"SH\"}"),
+        0.0
+    );
     let _ = std::fs::remove_file(&token_path);
 }
 
@@ -1797,7 +1819,10 @@ async fn a_hung_and_a_flooding_datacenter_never_hold_back_the_healthy_ones() {
         let now = now_secs();
         for dc in ["HZ", "BJ"] {
             let age = now - last_success(&m, dc);
-            assert!(age < 3.0 * interval, "{dc} fell behind: {age:.2}s since its last success");
+            assert!(
+                age < 3.0 * interval,
+                "{dc} fell behind: {age:.2}s since its last success"
+            );
             assert_eq!(shown(&m, dc), expected(&images, dc), "{dc} stays exact");
         }
         scrapes += 1;
@@ -1843,14 +1868,21 @@ async fn an_upstream_that_ignores_the_datacenter_key_never_counts_another_datace
         .await;
     assert_eq!(shown(&m, "HZ"), expected(&images, "HZ"));
     assert_eq!(shown(&m, "SH"), expected(&images, "SH"));
-    assert_eq!(images_shown(&m, "XX"), 0.0, "a missing datacenter shows nothing");
+    assert_eq!(
+        images_shown(&m, "XX"),
+        0.0,
+        "a missing datacenter shows nothing"
+    );
     assert_eq!(up(&m, "XX"), Some(1.0));
     let warned = wait_for("the ignore-datacenterKey warning", DEADLINE, || async {
         let text = logs.text();
         text.contains("ignore datacenterKey").then_some(text)
     })
     .await;
-    assert!(warned.contains("discovery mode"), "the warning names the remedy");
+    assert!(
+        warned.contains("discovery mode"),
+        "the warning names the remedy"
+    );
 }
 
 #[tokio::test]

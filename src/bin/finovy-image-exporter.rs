@@ -5,12 +5,15 @@
 //! image without curl.
 
 use finovy_image_exporter::app::{shutdown_signal, Exporter};
-use finovy_image_exporter::healthcheck;
 use finovy_image_exporter::config::Config;
+use finovy_image_exporter::healthcheck;
 use finovy_image_exporter::logging;
 
 fn main() {
-    if std::env::args_os().nth(1).is_some_and(|a| a == "healthcheck") {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "healthcheck")
+    {
         std::process::exit(healthcheck::run(std::env::args_os().skip(1)));
     }
     let config = Config::parse_or_exit();

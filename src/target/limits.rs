@@ -48,17 +48,16 @@ pub fn cut(value: &str, max: usize) -> &str {
     &value[..end]
 }
 
-/// Applies the bounds to a pass's datacenters. Returns them with, per
-/// datacenter, how many groups were folded under which label name.
+/// Per datacenter, how many groups were folded under which label name.
+pub type Folded = BTreeMap<String, Vec<(&'static str, u64)>>;
+
+/// Applies the bounds to a pass's datacenters. Returns them with what was folded.
 pub fn apply(
     datacenters: BTreeMap<String, DatacenterImages>,
     limits: &Limits,
     discovery: bool,
-) -> (
-    BTreeMap<String, DatacenterImages>,
-    BTreeMap<String, Vec<(&'static str, u64)>>,
-) {
-    let mut folded: BTreeMap<String, Vec<(&'static str, u64)>> = BTreeMap::new();
+) -> (BTreeMap<String, DatacenterImages>, Folded) {
+    let mut folded = Folded::new();
     let mut out: BTreeMap<String, DatacenterImages> = BTreeMap::new();
     let cut_keys = datacenters
         .into_iter()
@@ -95,7 +94,10 @@ pub fn apply(
     for (dc, images) in out.iter_mut() {
         let n = fold_image_types(images, limits);
         if n > 0 {
-            folded.entry(dc.clone()).or_default().push(("image_type", n));
+            folded
+                .entry(dc.clone())
+                .or_default()
+                .push(("image_type", n));
         }
     }
     (out, folded)
@@ -187,7 +189,10 @@ mod tests {
         assert_eq!(types, ["a", "b", "other"]);
         assert_eq!(hz.total_images(), 96);
         let other = hz.groups.values().last().unwrap();
-        assert_eq!((other.count, other.size_bytes, other.oldest_created_ms), (6, 60, Some(1)));
+        assert_eq!(
+            (other.count, other.size_bytes, other.oldest_created_ms),
+            (6, 60, Some(1))
+        );
         assert_eq!(folded["HZ"], vec![("image_type", 3)]);
     }
 

@@ -74,7 +74,8 @@ impl Default for Shard {
 impl Shard {
     /// Whether this replica refreshes `key`.
     pub fn owns(&self, key: &TargetKey) -> bool {
-        self.total <= 1 || stable_hash(&key.to_string()) % u64::from(self.total) == u64::from(self.index)
+        self.total <= 1
+            || stable_hash(&key.to_string()) % u64::from(self.total) == u64::from(self.index)
     }
 }
 
@@ -172,17 +173,24 @@ impl Scheduler {
         }
         let wanted: BTreeMap<TargetKey, Arc<AccountRuntime>> = next
             .values()
-            .flat_map(|rt| rt.account.targets().into_iter().map(move |k| (k, Arc::clone(rt))))
+            .flat_map(|rt| {
+                rt.account
+                    .targets()
+                    .into_iter()
+                    .map(move |k| (k, Arc::clone(rt)))
+            })
             .filter(|(key, _)| self.shard.owns(key))
             .collect();
         // Stop targets that are gone, or whose account's settings changed.
         let stop: Vec<TargetKey> = self
             .targets
             .keys()
-            .filter(|key| match (wanted.get(key), self.accounts.get(&key.account)) {
-                (Some(new), Some(old)) => !Arc::ptr_eq(&new.pager.budget, &old.pager.budget),
-                _ => true,
-            })
+            .filter(
+                |key| match (wanted.get(key), self.accounts.get(&key.account)) {
+                    (Some(new), Some(old)) => !Arc::ptr_eq(&new.pager.budget, &old.pager.budget),
+                    _ => true,
+                },
+            )
             .cloned()
             .collect();
         for key in stop {

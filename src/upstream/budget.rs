@@ -62,12 +62,14 @@ impl Budget {
             // governor counts whole cells per period: a fractional rate becomes
             // one request every 1/rate seconds.
             let quota = if requests_per_second >= 1.0 {
-                let per_second = NonZeroU32::new(requests_per_second.round() as u32)
-                    .unwrap_or(NonZeroU32::MIN);
+                let per_second =
+                    NonZeroU32::new(requests_per_second.round() as u32).unwrap_or(NonZeroU32::MIN);
                 Quota::per_second(per_second)
             } else {
-                Quota::with_period(std::time::Duration::from_secs_f64(1.0 / requests_per_second))
-                    .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+                Quota::with_period(std::time::Duration::from_secs_f64(
+                    1.0 / requests_per_second,
+                ))
+                .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             };
             RateLimiter::direct(quota)
         });
@@ -181,12 +183,20 @@ mod tests {
         budget.note_throttled();
         assert_eq!(budget.limit(), 1, "never below one");
         budget.pass_finished();
-        assert_eq!(budget.limit(), 1, "the pass that saw the 429 does not grow it");
+        assert_eq!(
+            budget.limit(),
+            1,
+            "the pass that saw the 429 does not grow it"
+        );
         for expected in 2..=8 {
             budget.pass_finished();
             assert_eq!(budget.limit(), expected);
         }
         budget.pass_finished();
-        assert_eq!((budget.limit(), g.get()), (8, 8), "not above the configured value");
+        assert_eq!(
+            (budget.limit(), g.get()),
+            (8, 8),
+            "not above the configured value"
+        );
     }
 }

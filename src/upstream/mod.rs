@@ -22,8 +22,8 @@ use url::Url;
 
 use crate::config::{ExtraHeader, SizeUnit};
 use crate::labels::Status;
-pub use crate::secret::TOKEN_HEADER;
 use crate::secret::Token;
+pub use crate::secret::TOKEN_HEADER;
 use crate::telemetry::Telemetry;
 pub use budget::Budget;
 pub use error::FetchError;
@@ -333,7 +333,12 @@ fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
 
 /// Decodes an answer body into a page, or into the error it reports. Upstream
 /// text is redacted of the token here, before any of it is kept.
-fn decode(status: StatusCode, body: &[u8], unit: SizeUnit, token: &Token) -> Result<Page, FetchError> {
+fn decode(
+    status: StatusCode,
+    body: &[u8],
+    unit: SizeUnit,
+    token: &Token,
+) -> Result<Page, FetchError> {
     wire::decode_page(body, unit).map_err(|err| match err {
         WireError::Api {
             code: 401,
