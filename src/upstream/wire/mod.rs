@@ -1,30 +1,43 @@
 //! The upstream's JSON: the envelope, the page, the items, and how each is read.
 //!
-//! Strict where it matters, lenient where the API document is vague. The envelope's
-//! `code` and `success` decide whether the call worked, and `totalCounts` must be a
-//! count, since paging depends on it. Item fields are read one by one from raw JSON,
-//! accepting a number or a string where the document is unclear (`imageSize`,
-//! `createTime`, `status`, `id`); a field that still cannot be read marks the item
-//! (it is counted all the same) instead of failing the page. Fields the aggregates
-//! don't need (`imageName`, `imageId`) are skipped without being kept.
+//! Strict where it matters, lenient where the API document is vague (SPEC, "Bounds on
+//! what the upstream can make us do"):
 //!
-//! The usual page, plain strings and integers in the documented shape, is read by
-//! a small scanner (the private module `scan`), about a third faster than going
-//! through serde; anything else is read by serde_json, and both give the same
-//! result for every body (a differential property test and the fuzz target).
+//! - The envelope's `code` and `success` decide whether the call worked. A successful
+//!   answer must hold `data.data`, the item array, and `data.totalCounts`, a count,
+//!   since paging depends on both; without them the answer is a [`WireError::Decode`]
+//!   that names what is missing, never a page of nothing.
+//! - Item fields accept a number or a string where the document is unclear
+//!   (`imageSize`, `createTime`, `status`, `id`). A field that still cannot be read
+//!   marks the item ([`Item::mark_invalid`]) instead of failing the page: the item is
+//!   counted all the same.
+//! - Bytes that are not UTF-8, and lone surrogate escapes such as `"\ud800"`, fail
+//!   nothing. In a field the aggregates don't use (`imageName`, `imageId`, anything
+//!   unknown) they are skipped unseen; in a used one they read as U+FFFD and mark the
+//!   field. A UTF-8 byte order mark before the JSON is skipped.
+//! - A `createTime` before 2000 or more than a day ahead is not a time this API can
+//!   mean (seconds instead of milliseconds, or garbage): it marks the field and is
+//!   left out, so it never becomes the oldest image of a group.
+//!
+//! How: the wire types below are derived with serde. Every field read leniently is
+//! first taken as a borrowed [`RawValue`], the exact JSON text of the value, and then
+//! read by the small functions at the end of this file, because serde_json fails the
+//! whole body on a string it cannot read as UTF-8, and only its byte-string reader
+//! (which cannot take numbers) accepts lone surrogates. Fields not declared are
+//! skipped by serde's `IgnoredAny`, which checks neither.
 
 use std::borrow::Cow;
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 
-use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
+use serde::de::{IgnoredAny, Visitor};
+use serde::{Deserialize, Deserializer};
+use serde_json::value::RawValue;
 
 use crate::aggregate::{Field, Item, Status};
 use crate::config::SizeUnit;
-
-mod scan;
 
 /// One decoded page.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,358 +68,130 @@ pub enum WireError {
     Decode(String),
 }
 
-/// Any JSON value, kept only as far as the decoder needs it: one pass over the
-/// body, no second parse of a field, strings borrowed where they have no escapes.
-#[derive(Debug, Clone, PartialEq)]
-enum Loose<'a> {
-    Null,
-    Bool(bool),
-    Int(i64),
-    UInt(u64),
-    Float(f64),
-    Str(Cow<'a, str>),
-    /// An array or an object, skipped.
-    Nested,
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Loose<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct LooseVisitor;
-        impl<'de> Visitor<'de> for LooseVisitor {
-            type Value = Loose<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(Loose::Null)
-            }
-            fn visit_none<E>(self) -> Result<Self::Value, E> {
-                Ok(Loose::Null)
-            }
-            fn visit_some<D: serde::Deserializer<'de>>(
-                self,
-                d: D,
-            ) -> Result<Self::Value, D::Error> {
-                Loose::deserialize(d)
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
-                Ok(Loose::Bool(v))
-            }
-            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
-                Ok(Loose::Int(v))
-            }
-            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
-                Ok(Loose::UInt(v))
-            }
-            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
-                Ok(Loose::Float(v))
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
-                Ok(Loose::Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
-                Ok(Loose::Str(Cow::Owned(v.to_string())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
-                Ok(Loose::Str(Cow::Owned(v)))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(Loose::Nested)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(Loose::Nested)
-            }
-        }
-        deserializer.deserialize_any(LooseVisitor)
-    }
-}
-
-/// The envelope's fields besides `data`. Read on their own when an answer is
-/// not a page, to tell an API error (error answers carry anything in `data`)
-/// from a broken answer.
-#[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
-struct Head<'a> {
-    #[serde(borrow, default)]
-    code: Option<Loose<'a>>,
-    #[serde(borrow, default)]
-    success: Option<Loose<'a>>,
-    #[serde(borrow, default)]
-    msg: Option<Loose<'a>>,
-    #[serde(borrow, default)]
-    trace_id: Option<Loose<'a>>,
-}
-
-/// The envelope of a page, read in one pass: the items are reduced to [`Item`]s
-/// as the parser meets them, never held as JSON values.
-#[derive(Default)]
-struct Envelope<'a> {
-    head: Head<'a>,
-    data: Option<Data<'a>>,
-}
-
-#[derive(Default)]
-struct Data<'a> {
-    items: Vec<Item>,
-    total_counts: Option<Loose<'a>>,
-}
-
+/// The answer envelope, with `data` read as `D`: as the page ([`PageData`]) first,
+/// and skipped ([`IgnoredAny`]) when that fails, to learn whether the answer was an
+/// API error (whose `data` may be anything) or a broken page.
 #[derive(Deserialize)]
-#[serde(field_identifier, rename_all = "camelCase")]
-enum EnvelopeKey {
-    Code,
-    Success,
-    Data,
-    Msg,
-    TraceId,
-    #[serde(other)]
-    Other,
-}
-
-#[derive(Deserialize)]
-#[serde(field_identifier, rename_all = "camelCase")]
-enum DataKey {
-    Data,
-    TotalCounts,
-    #[serde(other)]
-    Other,
-}
-
-#[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct RawItem<'a> {
-    #[serde(borrow, default)]
-    id: Option<Loose<'a>>,
-    #[serde(borrow, default)]
-    image_type: Option<Loose<'a>>,
-    #[serde(borrow, default)]
-    image_size: Option<Loose<'a>>,
-    #[serde(borrow, default)]
-    datacenter_key: Option<Loose<'a>>,
-    #[serde(borrow, default)]
-    status: Option<Loose<'a>>,
-    #[serde(borrow, default)]
-    create_time: Option<Loose<'a>>,
+struct Envelope<'a, D> {
+    #[serde(borrow)]
+    code: Option<&'a RawValue>,
+    #[serde(borrow)]
+    success: Option<&'a RawValue>,
+    #[serde(borrow)]
+    msg: Option<&'a RawValue>,
+    #[serde(borrow)]
+    trace_id: Option<&'a RawValue>,
+    data: Option<D>,
 }
 
-/// How to read a page: the size unit, and room for the items expected.
-#[derive(Clone, Copy)]
-struct PageSeed {
-    unit: SizeUnit,
-    capacity: usize,
+/// `data` of a successful answer.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PageData<'a> {
+    /// Missing (`None`), `null` (`Some(None)`), or the item array.
+    #[serde(borrow, default, deserialize_with = "present")]
+    data: Option<Option<Vec<WireItem<'a>>>>,
+    #[serde(borrow)]
+    total_counts: Option<&'a RawValue>,
 }
 
-/// Notes that field `bit` was read; a second occurrence is an error, as with
-/// derived decoders.
-fn first_time<E: serde::de::Error>(seen: &mut u8, bit: u8, name: &'static str) -> Result<(), E> {
-    if *seen & bit != 0 {
-        return Err(E::duplicate_field(name));
-    }
-    *seen |= bit;
-    Ok(())
+/// One element of `data.data`: the fields the aggregates use, each as its JSON text.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireItem<'a> {
+    #[serde(borrow)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    image_type: Option<&'a RawValue>,
+    #[serde(borrow)]
+    image_size: Option<&'a RawValue>,
+    #[serde(borrow)]
+    datacenter_key: Option<&'a RawValue>,
+    #[serde(borrow)]
+    status: Option<&'a RawValue>,
+    #[serde(borrow)]
+    create_time: Option<&'a RawValue>,
 }
 
-impl<'de> DeserializeSeed<'de> for PageSeed {
-    type Value = Envelope<'de>;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        struct EnvelopeVisitor(PageSeed);
-        impl<'de> Visitor<'de> for EnvelopeVisitor {
-            type Value = Envelope<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("the answer envelope")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut envelope = Envelope::default();
-                let mut seen = 0u8;
-                while let Some(key) = map.next_key::<EnvelopeKey>()? {
-                    match key {
-                        EnvelopeKey::Code => {
-                            first_time(&mut seen, 1, "code")?;
-                            envelope.head.code = map.next_value()?;
-                        }
-                        EnvelopeKey::Success => {
-                            first_time(&mut seen, 2, "success")?;
-                            envelope.head.success = map.next_value()?;
-                        }
-                        EnvelopeKey::Msg => {
-                            first_time(&mut seen, 4, "msg")?;
-                            envelope.head.msg = map.next_value()?;
-                        }
-                        EnvelopeKey::TraceId => {
-                            first_time(&mut seen, 8, "traceId")?;
-                            envelope.head.trace_id = map.next_value()?;
-                        }
-                        EnvelopeKey::Data => {
-                            first_time(&mut seen, 16, "data")?;
-                            envelope.data = map.next_value_seed(DataSeed(self.0))?;
-                        }
-                        EnvelopeKey::Other => {
-                            map.next_value::<IgnoredAny>()?;
-                        }
-                    }
-                }
-                Ok(envelope)
-            }
-        }
-        d.deserialize_map(EnvelopeVisitor(self))
-    }
+/// Reads a field that is present, so that a missing field (left to `default`) and
+/// one that is `null` are told apart.
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
-/// `data`: `null`, or the page object.
-struct DataSeed(PageSeed);
+/// The byte order mark some servers put before a UTF-8 body.
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
-impl<'de> DeserializeSeed<'de> for DataSeed {
-    type Value = Option<Data<'de>>;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_option(self)
-    }
-}
+/// 2000-01-01T00:00:00Z in Unix milliseconds: no image of this API was made before.
+const EARLIEST_CREATE_MS: i64 = 946_684_800_000;
 
-impl<'de> Visitor<'de> for DataSeed {
-    type Value = Option<Data<'de>>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the page object or null")
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_none<E>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_map(self)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut data = Data::default();
-        let mut seen = 0u8;
-        while let Some(key) = map.next_key::<DataKey>()? {
-            match key {
-                DataKey::Data => {
-                    first_time(&mut seen, 1, "data")?;
-                    data.items = map.next_value_seed(ItemsSeed(self.0))?;
-                }
-                DataKey::TotalCounts => {
-                    first_time(&mut seen, 2, "totalCounts")?;
-                    data.total_counts = map.next_value()?;
-                }
-                DataKey::Other => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(Some(data))
-    }
-}
-
-/// The item array (`null` reads as empty), each item reduced as it is read.
-struct ItemsSeed(PageSeed);
-
-impl<'de> DeserializeSeed<'de> for ItemsSeed {
-    type Value = Vec<Item>;
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_option(self)
-    }
-}
-
-impl<'de> Visitor<'de> for ItemsSeed {
-    type Value = Vec<Item>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an array of items or null")
-    }
-    fn visit_unit<E>(self) -> Result<Self::Value, E> {
-        Ok(Vec::new())
-    }
-    fn visit_none<E>(self) -> Result<Self::Value, E> {
-        Ok(Vec::new())
-    }
-    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_seq(self)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let PageSeed { unit, capacity } = self.0;
-        let mut items = Vec::with_capacity(capacity);
-        let mut labels = Labels::default();
-        while let Some(raw) = seq.next_element::<RawItem<'de>>()? {
-            items.push(decode_item(&raw, unit, &mut labels));
-        }
-        Ok(items)
-    }
-}
+/// How far ahead of our clock a `createTime` may be (clocks differ, a little).
+const CREATE_MS_AHEAD: i64 = 24 * 3600 * 1000;
 
 /// Decodes one answer body into a page, or says why it is not one.
 pub fn decode_page(body: &[u8], unit: SizeUnit) -> Result<Page, WireError> {
-    decode(body, unit, true)
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    decode(body, unit, i64::try_from(now_ms).unwrap_or(i64::MAX))
 }
 
-/// [`decode_page`] without the fast path for the usual page: the reference the
-/// fast path is fuzzed against.
-#[cfg(fuzzing)]
-pub fn decode_page_general(body: &[u8], unit: SizeUnit) -> Result<Page, WireError> {
-    decode(body, unit, false)
-}
-
-fn decode(body: &[u8], unit: SizeUnit, fast: bool) -> Result<Page, WireError> {
-    // Checked once here, so the parsers need not check each string again.
-    let body = std::str::from_utf8(body)
-        .map_err(|e| WireError::Decode(format!("invalid JSON: not UTF-8: {e}")))?;
-    // Room for the items a body this long can hold, about; bounded, as the
-    // body's length is the server's to choose.
-    let seed = PageSeed {
-        unit,
-        capacity: (body.len() / 128).min(4096),
-    };
-    let (envelope, data_error) = match fast.then(|| scan::envelope(body, seed)).flatten() {
-        Some(envelope) => (envelope, None),
-        None => parse(body, seed)?,
-    };
-    let head = &envelope.head;
-    let trace_id = head
-        .trace_id
-        .as_ref()
-        .and_then(text)
-        .map(|t| shorten(t, 128));
-    let code = match &head.code {
-        Some(raw) => {
-            Some(integer(raw).ok_or_else(|| WireError::Decode("`code` is not an integer".into()))?)
+/// [`decode_page`] as of `now_ms`, the clock `createTime` is checked against.
+fn decode(body: &[u8], unit: SizeUnit, now_ms: i64) -> Result<Page, WireError> {
+    let body = body.strip_prefix(BOM).unwrap_or(body);
+    // Borrowed when the body is UTF-8, as it should be. Otherwise each bad byte
+    // becomes U+FFFD: harmless in a skipped field, a mark on a used one, and a
+    // syntax error outside strings, as it should be.
+    let text = String::from_utf8_lossy(body);
+    let envelope = match serde_json::from_str::<Envelope<PageData>>(&text) {
+        Ok(envelope) => envelope,
+        Err(page_error) => {
+            let head: Envelope<IgnoredAny> = serde_json::from_str(&text)
+                .map_err(|e| WireError::Decode(shorten(&format!("invalid JSON: {e}"), 300)))?;
+            head.check()?;
+            return Err(WireError::Decode(shorten(
+                &format!("`data` is not a page: {page_error}"),
+                300,
+            )));
         }
-        None => None,
     };
-    let success = match &head.success {
-        Some(Loose::Bool(b)) => Some(*b),
-        Some(_) => return Err(WireError::Decode("`success` is not a boolean".into())),
-        None => None,
-    };
-    let failed = match (code, success) {
-        (None, None) => {
-            return Err(WireError::Decode(
-                "neither `code` nor `success` in the answer".into(),
-            ))
-        }
-        (code, success) => code.is_some_and(|c| c != 0) || success == Some(false),
-    };
-    if failed {
-        let msg = head.msg.as_ref().and_then(text).unwrap_or_default();
-        return Err(WireError::Api {
-            code: code.unwrap_or(0),
-            msg: shorten(msg, 200),
-            trace_id,
-        });
-    }
-    if let Some(e) = data_error {
-        return Err(WireError::Decode(format!("`data` is not a page: {e}")));
-    }
+    let trace_id = envelope.check()?;
     let data = envelope
         .data
-        .ok_or_else(|| WireError::Decode("success without `data`".into()))?;
-    let total = data
-        .total_counts
-        .as_ref()
-        .and_then(integer)
-        .and_then(|t| u64::try_from(t).ok())
-        .ok_or_else(|| WireError::Decode("`totalCounts` is missing or not a count".into()))?;
-    let items = data.items;
+        .ok_or_else(|| WireError::Decode("success without `data` (missing or null)".into()))?;
+    let total = match data.total_counts {
+        None => return Err(WireError::Decode("`data.totalCounts` is missing".into())),
+        Some(raw) => integer(&json(raw))
+            .and_then(|t| u64::try_from(t).ok())
+            .ok_or_else(|| {
+                WireError::Decode(format!(
+                    "`data.totalCounts` is not a count: {}",
+                    shorten(raw.get(), 40)
+                ))
+            })?,
+    };
+    let wire_items = match data.data {
+        Some(Some(items)) => items,
+        // An empty list written as `null` hides nothing when the total agrees.
+        Some(None) if total == 0 => Vec::new(),
+        Some(None) => {
+            return Err(WireError::Decode(format!(
+                "`data.data` is null, but `data.totalCounts` is {total}"
+            )))
+        }
+        None => {
+            return Err(WireError::Decode(
+                "`data.data`, the item array, is missing".into(),
+            ))
+        }
+    };
+    let created = EARLIEST_CREATE_MS..=now_ms.saturating_add(CREATE_MS_AHEAD);
+    let items = wire_items
+        .iter()
+        .map(|item| item.to_item(unit, &created))
+        .collect();
     Ok(Page {
         total,
         items,
@@ -414,172 +199,186 @@ fn decode(body: &[u8], unit: SizeUnit, fast: bool) -> Result<Page, WireError> {
     })
 }
 
-/// Reads the envelope with serde_json. An answer whose `data` is not a page is
-/// read again for the envelope alone (error answers carry anything in `data`),
-/// with the reason `data` was not a page.
-fn parse(
-    body: &str,
-    seed: PageSeed,
-) -> Result<(Envelope<'_>, Option<serde_json::Error>), WireError> {
-    let mut parser = serde_json::Deserializer::from_str(body);
-    let parsed = seed
-        .deserialize(&mut parser)
-        .and_then(|envelope| parser.end().map(|()| envelope));
-    match parsed {
-        Ok(envelope) => Ok((envelope, None)),
-        Err(data_error) => {
-            let head = serde_json::from_str(body)
-                .map_err(|e| WireError::Decode(format!("invalid JSON: {e}")))?;
-            Ok((Envelope { head, data: None }, Some(data_error)))
+impl<D> Envelope<'_, D> {
+    /// The API error the envelope reports, if any; otherwise its `traceId`.
+    fn check(&self) -> Result<Option<String>, WireError> {
+        let trace_id = self.trace_id.and_then(|raw| text_of(raw, 128));
+        let code = match self.code {
+            Some(raw) => Some(
+                integer(&json(raw))
+                    .ok_or_else(|| WireError::Decode("`code` is not an integer".into()))?,
+            ),
+            None => None,
+        };
+        let success = match self.success.map(RawValue::get) {
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            Some(_) => return Err(WireError::Decode("`success` is not a boolean".into())),
+            None => None,
+        };
+        if code.is_none() && success.is_none() {
+            return Err(WireError::Decode(
+                "neither `code` nor `success` in the answer".into(),
+            ));
         }
+        if code.is_some_and(|c| c != 0) || success == Some(false) {
+            return Err(WireError::Api {
+                code: code.unwrap_or(0),
+                msg: self
+                    .msg
+                    .and_then(|raw| text_of(raw, 200))
+                    .unwrap_or_default(),
+                trace_id,
+            });
+        }
+        Ok(trace_id)
     }
 }
 
-/// The distinct `imageType` and `datacenterKey` values of one page, shared by its
-/// items: a page holds a handful, so each item costs no allocation of its own.
-#[derive(Default)]
-struct Labels(Vec<Arc<str>>);
-
-impl Labels {
-    /// Past this many distinct values a page is odd; stop looking them up.
-    const MAX: usize = 32;
-
-    fn get(&mut self, value: &str) -> Arc<str> {
-        if let Some(known) = self.0.iter().find(|known| ***known == *value) {
-            return Arc::clone(known);
+impl WireItem<'_> {
+    /// The item as the aggregates see it; every field that cannot be read, or is
+    /// read lossily, is marked.
+    fn to_item(&self, unit: SizeUnit, created: &RangeInclusive<i64>) -> Item {
+        let mut item = Item {
+            id: None,
+            datacenter_key: None,
+            image_type: Arc::from(""),
+            status: Status::Unknown,
+            size_bytes: 0,
+            created_ms: None,
+            invalid: 0,
+        };
+        let id = value(self.id);
+        item.id = id_hash(&id);
+        if item.id.is_none() || id.is_lossy() {
+            item.mark_invalid(Field::Id);
         }
-        let label: Arc<str> = Arc::from(value);
-        if self.0.len() < Self::MAX {
-            self.0.push(Arc::clone(&label));
+        let image_type = value(self.image_type);
+        match string(&image_type) {
+            Some(t) => item.image_type = Arc::from(t),
+            None => item.mark_invalid(Field::ImageType),
         }
-        label
+        if image_type.is_lossy() {
+            item.mark_invalid(Field::ImageType);
+        }
+        let key = value(self.datacenter_key);
+        match string(&key).filter(|k| !k.is_empty()) {
+            Some(k) => item.datacenter_key = Some(Arc::from(k)),
+            None => item.mark_invalid(Field::DatacenterKey),
+        }
+        if key.is_lossy() {
+            item.mark_invalid(Field::DatacenterKey);
+        }
+        match integer(&value(self.status)) {
+            Some(code) => item.status = Status::from_code(code),
+            None => item.mark_invalid(Field::Status),
+        }
+        match decimal(&value(self.image_size)).and_then(|v| to_bytes(v, unit)) {
+            Some(bytes) => item.size_bytes = bytes,
+            None => item.mark_invalid(Field::ImageSize),
+        }
+        match integer(&value(self.create_time)).filter(|ms| created.contains(ms)) {
+            Some(ms) => item.created_ms = Some(ms),
+            None => item.mark_invalid(Field::CreateTime),
+        }
+        item
     }
 }
 
-fn decode_item(raw: &RawItem<'_>, unit: SizeUnit, labels: &mut Labels) -> Item {
-    let image_type = raw.image_type.as_ref().and_then(text);
-    let mut item = Item {
-        id: None,
-        datacenter_key: None,
-        image_type: labels.get(image_type.unwrap_or("")),
-        status: Status::Unknown,
-        size_bytes: 0,
-        created_ms: None,
-        invalid: 0,
-    };
-    if image_type.is_none() {
-        item.mark_invalid(Field::ImageType);
-    }
-    match raw.id.as_ref().and_then(id_hash) {
-        Some(id) => item.id = Some(id),
-        None => item.mark_invalid(Field::Id),
-    }
-    match raw
-        .datacenter_key
-        .as_ref()
-        .and_then(text)
-        .filter(|k| !k.is_empty())
-    {
-        Some(k) => item.datacenter_key = Some(labels.get(k)),
-        None => item.mark_invalid(Field::DatacenterKey),
-    }
-    match raw.status.as_ref().and_then(integer) {
-        Some(code) => item.status = Status::from_code(code),
-        None => item.mark_invalid(Field::Status),
-    }
-    match raw
-        .image_size
-        .as_ref()
-        .and_then(decimal)
-        .and_then(|v| to_bytes(v, unit))
-    {
-        Some(bytes) => item.size_bytes = bytes,
-        None => item.mark_invalid(Field::ImageSize),
-    }
-    match raw
-        .create_time
-        .as_ref()
-        .and_then(integer)
-        .filter(|ms| *ms >= 0)
-    {
-        Some(ms) => item.created_ms = Some(ms),
-        None => item.mark_invalid(Field::CreateTime),
-    }
-    item
+/// A leniently read field, told apart by its JSON type.
+enum Json<'a> {
+    /// A number, as its JSON text.
+    Number(&'a str),
+    /// A string's text.
+    Text(Cow<'a, str>),
+    /// Anything else: `true`, an array, an object (`null` is a missing field).
+    Other,
 }
 
-/// A JSON string's text.
-fn text<'a>(value: &'a Loose<'_>) -> Option<&'a str> {
+impl Json<'_> {
+    /// Whether characters were lost reading it: bytes that were not UTF-8, or a lone
+    /// surrogate, both now U+FFFD (as is one the upstream sent, which means the
+    /// same: the upstream lost them).
+    fn is_lossy(&self) -> bool {
+        matches!(self, Json::Text(t) if t.contains(char::REPLACEMENT_CHARACTER))
+    }
+}
+
+/// Reads a field, missing or not.
+fn value(raw: Option<&RawValue>) -> Json<'_> {
+    raw.map_or(Json::Other, json)
+}
+
+/// Reads one value from its JSON text.
+fn json(raw: &RawValue) -> Json<'_> {
+    let raw = raw.get();
+    match raw.as_bytes().first() {
+        Some(b'"') => Json::Text(text(raw)),
+        Some(b'-' | b'0'..=b'9') => Json::Number(raw),
+        _ => Json::Other,
+    }
+}
+
+/// The text of a JSON string, borrowed when it holds no escape. Read as a byte
+/// string, where serde_json writes a lone surrogate escape as WTF-8 instead of
+/// failing, and turned into text lossily.
+fn text(raw: &str) -> Cow<'_, str> {
+    struct Lossy;
+    impl<'de> Visitor<'de> for Lossy {
+        type Value = Cow<'de, str>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+            Ok(String::from_utf8_lossy(v))
+        }
+        fn visit_bytes<E>(self, v: &[u8]) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(String::from_utf8_lossy(v).into_owned()))
+        }
+    }
+    // `raw` is a JSON string serde_json has already checked: this cannot fail.
+    serde_json::Deserializer::from_str(raw)
+        .deserialize_bytes(Lossy)
+        .unwrap_or_default()
+}
+
+/// A string's text; `None` for any other type.
+fn string<'a>(value: &'a Json<'_>) -> Option<&'a str> {
     match value {
-        Loose::Str(s) => Some(s),
+        Json::Text(t) => Some(t),
         _ => None,
+    }
+}
+
+/// A string field's text, shortened for logs; `None` for any other type.
+fn text_of(raw: &RawValue, max_chars: usize) -> Option<String> {
+    string(&json(raw)).map(|t| shorten(t, max_chars))
+}
+
+/// The text of a number or of a string that may hold one (around spaces allowed).
+fn numeric<'a>(value: &'a Json<'_>) -> Option<&'a str> {
+    match value {
+        Json::Number(n) => Some(n),
+        Json::Text(t) => Some(t.trim()),
+        Json::Other => None,
     }
 }
 
 /// An integer given as a JSON integer, an integral float, or a string of either.
-fn integer(value: &Loose<'_>) -> Option<i64> {
-    let integral =
-        |f: f64| (f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15).then_some(f as i64);
-    match value {
-        Loose::Int(i) => Some(*i),
-        Loose::UInt(u) => i64::try_from(*u).ok(),
-        Loose::Float(f) => integral(*f),
-        Loose::Str(s) => {
-            let s = trim(s);
-            s.parse::<i64>()
-                .ok()
-                .or_else(|| s.parse::<f64>().ok().and_then(integral))
-        }
-        _ => None,
-    }
+fn integer(value: &Json<'_>) -> Option<i64> {
+    let n = numeric(value)?;
+    n.parse::<i64>().ok().or_else(|| {
+        let f = n.parse::<f64>().ok()?;
+        (f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15).then_some(f as i64)
+    })
 }
 
 /// A decimal given as a JSON number or a string such as `"128.00"`.
-fn decimal(value: &Loose<'_>) -> Option<f64> {
-    match value {
-        Loose::Int(i) => Some(*i as f64),
-        Loose::UInt(u) => Some(*u as f64),
-        Loose::Float(f) => Some(*f),
-        Loose::Str(s) => {
-            let s = trim(s);
-            plain_decimal(s)
-                .or_else(|| s.parse::<f64>().ok())
-                .filter(|v| v.is_finite())
-        }
-        _ => None,
-    }
-}
-
-/// `s` without surrounding whitespace, as [`str::trim`]; the usual value has
-/// none, which is checked on its two end bytes.
-fn trim(s: &str) -> &str {
-    match (s.as_bytes().first(), s.as_bytes().last()) {
-        (Some(first), Some(last)) if first.is_ascii_graphic() && last.is_ascii_graphic() => s,
-        _ => s.trim(),
-    }
-}
-
-/// The value of a plain decimal such as `128.00` (digits, then optionally a
-/// point and more digits), when it is exact to compute: the digits read as one
-/// integer of at most 15 digits, divided by a power of ten, is then the correctly
-/// rounded value, the same that [`str::parse`] gives. `None` for anything else,
-/// which is left to [`str::parse`].
-fn plain_decimal(s: &str) -> Option<f64> {
-    const POWERS: [f64; 16] = [
-        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
-    ];
-    let (int, frac) = s.split_once('.').unwrap_or((s, ""));
-    if int.is_empty() || int.len() + frac.len() > 15 || (s.len() > int.len() && frac.is_empty()) {
-        return None;
-    }
-    let mut digits = 0u64;
-    for b in int.bytes().chain(frac.bytes()) {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        digits = digits * 10 + u64::from(b - b'0');
-    }
-    Some(digits as f64 / POWERS[frac.len()])
+fn decimal(value: &Json<'_>) -> Option<f64> {
+    numeric(value)?
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite())
 }
 
 fn to_bytes(value: f64, unit: SizeUnit) -> Option<u64> {
@@ -588,69 +387,87 @@ fn to_bytes(value: f64, unit: SizeUnit) -> Option<u64> {
     (0.0..9.2e18).contains(&bytes).then_some(bytes as u64)
 }
 
-/// The id as a stable 64-bit hash: `"7"` and `7` are the same id.
-fn id_hash(value: &Loose<'_>) -> Option<u64> {
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    match value {
-        Loose::Str(s) => match trim(s) {
-            "" => return None,
-            s => s.hash(&mut hasher),
-        },
-        Loose::Int(i) => i.to_string().hash(&mut hasher),
-        Loose::UInt(u) => u.to_string().hash(&mut hasher),
+/// The id as a stable 64-bit hash of its text: `"7"` and `7` are the same id. An
+/// empty string, a fraction or any other type is no id.
+fn id_hash(value: &Json<'_>) -> Option<u64> {
+    let id = match value {
+        Json::Text(t) => t.trim(),
+        Json::Number(n) if n.bytes().all(|b| b.is_ascii_digit() || b == b'-') => n,
         _ => return None,
+    };
+    if id.is_empty() {
+        return None;
     }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut hasher);
     Some(hasher.finish())
 }
 
+/// At most `max_chars` of `s`, without control characters (the text goes to logs).
 fn shorten(s: &str, max_chars: usize) -> String {
-    let clean: String = s
-        .chars()
+    s.chars()
         .filter(|c| !c.is_control())
         .take(max_chars)
-        .collect();
-    clean
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    pub(super) const SEED_EXAMPLE: &str = r#"{
+    const SEED_EXAMPLE: &str = r#"{
         "code": 0, "success": true,
         "data": {"data": [{"id": "7sEdkaZ0T8", "imageId": 164471562, "imageType": "Windows",
             "imageName": "aaaaaaaa", "imageSize": "128.00", "datacenterKey": "HZ",
             "status": 1, "createTime": 1708330251000}], "totalCounts": 1},
         "msg": "success", "traceId": "1d54261079ac4063b7e97f2548b18510.3561.17083313961692799"}"#;
 
-    proptest::proptest! {
-        #[test]
-        fn plain_decimals_read_as_the_standard_parser_reads_them(
-            s in "[0-9]{0,17}(\\.[0-9]{0,17})?|[ +-]?[0-9.eE]{1,8} ?"
-        ) {
-            if let Some(v) = plain_decimal(&s) {
-                proptest::prop_assert_eq!(Some(v), s.parse::<f64>().ok(), "{:?}", s);
-            }
-        }
+    /// 2024-03-01T00:00:00Z: the clock of the tests that check `createTime`.
+    const NOW_MS: i64 = 1_709_251_200_000;
 
-        #[test]
-        fn trimming_is_the_standard_trim(s in "\\PC{0,4}|[ \t\u{a0}\u{3000}]?[a-z0-9]{0,3}[ \n\u{2003}]?") {
-            proptest::prop_assert_eq!(trim(&s), s.trim());
-        }
+    /// A successful page of the given items (JSON text, joined by commas).
+    fn page_of(items: &str) -> Vec<u8> {
+        format!(r#"{{"code":0,"success":true,"data":{{"totalCounts":1,"data":[{items}]}}}}"#)
+            .into_bytes()
     }
 
-    #[test]
-    fn usual_decimals_take_the_exact_path() {
-        for (s, v) in [
-            ("128.00", 128.0),
-            ("256.50", 256.5),
-            ("0.1", 0.1),
-            ("7", 7.0),
-        ] {
-            assert_eq!(plain_decimal(s), Some(v), "{s}");
-        }
-        for s in ["1.", ".5", "-1", "1e3", "1234567890.123456", "", "1.2.3"] {
-            assert_eq!(plain_decimal(s), None, "{s}");
+    /// An item whose fields are all readable, with `field` (`"name":value`) added
+    /// or replacing the one of that name.
+    fn item_with(field: &str) -> String {
+        let mut fields = vec![
+            r#""id":"a1""#.to_string(),
+            r#""imageType":"Linux""#.to_string(),
+            r#""imageName":"base""#.to_string(),
+            r#""imageSize":"1.00""#.to_string(),
+            r#""datacenterKey":"HZ""#.to_string(),
+            r#""status":1"#.to_string(),
+            r#""createTime":1708330251000"#.to_string(),
+        ];
+        let name = field.split(':').next().unwrap();
+        fields.retain(|f| !f.starts_with(name));
+        fields.push(field.to_string());
+        format!("{{{}}}", fields.join(","))
+    }
+
+    /// Decodes a page of one item (bytes), which must succeed.
+    fn one_item(item: &[u8]) -> Item {
+        let mut body = br#"{"code":0,"data":{"totalCounts":1,"data":["#.to_vec();
+        body.extend_from_slice(item);
+        body.extend_from_slice(b"]}}");
+        let page = decode(&body, SizeUnit::Gib, NOW_MS)
+            .unwrap_or_else(|e| panic!("{}: {e}", String::from_utf8_lossy(&body)));
+        assert_eq!(page.items.len(), 1);
+        page.items.into_iter().next().unwrap()
+    }
+
+    fn invalid(item: &Item) -> Vec<Field> {
+        item.invalid_fields().collect()
+    }
+
+    fn decode_error(body: &[u8]) -> String {
+        match decode(body, SizeUnit::Gib, NOW_MS) {
+            Err(WireError::Decode(msg)) => msg,
+            other => panic!("{}: {other:?}", String::from_utf8_lossy(body)),
         }
     }
 
@@ -674,16 +491,17 @@ mod tests {
     #[test]
     fn numbers_and_strings_are_both_accepted() {
         let body = r#"{"code":"0","data":{"totalCounts":"2","data":[
-            {"id":5,"imageType":"Linux","imageSize":1.5,"datacenterKey":"SH","status":"3","createTime":"1000"},
-            {"id":"5","imageType":"Linux","imageSize":" 2 ","datacenterKey":"SH","status":2.0,"createTime":1e3}]}}"#;
-        let page = decode_page(body.as_bytes(), SizeUnit::Kib).unwrap();
+            {"id":5,"imageType":"Linux","imageSize":1.5,"datacenterKey":"SH","status":"3","createTime":"1708330251000"},
+            {"id":" 5 ","imageType":"Linux","imageSize":" 2 ","datacenterKey":"SH","status":2.0,"createTime":1.708330251e12}]}}"#;
+        let page = decode(body.as_bytes(), SizeUnit::Kib, NOW_MS).unwrap();
         assert_eq!(page.total, 2);
         let [a, b] = &page.items[..] else { panic!() };
         assert_eq!((a.invalid, b.invalid), (0, 0));
-        assert_eq!(a.id, b.id, "7 and \"7\" are one id");
+        assert_eq!(a.id, b.id, "5 and \" 5 \" are one id");
         assert_eq!((a.size_bytes, b.size_bytes), (1536, 2048));
         assert_eq!((a.status, b.status), (Status::Expired, Status::Failed));
-        assert_eq!(b.created_ms, Some(1000));
+        assert_eq!(a.created_ms, Some(1_708_330_251_000));
+        assert_eq!(b.created_ms, Some(1_708_330_251_000));
     }
 
     #[test]
@@ -692,10 +510,39 @@ mod tests {
             {"imageType":7,"imageSize":"big","status":"x","createTime":-5,"datacenterKey":null}]}}"#;
         let page = decode_page(body.as_bytes(), SizeUnit::Gib).unwrap();
         let item = &page.items[0];
-        let fields: Vec<_> = item.invalid_fields().collect();
-        assert_eq!(fields, Field::ALL);
+        assert_eq!(invalid(item), Field::ALL);
         assert_eq!(item.status, Status::Unknown);
         assert_eq!(item.size_bytes, 0);
+        assert_eq!(item.created_ms, None);
+        for odd in [
+            r#""id":{"value":"a1"}"#,
+            r#""id":"  ""#,
+            r#""id":1.5"#,
+            r#""imageType":["Linux"]"#,
+            r#""imageSize":true"#,
+            r#""imageSize":"-1""#,
+            r#""imageSize":1e400"#,
+            r#""datacenterKey":"""#,
+            r#""status":"1.5""#,
+            r#""createTime":"yesterday""#,
+        ] {
+            let item = one_item(item_with(odd).as_bytes());
+            assert_eq!(invalid(&item).len(), 1, "{odd}");
+        }
+    }
+
+    #[test]
+    fn an_item_without_an_id_counts_and_is_marked() {
+        let page = decode(
+            &page_of(r#"{"imageType":"Linux","imageSize":"1","datacenterKey":"HZ","status":1,"createTime":1708330251000}"#),
+            SizeUnit::Gib,
+            NOW_MS,
+        )
+        .unwrap();
+        let [item] = &page.items[..] else { panic!() };
+        assert_eq!(item.id, None);
+        assert_eq!(invalid(item), [Field::Id]);
+        assert_eq!(item.size_bytes, 1 << 30);
     }
 
     #[test]
@@ -716,6 +563,20 @@ mod tests {
         let e =
             decode_page(br#"{"code":0,"success":false,"data":null}"#, SizeUnit::Gib).unwrap_err();
         assert!(matches!(e, WireError::Api { code: 0, .. }));
+        // An error answer's `data` may be anything.
+        let e = decode_page(
+            br#"{"code":"500","data":"none","msg":"busy\u0007 now"}"#,
+            SizeUnit::Gib,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e,
+            WireError::Api {
+                code: 500,
+                msg: "busy now".into(),
+                trace_id: None
+            }
+        );
     }
 
     #[test]
@@ -724,15 +585,13 @@ mod tests {
             "data":null,"totalCounts":0},"success":true}"#;
         let page = decode_page(body.as_bytes(), SizeUnit::Gib).unwrap();
         assert_eq!((page.total, page.items.len()), (0, 0));
-        let body = r#"{"code":0,"data":{"totalCounts":2,"data":[
-            {"id":"a","imageType":"W\u0069n","tags":{"x":["y"]},"datacenterKey":"HZ","status":1,"imageSize":1,"createTime":1},
-            {"id":"b","imageType":"Win","datacenterKey":"HZ","status":1,"imageSize":1,"createTime":1}]}}"#;
-        let page = decode_page(body.as_bytes(), SizeUnit::Gib).unwrap();
-        let [a, b] = &page.items[..] else { panic!() };
-        assert_eq!((&*a.image_type, a.invalid), ("Win", 0));
-        assert!(
-            Arc::ptr_eq(&a.image_type, &b.image_type),
-            "one label per page"
+        let body = page_of(&item_with(
+            r#""imageType":"W\u0069n\"s\"","tags":{"x":["y"]}"#,
+        ));
+        let page = decode(&body, SizeUnit::Gib, NOW_MS).unwrap();
+        assert_eq!(
+            (&*page.items[0].image_type, page.items[0].invalid),
+            ("Win\"s\"", 0)
         );
     }
 
@@ -741,22 +600,242 @@ mod tests {
         for body in [
             &b"not json"[..],
             br#"{"code":0,"success":true,"data":{"data":[]"#,
-            br#"{"code":0,"success":true}"#,
-            br#"{"code":0,"data":{"data":[]}}"#,
             br#"{"code":0,"data":{"data":[],"totalCounts":-1}}"#,
+            br#"{"code":0,"data":{"data":[],"totalCounts":1.5}}"#,
             br#"{"code":"zero","data":{"data":[],"totalCounts":0}}"#,
+            br#"{"code":0,"success":"yes","data":{"data":[],"totalCounts":0}}"#,
             br#"{"data":{"data":[],"totalCounts":0}}"#,
             br#"{"code":0,"data":{"data":[],"totalCounts":0,"totalCounts":1}}"#,
             br#"{"code":0,"data":{"data":[],"totalCounts":0}} trailing"#,
-            b"{\"code\":0,\"data\":{\"data\":[],\"totalCounts\":0},\"msg\":\"\xff\"}",
+            br#"{"code":0,"data":{"data":[1],"totalCounts":1}}"#,
+            br#"{"code":0,"data":"none"}"#,
+            b"{\"code\":0,\xff\"data\":{\"data\":[],\"totalCounts\":0}}",
             br#"[]"#,
+            b"",
         ] {
-            let e = decode_page(body, SizeUnit::Gib).unwrap_err();
-            assert!(
-                matches!(e, WireError::Decode(_)),
-                "{}: {e:?}",
-                String::from_utf8_lossy(body)
+            decode_error(body);
+        }
+    }
+
+    /// SPEC: a page must hold `data.data` (an array) and `data.totalCounts`; without
+    /// them the pass fails, naming what is missing, instead of publishing nothing.
+    #[test]
+    fn a_page_without_its_array_or_total_names_what_is_missing() {
+        for (body, names) in [
+            (r#"{"code":0,"success":true}"#, "`data`"),
+            (r#"{"code":0,"success":true,"data":null}"#, "`data`"),
+            (
+                r#"{"code":0,"data":{"list":[{"id":"a"}],"totalCounts":1}}"#,
+                "`data.data`, the item array, is missing",
+            ),
+            (
+                r#"{"code":0,"data":{"totalCounts":0}}"#,
+                "`data.data`, the item array, is missing",
+            ),
+            (
+                r#"{"code":0,"data":{"data":null,"totalCounts":3}}"#,
+                "`data.data` is null",
+            ),
+            (
+                r#"{"code":0,"data":{"data":{"id":"a"},"totalCounts":1}}"#,
+                "`data` is not a page",
+            ),
+            (
+                r#"{"code":0,"data":{"data":[]}}"#,
+                "`data.totalCounts` is missing",
+            ),
+            (
+                r#"{"code":0,"data":{"data":[],"totalCounts":null}}"#,
+                "`data.totalCounts` is missing",
+            ),
+            (
+                r#"{"code":0,"data":{"data":[],"totalCounts":"many"}}"#,
+                "`data.totalCounts` is not a count",
+            ),
+        ] {
+            let msg = decode_error(body.as_bytes());
+            assert!(msg.contains(names), "{body}: {msg}");
+        }
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let mut body = BOM.to_vec();
+        body.extend_from_slice(SEED_EXAMPLE.as_bytes());
+        let page = decode_page(&body, SizeUnit::Gib).unwrap();
+        assert_eq!(page.items[0].invalid, 0);
+        // Only at the start.
+        let mut body = SEED_EXAMPLE.as_bytes().to_vec();
+        body.extend_from_slice(BOM);
+        decode_error(&body);
+    }
+
+    /// Bytes that are not UTF-8 (here a Latin-1 `é`) in a field the aggregates don't
+    /// read change nothing; in one they read, they read as U+FFFD and mark it.
+    #[test]
+    fn bytes_that_are_not_utf8_fail_no_page() {
+        let clean = one_item(item_with(r#""imageName":"cafe""#).as_bytes());
+        for unused in [
+            &b"\"imageName\":\"caf\xe9\""[..],
+            b"\"imageId\":\"\xff\xfe\"",
+            b"\"unknown\":[\"\xc3\"]",
+        ] {
+            let body = replace_lossy(
+                item_with(&String::from_utf8_lossy(unused)).as_bytes(),
+                unused,
+            );
+            assert_eq!(
+                one_item(&body),
+                clean,
+                "{}",
+                String::from_utf8_lossy(unused)
             );
         }
+        let mut body = page_of(&item_with(r#""imageName":"cafe""#));
+        body.splice(..0, b"{\"msg\":\"\xe9\",\"x\":".iter().copied());
+        body.push(b'}');
+        assert!(decode_page(&body, SizeUnit::Gib).is_err(), "outer object");
+        for (used, field, read) in [
+            (&b"\"id\":\"a\xe91\""[..], Field::Id, "a\u{FFFD}1"),
+            (
+                b"\"imageType\":\"Linu\xe9\"",
+                Field::ImageType,
+                "Linu\u{FFFD}",
+            ),
+            (
+                b"\"datacenterKey\":\"H\xe9Z\"",
+                Field::DatacenterKey,
+                "H\u{FFFD}Z",
+            ),
+            (b"\"imageSize\":\"1\xe9\"", Field::ImageSize, ""),
+            (b"\"status\":\"\xe9\"", Field::Status, ""),
+            (b"\"createTime\":\"\xe9\"", Field::CreateTime, ""),
+        ] {
+            let body = replace_lossy(item_with(&String::from_utf8_lossy(used)).as_bytes(), used);
+            let item = one_item(&body);
+            assert_eq!(invalid(&item), [field], "{}", String::from_utf8_lossy(used));
+            match field {
+                Field::Id => assert!(item.id.is_some(), "read lossily, still an id"),
+                Field::ImageType => assert_eq!(&*item.image_type, read),
+                Field::DatacenterKey => assert_eq!(item.datacenter_key.as_deref(), Some(read)),
+                _ => {}
+            }
+        }
+    }
+
+    /// `item_with` takes text; the bytes under test are not text. This puts `raw`
+    /// back in place of its lossy form.
+    fn replace_lossy(body: &[u8], raw: &[u8]) -> Vec<u8> {
+        let lossy = String::from_utf8_lossy(raw).into_owned().into_bytes();
+        let at = body
+            .windows(lossy.len())
+            .position(|w| w == lossy)
+            .expect("the field is in the body");
+        let mut out = body[..at].to_vec();
+        out.extend_from_slice(raw);
+        out.extend_from_slice(&body[at + lossy.len()..]);
+        out
+    }
+
+    /// A lone surrogate escape is valid JSON text but no character: serde_json
+    /// refuses it in a string it reads as text. It fails no page either.
+    #[test]
+    fn a_lone_surrogate_escape_fails_no_page() {
+        let clean = one_item(item_with(r#""imageName":"x""#).as_bytes());
+        for unused in [
+            r#""imageName":"\ud800""#,
+            r#""imageName":"a\udc00b""#,
+            r#""imageId":"\ud83d\u0041""#,
+        ] {
+            assert_eq!(one_item(item_with(unused).as_bytes()), clean, "{unused}");
+        }
+        for (used, field) in [
+            (r#""id":"a\ud800""#, Field::Id),
+            (r#""imageType":"\udfff""#, Field::ImageType),
+            (r#""datacenterKey":"HZ\ud800""#, Field::DatacenterKey),
+            (r#""imageSize":"\ud800""#, Field::ImageSize),
+        ] {
+            let item = one_item(item_with(used).as_bytes());
+            assert_eq!(invalid(&item), [field], "{used}");
+        }
+        // The surrogate's three WTF-8 bytes read as three U+FFFD.
+        let item = one_item(item_with(r#""imageType":"\udfff""#).as_bytes());
+        assert_eq!(&*item.image_type, "\u{FFFD}".repeat(3));
+        // A pair is one character, read exactly.
+        let item = one_item(item_with(r#""imageType":"rocket \ud83d\ude80""#).as_bytes());
+        assert_eq!((&*item.image_type, item.invalid), ("rocket 🚀", 0));
+        // In the envelope's text, too.
+        let e = decode_page(
+            br#"{"code":1,"msg":"\ud800 down","traceId":"\udc00"}"#,
+            SizeUnit::Gib,
+        )
+        .unwrap_err();
+        assert!(matches!(e, WireError::Api { code: 1, .. }), "{e:?}");
+    }
+
+    /// Why the used fields go through [`RawValue`]: serde_json refuses both kinds of
+    /// bad string when it reads them as text, and skips them when it ignores them.
+    #[test]
+    fn serde_json_refuses_bad_strings_only_when_it_reads_them_as_text() {
+        for bad in [&b"\"caf\xe9\""[..], br#""\ud800""#] {
+            assert!(serde_json::from_slice::<String>(bad).is_err());
+            assert!(serde_json::from_slice::<IgnoredAny>(bad).is_ok());
+        }
+        assert!(serde_json::from_slice::<&RawValue>(br#""\ud800""#).is_ok());
+        assert!(serde_json::from_slice::<&RawValue>(b"\"caf\xe9\"").is_err());
+    }
+
+    /// SPEC: a `createTime` before 2000-01-01 or more than a day ahead is invalid and
+    /// left out, so seconds taken for milliseconds, or the year 287,000, never
+    /// become the oldest image.
+    #[test]
+    fn create_times_out_of_range_are_marked_and_left_out() {
+        let day = 24 * 3600 * 1000;
+        for (created, kept) in [
+            ("1708330251000", true),
+            ("946684800000", true),
+            ("946684799999", false),
+            ("1708330251", false),
+            ("\"1708330251\"", false),
+            ("0", false),
+            ("9000000000000000", false),
+            ("9.2e18", false),
+            (&(NOW_MS + day).to_string(), true),
+            (&(NOW_MS + day + 1).to_string(), false),
+        ] {
+            let item = one_item(item_with(&format!(r#""createTime":{created}"#)).as_bytes());
+            if kept {
+                assert_eq!(item.created_ms, Some(created.parse().unwrap()));
+                assert_eq!(item.invalid, 0, "{created}");
+            } else {
+                assert_eq!(item.created_ms, None, "{created}");
+                assert_eq!(invalid(&item), [Field::CreateTime], "{created}");
+            }
+        }
+        // Checked against the real clock by the public entry point.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        for (created, kept) in [(now - day, true), (now + 2 * day, false)] {
+            let body = page_of(&item_with(&format!(r#""createTime":{created}"#)));
+            let page = decode_page(&body, SizeUnit::Gib).unwrap();
+            assert_eq!(page.items[0].created_ms.is_some(), kept, "{created}");
+        }
+    }
+
+    #[test]
+    fn long_or_odd_envelope_text_is_shortened_for_logs() {
+        let long = "x".repeat(1000);
+        let body = format!(r#"{{"code":1,"msg":"{long}","traceId":"{long}"}}"#);
+        let Err(WireError::Api { msg, trace_id, .. }) = decode_page(body.as_bytes(), SizeUnit::Gib)
+        else {
+            panic!()
+        };
+        assert_eq!((msg.len(), trace_id.unwrap().len()), (200, 128));
+        let body = format!(r#"{{"code":0,"data":{{"data":[],"totalCounts":"{long}"}}}}"#);
+        assert!(decode_error(body.as_bytes()).len() < 100);
+        let body = format!(r#"{{"code":0,"data":{{"data":"{long}","totalCounts":1}}}}"#);
+        assert!(decode_error(body.as_bytes()).len() <= 300 * 4);
     }
 }
