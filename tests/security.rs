@@ -816,10 +816,16 @@ async fn a_redirect_to_another_origin_does_not_get_the_token() {
 
 /// Runs the real binary until it exits on its own; returns (status, stdout, stderr).
 fn run_to_exit(args: &[&str]) -> (i32, String, String) {
+    run_to_exit_with_env(args, &[])
+}
+
+/// [`run_to_exit`] with extra environment variables.
+fn run_to_exit_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_finovy-image-exporter"))
         .args(["--web.listen-address", "127.0.0.1:0"])
         .args(args)
         .env("FINOVY_ACCESS_TOKEN", TOKEN)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1049,5 +1055,67 @@ async fn the_token_appears_in_no_output_in_any_security_scenario() {
                 "{format}/{scenario}: the token is in a page"
             );
         }
+    }
+}
+
+/// The secret of the flag cases below: distinctive, so that a leak cannot hide.
+const FLAG_SECRET: &str = "fLaG-Sec-7Hq2-never-echo";
+
+#[test]
+fn a_rejected_api_url_header_or_param_is_not_echoed_on_stderr() {
+    let s = FLAG_SECRET;
+    let url_cases = [
+        format!("http://scraper:{s}@api.example"),
+        format!("https://{s}@api.example/"),
+        format!("http://api.example/?token={s}"),
+        format!("ftp://user:{s}@api.example"),
+        format!("http://user:{s}@[::1"),
+        format!("no url at all {s}"),
+    ];
+    let mut cases: Vec<(Vec<String>, Vec<(&str, String)>, &str)> = Vec::new();
+    for url in &url_cases {
+        cases.push((vec!["--api.url".into(), url.clone()], vec![], "--api.url"));
+        cases.push((vec![], vec![("FINOVY_API_URL", url.clone())], "--api.url"));
+    }
+    for header in [
+        format!("X-Api-Key={s}\u{7}"),
+        format!("Authorization: Bearer {s}=x"),
+        format!("{s}"),
+    ] {
+        cases.push((
+            vec!["--api.header".into(), header.clone()],
+            vec![],
+            "--api.header",
+        ));
+        cases.push((vec![], vec![("FINOVY_API_HEADER", header)], "--api.header"));
+    }
+    for param in [
+        format!("page={s}"),
+        format!("key={s}\u{1}"),
+        format!("{s}\u{1}=x"),
+        format!("{s}"),
+    ] {
+        cases.push((
+            vec!["--api.param".into(), param.clone()],
+            vec![],
+            "--api.param",
+        ));
+        cases.push((vec![], vec![("FINOVY_API_PARAM", param)], "--api.param"));
+    }
+    for (args, env, flag) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (code, stdout, stderr) = run_to_exit_with_env(&args, &env);
+        let what = format!(
+            "{args:?} {:?}",
+            env.iter().map(|(k, _)| k).collect::<Vec<_>>()
+        );
+        assert_eq!(code, 2, "{what}: exit status; stderr:\n{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{what}: {stderr}");
+        assert!(stderr.contains(flag), "{what}: the flag is named: {stderr}");
+        assert!(
+            !stderr.contains(s) && !stdout.contains(s),
+            "{what}: the secret is echoed: {stderr}"
+        );
     }
 }
