@@ -17,7 +17,7 @@
 //! - [`scheduler`]: the refresh loop, which [`app`] runs on a thread of its own.
 //! - [`telemetry`]: the exporter's own metrics.
 //! - [`routes`] and [`server`]: what each path answers, and the listener.
-//! - [`web_config`]: `--web.config.file` (TLS, basic auth, headers) and its reloading.
+//! - [`web_config`]: `--web.config.file` (TLS, basic auth, headers, rate limit) and its reloading.
 //! - [`app`]: wiring a [`config::Config`] into a running exporter.
 //! - [`sim`]: a simulator of the upstream API, for `--demo` and tests.
 //! - [`logging`]: log set-up.

@@ -6,7 +6,8 @@
 //! from the first scrape.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::aggregate::Field;
@@ -26,6 +27,9 @@ pub struct Telemetry {
     pub refresh_failures: IntCounterVec,
     /// `finovy_pagination_anomalies_total{datacenter_key,kind}`.
     pub pagination_anomalies: IntCounterVec,
+    /// `finovy_web_config_last_reload_successful`: 0 while the last change of
+    /// `--web.config.file` could not be loaded, else 1.
+    pub web_config_last_reload_successful: IntGauge,
 }
 
 impl Telemetry {
@@ -85,6 +89,12 @@ impl Telemetry {
         build_info
             .with_label_values(&[crate::VERSION, crate::REVISION])
             .set(1);
+        let web_config_last_reload_successful = IntGauge::new(
+            "finovy_web_config_last_reload_successful",
+            "Whether the last change of --web.config.file was loaded (0: the previous configuration is still in force).",
+        )
+        .expect("valid metric");
+        web_config_last_reload_successful.set(1);
         for field in Field::ALL {
             invalid_items.with_label_values(&[field.label()]);
         }
@@ -96,6 +106,7 @@ impl Telemetry {
             Box::new(refresh_failures.clone()),
             Box::new(pagination_anomalies.clone()),
             Box::new(build_info),
+            Box::new(web_config_last_reload_successful.clone()),
         ] {
             registry
                 .register(collector)
@@ -114,6 +125,7 @@ impl Telemetry {
             invalid_items,
             refresh_failures,
             pagination_anomalies,
+            web_config_last_reload_successful,
         }
     }
 

@@ -18,6 +18,7 @@ pub const METRIC_FAMILIES: &[&str] = &[
     "finovy_api_request_duration_seconds",
     "finovy_api_invalid_items_total",
     "finovy_exporter_build_info",
+    "finovy_web_config_last_reload_successful",
 ];
 
 /// The families among them that are histograms.
