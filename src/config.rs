@@ -27,8 +27,8 @@ pub struct Config {
     #[arg(long = "web.telemetry-path", env = "FINOVY_WEB_TELEMETRY_PATH", default_value = "/metrics", value_parser = parse_telemetry_path)]
     pub telemetry_path: String,
 
-    /// Exporter-toolkit web configuration file (TLS, basic auth, headers).
-    #[arg(long = "web.config.file", env = "FINOVY_WEB_CONFIG_FILE")]
+    /// Exporter-toolkit web configuration file (TLS, basic auth, headers); empty means none.
+    #[arg(long = "web.config.file", env = "FINOVY_WEB_CONFIG_FILE", value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from))]
     pub web_config_file: Option<PathBuf>,
 
     /// Concurrent HTTP requests served at most; beyond that the answer is 503.
