@@ -1138,3 +1138,56 @@ fn a_rejected_api_url_header_or_param_is_not_echoed_on_stderr() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_reload_shows_in_finovy_web_config_last_reload_successful() {
+    let dir = Scratch::new("reload-metric");
+    let headers = "http_server_config:\n  headers:\n    X-Frame-Options: deny\n";
+    let web = dir.write("web.yml", headers);
+    let process =
+        ExporterProcess::spawn(&["--demo", "--web.config.file", web.to_str().unwrap()], &[]);
+    let client = plain_client();
+    let gauge = || async {
+        let body = client
+            .get(process.url("/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        parse_metrics(&body)
+            .get("finovy_web_config_last_reload_successful")
+            .copied()
+    };
+    assert_eq!(gauge().await, Some(1.0));
+
+    dir.write(
+        "web.yml",
+        "http_server_config:\n  headers:\n    X-Frame-Options: \"\"\n",
+    );
+    wait_for("the failed reload in the metric", DEADLINE, || async {
+        (gauge().await? == 0.0).then_some(())
+    })
+    .await;
+    assert!(
+        process
+            .output()
+            .iter()
+            .any(|l| l.contains("cannot reload --web.config.file") && l.contains("X-Frame-Options")),
+        "{:?}",
+        process.output()
+    );
+    let resp = client.get(process.url("/metrics")).send().await.unwrap();
+    assert_eq!(
+        resp.headers()["x-frame-options"],
+        "deny",
+        "the last good file"
+    );
+
+    dir.write("web.yml", format!("{headers}# fixed\n"));
+    wait_for("the good reload in the metric", DEADLINE, || async {
+        (gauge().await? == 1.0).then_some(())
+    })
+    .await;
+}

@@ -647,32 +647,33 @@ async fn server_valid_tls_config_with_tls_1_1_client() {
     );
 }
 
+/// Every TLS 1.2 and 1.3 suite Go and rustls both implement.
+const SHARED_SUITES: &str = "    - TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256\n    - TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384\n    - TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256\n    - TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384\n    - TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256\n    - TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256\n    - TLS_AES_128_GCM_SHA256\n    - TLS_AES_256_GCM_SHA384\n    - TLS_CHACHA20_POLY1305_SHA256\n";
+
 #[tokio::test]
-async fn server_valid_tls_config_with_all_ciphers() {
-    // Every suite Go and rustls both implement (the CBC ones are a departure).
-    let yaml = verify_if_given(
-        "  cipher_suites:\n    - TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256\n    - TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384\n    - TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256\n    - TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384\n    - TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256\n    - TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256\n    - TLS_AES_128_GCM_SHA256\n    - TLS_AES_256_GCM_SHA384\n    - TLS_CHACHA20_POLY1305_SHA256\n",
-    );
-    let served = start("all-ciphers", &yaml).await.unwrap();
+async fn departure_server_valid_tls_config_with_all_ciphers() {
+    // The toolkit's list ends with four ECDHE CBC suites, which rustls has not.
+    let yaml = verify_if_given(&format!(
+        "  cipher_suites:\n{SHARED_SUITES}    - TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA\n    - TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA\n    - TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA\n    - TLS_ECDHE_RSA_WITH_AES_256_CBC_SHA\n"
+    ));
+    refused(
+        "all-ciphers",
+        &yaml,
+        "tls_server_config.cipher_suites: 'TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA' is not offered by rustls",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn server_valid_tls_config_with_all_ciphers_rustls_offers() {
+    let yaml = verify_if_given(&format!("  cipher_suites:\n{SHARED_SUITES}"));
+    let served = start("all-rustls-ciphers", &yaml).await.unwrap();
     ok(&Client::tls(), &served).await;
     let tls12 = Client {
         versions: Some(TLS12_ONLY),
         ..Client::tls()
     };
     ok(&tls12, &served).await;
-}
-
-#[tokio::test]
-async fn departure_cbc_suites_are_refused_by_name() {
-    let yaml = verify_if_given(
-        "  cipher_suites:\n    - TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256\n    - TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA\n",
-    );
-    refused(
-        "cbc",
-        &yaml,
-        "tls_server_config.cipher_suites: 'TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA' is not offered by rustls",
-    )
-    .await;
 }
 
 /// The toolkit's "some ciphers" file: two ECDHE_RSA suites, TLS 1.2 only.
@@ -984,6 +985,39 @@ async fn server_client_allowed_sans_present_invalid_san_dns_entries() {
     // 1.2, at the first read with TLS 1.3 (the client's last flight).
     let err = handshake_fails(&client, &served).await;
     assert!(err.contains("AccessDenied"), "{err}");
+}
+
+#[tokio::test]
+async fn departure_tls10_and_tls11_are_refused_by_name() {
+    for version in ["TLS10", "TLS11"] {
+        for key in ["min_version", "max_version"] {
+            refused(
+                &format!("old-tls-{key}-{version}"),
+                &verify_if_given(&format!("  {key}: {version}\n")),
+                &format!("tls_server_config.{key}: {version} is not supported"),
+            )
+            .await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn departure_http2_is_refused_by_name() {
+    // HTTP/2 is not served: asking for it with TLS is refused; without TLS the
+    // toolkit serves HTTP/1.1 too, so the setting is accepted there.
+    refused(
+        "http2-on",
+        &format!(
+            "{}http_server_config:\n  http2: true\n",
+            verify_if_given("")
+        ),
+        "http_server_config.http2: HTTP/2 is not served",
+    )
+    .await;
+    let served = start("http2-plain", "http_server_config:\n  http2: true\n")
+        .await
+        .unwrap();
+    ok(&Client::default(), &served).await;
 }
 
 #[tokio::test]

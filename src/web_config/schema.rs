@@ -247,7 +247,12 @@ fn read_sources_into(path: &Path, fp: &mut digest::Context) -> Result<Sources, W
         }
     };
     feed(fp, &text);
-    sources_from_text(&text, path.parent().unwrap_or(Path::new(".")), fp)
+    // `web.yml` has the parent "", which names no directory to watch.
+    let dir = path
+        .parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    sources_from_text(&text, dir, fp)
 }
 
 /// Parses the file's text and reads the files it names, relative to `dir`.
