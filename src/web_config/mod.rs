@@ -15,11 +15,11 @@
 //! tests are reproduced in `tests/toolkit.rs`); `docs/security.md` lists what
 //! differs and why. The parts:
 //!
-//! - [`schema`]: the YAML as Go's strict decoding reads it, and reading the files it names;
-//! - [`tls`]: versions, suites, curves, client certificates and `client_allowed_sans`;
-//! - [`auth`]: `basic_auth_users` and the cache of verified credentials;
-//! - [`rate_limit`]: the token bucket behind `rate_limit`;
-//! - [`reload`]: watching the files and publishing the configuration in force.
+//! - `schema`: the YAML as Go's strict decoding reads it, and reading the files it names;
+//! - `tls`: versions, suites, curves, client certificates and `client_allowed_sans`;
+//! - `auth`: `basic_auth_users` and the cache of verified credentials;
+//! - `rate_limit`: the token bucket behind `rate_limit`;
+//! - `reload`: watching the files and publishing the configuration in force.
 
 mod auth;
 mod rate_limit;
