@@ -30,6 +30,10 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(3);
 /// it is over rather than half-written.
 const SETTLE: Duration = Duration::from_millis(30);
 
+/// Most quiet times awaited in a row: in a directory where some other file
+/// changes all the time, the files are still read this often (about 0.3 s).
+const SETTLE_ROUNDS: usize = 10;
+
 /// Read access to the configuration in force; cheap to clone.
 #[derive(Clone)]
 pub struct WebConfigHandle {
@@ -120,7 +124,11 @@ impl WebConfigWatcher {
             tokio::select! {
                 _ = &mut shutdown => return,
                 _ = changed.notified() => {
-                    while tokio::time::timeout(SETTLE, changed.notified()).await.is_ok() {}
+                    for _ in 0..SETTLE_ROUNDS {
+                        if tokio::time::timeout(SETTLE, changed.notified()).await.is_err() {
+                            break;
+                        }
+                    }
                 }
                 _ = tokio::time::sleep(self.poll_interval) => {}
             }
