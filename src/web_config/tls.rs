@@ -11,7 +11,7 @@
 //! at all (TLS 1.0 and 1.1, CBC and static-RSA suites, P-521) is refused with an
 //! error naming the setting.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use rustls::crypto::{ring as ring_provider, CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
@@ -279,17 +279,22 @@ fn parse_cas(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, WebConfigError>
 }
 
 /// The CAs of the system (what Go's `x509.SystemCertPool` reads): where an
-/// organisation installs the CA that issues its client certificates.
-fn system_roots(warnings: &mut Vec<String>) -> RootCertStore {
-    let found = rustls_native_certs::load_native_certs();
-    let mut roots = RootCertStore::empty();
-    roots.add_parsable_certificates(found.certs);
+/// organisation installs the CA that issues its client certificates. Read once
+/// per process, as Go reads them, so that a reload does not read the whole
+/// system store again.
+fn system_roots(warnings: &mut Vec<String>) -> Arc<RootCertStore> {
+    static SYSTEM: OnceLock<Arc<RootCertStore>> = OnceLock::new();
+    let roots = SYSTEM.get_or_init(|| {
+        let mut roots = RootCertStore::empty();
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        Arc::new(roots)
+    });
     if roots.is_empty() {
         warnings.push(
             "tls_server_config: no client_ca_file and no system CA certificates found, so every client certificate is refused".into(),
         );
     }
-    roots
+    Arc::clone(roots)
 }
 
 fn client_verifier(
@@ -340,15 +345,14 @@ fn client_verifier(
                         )
                     })?;
                 }
-                roots
+                Arc::new(roots)
             }
             None => system_roots(warnings),
         };
         if !roots.is_empty() {
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(provider))
-                    .build()
-                    .map_err(|e| invalid(FIELD, format!("cannot build the verifier: {e}")))?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(roots, Arc::clone(provider))
+                .build()
+                .map_err(|e| invalid(FIELD, format!("cannot build the verifier: {e}")))?;
             // Like Go, name the configured CAs to the client, not the system's.
             if !anchors.is_empty() {
                 hints = verifier.root_hint_subjects().to_vec();
