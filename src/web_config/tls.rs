@@ -619,6 +619,68 @@ mod tests {
         }
     }
 
+    fn certificate(sans: Vec<rcgen::SanType>, ca: bool) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.subject_alt_names = sans;
+        if ca {
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        }
+        params.not_before = rcgen::date_time_ymd(2030, 1, 1);
+        params.not_after = rcgen::date_time_ymd(2031, 1, 1);
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn allowed_sans_match_every_kind_of_name_as_go_writes_it() {
+        use rcgen::SanType;
+        let cert = certificate(
+            vec![
+                SanType::DnsName("scraper.example".try_into().unwrap()),
+                SanType::Rfc822Name("ops@example.net".try_into().unwrap()),
+                SanType::IpAddress("10.1.2.3".parse().unwrap()),
+                SanType::IpAddress("2001:db8::7".parse().unwrap()),
+                SanType::URI("spiffe://example/prometheus".try_into().unwrap()),
+            ],
+            false,
+        );
+        for name in [
+            "scraper.example",
+            "ops@example.net",
+            "10.1.2.3",
+            "2001:db8::7",
+            "spiffe://example/prometheus",
+        ] {
+            assert!(check_sans(&cert, &[name.to_string()]).is_ok(), "{name}");
+        }
+        for name in ["other.example", "10.1.2.4", "2001:0db8::7", ""] {
+            assert!(check_sans(&cert, &[name.to_string()]).is_err(), "{name}");
+        }
+        assert!(
+            check_sans(&cert, &[]).is_err(),
+            "an empty list allows no one"
+        );
+    }
+
+    #[test]
+    fn a_trust_anchor_as_client_must_be_valid_now() {
+        let cert = certificate(Vec::new(), true);
+        // 1 June 2029, 2030 and 2032; the certificate is valid during 2030.
+        let at = |seconds| UnixTime::since_unix_epoch(std::time::Duration::from_secs(seconds));
+        assert!(check_anchor_as_client(&cert, at(1_906_502_400)).is_ok());
+        assert!(matches!(
+            check_anchor_as_client(&cert, at(1_874_966_400)),
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidYet
+            ))
+        ));
+        assert!(matches!(
+            check_anchor_as_client(&cert, at(1_969_660_800)),
+            Err(rustls::Error::InvalidCertificate(CertificateError::Expired))
+        ));
+    }
+
     #[test]
     fn http2_rules_follow_go() {
         let tls12 = &rustls::version::TLS12;
