@@ -3,10 +3,10 @@
 //!
 //! exporter-toolkit decodes the file with `yaml.v2`'s `UnmarshalStrict`: unknown
 //! and repeated keys are errors, booleans may be spelled the YAML 1.1 way
-//! (`yes`, `no`, `on`, `off`), a string field takes any scalar (`X-XSS-Protection: 1`),
-//! and a duration is a Go duration string or a number of nanoseconds. The types
-//! here follow those rules, so that a file written for any other exporter means
-//! the same here.
+//! (`yes`, `no`, `on`, `off`), a string field takes any scalar (`X-XSS-Protection: 1`,
+//! which serde_yaml_ng also reads as text), and a duration is a Go duration
+//! string or a number of nanoseconds. The types here follow those rules, so that
+//! a file written for any other exporter means the same here.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -37,21 +37,15 @@ pub(super) struct RawConfig {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawTls {
-    #[serde(default, deserialize_with = "scalar_string")]
     pub cert: Option<String>,
-    #[serde(default, deserialize_with = "scalar_string")]
     pub key: Option<String>,
-    #[serde(default, deserialize_with = "scalar_string")]
     pub client_ca: Option<String>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub client_ca_file: Option<PathBuf>,
-    #[serde(default, deserialize_with = "scalar_string")]
     pub client_auth_type: Option<String>,
     pub client_allowed_sans: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "scalar_string")]
     pub min_version: Option<String>,
-    #[serde(default, deserialize_with = "scalar_string")]
     pub max_version: Option<String>,
     pub cipher_suites: Option<Vec<String>>,
     #[serde(default, deserialize_with = "yaml11_bool")]
@@ -97,8 +91,7 @@ impl RawTls {
 }
 
 /// A string map that refuses a key given twice (as Go's strict YAML decoding
-/// does): a user listed twice is a mistake, not a second password. Values may be
-/// any scalar, as a Go `map[string]string` takes them.
+/// does): a user listed twice is a mistake, not a second password.
 #[derive(Default)]
 pub(super) struct UniqueMap(pub BTreeMap<String, String>);
 
@@ -115,8 +108,7 @@ impl<'de> Deserialize<'de> for UniqueMap {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut access: A) -> Result<UniqueMap, A::Error> {
                 let mut map = BTreeMap::new();
-                while let Some((key, Scalar(value))) = access.next_entry::<Scalar, Scalar>()? {
-                    let key = key.0;
+                while let Some((key, value)) = access.next_entry::<String, String>()? {
                     if map.contains_key(&key) {
                         return Err(de::Error::custom(format!("duplicate key '{key}'")));
                     }
@@ -129,48 +121,10 @@ impl<'de> Deserialize<'de> for UniqueMap {
     }
 }
 
-/// Any YAML scalar, as text: what a Go `string` field accepts.
-struct Scalar(String);
-
-impl<'de> Deserialize<'de> for Scalar {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct ScalarVisitor;
-        impl Visitor<'_> for ScalarVisitor {
-            type Value = Scalar;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
-            }
-            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
-            }
-            fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
-            }
-            fn visit_unit<E: de::Error>(self) -> Result<Scalar, E> {
-                Ok(Scalar(String::new()))
-            }
-        }
-        deserializer.deserialize_any(ScalarVisitor)
-    }
-}
-
-fn scalar_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    Ok(Option::<Scalar>::deserialize(d)?.map(|s| s.0))
-}
-
 /// A boolean as YAML 1.1 (and so `yaml.v2`) spells it: `true`/`false`, and also
 /// `yes`/`no`, `on`/`off`, `y`/`n`, in lower, title or upper case.
 fn yaml11_bool<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
-    let Some(Scalar(text)) = Option::<Scalar>::deserialize(d)? else {
+    let Some(text) = Option::<String>::deserialize(d)? else {
         return Ok(None);
     };
     let spelled = |words: &[&str]| {
@@ -199,7 +153,7 @@ fn title_case(word: &str) -> String {
 /// A Go duration: a string such as `1s`, `500ms` or `1m30s`, or a number of
 /// nanoseconds (how `yaml.v2` reads a bare integer into a `time.Duration`).
 fn go_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let Scalar(text) = Scalar::deserialize(d)?;
+    let text = String::deserialize(d)?;
     if let Ok(nanos) = text.parse::<u64>() {
         return Ok(Duration::from_nanos(nanos));
     }
