@@ -298,6 +298,22 @@ mod tests {
     }
 
     #[test]
+    fn yaml_errors_do_not_repeat_the_values_they_reject() {
+        for yaml in [
+            "basic_auth_users: s3cr3t-value\n",
+            "basic_auth_users:\n  alice:\n    s3cr3t-value: 1\n",
+            "tls_server_config: \"s3cr3t-value\"\n",
+            "rate_limit:\n  burst: s3cr3t-value\n",
+        ] {
+            let e = err(yaml);
+            assert!(e.starts_with("invalid YAML: "), "{e}");
+            assert!(!e.contains("s3cr3t"), "{e}");
+        }
+        // Field names are still named.
+        assert!(err("tls_server_config:\n  cert_fil: x\n").contains("`cert_fil`"));
+    }
+
+    #[test]
     fn yaml_1_1_booleans_are_read_as_go_reads_them() {
         for (word, value) in [
             ("no", false),

@@ -298,6 +298,14 @@ fn parse_yaml(text: &[u8]) -> Result<RawConfig, WebConfigError> {
     serde_yaml_ng::from_str(text).map_err(|e| WebConfigError::Yaml(one_line(&e.to_string())))
 }
 
+/// The YAML error on one line, without the values it quotes: serde quotes a
+/// value of the wrong type (`invalid type: string "…", expected a map`), and
+/// that value may be a password or a key written in the wrong place. Field
+/// names are quoted with backticks and stay.
 fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
+    let mut out = String::with_capacity(s.len());
+    for (i, part) in s.split('"').enumerate() {
+        out.push_str(if i % 2 == 1 { "\"…\"" } else { part });
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
