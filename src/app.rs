@@ -90,7 +90,12 @@ impl Exporter {
     /// Loads the web config, reads the token, binds the listener and, with
     /// `--demo`, starts the simulator.
     pub async fn start(mut config: Config) -> Result<Self, StartError> {
-        let web_config = match &config.web_config_file {
+        // An empty path means no web configuration, as in exporter-toolkit.
+        let web_config_file = config
+            .web_config_file
+            .as_ref()
+            .filter(|path| !path.as_os_str().is_empty());
+        let web_config = match web_config_file {
             Some(path) => {
                 let watcher =
                     WebConfigWatcher::load(path).map_err(|source| StartError::WebConfig {
@@ -100,7 +105,7 @@ impl Exporter {
                 let current = watcher.handle().current();
                 tracing::info!(
                     file = %path.display(),
-                    tls = current.tls().is_some(),
+                    tls = current.is_tls(),
                     basic_auth = current.basic_auth().is_some(),
                     "loaded --web.config.file"
                 );
@@ -155,6 +160,9 @@ impl Exporter {
                 telemetry.clone(),
             )?;
         }
+        let web_config = web_config.map(|watcher| {
+            watcher.with_reload_gauge(telemetry.web_config_last_reload_successful.clone())
+        });
         let state = Arc::new(State::new());
         let liveness = Liveness::new();
         let limits = Limits {

@@ -27,8 +27,8 @@ pub struct Config {
     #[arg(long = "web.telemetry-path", env = "FINOVY_WEB_TELEMETRY_PATH", default_value = "/metrics", value_parser = parse_telemetry_path)]
     pub telemetry_path: String,
 
-    /// Exporter-toolkit web configuration file (TLS, basic auth, headers).
-    #[arg(long = "web.config.file", env = "FINOVY_WEB_CONFIG_FILE")]
+    /// Exporter-toolkit web configuration file (TLS, basic auth, headers); empty means none.
+    #[arg(long = "web.config.file", env = "FINOVY_WEB_CONFIG_FILE", value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from))]
     pub web_config_file: Option<PathBuf>,
 
     /// Concurrent HTTP requests served at most; beyond that the answer is 503.
@@ -218,6 +218,19 @@ fn exit_with(err: clap::Error) -> ! {
     ) {
         err.exit();
     }
+    // clap repeats the rejected value in its message, and a value can hold a
+    // secret (a URL with `user:password@`, a header or parameter value). The
+    // parsers' own messages never do, so only they are printed, after the flag.
+    if err.kind() == ErrorKind::ValueValidation {
+        use clap::error::{ContextKind, ContextValue};
+        if let (Some(ContextValue::String(arg)), Some(reason)) = (
+            err.get(ContextKind::InvalidArg),
+            std::error::Error::source(&err),
+        ) {
+            eprintln!("error: invalid value for '{arg}': {reason}");
+            std::process::exit(2);
+        }
+    }
     let rendered = err.render().to_string();
     let line = rendered
         .lines()
@@ -277,17 +290,21 @@ fn parse_telemetry_path(s: &str) -> Result<String, String> {
 }
 
 fn parse_base_url(s: &str) -> Result<Url, String> {
-    let url = Url::parse(s).map_err(|e| format!("'{s}' is not a URL ({e})"))?;
+    // The URL is never repeated: a mistyped one may still carry a password.
+    let url = Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("'{s}' must be an http or https URL"));
+        return Err("must be an http or https URL".to_string());
     }
     if url.host_str().is_none() {
-        return Err(format!("'{s}' has no host"));
+        return Err("the URL has no host".to_string());
     }
-    if url.query().is_some() || !url.username().is_empty() || url.password().is_some() {
-        return Err(format!(
-            "'{s}' must not carry a query or credentials; use --api.param and --api.header"
-        ));
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "must not carry credentials (user:password@); send them with --api.header".into(),
+        );
+    }
+    if url.query().is_some() {
+        return Err("must not carry a query; use --api.param".to_string());
     }
     Ok(url)
 }
@@ -347,8 +364,9 @@ impl fmt::Debug for ExtraHeader {
 
 fn parse_header(s: &str) -> Result<ExtraHeader, String> {
     let (k, v) = split_key_value(s)?;
+    // An invalid name is not repeated: it may be a whole `Name: secret` line.
     let name = HeaderName::from_bytes(k.trim().as_bytes())
-        .map_err(|_| format!("'{}' is not a valid header name", k.trim()))?;
+        .map_err(|_| "the part before '=' is not a valid header name".to_string())?;
     if name == crate::upstream::TOKEN_HEADER {
         return Err("the token header is set from the token, not from --api.header".into());
     }
@@ -372,8 +390,13 @@ fn parse_param(s: &str) -> Result<(String, String), String> {
     if reserved.contains(&k) {
         return Err(format!("'{k}' is set by the exporter itself"));
     }
-    if k.chars().chain(v.chars()).any(char::is_control) {
-        return Err(format!("parameter '{k}' contains control characters"));
+    if k.chars().any(char::is_control) {
+        return Err("a parameter name contains control characters".into());
+    }
+    if v.chars().any(char::is_control) {
+        return Err(format!(
+            "the value of parameter '{k}' contains control characters"
+        ));
     }
     Ok((k.to_string(), v.to_string()))
 }

@@ -23,7 +23,7 @@
 //! - [`telemetry`]: the exporter's process-wide metrics (a `prometheus` registry).
 //! - [`exposition`]: the `/metrics` body, encoded once per change or second.
 //! - [`routes`] and [`server`]: what each path answers, and the listener.
-//! - [`web_config`]: `--web.config.file` (TLS, basic auth, headers) and its reloading.
+//! - [`web_config`]: `--web.config.file` (TLS, basic auth, headers, rate limit) and its reloading.
 //! - [`healthcheck`]: the `healthcheck` subcommand, for container health checks.
 //! - [`app`]: wiring a [`config::Config`] into a running exporter.
 //! - [`sim`]: a simulator of the upstream API, for `--demo` and tests.

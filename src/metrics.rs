@@ -168,6 +168,14 @@ pub const SHARD_INFO: Family = Family {
     labels: &["shard", "total_shards"],
 };
 
+/// `finovy_web_config_last_reload_successful`.
+pub const WEB_CONFIG_RELOAD: Family = Family {
+    name: "finovy_web_config_last_reload_successful",
+    kind: Kind::Gauge,
+    help: "Whether the last change of --web.config.file was loaded (0: the previous configuration is still in force).",
+    labels: &[],
+};
+
 /// `finovy_exporter_build_info`.
 pub const BUILD_INFO: Family = Family {
     name: "finovy_exporter_build_info",
@@ -194,6 +202,7 @@ pub const ALL: &[Family] = &[
     API_INVALID_ITEMS,
     API_CONCURRENCY_LIMIT,
     SHARD_INFO,
+    WEB_CONFIG_RELOAD,
     BUILD_INFO,
 ];
 

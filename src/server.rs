@@ -6,10 +6,12 @@
 //! request head (slowloris), heads are capped in size, and on shutdown the
 //! listener is dropped at once while requests in flight get [`DRAIN_TIMEOUT`] to
 //! finish. With a [`WebConfigHandle`], each new connection takes the TLS
-//! configuration in force when it is accepted, and each request the users and
-//! headers in force when it arrives; every path, `/healthz` included, is behind
-//! basic auth, as with exporter-toolkit. What each path answers lives in
-//! [`crate::routes`].
+//! configuration in force when it is accepted (client certificates, with
+//! `client_allowed_sans`, are checked in the handshake), and each request the
+//! rate limit, users and headers in force when it arrives. As with
+//! exporter-toolkit, the rate limit comes first (beyond it the answer is 429,
+//! whoever asks), then basic auth, on every path, `/healthz` included. What each
+//! path answers lives in [`crate::routes`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -88,9 +90,7 @@ impl Server {
 
     /// Whether connections are served over TLS (decided at start).
     pub fn is_tls(&self) -> bool {
-        self.web
-            .as_ref()
-            .is_some_and(|web| web.current().tls().is_some())
+        self.web.as_ref().is_some_and(|web| web.current().is_tls())
     }
 
     /// Serves until `shutdown` completes, then stops accepting and lets requests
@@ -118,15 +118,18 @@ impl Server {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let tls = self
-                .web
-                .as_ref()
-                .and_then(|web| web.current().tls().cloned());
+            let web = self.web.as_ref().map(WebConfigHandle::current);
             let handler = Arc::clone(&handler);
             let watcher = graceful.watcher();
             let timeout = self.header_read_timeout;
-            let Some(tls) = tls else {
+            if !web.as_ref().is_some_and(|web| web.is_tls()) {
                 tokio::spawn(serve_http(stream, handler, timeout, watcher));
+                continue;
+            }
+            // TLS is on but no version is allowed (`min_version` above
+            // `max_version`): as in exporter-toolkit, no handshake succeeds.
+            let Some(tls) = web.as_ref().and_then(|web| web.tls().cloned()) else {
+                tracing::debug!("TLS min_version is above max_version; closing the connection");
                 continue;
             };
             let mut closing = closing_rx.clone();
@@ -194,10 +197,17 @@ struct Handler {
 impl Handler {
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let web = self.web.as_ref().map(WebConfigHandle::current);
+        let limit = web.as_deref().and_then(|web| web.rate_limit());
         let auth = web.as_deref().and_then(|web| web.basic_auth());
-        let mut resp = match auth {
-            Some(auth) if !auth.verify(req.headers().get(AUTHORIZATION)).await => unauthorized(),
-            _ => self.routes.handle(req).await,
+        let mut resp = if limit.is_some_and(|limit| !limit.allow()) {
+            too_many_requests()
+        } else {
+            match auth {
+                Some(auth) if !auth.verify(req.headers().get(AUTHORIZATION)).await => {
+                    unauthorized()
+                }
+                _ => self.routes.handle(req).await,
+            }
         };
         if let Some(web) = &web {
             for (name, value) in web.headers() {
@@ -206,6 +216,18 @@ impl Handler {
         }
         resp
     }
+}
+
+fn too_many_requests() -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(b"Too Many Requests\n")));
+    *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+    let headers = resp.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 fn unauthorized() -> Response<Full<Bytes>> {

@@ -29,6 +29,9 @@ pub struct Telemetry {
     /// `finovy_api_concurrency_limit{account}`.
     pub concurrency_limit: IntGaugeVec,
     shard_info: IntGaugeVec,
+    /// `finovy_web_config_last_reload_successful`: 0 while the last change of
+    /// `--web.config.file` could not be loaded, else 1.
+    pub web_config_last_reload_successful: IntGauge,
 }
 
 impl Telemetry {
@@ -60,6 +63,9 @@ impl Telemetry {
         let shard_info = IntGaugeVec::new(metrics::SHARD_INFO.opts(), metrics::SHARD_INFO.labels)
             .expect("valid metric");
         shard_info.with_label_values(&["0", "1"]).set(1);
+        let web_config_last_reload_successful =
+            IntGauge::with_opts(metrics::WEB_CONFIG_RELOAD.opts()).expect("valid metric");
+        web_config_last_reload_successful.set(1);
 
         for collector in [
             Box::new(api_requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -68,6 +74,7 @@ impl Telemetry {
             Box::new(concurrency_limit.clone()),
             Box::new(shard_info.clone()),
             Box::new(build_info),
+            Box::new(web_config_last_reload_successful.clone()),
         ] {
             registry
                 .register(collector)
@@ -86,6 +93,7 @@ impl Telemetry {
             invalid_items,
             concurrency_limit,
             shard_info,
+            web_config_last_reload_successful,
         }
     }
 

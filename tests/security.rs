@@ -195,6 +195,8 @@ fn install_server_cert(dir: &Scratch, leaf: &Leaf) {
 struct Served {
     addr: SocketAddr,
     web: Option<WebConfigHandle>,
+    /// `finovy_web_config_last_reload_successful` of this server.
+    last_reload_successful: prometheus::IntGauge,
     _stop: watch::Sender<()>,
 }
 
@@ -205,6 +207,14 @@ impl Served {
 
     fn web(&self) -> &WebConfigHandle {
         self.web.as_ref().expect("served with a web config")
+    }
+
+    /// Waits until the last reload's outcome is `ok`.
+    async fn wait_reload(&self, what: &str, ok: bool) {
+        wait_for(what, DEADLINE, || async {
+            (self.last_reload_successful.get() == i64::from(ok)).then_some(())
+        })
+        .await;
     }
 }
 
@@ -226,10 +236,13 @@ async fn serve(config: Option<&Path>, header_read_timeout: Duration) -> Served {
         }
     };
     let mut web = None;
+    let telemetry = Telemetry::new();
+    let last_reload_successful = telemetry.web_config_last_reload_successful.clone();
     if let Some(path) = config {
         let watcher = WebConfigWatcher::load(path)
             .unwrap()
-            .with_poll_interval(Duration::from_millis(50));
+            .with_poll_interval(Duration::from_millis(50))
+            .with_reload_gauge(last_reload_successful.clone());
         web = Some(watcher.handle());
         server = server.with_web_config(watcher.handle());
         tokio::spawn(watcher.run(stopped(&stop)));
@@ -237,7 +250,7 @@ async fn serve(config: Option<&Path>, header_read_timeout: Duration) -> Served {
     let addr = server.local_addr();
     let routes = Arc::new(Routes::new(
         Arc::new(State::new()),
-        Telemetry::new(),
+        telemetry,
         Liveness::new(),
         "/metrics".into(),
         40,
@@ -246,6 +259,7 @@ async fn serve(config: Option<&Path>, header_read_timeout: Duration) -> Served {
     Served {
         addr,
         web,
+        last_reload_successful,
         _stop: stop,
     }
 }
@@ -400,24 +414,22 @@ async fn rotated_certificates_are_used_by_new_handshakes() {
         || async { (presented().await? == second.der).then_some(()) },
     )
     .await;
-    assert!(served.web().reloads() >= 1);
+    assert_eq!(served.last_reload_successful.get(), 1);
 
     // A broken rotation (key missing) is refused; the last good pair stays.
-    let failed = served.web().failed_reloads();
     std::fs::remove_file(dir.path("server.key")).unwrap();
-    wait_for("the broken rotation to be noticed", DEADLINE, || async {
-        (served.web().failed_reloads() > failed).then_some(())
-    })
-    .await;
+    served
+        .wait_reload("the broken rotation to be noticed", false)
+        .await;
     assert_eq!(presented().await.unwrap(), second.der);
+    install_server_cert(&dir, &second);
+    served.wait_reload("the repaired rotation", true).await;
 
     // Turning TLS off needs a restart: a reload cannot downgrade to plain text.
-    let failed = served.web().failed_reloads();
     dir.write("web.yml", "basic_auth_users: {}\n");
-    wait_for("the TLS downgrade to be refused", DEADLINE, || async {
-        (served.web().failed_reloads() > failed).then_some(())
-    })
-    .await;
+    served
+        .wait_reload("the TLS downgrade to be refused", false)
+        .await;
     assert_eq!(presented().await.unwrap(), second.der);
 }
 
@@ -574,14 +586,19 @@ async fn an_invalid_file_later_keeps_the_last_good_configuration() {
         format!("basic_auth_users:\n  prometheus: {old}\nhttp_server_config:\n  headers:\n    Set-Cookie: a=b\n"),
         format!("basic_auth_users:\n  prometheus: {old}\nsurprise: 1\n"),
     ] {
-        let failed = served.web().failed_reloads();
         dir.write("web.yml", &broken);
-        wait_for("the invalid file to be noticed", DEADLINE, || async {
-            (served.web().failed_reloads() > failed).then_some(())
-        })
-        .await;
+        served
+            .wait_reload("the invalid file to be noticed", false)
+            .await;
         assert_eq!(status(Some("old-password")).await, 200, "{broken}");
         assert_eq!(status(None).await, 401, "{broken}");
+        // Back to the good file (with a harmless difference), so that the next
+        // broken one is noticed as a new failure.
+        dir.write(
+            "web.yml",
+            format!("{}# {broken:?}\n", basic_yaml("prometheus", &old)),
+        );
+        served.wait_reload("the good file again", true).await;
     }
 
     // A valid change is picked up without a restart.
@@ -592,7 +609,7 @@ async fn an_invalid_file_later_keeps_the_last_good_configuration() {
     })
     .await;
     assert_eq!(status(Some("old-password")).await, 401);
-    assert_eq!(served.web().reloads(), 1);
+    assert_eq!(served.last_reload_successful.get(), 1);
 }
 
 // ---------------------------------------------------------------------------
@@ -816,10 +833,16 @@ async fn a_redirect_to_another_origin_does_not_get_the_token() {
 
 /// Runs the real binary until it exits on its own; returns (status, stdout, stderr).
 fn run_to_exit(args: &[&str]) -> (i32, String, String) {
+    run_to_exit_with_env(args, &[])
+}
+
+/// [`run_to_exit`] with extra environment variables.
+fn run_to_exit_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_finovy-image-exporter"))
         .args(["--web.listen-address", "127.0.0.1:0"])
         .args(args)
         .env("FINOVY_ACCESS_TOKEN", TOKEN)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -870,8 +893,8 @@ fn an_invalid_file_at_start_exits_2_with_one_line_naming_the_flag() {
         ),
         (
             "client auth",
-            tls_yaml("  client_auth_type: RequireAndVerifyClientCert\n"),
-            "needs client_ca_file",
+            tls_yaml("  client_auth_type: Sometimes\n"),
+            "invalid ClientAuth",
         ),
         (
             "missing cert",
@@ -891,7 +914,7 @@ fn an_invalid_file_at_start_exits_2_with_one_line_naming_the_flag() {
         (
             "header",
             "http_server_config:\n  headers:\n    Server: x\n".into(),
-            "cannot be configured",
+            "can not be configured",
         ),
     ];
     for (what, yaml, expected) in cases {
@@ -1050,4 +1073,121 @@ async fn the_token_appears_in_no_output_in_any_security_scenario() {
             );
         }
     }
+}
+
+/// The secret of the flag cases below: distinctive, so that a leak cannot hide.
+const FLAG_SECRET: &str = "fLaG-Sec-7Hq2-never-echo";
+
+#[test]
+fn a_rejected_api_url_header_or_param_is_not_echoed_on_stderr() {
+    let s = FLAG_SECRET;
+    let url_cases = [
+        format!("http://scraper:{s}@api.example"),
+        format!("https://{s}@api.example/"),
+        format!("http://api.example/?token={s}"),
+        format!("ftp://user:{s}@api.example"),
+        format!("http://user:{s}@[::1"),
+        format!("no url at all {s}"),
+    ];
+    /// Arguments, environment, and the flag the error must name.
+    type Case = (Vec<String>, Vec<(&'static str, String)>, &'static str);
+    let mut cases: Vec<Case> = Vec::new();
+    for url in &url_cases {
+        cases.push((vec!["--api.url".into(), url.clone()], vec![], "--api.url"));
+        cases.push((vec![], vec![("FINOVY_API_URL", url.clone())], "--api.url"));
+    }
+    for header in [
+        format!("X-Api-Key={s}\u{7}"),
+        format!("Authorization: Bearer {s}=x"),
+        s.to_string(),
+    ] {
+        cases.push((
+            vec!["--api.header".into(), header.clone()],
+            vec![],
+            "--api.header",
+        ));
+        cases.push((vec![], vec![("FINOVY_API_HEADER", header)], "--api.header"));
+    }
+    for param in [
+        format!("page={s}"),
+        format!("key={s}\u{1}"),
+        format!("{s}\u{1}=x"),
+        s.to_string(),
+    ] {
+        cases.push((
+            vec!["--api.param".into(), param.clone()],
+            vec![],
+            "--api.param",
+        ));
+        cases.push((vec![], vec![("FINOVY_API_PARAM", param)], "--api.param"));
+    }
+    for (args, env, flag) in &cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (code, stdout, stderr) = run_to_exit_with_env(&args, &env);
+        let what = format!(
+            "{args:?} {:?}",
+            env.iter().map(|(k, _)| k).collect::<Vec<_>>()
+        );
+        assert_eq!(code, 2, "{what}: exit status; stderr:\n{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{what}: {stderr}");
+        assert!(stderr.contains(flag), "{what}: the flag is named: {stderr}");
+        assert!(
+            !stderr.contains(s) && !stdout.contains(s),
+            "{what}: the secret is echoed: {stderr}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_reload_shows_in_finovy_web_config_last_reload_successful() {
+    let dir = Scratch::new("reload-metric");
+    let headers = "http_server_config:\n  headers:\n    X-Frame-Options: deny\n";
+    let web = dir.write("web.yml", headers);
+    let process =
+        ExporterProcess::spawn(&["--demo", "--web.config.file", web.to_str().unwrap()], &[]);
+    let client = plain_client();
+    let gauge = || async {
+        let body = client
+            .get(process.url("/metrics"))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        parse_metrics(&body)
+            .get("finovy_web_config_last_reload_successful")
+            .copied()
+    };
+    assert_eq!(gauge().await, Some(1.0));
+
+    dir.write(
+        "web.yml",
+        "http_server_config:\n  headers:\n    X-Frame-Options: \"\"\n",
+    );
+    wait_for("the failed reload in the metric", DEADLINE, || async {
+        (gauge().await? == 0.0).then_some(())
+    })
+    .await;
+    assert!(
+        process
+            .output()
+            .iter()
+            .any(|l| l.contains("cannot reload --web.config.file") && l.contains("X-Frame-Options")),
+        "{:?}",
+        process.output()
+    );
+    let resp = client.get(process.url("/metrics")).send().await.unwrap();
+    assert_eq!(
+        resp.headers()["x-frame-options"],
+        "deny",
+        "the last good file"
+    );
+
+    dir.write("web.yml", format!("{headers}# fixed\n"));
+    wait_for("the good reload in the metric", DEADLINE, || async {
+        (gauge().await? == 1.0).then_some(())
+    })
+    .await;
 }
