@@ -15,9 +15,8 @@
 //! Each [`FaultRule`] is scoped to some accounts, some datacenters, a page, the
 //! next N requests or a share of them; its [`FaultAction`] (the `kind`) delays,
 //! replaces or bends the answer. For every request the rules are tried in
-//! order, and [`Faults::apply`] folds the ones in scope into an [`Effects`]:
-//! any number of delays and bends, and at most one action that replaces the
-//! whole answer.
+//! order, and the ones in scope fold into what happens to it: any number of
+//! delays and bends, and at most one action that replaces the whole answer.
 
 use std::time::Duration;
 

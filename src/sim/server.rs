@@ -301,7 +301,8 @@ fn frame(body: Vec<u8>, fault: Option<&FaultAction>) -> Response<SimBody> {
             let (mut head, tail) = open_array(body);
             let mut n = 0u64;
             while head.len() + tail.len() < *bytes {
-                push_item(&mut head, &page::filler_item(n));
+                open_item(&mut head);
+                page::push_filler(&mut head, n);
                 n += 1;
             }
             head.extend_from_slice(tail);
@@ -309,12 +310,13 @@ fn frame(body: Vec<u8>, fault: Option<&FaultAction>) -> Response<SimBody> {
         }
         Some(FaultAction::Endless) => {
             let (mut head, _) = open_array(body);
-            push_item(&mut head, &page::filler_item(0));
+            open_item(&mut head);
+            page::push_filler(&mut head, 0);
             let mut chunk = Vec::with_capacity(ENDLESS_CHUNK + 512);
             let mut n = 1u64;
             while chunk.len() < ENDLESS_CHUNK {
                 chunk.push(b',');
-                chunk.extend_from_slice(&page::filler_item(n));
+                page::push_filler(&mut chunk, n);
                 n += 1;
             }
             SimBody(BodyKind::Endless(Some(head.into()), chunk.into()))
@@ -339,12 +341,11 @@ fn open_array(mut body: Vec<u8>) -> (Vec<u8>, &'static [u8]) {
     }
 }
 
-/// Appends an item to an open array, after a comma unless it is the first.
-fn push_item(array: &mut Vec<u8>, item: &[u8]) {
+/// Makes room for one more item in an open array: a comma, unless it is the first.
+fn open_item(array: &mut Vec<u8>) {
     if array.last() != Some(&b'[') {
         array.push(b',');
     }
-    array.extend_from_slice(item);
 }
 
 fn half(body: Vec<u8>) -> Bytes {
