@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::secret::TokenSource;
-use crate::upstream::{ClientConfig, Filters};
+use crate::upstream::{ClientConfig, Filters, UpstreamTls};
 
 /// The name of the one account the flags describe.
 pub const DEFAULT_ACCOUNT: &str = "default";
@@ -63,6 +63,13 @@ impl Account {
                 },
                 size_unit: config.image_size_unit,
                 max_retries: config.max_retries,
+                tls: UpstreamTls {
+                    ca_file: config.tls_ca_file.clone(),
+                    cert_file: config.tls_cert_file.clone(),
+                    key_file: config.tls_key_file.clone(),
+                    insecure_skip_verify: config.tls_insecure_skip_verify,
+                },
+                proxy_url: config.proxy_url.clone(),
             },
             concurrency: config.api_concurrency,
             requests_per_second: 0.0,

@@ -51,9 +51,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
-    /// The HTTP client cannot be built.
-    #[error("cannot build the HTTP client: {0}")]
-    Client(#[from] reqwest::Error),
+    /// The upstream client cannot be built from its settings (exit status 2).
+    #[error("{0}")]
+    Client(#[from] crate::upstream::ClientError),
     /// The sharding flags do not name a shard (exit status 2).
     #[error("{0}")]
     Shard(String),
@@ -69,7 +69,8 @@ impl StartError {
             StartError::WebConfig { .. }
             | StartError::TokenFile(_)
             | StartError::Token(_)
-            | StartError::Shard(_) => 2,
+            | StartError::Shard(_)
+            | StartError::Client(_) => 2,
             _ => 1,
         }
     }
@@ -250,6 +251,16 @@ impl Exporter {
 /// Warns when the token would travel unencrypted: an `http://` API URL, or an
 /// `http://` proxy from the environment for an `http://` URL.
 fn warn_if_cleartext(config: &Config) {
+    if config.tls_insecure_skip_verify {
+        tracing::warn!(
+            "--api.tls.insecure-skip-verify: the upstream's certificate is not checked; anyone on the path can read the token"
+        );
+    }
+    if let Some(proxy) = &config.proxy_url {
+        if proxy.scheme() == "http" && config.api_url.scheme() == "http" {
+            tracing::warn!("--api.proxy-url is http:// and so is --api.url: the access token reaches the proxy in clear text");
+        }
+    }
     if config.demo || config.api_url.scheme() != "http" {
         return;
     }

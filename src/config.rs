@@ -71,6 +71,29 @@ pub struct Config {
     #[arg(long = "api.param", env = "FINOVY_API_PARAM", hide_env_values = true, value_delimiter = ',', value_parser = parse_param)]
     pub api_params: Vec<(String, String)>,
 
+    /// PEM file of the CA that signed the upstream's certificate (a private CA).
+    #[arg(long = "api.tls.ca-file", env = "FINOVY_API_TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate for an upstream that asks for one (with --api.tls.key-file).
+    #[arg(long = "api.tls.cert-file", env = "FINOVY_API_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM key of --api.tls.cert-file.
+    #[arg(long = "api.tls.key-file", env = "FINOVY_API_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// Accept any upstream certificate (insecure; for tests only; logged at start).
+    #[arg(
+        long = "api.tls.insecure-skip-verify",
+        env = "FINOVY_API_TLS_INSECURE_SKIP_VERIFY"
+    )]
+    pub tls_insecure_skip_verify: bool,
+
+    /// Proxy for every upstream request [default: HTTPS_PROXY, HTTP_PROXY, NO_PROXY].
+    #[arg(long = "api.proxy-url", env = "FINOVY_API_PROXY_URL", hide_env_values = true, value_parser = parse_proxy_url)]
+    pub proxy_url: Option<Url>,
+
     /// Unit of the upstream `imageSize` field.
     #[arg(
         long = "api.image-size-unit",
@@ -305,6 +328,18 @@ fn parse_base_url(s: &str) -> Result<Url, String> {
     }
     if url.query().is_some() {
         return Err("must not carry a query; use --api.param".to_string());
+    }
+    Ok(url)
+}
+
+fn parse_proxy_url(s: &str) -> Result<Url, String> {
+    // The value may carry proxy credentials: never echo it.
+    let url = Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
+    if !matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h") {
+        return Err("must be an http, https or socks5 URL".into());
+    }
+    if url.host_str().is_none() {
+        return Err("has no host".into());
     }
     Ok(url)
 }

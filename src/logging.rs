@@ -15,8 +15,17 @@ pub fn init(level: LogLevel, format: LogFormat) {
     } else {
         tracing::Level::WARN
     };
+    // rustls logs every refused certificate at error level, once per try; the
+    // exporter's own `refresh failed` line already says it (reason `tls`), so
+    // the library speaks only at debug.
+    let tls_library = if level >= tracing::Level::DEBUG {
+        LevelFilter::from_level(level)
+    } else {
+        LevelFilter::OFF
+    };
     let filter = tracing_subscriber::filter::Targets::new()
         .with_default(LevelFilter::from_level(deps))
+        .with_target("rustls", tls_library)
         .with_target(env!("CARGO_CRATE_NAME"), LevelFilter::from_level(level));
     let registry = tracing_subscriber::registry().with(filter);
     match format {

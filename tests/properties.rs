@@ -475,6 +475,8 @@ impl Upstream {
             filters: Filters::default(),
             size_unit: SizeUnit::Gib,
             max_retries: 0,
+            tls: Default::default(),
+            proxy_url: None,
         };
         let telemetry = Telemetry::new();
         Pager {

@@ -28,7 +28,7 @@ use super::paging::{Collected, Pager};
 use crate::account::{Account, TargetKey};
 use crate::state::{Outcome, State};
 use crate::telemetry::Telemetry;
-use crate::upstream::{ApiClient, Budget, FetchError};
+use crate::upstream::{ApiClient, Budget, ClientError, FetchError};
 
 /// Cleared when the scheduler's loop ends for any reason (a panic included), so
 /// `/healthz` can tell.
@@ -125,7 +125,7 @@ impl Scheduler {
     }
 
     /// Builds what an account's passes share: its client and budget.
-    fn runtime(&self, account: Account) -> Result<Arc<AccountRuntime>, reqwest::Error> {
+    fn runtime(&self, account: Account) -> Result<Arc<AccountRuntime>, ClientError> {
         let client = ApiClient::new(
             &account.name,
             account.client.clone(),
@@ -151,7 +151,7 @@ impl Scheduler {
     /// owns): new ones start and are registered (not ready until their first pass);
     /// removed ones stop, and their series vanish at once; those whose account did
     /// not change keep running untouched. Must be called within a Tokio runtime.
-    pub fn apply(&mut self, accounts: Vec<Account>) -> Result<(), reqwest::Error> {
+    pub fn apply(&mut self, accounts: Vec<Account>) -> Result<(), ClientError> {
         // Build every new client first, so a failure changes nothing.
         let mut next: HashMap<String, Arc<AccountRuntime>> = HashMap::new();
         for account in accounts {

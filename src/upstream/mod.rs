@@ -65,6 +65,51 @@ pub struct ClientConfig {
     pub size_unit: SizeUnit,
     /// Retries after a retryable failure.
     pub max_retries: u32,
+    /// How the upstream's certificate is checked, and our own client certificate.
+    pub tls: UpstreamTls,
+    /// A proxy for every request; `None`: `HTTPS_PROXY`/`HTTP_PROXY`/`NO_PROXY`.
+    pub proxy_url: Option<Url>,
+}
+
+/// TLS settings for the upstream (`--api.tls.*`, `api.tls` in the file), named as
+/// Prometheus' own HTTP client configuration names them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// PEM file of the CA(s) that signed the upstream's certificate (a private CA),
+    /// trusted in addition to the system's.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// PEM client certificate, for an upstream that asks for one.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// PEM key of the client certificate.
+    pub key_file: Option<std::path::PathBuf>,
+    /// Accept any certificate (logged as a warning at start): for tests only.
+    pub insecure_skip_verify: bool,
+}
+
+/// Why a client cannot be built from its settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// A TLS file cannot be read.
+    #[error("{flag}: cannot read {}: {source}", path.display())]
+    File {
+        /// The flag (or file key) that names it.
+        flag: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A setting reqwest refuses (a certificate that is not PEM, a bad proxy).
+    #[error("{flag}: {source}")]
+    Invalid {
+        /// The flag (or file key) at fault.
+        flag: &'static str,
+        /// What reqwest said.
+        source: reqwest::Error,
+    },
+    /// Only one of the client certificate and its key was given.
+    #[error("--api.tls.cert-file and --api.tls.key-file go together: give both or neither")]
+    HalfIdentity,
 }
 
 impl ClientConfig {
@@ -93,7 +138,7 @@ impl ApiClient {
         config: ClientConfig,
         idle_connections: u32,
         telemetry: Telemetry,
-    ) -> Result<Self, reqwest::Error> {
+    ) -> Result<Self, ClientError> {
         crate::install_crypto_provider();
         let origin = config.url.origin();
         let redirect = reqwest::redirect::Policy::custom(move |attempt| {
@@ -103,12 +148,24 @@ impl ApiClient {
                 attempt.follow()
             }
         });
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .user_agent(concat!("finovy-image-exporter/", env!("CARGO_PKG_VERSION")))
             .redirect(redirect)
             .connect_timeout(config.timeout)
-            .pool_max_idle_per_host(idle_connections as usize)
-            .build()?;
+            .pool_max_idle_per_host(idle_connections as usize);
+        builder = with_tls(builder, &config.tls)?;
+        if let Some(proxy) = &config.proxy_url {
+            let proxy =
+                reqwest::Proxy::all(proxy.as_str()).map_err(|source| ClientError::Invalid {
+                    flag: "--api.proxy-url",
+                    source: source.without_url(),
+                })?;
+            builder = builder.proxy(proxy);
+        }
+        let http = builder.build().map_err(|source| ClientError::Invalid {
+            flag: "--api.url",
+            source: source.without_url(),
+        })?;
         let mut extra_headers = HeaderMap::new();
         for h in &config.headers {
             extra_headers.append(h.name.clone(), h.value.clone());
@@ -315,6 +372,50 @@ impl ApiClient {
             FetchError::Connect(msg)
         }
     }
+}
+
+/// Applies the upstream TLS settings to a client builder.
+fn with_tls(
+    mut builder: reqwest::ClientBuilder,
+    tls: &UpstreamTls,
+) -> Result<reqwest::ClientBuilder, ClientError> {
+    let read = |flag: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|source| ClientError::File {
+            flag,
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    if let Some(path) = &tls.ca_file {
+        let pem = read("--api.tls.ca-file", path)?;
+        let certs =
+            reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| ClientError::Invalid {
+                flag: "--api.tls.ca-file",
+                source,
+            })?;
+        for cert in certs {
+            builder = builder.add_root_certificate(cert);
+        }
+    }
+    match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => {
+            let mut pem = read("--api.tls.cert-file", cert)?;
+            pem.push(b'\n');
+            pem.extend(read("--api.tls.key-file", key)?);
+            let identity =
+                reqwest::Identity::from_pem(&pem).map_err(|source| ClientError::Invalid {
+                    flag: "--api.tls.cert-file",
+                    source,
+                })?;
+            builder = builder.identity(identity);
+        }
+        (None, None) => {}
+        _ => return Err(ClientError::HalfIdentity),
+    }
+    if tls.insecure_skip_verify {
+        builder = builder.danger_accept_invalid_certs(true);
+    }
+    Ok(builder)
 }
 
 /// Whether an error in a transport error's chain comes from rustls: a refused
