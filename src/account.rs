@@ -106,6 +106,65 @@ impl Account {
     }
 }
 
+/// Which targets this replica refreshes: those whose stable hash of
+/// `account/datacenter_key` modulo `total` is `index` (kube-state-metrics' rule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This replica's shard, `0..total`.
+    pub index: u32,
+    /// The number of shards.
+    pub total: u32,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard { index: 0, total: 1 }
+    }
+}
+
+impl Shard {
+    /// The shard the flags name: `--shard` or `--shard.from-pod-name`, out of
+    /// `--total-shards`; the error names the flag and the fix.
+    pub fn from_flags(config: &Config) -> Result<Self, String> {
+        let index = match &config.shard_from_pod_name {
+            Some(name) => name
+                .rsplit_once('-')
+                .and_then(|(_, n)| n.parse::<u32>().ok())
+                .ok_or_else(|| {
+                    format!(
+                        "--shard.from-pod-name: '{name}' does not end in -N, as a StatefulSet pod name does (e.g. finovy-image-exporter-2)"
+                    )
+                })?,
+            None => config.shard,
+        };
+        if index >= config.total_shards {
+            return Err(format!(
+                "--shard: shard {index} does not exist with --total-shards {}; shards count from 0 to {}",
+                config.total_shards,
+                config.total_shards - 1
+            ));
+        }
+        Ok(Shard {
+            index,
+            total: config.total_shards,
+        })
+    }
+
+    /// Whether this replica refreshes `key`.
+    pub fn owns(&self, key: &TargetKey) -> bool {
+        self.total <= 1
+            || stable_hash(&key.to_string()) % u64::from(self.total) == u64::from(self.index)
+    }
+}
+
+/// FNV-1a, 64 bits: the same on every replica, version and platform (std's
+/// hasher is randomly keyed per process, so it cannot be used for sharding).
+fn stable_hash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// What one target refreshes: a datacenter of an account, or (without a
 /// datacenter) one discovery pass over all of the account's datacenters.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -144,5 +203,36 @@ impl fmt::Display for TargetKey {
             self.account,
             self.datacenter.as_deref().unwrap_or("")
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_target_belongs_to_exactly_one_shard() {
+        let keys: Vec<TargetKey> = (0..200)
+            .map(|i| TargetKey::datacenter(&format!("acct{}", i % 17), &format!("DC{i}")))
+            .chain((0..17).map(|i| TargetKey::discovery(&format!("acct{i}"))))
+            .collect();
+        let total = 3;
+        let mut per_shard = [0usize; 3];
+        for key in &keys {
+            let owners: Vec<u32> = (0..total)
+                .filter(|&index| Shard { index, total }.owns(key))
+                .collect();
+            assert_eq!(owners.len(), 1, "{key} owned by {owners:?}");
+            per_shard[owners[0] as usize] += 1;
+        }
+        assert!(per_shard.iter().all(|&n| n > 30), "{per_shard:?}");
+    }
+
+    #[test]
+    fn the_shard_hash_is_stable() {
+        // FNV-1a of "default/HZ": fixed, so every replica and version agrees.
+        assert_eq!(stable_hash("default/HZ"), stable_hash("default/HZ"));
+        assert_eq!(stable_hash(""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(stable_hash("a"), 0xaf63_dc4c_8601_ec8c);
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::account::Account;
+use crate::account::{Account, Shard};
 use crate::config::Config;
 use crate::routes::Routes;
 use crate::secret::{Token, TokenError, TokenSource};
@@ -171,8 +171,8 @@ impl Exporter {
             datacenters: config.limit_datacenters as usize,
             label_length: config.limit_label_length as usize,
         };
-        let shard = config.shard().map_err(StartError::Shard)?;
-        telemetry.set_shard(shard);
+        let shard = Shard::from_flags(&config).map_err(StartError::Shard)?;
+        telemetry.set_shard(shard.index, shard.total);
         let scheduler = Scheduler::new(Arc::clone(&state), telemetry.clone(), limits, shard);
         let routes = Arc::new(Routes::new(
             state,

@@ -13,7 +13,7 @@ use clap::{Parser, ValueEnum};
 use reqwest::header::{HeaderName, HeaderValue};
 use url::Url;
 
-use crate::aggregate::Status;
+use crate::labels::Status;
 
 /// The exporter's configuration, parsed from flags and `FINOVY_*` variables.
 #[derive(Debug, Clone, Parser)]
@@ -193,33 +193,6 @@ impl Config {
             Ok(config) => config,
             Err(err) => exit_with(err),
         }
-    }
-
-    /// The shard this replica refreshes, from `--shard` or `--shard.from-pod-name`
-    /// and `--total-shards`; the error names the flag and the fix.
-    pub fn shard(&self) -> Result<crate::target::Shard, String> {
-        let index = match &self.shard_from_pod_name {
-            Some(name) => name
-                .rsplit_once('-')
-                .and_then(|(_, n)| n.parse::<u32>().ok())
-                .ok_or_else(|| {
-                    format!(
-                        "--shard.from-pod-name: '{name}' does not end in -N, as a StatefulSet pod name does (e.g. finovy-image-exporter-2)"
-                    )
-                })?,
-            None => self.shard,
-        };
-        if index >= self.total_shards {
-            return Err(format!(
-                "--shard: shard {index} does not exist with --total-shards {}; shards count from 0 to {}",
-                self.total_shards,
-                self.total_shards - 1
-            ));
-        }
-        Ok(crate::target::Shard {
-            index,
-            total: self.total_shards,
-        })
     }
 
     /// The full URL of the image list endpoint.
@@ -402,7 +375,7 @@ fn parse_header(s: &str) -> Result<ExtraHeader, String> {
     // An invalid name is not repeated: it may be a whole `Name: secret` line.
     let name = HeaderName::from_bytes(k.trim().as_bytes())
         .map_err(|_| "the part before '=' is not a valid header name".to_string())?;
-    if name == crate::upstream::TOKEN_HEADER {
+    if name == crate::secret::TOKEN_HEADER {
         return Err("the token header is set from the token, not from --api.header".into());
     }
     let mut value = HeaderValue::from_str(v.trim()).map_err(|_| {

@@ -29,6 +29,8 @@
 //! - [`sim`]: a simulator of the upstream API, for `--demo` and tests.
 //! - [`logging`]: log set-up.
 
+#![forbid(unsafe_code)]
+
 pub mod account;
 pub mod aggregate;
 pub mod app;

@@ -97,11 +97,11 @@ impl Telemetry {
         }
     }
 
-    /// Shows which shard this replica is.
-    pub fn set_shard(&self, shard: crate::target::Shard) {
+    /// Shows which shard (`index` out of `total`) this replica is.
+    pub fn set_shard(&self, index: u32, total: u32) {
         self.shard_info.reset();
         self.shard_info
-            .with_label_values(&[&shard.index.to_string(), &shard.total.to_string()])
+            .with_label_values(&[&index.to_string(), &total.to_string()])
             .set(1);
     }
 

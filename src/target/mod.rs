@@ -10,4 +10,4 @@ pub mod paging;
 pub mod schedule;
 
 pub use limits::Limits;
-pub use schedule::{Liveness, Scheduler, Shard};
+pub use schedule::{Liveness, Scheduler};

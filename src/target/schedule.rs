@@ -25,7 +25,7 @@ use tokio::time::MissedTickBehavior;
 
 use super::limits::{self, Limits};
 use super::paging::{Collected, Pager};
-use crate::account::{Account, TargetKey};
+use crate::account::{Account, Shard, TargetKey};
 use crate::state::{Outcome, State};
 use crate::telemetry::Telemetry;
 use crate::upstream::{ApiClient, Budget, ClientError, FetchError};
@@ -53,38 +53,6 @@ impl Drop for AliveGuard {
     fn drop(&mut self) {
         self.0 .0.store(false, Ordering::Relaxed);
     }
-}
-
-/// Which targets this replica refreshes: those whose stable hash of
-/// `account/datacenter_key` modulo `total` is `index` (kube-state-metrics' rule).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shard {
-    /// This replica's shard, `0..total`.
-    pub index: u32,
-    /// The number of shards.
-    pub total: u32,
-}
-
-impl Default for Shard {
-    fn default() -> Self {
-        Shard { index: 0, total: 1 }
-    }
-}
-
-impl Shard {
-    /// Whether this replica refreshes `key`.
-    pub fn owns(&self, key: &TargetKey) -> bool {
-        self.total <= 1
-            || stable_hash(&key.to_string()) % u64::from(self.total) == u64::from(self.index)
-    }
-}
-
-/// FNV-1a, 64 bits: the same on every replica, version and platform (std's
-/// hasher is randomly keyed per process, so it cannot be used for sharding).
-fn stable_hash(s: &str) -> u64 {
-    s.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 /// What every pass of one account shares.
@@ -421,36 +389,5 @@ impl TargetTask {
                 "refresh failed"
             ),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_target_belongs_to_exactly_one_shard() {
-        let keys: Vec<TargetKey> = (0..200)
-            .map(|i| TargetKey::datacenter(&format!("acct{}", i % 17), &format!("DC{i}")))
-            .chain((0..17).map(|i| TargetKey::discovery(&format!("acct{i}"))))
-            .collect();
-        let total = 3;
-        let mut per_shard = [0usize; 3];
-        for key in &keys {
-            let owners: Vec<u32> = (0..total)
-                .filter(|&index| Shard { index, total }.owns(key))
-                .collect();
-            assert_eq!(owners.len(), 1, "{key} owned by {owners:?}");
-            per_shard[owners[0] as usize] += 1;
-        }
-        assert!(per_shard.iter().all(|&n| n > 30), "{per_shard:?}");
-    }
-
-    #[test]
-    fn the_shard_hash_is_stable() {
-        // FNV-1a of "default/HZ": fixed, so every replica and version agrees.
-        assert_eq!(stable_hash("default/HZ"), stable_hash("default/HZ"));
-        assert_eq!(stable_hash(""), 0xcbf2_9ce4_8422_2325);
-        assert_eq!(stable_hash("a"), 0xaf63_dc4c_8601_ec8c);
     }
 }
