@@ -191,8 +191,8 @@ async fn exact_counts_sizes_and_oldest_per_group() {
     let mut images = dataset(1234, &["HZ", "SH", "HK"], 7);
     // Odd corners: an unlisted status code, an empty type, a fractional size,
     // a label value that needs escaping.
-    images.push(odd_image("odd-1", "HZ", "", 9, "0.50", 1_000_000));
-    images.push(odd_image("odd-2", "SH", "Win \"11\"", 0, "3.25", 5_000));
+    images.push(odd_image("odd-1", "HZ", "", 9, "0.50", 1_700_000_000_000));
+    images.push(odd_image("odd-2", "SH", "Win \"11\"", 0, "3.25", 1_700_000_005_000));
     let upstream = start_sim(images.clone(), SimOptions::default(), Faults::default()).await;
     let exporter = start_exporter(
         upstream.addr,
@@ -360,8 +360,8 @@ async fn unauthorized_in_either_style_counts_auth_failures_and_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_removed_upstream_disappears_after_the_next_refresh() {
     let mut images = dataset(300, &["HZ", "SH"], 5);
-    images.push(odd_image("sol-1", "HZ", "Solaris", 1, "1.00", 1_000));
-    images.push(odd_image("sol-2", "HZ", "Solaris", 1, "2.00", 2_000));
+    images.push(odd_image("sol-1", "HZ", "Solaris", 1, "1.00", 1_700_000_001_000));
+    images.push(odd_image("sol-2", "HZ", "Solaris", 1, "2.00", 1_700_000_002_000));
     let upstream = start_sim(images.clone(), SimOptions::default(), Faults::default()).await;
     let exporter = start_exporter(
         upstream.addr,
