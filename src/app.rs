@@ -91,6 +91,7 @@ impl Exporter {
     /// Loads the web config, reads the token, binds the listener and, with
     /// `--demo`, starts the simulator.
     pub async fn start(mut config: Config) -> Result<Self, StartError> {
+        raise_descriptor_limit();
         // An empty path means no web configuration, as in exporter-toolkit.
         let web_config_file = config
             .web_config_file
@@ -187,6 +188,7 @@ impl Exporter {
                 address: config.listen_address.to_string(),
                 source,
             })?;
+        server = server.with_max_connections(config.max_connections as usize);
         if let Some(watcher) = &web_config {
             server = server.with_web_config(watcher.handle());
         }
@@ -245,6 +247,17 @@ impl Exporter {
             let _ = tokio::time::timeout(Duration::from_secs(2), demo).await;
         }
         tracing::info!("stopped");
+    }
+}
+
+/// Raises the soft limit of open descriptors to the hard limit: the default soft
+/// limit of 1,024 is what a thousand idle clients exhaust, and with it the
+/// scrapes and the upstream client (`--web.max-connections` bounds what clients
+/// can hold; this leaves room for everything else).
+fn raise_descriptor_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open descriptor limit"),
+        Err(err) => tracing::warn!(error = %err, "cannot raise the open descriptor limit"),
     }
 }
 

@@ -35,6 +35,10 @@ pub struct Config {
     #[arg(long = "web.max-requests", env = "FINOVY_WEB_MAX_REQUESTS", default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_requests: u32,
 
+    /// Connections held at most; beyond, the oldest idle one is closed first.
+    #[arg(long = "web.max-connections", env = "FINOVY_WEB_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: u32,
+
     /// Base URL of the Finovy API.
     #[arg(long = "api.url", env = "FINOVY_API_URL", default_value = "https://client.xuandashi.com", value_parser = parse_base_url)]
     pub api_url: Url,

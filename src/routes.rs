@@ -63,6 +63,15 @@ impl Routes {
                 .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
             return resp;
         }
+        // Liveness never queues behind scrapes: probes time out in seconds, and a
+        // refused /healthz would restart a healthy exporter.
+        if req.uri().path() == "/healthz" {
+            let mut resp = self.healthz();
+            if is_head {
+                *resp.body_mut() = Full::new(Bytes::new());
+            }
+            return resp;
+        }
         let Ok(_permit) = self.limiter.try_acquire() else {
             return text(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -87,7 +96,16 @@ impl Routes {
     }
 
     fn metrics(&self, gzip: bool) -> Response<Full<Bytes>> {
-        let (body, gzipped) = self.metrics.body(gzip);
+        // Encoding a large body takes milliseconds of CPU: on the multi-threaded
+        // runtime the worker hands its other tasks (health probes, other
+        // connections) to the rest while it encodes.
+        let encode = || self.metrics.body(gzip);
+        let (body, gzipped) = match tokio::runtime::Handle::try_current()
+            .map(|h| h.runtime_flavor())
+        {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(encode),
+            _ => encode(),
+        };
         let mut builder = Response::builder()
             .header(CONTENT_TYPE, TEXT_FORMAT)
             .header(VARY, "Accept-Encoding");

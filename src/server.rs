@@ -12,11 +12,18 @@
 //! exporter-toolkit, the rate limit comes first (beyond it the answer is 429,
 //! whoever asks), then basic auth, on every path, `/healthz` included. What each
 //! path answers lives in [`crate::routes`].
+//!
+//! At most `--web.max-connections` connections are held: when a new one would go
+//! beyond, the oldest idle one (no request in flight) is closed, and if none is
+//! idle the new one is. Idle clients can then never take every descriptor from
+//! the scrapes and the upstream client.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -42,11 +49,70 @@ pub const MAX_HEADER_BYTES: usize = 16 * 1024;
 /// Time requests in flight get to finish after a shutdown signal.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Connections held at most when not configured (`--web.max-connections`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+
 /// A bound listener; [`Server::local_addr`] is known before serving starts.
 pub struct Server {
     listener: TcpListener,
     web: Option<WebConfigHandle>,
     header_read_timeout: Duration,
+    max_connections: usize,
+}
+
+/// The connections being served, oldest first, with how many requests each has
+/// in flight and a handle to close it.
+#[derive(Default)]
+struct Connections {
+    held: Mutex<BTreeMap<u64, Held>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+struct Held {
+    in_flight: Arc<AtomicUsize>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Held>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Makes room for one more connection under `max`: closes the oldest idle
+    /// one if needed. Returns false when every held connection is busy.
+    fn make_room(&self, max: usize) -> bool {
+        let mut held = self.lock();
+        if held.len() < max {
+            return true;
+        }
+        let idle = held
+            .iter()
+            .find(|(_, h)| h.in_flight.load(Ordering::Acquire) == 0)
+            .map(|(id, _)| *id);
+        match idle.and_then(|id| held.remove(&id)) {
+            Some(oldest) => {
+                oldest.task.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+}
+
+/// Removes a connection from [`Connections`] when its task ends, however it ends.
+struct Registered {
+    connections: Arc<Connections>,
+    id: u64,
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        self.connections.remove(self.id);
+    }
 }
 
 impl Server {
@@ -60,6 +126,7 @@ impl Server {
                         listener,
                         web: None,
                         header_read_timeout: HEADER_READ_TIMEOUT,
+                        max_connections: DEFAULT_MAX_CONNECTIONS,
                     })
                 }
                 Err(err) => last_err = Some(err),
@@ -71,6 +138,12 @@ impl Server {
     /// Serves with TLS, basic auth and headers as `web` says (`--web.config.file`).
     pub fn with_web_config(mut self, web: WebConfigHandle) -> Self {
         self.web = Some(web);
+        self
+    }
+
+    /// Holds at most `max` connections (`--web.max-connections`).
+    pub fn with_max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max.max(1);
         self
     }
 
@@ -103,6 +176,7 @@ impl Server {
             routes,
             web: self.web.clone(),
         });
+        let connections = Arc::new(Connections::default());
         tokio::pin!(shutdown);
         loop {
             let stream = tokio::select! {
@@ -117,23 +191,58 @@ impl Server {
                     }
                 },
             };
+            if !connections.make_room(self.max_connections) {
+                tracing::warn!(
+                    max = self.max_connections,
+                    "every connection is busy; refusing a new one (see --web.max-connections)"
+                );
+                continue;
+            }
             let _ = stream.set_nodelay(true);
             let web = self.web.as_ref().map(WebConfigHandle::current);
             let handler = Arc::clone(&handler);
             let watcher = graceful.watcher();
             let timeout = self.header_read_timeout;
-            if !web.as_ref().is_some_and(|web| web.is_tls()) {
-                tokio::spawn(serve_http(stream, handler, timeout, watcher));
-                continue;
-            }
             // TLS is on but no version is allowed (`min_version` above
             // `max_version`): as in exporter-toolkit, no handshake succeeds.
-            let Some(tls) = web.as_ref().and_then(|web| web.tls().cloned()) else {
-                tracing::debug!("TLS min_version is above max_version; closing the connection");
+            let tls = match web.as_ref().filter(|web| web.is_tls()) {
+                None => None,
+                Some(web) => match web.tls().cloned() {
+                    Some(tls) => Some(tls),
+                    None => {
+                        tracing::debug!(
+                            "TLS min_version is above max_version; closing the connection"
+                        );
+                        continue;
+                    }
+                },
+            };
+            let id = connections.next.fetch_add(1, Ordering::Relaxed);
+            let in_flight = Arc::new(AtomicUsize::new(0));
+            let conn = Conn {
+                handler,
+                in_flight: Arc::clone(&in_flight),
+                _registered: Registered {
+                    connections: Arc::clone(&connections),
+                    id,
+                },
+            };
+            // Registered under the lock, so the task cannot end and remove
+            // itself before it is inserted.
+            let mut held = connections.lock();
+            let Some(tls) = tls else {
+                let task = tokio::spawn(serve_http(stream, conn, timeout, watcher));
+                held.insert(
+                    id,
+                    Held {
+                        in_flight,
+                        task: task.abort_handle(),
+                    },
+                );
                 continue;
             };
             let mut closing = closing_rx.clone();
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 let handshake = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
                 let stream = tokio::select! {
                     _ = closing.wait_for(|closing| *closing) => return,
@@ -149,8 +258,15 @@ impl Server {
                         }
                     },
                 };
-                serve_http(stream, handler, timeout, watcher).await;
+                serve_http(stream, conn, timeout, watcher).await;
             });
+            held.insert(
+                id,
+                Held {
+                    in_flight,
+                    task: task.abort_handle(),
+                },
+            );
         }
         drop(self.listener);
         let _ = closing_tx.send(true);
@@ -165,18 +281,42 @@ impl Server {
     }
 }
 
-/// Serves HTTP/1.1 on one connection, plain or TLS.
-async fn serve_http<S>(
-    stream: S,
+/// What one connection's task holds: the handler, its count of requests in
+/// flight (0 means idle, so it may be closed to make room), and its place in
+/// [`Connections`], given back when the task ends.
+struct Conn {
     handler: Arc<Handler>,
-    header_read_timeout: Duration,
-    watcher: Watcher,
-) where
+    in_flight: Arc<AtomicUsize>,
+    _registered: Registered,
+}
+
+/// Counts a request as in flight while it is alive.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Serves HTTP/1.1 on one connection, plain or TLS.
+async fn serve_http<S>(stream: S, conn: Conn, header_read_timeout: Duration, watcher: Watcher)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Conn {
+        handler,
+        in_flight,
+        _registered,
+    } = conn;
     let service = service_fn(move |req| {
         let handler = Arc::clone(&handler);
-        async move { Ok::<_, Infallible>(handler.handle(req).await) }
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight(Arc::clone(&in_flight));
+        async move {
+            let _guard = guard;
+            Ok::<_, Infallible>(handler.handle(req).await)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

@@ -192,7 +192,14 @@ async fn exact_counts_sizes_and_oldest_per_group() {
     // Odd corners: an unlisted status code, an empty type, a fractional size,
     // a label value that needs escaping.
     images.push(odd_image("odd-1", "HZ", "", 9, "0.50", 1_700_000_000_000));
-    images.push(odd_image("odd-2", "SH", "Win \"11\"", 0, "3.25", 1_700_000_005_000));
+    images.push(odd_image(
+        "odd-2",
+        "SH",
+        "Win \"11\"",
+        0,
+        "3.25",
+        1_700_000_005_000,
+    ));
     let upstream = start_sim(images.clone(), SimOptions::default(), Faults::default()).await;
     let exporter = start_exporter(
         upstream.addr,
@@ -360,8 +367,22 @@ async fn unauthorized_in_either_style_counts_auth_failures_and_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_removed_upstream_disappears_after_the_next_refresh() {
     let mut images = dataset(300, &["HZ", "SH"], 5);
-    images.push(odd_image("sol-1", "HZ", "Solaris", 1, "1.00", 1_700_000_001_000));
-    images.push(odd_image("sol-2", "HZ", "Solaris", 1, "2.00", 1_700_000_002_000));
+    images.push(odd_image(
+        "sol-1",
+        "HZ",
+        "Solaris",
+        1,
+        "1.00",
+        1_700_000_001_000,
+    ));
+    images.push(odd_image(
+        "sol-2",
+        "HZ",
+        "Solaris",
+        1,
+        "2.00",
+        1_700_000_002_000,
+    ));
     let upstream = start_sim(images.clone(), SimOptions::default(), Faults::default()).await;
     let exporter = start_exporter(
         upstream.addr,
@@ -912,4 +933,162 @@ async fn three_shards_refresh_every_target_exactly_once_between_them() {
         }
     }
     assert_eq!(published.len(), 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_beyond_the_cap_close_the_oldest_and_scrapes_still_work() {
+    use tokio::io::AsyncReadExt;
+    let process = ExporterProcess::spawn(
+        &[
+            "--demo",
+            "--refresh.interval",
+            "1s",
+            "--web.max-connections",
+            "16",
+        ],
+        &[],
+    );
+    // 40 clients connect and never send a request.
+    let mut idle = Vec::new();
+    for _ in 0..40 {
+        idle.push(tokio::net::TcpStream::connect(process.addr).await.unwrap());
+    }
+    // A scrape still gets through: the oldest idle connections made room.
+    let (status, body) = get(&process.url("/metrics")).await;
+    assert_eq!(status, 200);
+    assert!(body.contains("finovy_exporter_build_info"));
+    // At most 16 are held: the 24 oldest were closed by the exporter.
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let mut closed = vec![false; idle.len()];
+    while closed.iter().filter(|c| **c).count() < 24 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} of the idle connections were closed",
+            closed.iter().filter(|c| **c).count()
+        );
+        for (conn, closed) in idle.iter_mut().zip(closed.iter_mut()) {
+            let mut byte = [0u8; 1];
+            if let Ok(Ok(0) | Err(_)) =
+                tokio::time::timeout(Duration::from_millis(5), conn.read(&mut byte)).await
+            {
+                *closed = true;
+            }
+        }
+    }
+    // The oldest went first.
+    assert!(closed[..8].iter().all(|c| *c), "{closed:?}");
+}
+
+#[test]
+fn the_soft_descriptor_limit_is_raised_to_the_hard_limit() {
+    let bin = env!("CARGO_BIN_EXE_finovy-image-exporter");
+    let mut child = std::process::Command::new("sh")
+        .args([
+            "-c",
+            &format!("ulimit -Sn 256 && exec '{bin}' --demo --web.listen-address 127.0.0.1:0"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let limits = format!("/proc/{}/limits", child.id());
+    let deadline = std::time::Instant::now() + DEADLINE;
+    let raised = loop {
+        let text = std::fs::read_to_string(&limits).unwrap_or_default();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .map(|l| l.split_whitespace().collect::<Vec<_>>());
+        if let Some(fields) = line {
+            // "Max open files <soft> <hard> files"
+            let (soft, hard) = (fields[3], fields[4]);
+            if soft == hard && soft != "256" {
+                break (soft.to_string(), hard.to_string());
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "still 256: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(raised.0, raised.1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probes_are_answered_while_large_scrapes_fill_every_request_slot() {
+    let types: Vec<String> = (0..3000)
+        .map(|i| format!("type-{i:04}-long-name"))
+        .collect();
+    let images = sim::generate(&sim::GenerateOptions {
+        images: 15_000,
+        datacenters: vec!["HZ".into()],
+        image_types: types,
+        seed: 10,
+        now_ms: 1_790_000_000_000,
+    });
+    let upstream = start_sim(images, SimOptions::default(), Faults::default()).await;
+    let process = ExporterProcess::spawn(
+        &[
+            "--api.url",
+            &format!("http://{}", upstream.addr),
+            "--datacenters",
+            "HZ",
+            "--api.page-size",
+            "1000",
+            "--limit.image-types",
+            "5000",
+            "--refresh.interval",
+            "1s",
+            "--web.max-requests",
+            "2",
+        ],
+        &[("FINOVY_ACCESS_TOKEN", "t0ken")],
+    );
+    wait_for("data", DEADLINE, || async {
+        get(&process.url("/metrics"))
+            .await
+            .1
+            .contains("finovy_images{")
+            .then_some(())
+    })
+    .await;
+    // Eight scrapers keep both request slots busy (the rest are refused: 503)...
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut scrapers = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let url = process.url("/metrics");
+        let stop = std::sync::Arc::clone(&stop);
+        scrapers.spawn(async move {
+            let client = reqwest::Client::new();
+            let mut statuses = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(resp) = client.get(&url).send().await {
+                    statuses.push(resp.status().as_u16());
+                    let _ = resp.bytes().await;
+                }
+            }
+            statuses
+        });
+    }
+    // ...and every health probe is answered 200 all the same.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut slowest = Duration::ZERO;
+    for _ in 0..50 {
+        let started = std::time::Instant::now();
+        let resp = client.get(process.url("/healthz")).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "a health probe was refused");
+        slowest = slowest.max(started.elapsed());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut statuses = Vec::new();
+    while let Some(done) = scrapers.join_next().await {
+        statuses.extend(done.unwrap());
+    }
+    assert!(statuses.contains(&200), "scrapes were served");
+    assert!(statuses.contains(&503), "the request slots were full");
+    eprintln!("slowest /healthz among 50 while scraping: {slowest:?}");
 }

@@ -26,10 +26,21 @@ const VOLATILE: &[&str] = &[
     "finovy_api_request_duration_seconds",
 ];
 
-/// The exposition with volatile values masked and `process_*` left out.
+/// The exposition with volatile values masked, the build's revision masked (it
+/// changes with every commit) and `process_*` left out.
 fn normalise(body: &str) -> String {
     let mut out = String::new();
     for line in body.lines() {
+        let masked;
+        let line = match line.find("revision=\"") {
+            Some(at) if line.starts_with("finovy_exporter_build_info{") => {
+                let start = at + "revision=\"".len();
+                let end = start + line[start..].find('"').unwrap_or(0);
+                masked = format!("{}<revision>{}", &line[..start], &line[end..]);
+                masked.as_str()
+            }
+            _ => line,
+        };
         let name = line
             .trim_start_matches("# HELP ")
             .trim_start_matches("# TYPE ")

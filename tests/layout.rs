@@ -45,7 +45,12 @@ fn modules() -> BTreeMap<String, BTreeSet<String>> {
                 continue;
             }
             let rel = path.strip_prefix(&src).unwrap();
-            let top = rel.components().next().unwrap().as_os_str().to_string_lossy();
+            let top = rel
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_string_lossy();
             let module = top.trim_end_matches(".rs").to_string();
             if module == "lib" || module == "bin" {
                 continue;
@@ -68,7 +73,11 @@ fn no_module_imports_one_that_imports_it_back() {
         while let Some(path) = stack.pop() {
             let last = path.last().unwrap();
             for next in graph.get(last).into_iter().flatten() {
-                assert!(next != start, "import cycle: {} -> {next}", path.join(" -> "));
+                assert!(
+                    next != start,
+                    "import cycle: {} -> {next}",
+                    path.join(" -> ")
+                );
                 if !path.contains(next) {
                     let mut longer = path.clone();
                     longer.push(next.clone());
