@@ -1979,3 +1979,95 @@ async fn a_token_file_replaced_by_a_fifo_is_an_auth_failure_not_a_hang() {
     assert!(readyz.contains("a FIFO"), "{readyz}");
     rig.assert_serving().await;
 }
+
+#[tokio::test]
+async fn bad_bytes_in_an_unused_name_a_lone_surrogate_and_a_bom_never_fail_a_datacenter() {
+    let images = dataset(&COUNTS, 46);
+    let faults = rules(vec![
+        FaultRule::always(FaultAction::BadName {
+            how: sim::BadName::Latin1,
+            every: 1,
+        })
+        .datacenter("HZ"),
+        FaultRule::always(FaultAction::BadName {
+            how: sim::BadName::LoneSurrogate,
+            every: 1,
+        })
+        .datacenter("SH"),
+        FaultRule::always(FaultAction::Bom).datacenter("HK"),
+    ]);
+    let rig = Rig::start("bad-bytes", images.clone(), faults, Flags::new()).await;
+    // imageName is not used by any aggregate: every number stays exact.
+    let m = rig.until_all_exact(&images).await;
+    for dc in DCS {
+        assert_eq!(up(&m, dc), Some(1.0), "{dc}");
+        assert_eq!(all_failures(&m, dc), 0.0, "{dc}");
+    }
+}
+
+#[tokio::test]
+async fn create_times_in_seconds_or_in_the_far_future_are_invalid_and_never_the_oldest() {
+    let images = dataset(&COUNTS, 47);
+    let faults = rules(vec![
+        FaultRule::always(FaultAction::CreateTime {
+            how: sim::TimeBend::Seconds,
+            every: 1,
+        })
+        .datacenter("HZ"),
+        FaultRule::always(FaultAction::CreateTime {
+            how: sim::TimeBend::FarFuture,
+            every: 1,
+        })
+        .datacenter("SH"),
+    ]);
+    let rig = Rig::start("create-time", images.clone(), faults, Flags::new()).await;
+    let m = rig
+        .until("both datacenters up", |m| {
+            up(m, "HZ") == Some(1.0) && up(m, "SH") == Some(1.0)
+        })
+        .await;
+    for dc in ["HZ", "SH"] {
+        // Counts and sizes are exact; no oldest timestamp comes from a bad time.
+        let oldest: Vec<f64> = shown(&m, dc)
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("finovy_images_oldest_created_timestamp_seconds"))
+            .map(|(_, v)| v)
+            .collect();
+        assert!(oldest.is_empty(), "{dc}: {oldest:?}");
+        assert_eq!(images_shown(&m, dc), in_dc(&images, dc).count() as f64);
+    }
+    let invalid = metric(
+        &m,
+        "finovy_api_invalid_items_total{account=\"default\",field=\"createTime\"}",
+    );
+    assert!(
+        invalid >= (in_dc(&images, "HZ").count() + in_dc(&images, "SH").count()) as f64,
+        "{invalid}"
+    );
+    rig.others_exact(&images, &["HZ", "SH"]).await;
+}
+
+#[tokio::test]
+async fn a_renamed_or_missing_item_array_fails_the_pass_and_keeps_the_last_good_numbers() {
+    let images = dataset(&COUNTS, 48);
+    let rig = Rig::start("no-array", images.clone(), Faults::default(), Flags::new()).await;
+    let good = rig.until_all_exact(&images).await;
+    rig.sim.set_faults(rules(vec![
+        FaultRule::always(FaultAction::RenameArray { to: "items".into() }).datacenter("SH"),
+        FaultRule::always(FaultAction::NoArray).datacenter("HK"),
+    ]));
+    let m = rig.until_failed("SH", "decode", 1.0).await;
+    let m2 = rig.until_failed("HK", "decode", 1.0).await;
+    assert_eq!(
+        shown(&m, "SH"),
+        shown(&good, "SH"),
+        "SH keeps its last good numbers"
+    );
+    assert_eq!(
+        shown(&m2, "HK"),
+        shown(&good, "HK"),
+        "HK keeps its last good numbers"
+    );
+    assert_eq!(up(&m2, "SH"), Some(0.0), "never 0 images with up 1");
+    rig.others_exact(&images, &["SH", "HK"]).await;
+}
