@@ -474,3 +474,139 @@ pub fn unix_seconds(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::aggregate::{GroupKey, GroupStats};
+    use crate::labels::Status;
+
+    fn images(n: u64) -> DatacenterImages {
+        let mut d = DatacenterImages::default();
+        d.groups.insert(
+            GroupKey {
+                status: Status::Available,
+                image_type: "Windows".into(),
+            },
+            GroupStats {
+                count: n,
+                size_bytes: n * 10,
+                oldest_created_ms: Some(1_700_000_000_000),
+            },
+        );
+        d
+    }
+
+    fn success(dcs: &[(&str, u64)]) -> Outcome {
+        Outcome::Success {
+            datacenters: dcs
+                .iter()
+                .map(|(dc, n)| (dc.to_string(), images(*n)))
+                .collect(),
+            anomalies: Vec::new(),
+            folded: BTreeMap::new(),
+        }
+    }
+
+    fn failure() -> Outcome {
+        Outcome::Failure {
+            reason: Reason::Http,
+            message: "HTTP status 503".into(),
+        }
+    }
+
+    fn text(state: &State) -> String {
+        let mut out = Vec::new();
+        State::encode_snapshot(&state.snapshot(), &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn a_target_is_ready_after_its_first_pass_whatever_its_outcome() {
+        let state = State::new();
+        let hz = TargetKey::datacenter("a", "HZ");
+        let sh = TargetKey::datacenter("a", "SH");
+        state.register(&hz, Duration::from_secs(60), Duration::from_secs(300));
+        state.register(&sh, Duration::from_secs(60), Duration::from_secs(300));
+        assert!(!state.snapshot().ready());
+        state.publish(&hz, Duration::ZERO, success(&[("HZ", 3)]));
+        assert!(!state.snapshot().ready(), "SH has not finished a pass");
+        state.publish(&sh, Duration::ZERO, failure());
+        assert!(state.snapshot().ready());
+    }
+
+    #[test]
+    fn a_failure_keeps_the_last_good_numbers_and_counts_its_reason() {
+        let state = State::new();
+        let hz = TargetKey::datacenter("a", "HZ");
+        state.register(&hz, Duration::from_secs(60), Duration::from_secs(300));
+        state.publish(&hz, Duration::ZERO, success(&[("HZ", 3)]));
+        state.publish(&hz, Duration::ZERO, failure());
+        let out = text(&state);
+        assert!(out.contains("finovy_images{account=\"a\",datacenter_key=\"HZ\",status=\"available\",image_type=\"Windows\"} 3"), "{out}");
+        assert!(out.contains("finovy_up{account=\"a\",datacenter_key=\"HZ\"} 0"));
+        assert!(out.contains(
+            "finovy_refresh_failures_total{account=\"a\",datacenter_key=\"HZ\",reason=\"http\"} 1"
+        ));
+        assert!(out.contains(
+            "finovy_refresh_failures_total{account=\"a\",datacenter_key=\"HZ\",reason=\"auth\"} 0"
+        ));
+    }
+
+    #[test]
+    fn stale_numbers_are_dropped_but_the_target_stays() {
+        let state = State::new();
+        let hz = TargetKey::datacenter("a", "HZ");
+        state.register(&hz, Duration::from_secs(60), Duration::ZERO);
+        state.publish(&hz, Duration::ZERO, success(&[("HZ", 3)]));
+        std::thread::sleep(Duration::from_millis(5));
+        let out = text(&state);
+        assert!(!out.contains("finovy_images{"), "{out}");
+        assert!(out.contains("finovy_up{account=\"a\",datacenter_key=\"HZ\"} 1"));
+    }
+
+    #[test]
+    fn a_removed_target_vanishes_with_its_counters() {
+        let state = State::new();
+        let hz = TargetKey::datacenter("a", "HZ");
+        state.register(&hz, Duration::from_secs(60), Duration::from_secs(300));
+        state.publish(&hz, Duration::ZERO, failure());
+        state.remove(&hz);
+        assert!(!text(&state).contains("datacenter_key=\"HZ\""));
+        // A pass that ends after its target was removed publishes nothing.
+        state.publish(&hz, Duration::ZERO, success(&[("HZ", 1)]));
+        assert!(!text(&state).contains("datacenter_key=\"HZ\""));
+    }
+
+    #[test]
+    fn discovery_drops_a_vanished_datacenter_s_images_at_once_and_its_series_after_stale_after() {
+        let state = State::new();
+        let all = TargetKey::discovery("a");
+        state.register(&all, Duration::from_secs(60), Duration::from_millis(30));
+        assert!(text(&state).contains("finovy_up{account=\"a\",datacenter_key=\"\"} 0"));
+        state.publish(&all, Duration::ZERO, success(&[("HZ", 1), ("SH", 2)]));
+        let out = text(&state);
+        assert!(!out.contains("datacenter_key=\"\""), "{out}");
+        state.publish(&all, Duration::ZERO, success(&[("HZ", 1)]));
+        let out = text(&state);
+        assert!(
+            !out.contains("finovy_images{account=\"a\",datacenter_key=\"SH\""),
+            "{out}"
+        );
+        assert!(
+            out.contains("finovy_up{account=\"a\",datacenter_key=\"SH\"}"),
+            "kept while fresh"
+        );
+        std::thread::sleep(Duration::from_millis(40));
+        state.publish(&all, Duration::ZERO, success(&[("HZ", 1)]));
+        assert!(
+            !text(&state).contains("datacenter_key=\"SH\""),
+            "gone after stale-after"
+        );
+        // A discovery that finds nothing still shows that it ran.
+        state.publish(&all, Duration::ZERO, success(&[]));
+        std::thread::sleep(Duration::from_millis(40));
+        state.publish(&all, Duration::ZERO, success(&[]));
+        assert!(text(&state).contains("finovy_up{account=\"a\",datacenter_key=\"\"} 1"));
+    }
+}
