@@ -225,8 +225,13 @@ impl Exporter {
             .map(|sim| tokio::spawn(sim.simulator().evolve_every(DEMO_EVOLVE_EVERY)));
         let demo = self.demo.map(|sim| tokio::spawn(sim.serve(stopped())));
         // SIGHUP: the token file is read again at every pass anyway; the web
-        // configuration is re-read by its watcher.
-        ignore_other_signals(|| {});
+        // configuration is read again now.
+        let web_reload = self.web_config.as_ref().map(WebConfigWatcher::reloader);
+        ignore_other_signals(move || {
+            if let Some(reload) = &web_reload {
+                reload.notify_one();
+            }
+        });
         let (_reload_tx, reloads) = tokio::sync::mpsc::unbounded_channel();
         let scheduler =
             spawn_refresher(

@@ -63,10 +63,15 @@ impl Routes {
                 .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
             return resp;
         }
-        // Liveness never queues behind scrapes: probes time out in seconds, and a
-        // refused /healthz would restart a healthy exporter.
-        if req.uri().path() == "/healthz" {
-            let mut resp = self.healthz();
+        // Health probes never queue behind scrapes: probes time out in seconds,
+        // and a refused /healthz would restart a healthy exporter.
+        let probe: Option<fn(&Self) -> Response<Full<Bytes>>> = match req.uri().path() {
+            "/healthz" => Some(Self::healthz),
+            "/readyz" => Some(Self::readyz),
+            _ => None,
+        };
+        if let Some(probe) = probe {
+            let mut resp = probe(self);
             if is_head {
                 *resp.body_mut() = Full::new(Bytes::new());
             }

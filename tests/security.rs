@@ -814,7 +814,7 @@ async fn a_redirect_to_another_origin_does_not_get_the_token() {
     })
     .await;
     assert!(
-        metrics.contains("finovy_api_requests_total{code=\"302\"}"),
+        metrics.contains("finovy_api_requests_total{account=\"default\",code=\"302\"}"),
         "{metrics}"
     );
     let at_origin = redirector.received.lock().unwrap().clone();

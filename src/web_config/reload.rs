@@ -68,6 +68,8 @@ pub struct WebConfigWatcher {
     poll_interval: Duration,
     publish: watch::Sender<Arc<WebConfig>>,
     last_reload_successful: Option<IntGauge>,
+    /// Woken by file notifications and by [`WebConfigWatcher::reloader`] (SIGHUP).
+    changed: Arc<Notify>,
 }
 
 impl WebConfigWatcher {
@@ -89,6 +91,7 @@ impl WebConfigWatcher {
             poll_interval: POLL_INTERVAL,
             publish,
             last_reload_successful: None,
+            changed: Arc::new(Notify::new()),
         })
     }
 
@@ -107,6 +110,12 @@ impl WebConfigWatcher {
         self
     }
 
+    /// Wakes the watcher to read the file now (SIGHUP does), as a notification
+    /// would; an unchanged file is left as it is.
+    pub fn reloader(&self) -> Arc<Notify> {
+        Arc::clone(&self.changed)
+    }
+
     /// A handle on the configuration in force, for the server.
     pub fn handle(&self) -> WebConfigHandle {
         WebConfigHandle {
@@ -116,7 +125,7 @@ impl WebConfigWatcher {
 
     /// Watches and reloads until `shutdown` completes.
     pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
-        let changed = Arc::new(Notify::new());
+        let changed = Arc::clone(&self.changed);
         let mut notifications = Notifications::start(&self.path, Arc::clone(&changed));
         notifications.watch(&self.dirs);
         tokio::pin!(shutdown);
