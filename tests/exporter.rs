@@ -1092,3 +1092,99 @@ async fn health_probes_are_answered_while_large_scrapes_fill_every_request_slot(
     assert!(statuses.contains(&503), "the request slots were full");
     eprintln!("slowest /healthz among 50 while scraping: {slowest:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_echoed_by_the_upstream_appears_nowhere_in_logs_pages_or_metrics() {
+    const SECRET: &str = "s3cret-token-echoed-77";
+    let images = dataset(40, &["HZ"], 3);
+    let echo = Faults {
+        rules: vec![sim::FaultRule::always(sim::FaultAction::ApiError {
+            code: 500,
+            msg: format!("bad request for token {SECRET} (token={SECRET})"),
+        })],
+        ..Faults::default()
+    };
+    let upstream = start_sim(
+        images,
+        SimOptions {
+            token: Some(SECRET.into()),
+            ..Default::default()
+        },
+        echo,
+    )
+    .await;
+    for format in ["logfmt", "json"] {
+        let process = ExporterProcess::spawn(
+            &[
+                "--api.url",
+                &format!("http://{}", upstream.addr),
+                "--datacenters",
+                "HZ",
+                "--refresh.interval",
+                "1s",
+                "--log.format",
+                format,
+            ],
+            &[("FINOVY_ACCESS_TOKEN", SECRET)],
+        );
+        let readyz = wait_for("the api failure on /readyz", DEADLINE, || async {
+            let (_, body) = get(&process.url("/readyz")).await;
+            body.contains("api at").then_some(body)
+        })
+        .await;
+        assert!(
+            readyz.contains("**hidden**"),
+            "the echo is shown redacted: {readyz}"
+        );
+        let (_, landing) = get(&process.url("/")).await;
+        let (_, metrics) = get(&process.url("/metrics")).await;
+        wait_for("the refresh failed line", DEADLINE, || async {
+            process
+                .output()
+                .iter()
+                .any(|l| l.contains("refresh failed"))
+                .then_some(())
+        })
+        .await;
+        let logs = process.output().join("\n");
+        for (what, text) in [
+            ("/readyz", &readyz),
+            ("/", &landing),
+            ("/metrics", &metrics),
+            ("the log", &logs),
+        ] {
+            assert!(
+                !text.contains(SECRET),
+                "{format}: {what} shows the token:\n{text}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_would_travel_in_clear_text_is_warned_about_at_start() {
+    let upstream = start_sim(
+        dataset(5, &["HZ"], 4),
+        SimOptions::default(),
+        Faults::default(),
+    )
+    .await;
+    let url = format!("http://{}", upstream.addr);
+    let process = ExporterProcess::spawn(
+        &["--api.url", &url, "--datacenters", "HZ"],
+        &[
+            ("FINOVY_ACCESS_TOKEN", "t0ken"),
+            ("HTTP_PROXY", "http://127.0.0.1:9"),
+        ],
+    );
+    let lines = wait_for("both warnings", DEADLINE, || async {
+        let out = process.output();
+        let plain = out.iter().any(|l| l.contains("sent unencrypted"));
+        let proxy = out
+            .iter()
+            .any(|l| l.contains("reaches the proxy in clear text"));
+        (plain && proxy).then_some(out)
+    })
+    .await;
+    assert!(lines.iter().all(|l| !l.contains("t0ken")));
+}
