@@ -27,6 +27,7 @@
 //! skipped by serde's `IgnoredAny`, which checks neither.
 
 use std::borrow::Cow;
+use std::collections::BTreeSet;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::ops::RangeInclusive;
@@ -144,7 +145,7 @@ fn decode(body: &[u8], unit: SizeUnit, now_ms: i64) -> Result<Page, WireError> {
     // Borrowed when the body is UTF-8, as it should be. Otherwise each bad byte
     // becomes U+FFFD: harmless in a skipped field, a mark on a used one, and a
     // syntax error outside strings, as it should be.
-    let text = String::from_utf8_lossy(body);
+    let text = lossy(body);
     let envelope = match serde_json::from_str::<Envelope<PageData>>(&text) {
         Ok(envelope) => envelope,
         Err(page_error) => {
@@ -187,11 +188,12 @@ fn decode(body: &[u8], unit: SizeUnit, now_ms: i64) -> Result<Page, WireError> {
             ))
         }
     };
-    let created = EARLIEST_CREATE_MS..=now_ms.saturating_add(CREATE_MS_AHEAD);
-    let items = wire_items
-        .iter()
-        .map(|item| item.to_item(unit, &created))
-        .collect();
+    let mut reader = ItemReader {
+        unit,
+        created: EARLIEST_CREATE_MS..=now_ms.saturating_add(CREATE_MS_AHEAD),
+        labels: BTreeSet::new(),
+    };
+    let items = wire_items.iter().map(|item| reader.item(item)).collect();
     Ok(Page {
         total,
         items,
@@ -235,53 +237,65 @@ impl<D> Envelope<'_, D> {
     }
 }
 
-impl WireItem<'_> {
+/// Turns the wire items of one page into [`Item`]s.
+struct ItemReader {
+    unit: SizeUnit,
+    /// The `createTime`s taken as times.
+    created: RangeInclusive<i64>,
+    /// The page's distinct `imageType` and `datacenterKey` values: a page has a
+    /// handful, which its items share instead of each allocating its own.
+    labels: BTreeSet<Arc<str>>,
+}
+
+impl ItemReader {
     /// The item as the aggregates see it; every field that cannot be read, or is
     /// read lossily, is marked.
-    fn to_item(&self, unit: SizeUnit, created: &RangeInclusive<i64>) -> Item {
+    fn item(&mut self, wire: &WireItem<'_>) -> Item {
+        let id = value(wire.id);
+        let image_type = value(wire.image_type);
+        let key = value(wire.datacenter_key);
+        let status = integer(&value(wire.status));
+        let size = decimal(&value(wire.image_size)).and_then(|v| to_bytes(v, self.unit));
+        let created = integer(&value(wire.create_time)).filter(|ms| self.created.contains(ms));
         let mut item = Item {
-            id: None,
-            datacenter_key: None,
-            image_type: Arc::from(""),
-            status: Status::Unknown,
-            size_bytes: 0,
-            created_ms: None,
+            id: id_hash(&id),
+            datacenter_key: string(&key)
+                .filter(|k| !k.is_empty())
+                .map(|k| self.label(k)),
+            image_type: self.label(string(&image_type).unwrap_or_default()),
+            status: status.map_or(Status::Unknown, Status::from_code),
+            size_bytes: size.unwrap_or(0),
+            created_ms: created,
             invalid: 0,
         };
-        let id = value(self.id);
-        item.id = id_hash(&id);
-        if item.id.is_none() || id.is_lossy() {
-            item.mark_invalid(Field::Id);
-        }
-        let image_type = value(self.image_type);
-        match string(&image_type) {
-            Some(t) => item.image_type = Arc::from(t),
-            None => item.mark_invalid(Field::ImageType),
-        }
-        if image_type.is_lossy() {
-            item.mark_invalid(Field::ImageType);
-        }
-        let key = value(self.datacenter_key);
-        match string(&key).filter(|k| !k.is_empty()) {
-            Some(k) => item.datacenter_key = Some(Arc::from(k)),
-            None => item.mark_invalid(Field::DatacenterKey),
-        }
-        if key.is_lossy() {
-            item.mark_invalid(Field::DatacenterKey);
-        }
-        match integer(&value(self.status)) {
-            Some(code) => item.status = Status::from_code(code),
-            None => item.mark_invalid(Field::Status),
-        }
-        match decimal(&value(self.image_size)).and_then(|v| to_bytes(v, unit)) {
-            Some(bytes) => item.size_bytes = bytes,
-            None => item.mark_invalid(Field::ImageSize),
-        }
-        match integer(&value(self.create_time)).filter(|ms| created.contains(ms)) {
-            Some(ms) => item.created_ms = Some(ms),
-            None => item.mark_invalid(Field::CreateTime),
+        for (field, read) in [
+            (Field::Id, item.id.is_some() && !id.is_lossy()),
+            (
+                Field::ImageType,
+                string(&image_type).is_some() && !image_type.is_lossy(),
+            ),
+            (
+                Field::DatacenterKey,
+                item.datacenter_key.is_some() && !key.is_lossy(),
+            ),
+            (Field::Status, status.is_some()),
+            (Field::ImageSize, size.is_some()),
+            (Field::CreateTime, created.is_some()),
+        ] {
+            if !read {
+                item.mark_invalid(field);
+            }
         }
         item
+    }
+
+    fn label(&mut self, text: &str) -> Arc<str> {
+        if let Some(label) = self.labels.get(text) {
+            return Arc::clone(label);
+        }
+        let label = Arc::<str>::from(text);
+        self.labels.insert(Arc::clone(&label));
+        label
     }
 }
 
@@ -300,7 +314,7 @@ impl Json<'_> {
     /// surrogate, both now U+FFFD (as is one the upstream sent, which means the
     /// same: the upstream lost them).
     fn is_lossy(&self) -> bool {
-        matches!(self, Json::Text(t) if t.contains(char::REPLACEMENT_CHARACTER))
+        matches!(self, Json::Text(t) if !t.is_ascii() && t.contains(char::REPLACEMENT_CHARACTER))
     }
 }
 
@@ -319,10 +333,17 @@ fn json(raw: &RawValue) -> Json<'_> {
     }
 }
 
-/// The text of a JSON string, borrowed when it holds no escape. Read as a byte
-/// string, where serde_json writes a lone surrogate escape as WTF-8 instead of
-/// failing, and turned into text lossily.
+/// The text of a JSON string, from its JSON text.
 fn text(raw: &str) -> Cow<'_, str> {
+    // The usual string has no escape: it is the text between the quotes (serde_json
+    // has checked that `raw` is one JSON string).
+    if !raw.as_bytes().contains(&b'\\') {
+        if let Some(inner) = raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+            return Cow::Borrowed(inner);
+        }
+    }
+    // Otherwise it is read as a byte string, where serde_json writes a lone
+    // surrogate escape as WTF-8 instead of failing, and turned into text lossily.
     struct Lossy;
     impl<'de> Visitor<'de> for Lossy {
         type Value = Cow<'de, str>;
@@ -330,16 +351,26 @@ fn text(raw: &str) -> Cow<'_, str> {
             f.write_str("a string")
         }
         fn visit_borrowed_bytes<E>(self, v: &'de [u8]) -> Result<Self::Value, E> {
-            Ok(String::from_utf8_lossy(v))
+            Ok(lossy(v))
         }
         fn visit_bytes<E>(self, v: &[u8]) -> Result<Self::Value, E> {
-            Ok(Cow::Owned(String::from_utf8_lossy(v).into_owned()))
+            Ok(Cow::Owned(lossy(v).into_owned()))
         }
     }
     // `raw` is a JSON string serde_json has already checked: this cannot fail.
     serde_json::Deserializer::from_str(raw)
         .deserialize_bytes(Lossy)
         .unwrap_or_default()
+}
+
+/// `bytes` as text, each byte that is not UTF-8 as U+FFFD. The same as
+/// [`String::from_utf8_lossy`], whose check of valid text is a few times slower
+/// than [`std::str::from_utf8`]'s.
+fn lossy(bytes: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(bytes),
+    }
 }
 
 /// A string's text; `None` for any other type.
@@ -593,6 +624,15 @@ mod tests {
             (&*page.items[0].image_type, page.items[0].invalid),
             ("Win\"s\"", 0)
         );
+        // Items of a page share their labels.
+        let body = page_of(&[item_with(r#""id":"a""#), item_with(r#""id":"b""#)].join(","));
+        let page = decode(&body, SizeUnit::Gib, NOW_MS).unwrap();
+        let [a, b] = &page.items[..] else { panic!() };
+        assert!(Arc::ptr_eq(&a.image_type, &b.image_type));
+        assert!(Arc::ptr_eq(
+            a.datacenter_key.as_ref().unwrap(),
+            b.datacenter_key.as_ref().unwrap()
+        ));
     }
 
     #[test]
