@@ -731,6 +731,9 @@ async fn sigterm_during_a_scrape_lets_it_complete_and_exits_zero() {
             "5000",
             "--refresh.interval",
             "1s",
+            // A debug build on a busy machine may take longer than the interval.
+            "--refresh.timeout",
+            "30s",
         ],
         &[("FINOVY_ACCESS_TOKEN", "t0ken")],
     );
@@ -1039,6 +1042,8 @@ async fn health_probes_are_answered_while_large_scrapes_fill_every_request_slot(
             "5000",
             "--refresh.interval",
             "1s",
+            "--refresh.timeout",
+            "30s",
             "--web.max-requests",
             "2",
         ],
