@@ -61,6 +61,10 @@ async fn start_exporter(
         token_path.to_str().unwrap(),
         "--refresh.interval",
         "1s",
+        // Room for a pass of a debug build on a busy machine; the tests of the
+        // pass deadline set their own.
+        "--refresh.timeout",
+        "30s",
         "--api.timeout",
         "5s",
     ];
