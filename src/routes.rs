@@ -65,13 +65,12 @@ impl Routes {
         }
         // Health probes never queue behind scrapes: probes time out in seconds,
         // and a refused /healthz would restart a healthy exporter.
-        let probe: Option<fn(&Self) -> Response<Full<Bytes>>> = match req.uri().path() {
-            "/healthz" => Some(Self::healthz),
-            "/readyz" => Some(Self::readyz),
+        let probe = match req.uri().path() {
+            "/healthz" => Some(self.healthz()),
+            "/readyz" => Some(self.readyz()),
             _ => None,
         };
-        if let Some(probe) = probe {
-            let mut resp = probe(self);
+        if let Some(mut resp) = probe {
             if is_head {
                 *resp.body_mut() = Full::new(Bytes::new());
             }
