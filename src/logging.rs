@@ -58,8 +58,14 @@ impl<S: Subscriber> Layer<S> for PromLayer {
         let meta = event.metadata();
         let mut fields = Fields::default();
         event.record(&mut fields);
-        let file = meta.file().map(|f| f.rsplit('/').next().unwrap_or(f));
-        let source = match (file, meta.line()) {
+        // Events bridged from the `log` crate carry their origin as fields.
+        let file = fields
+            .log_file
+            .as_deref()
+            .or(meta.file())
+            .map(|f| f.rsplit('/').next().unwrap_or(f));
+        let line = fields.log_line.or(meta.line().map(u64::from));
+        let source = match (file, line) {
             (Some(file), Some(line)) => format!("{file}:{line}"),
             (Some(file), None) => file.to_string(),
             _ => meta.target().to_string(),
@@ -93,10 +99,26 @@ pub struct Fields {
     pub message: String,
     /// Every other field.
     pub fields: Vec<(String, FieldValue)>,
+    /// `log.file` of an event from the `log` crate.
+    log_file: Option<String>,
+    /// `log.line` of an event from the `log` crate.
+    log_line: Option<u64>,
 }
 
 impl Fields {
     fn push(&mut self, field: &Field, value: FieldValue) {
+        match (field.name(), &value) {
+            ("log.file", FieldValue::Text(file)) => {
+                self.log_file = Some(file.clone());
+                return;
+            }
+            ("log.line", FieldValue::Uint(line)) => {
+                self.log_line = Some(*line);
+                return;
+            }
+            ("log.target" | "log.module_path" | "log.file" | "log.line", _) => return,
+            _ => {}
+        }
         if field.name() == "message" {
             self.message = match value {
                 FieldValue::Text(s) => s,
@@ -243,6 +265,7 @@ mod tests {
                 ("error".into(), FieldValue::Text("said \"no\"\nthen".into())),
                 ("empty".into(), FieldValue::Text(String::new())),
             ],
+            ..Fields::default()
         }
     }
 

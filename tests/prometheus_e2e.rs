@@ -445,10 +445,10 @@ async fn prometheus_scrapes_the_exporter_and_answers_every_dashboard_query_and_a
     );
     let exporter_addr: SocketAddr = wait_for_line(&mut exporter_process, &exporter_lines, |line| {
         let entry: Value = serde_json::from_str(line).ok()?;
-        if entry["fields"]["message"] != "listening" {
+        if entry["msg"] != "listening" {
             return None;
         }
-        entry["fields"]["address"].as_str()?.parse().ok()
+        entry["address"].as_str()?.parse().ok()
     });
     let exporter = format!("http://{exporter_addr}");
 

@@ -448,9 +448,17 @@ fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
     if err.downcast_ref::<rustls::Error>().is_some() {
         return true;
     }
-    err.downcast_ref::<std::io::Error>()
+    // An io::Error may wrap another io::Error, or an error whose own chain
+    // leads to rustls: follow both ways down.
+    if let Some(inner) = err
+        .downcast_ref::<std::io::Error>()
         .and_then(|io| io.get_ref())
-        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+    {
+        if is_tls_error(inner) {
+            return true;
+        }
+    }
+    err.source().is_some_and(is_tls_error)
 }
 
 /// Decodes an answer body into a page, or into the error it reports. Upstream
