@@ -722,20 +722,23 @@ fn version_and_help_read_as_prometheus_tools_do() {
         "{version}"
     );
     assert!(first.contains(", revision: "), "{version}");
-    for (key, pattern) in [
-        ("build date:", |v: &str| {
-            v.len() == 17 && v.as_bytes()[8] == b'-' && v[..8].bytes().all(|b| b.is_ascii_digit())
-        } as fn(&str) -> bool),
-        ("rustc version:", |v: &str| v.starts_with("rustc ")),
-        ("platform:", |v: &str| v.contains('/')),
-    ] {
-        let value = version
+    let field = |key: &str| {
+        version
             .lines()
             .find_map(|l| l.trim().strip_prefix(key))
             .unwrap_or_else(|| panic!("no {key} in {version}"))
-            .trim();
-        assert!(pattern(value), "{key} {value}");
-    }
+            .trim()
+            .to_string()
+    };
+    let date = field("build date:");
+    assert!(
+        date.len() == 17
+            && date.as_bytes()[8] == b'-'
+            && date[..8].bytes().all(|b| b.is_ascii_digit()),
+        "build date {date}"
+    );
+    assert!(field("rustc version:").starts_with("rustc "), "{version}");
+    assert!(field("platform:").contains('/'), "{version}");
     let help = run("--help");
     for heading in [
         "Web:",
