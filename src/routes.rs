@@ -205,15 +205,18 @@ impl Routes {
                     .unwrap_or("-");
                 let _ = writeln!(
                     rows,
-                    "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td>{}<td>{}</td><td>{}</td><td>{}</td><td class=\"error\">{}</td><td>{}</td></tr>",
                     html(&key.account),
                     html(shown_dc),
                     class,
                     state,
                     t.last_success.map_or_else(|| "never".into(), rfc3339),
                     t.last_success.map_or_else(|| "-".into(), |at| ago(now, at)),
-                    t.next_pass
-                        .map_or_else(|| "-".into(), |at| format!("{} ({})", rfc3339(at), ago(now, at))),
+                    // Relative, with the time itself on hover: the column stays narrow.
+                    t.next_pass.map_or_else(
+                        || "<td>-</td>".into(),
+                        |at| format!("<td title=\"{}\">{}</td>", rfc3339(at), ago(now, at))
+                    ),
                     images,
                     size,
                     if t.passes == 0 {
