@@ -152,6 +152,7 @@ impl Exporter {
         }
 
         warn_if_cleartext(&config);
+        warn_if_path_twice(&config);
 
         let telemetry = Telemetry::new();
         let accounts = vec![Account::from_flags(&config, token)];
@@ -376,6 +377,19 @@ fn file_mode(path: &std::path::Path) -> String {
     }
     let _ = path;
     "unknown".to_string()
+}
+
+/// Warns when `--api.url` already ends in `--api.path`, the most common
+/// mistake: every request would then ask for the path twice and get a 404.
+fn warn_if_path_twice(config: &Config) {
+    let base = config.api_url.path().trim_end_matches('/');
+    let path = config.api_path.trim_end_matches('/');
+    if !path.is_empty() && base.ends_with(path) {
+        tracing::warn!(
+            url = %config.list_url(),
+            "--api.url already ends in --api.path, so the path is asked twice: --api.url should be the base URL; the path goes in --api.path"
+        );
+    }
 }
 
 /// Warns when the token would travel unencrypted: an `http://` API URL, or an

@@ -428,6 +428,13 @@ async fn a_404_for_a_path_given_twice_names_the_url_shows_the_answer_and_the_fix
         );
         assert!(!body.contains('\u{1b}') && !body.contains('\r'), "{line:?}");
         assert!(!line.contains_key("trace_id"), "{line:?}");
+        assert!(
+            process
+                .output()
+                .iter()
+                .any(|l| l.contains("--api.url already ends in --api.path")),
+            "the mistake is named at start too"
+        );
         let output = process.output().join("\n");
         assert!(!output.contains(TOKEN), "{format}: token in the logs");
         assert!(
