@@ -237,7 +237,7 @@ impl ApiClient {
                 datacenter_key = datacenter.unwrap_or(""),
                 page,
                 attempt = attempt + 1,
-                wait = ?wait,
+                wait_seconds = wait.as_secs_f64(),
                 error = %err,
                 "retrying upstream request"
             );
