@@ -176,11 +176,19 @@ pub fn format_line(
 ) -> String {
     match format {
         LogFormat::Json => {
-            let mut object = serde_json::Map::new();
-            object.insert("time".into(), time.into());
-            object.insert("level".into(), level_name(level).into());
-            object.insert("source".into(), source.into());
-            object.insert("msg".into(), fields.message.clone().into());
+            // Written member by member (each key and value encoded by serde_json)
+            // to keep promslog's order: time, level, source, msg, then the fields.
+            let mut line = String::with_capacity(160);
+            let mut member = |key: &str, value: serde_json::Value| {
+                line.push(if line.is_empty() { '{' } else { ',' });
+                line.push_str(&serde_json::Value::from(key).to_string());
+                line.push(':');
+                line.push_str(&value.to_string());
+            };
+            member("time", time.into());
+            member("level", level_name(level).into());
+            member("source", source.into());
+            member("msg", fields.message.clone().into());
             for (key, value) in &fields.fields {
                 let value = match value {
                     FieldValue::Text(s) => serde_json::Value::from(s.clone()),
@@ -191,10 +199,9 @@ pub fn format_line(
                         .map_or_else(|| f.to_string().into(), serde_json::Value::Number),
                     FieldValue::Bool(b) => (*b).into(),
                 };
-                object.insert(key.clone(), value);
+                member(key, value);
             }
-            let mut line = serde_json::Value::Object(object).to_string();
-            line.push('\n');
+            line.push_str("}\n");
             line
         }
         LogFormat::Logfmt => {
@@ -279,6 +286,10 @@ mod tests {
             &fields(),
         );
         assert!(line.ends_with('\n') && line.lines().count() == 1);
+        assert!(
+            line.starts_with(r#"{"time":"2026-01-02T03:04:05.678Z","level":"WARN","source":"schedule.rs:1","msg":"refresh failed","account""#),
+            "promslog's order: {line}"
+        );
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["time"], "2026-01-02T03:04:05.678Z");
         assert_eq!(v["level"], "WARN");
