@@ -143,12 +143,17 @@ impl Exporter {
             })?
         };
         if token.readable_by_others() {
-            tracing::warn!(
-                "the token file can be read by other users; restrict it to mode 0600 or 0640"
-            );
+            if let TokenSource::File(path) = &token {
+                tracing::warn!(
+                    file = %path.display(),
+                    mode = %file_mode(path),
+                    "the token file can be read by other users; restrict it to mode 0600 or 0640 (chmod 600 FILE)"
+                );
+            }
         }
 
         warn_if_cleartext(&config);
+        warn_if_path_twice(&config);
 
         let telemetry = Telemetry::new();
         let accounts = vec![Account::from_flags(&config, token)];
@@ -174,14 +179,19 @@ impl Exporter {
         };
         let shard = Shard::from_flags(&config).map_err(StartError::Shard)?;
         telemetry.set_shard(shard.index, shard.total);
+        telemetry.demo_mode.set(i64::from(config.demo));
+        let overview = effective_configuration(&config, shard);
         let scheduler = Scheduler::new(Arc::clone(&state), telemetry.clone(), limits, shard);
-        let routes = Arc::new(Routes::new(
-            state,
-            telemetry,
-            Arc::clone(&liveness),
-            config.telemetry_path.clone(),
-            config.max_requests as usize,
-        ));
+        let routes = Arc::new(
+            Routes::new(
+                state,
+                telemetry,
+                Arc::clone(&liveness),
+                config.telemetry_path.clone(),
+                config.max_requests as usize,
+            )
+            .with_overview(overview),
+        );
         let mut server = Server::bind(&config.listen_address)
             .await
             .map_err(|source| StartError::Bind {
@@ -263,6 +273,137 @@ fn raise_descriptor_limit() {
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => tracing::debug!(limit, "open descriptor limit"),
         Err(err) => tracing::warn!(error = %err, "cannot raise the open descriptor limit"),
+    }
+}
+
+/// The effective configuration, logged once at start and shown on the landing
+/// page: where the data comes from and how often, never a secret (the token's
+/// source is named, not its value; a proxy's credentials are dropped).
+fn effective_configuration(config: &Config, shard: Shard) -> crate::routes::Overview {
+    let upstream = config.list_url().to_string();
+    let targets = if config.datacenters.is_empty() {
+        "discovery (every datacenter the account has images in)".to_string()
+    } else {
+        config.datacenters.join(",")
+    };
+    let token = if config.demo {
+        "built in (demo)".to_string()
+    } else {
+        match &config.token_file {
+            Some(path) => format!("file {}", path.display()),
+            None => format!("environment variable {}", crate::secret::TOKEN_ENV),
+        }
+    };
+    let proxy = match &config.proxy_url {
+        Some(url) => format!("{} (--api.proxy-url)", without_credentials(url)),
+        None => [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ]
+        .into_iter()
+        .find_map(|var| {
+            let value = std::env::var(var).ok().filter(|v| !v.is_empty())?;
+            let shown = url::Url::parse(&value)
+                .map_or_else(|_| "(not a URL)".to_string(), |u| without_credentials(&u));
+            Some(format!("{shown} (from {var})"))
+        })
+        .unwrap_or_else(|| "none".to_string()),
+    };
+    let filters: Vec<String> = [
+        config
+            .filter_image_type
+            .as_ref()
+            .map(|t| format!("imageType={t}")),
+        config
+            .filter_image_name
+            .as_ref()
+            .map(|n| format!("imageName={n}")),
+        config
+            .filter_status
+            .map(|s| format!("status={}", s.label())),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let filters = if filters.is_empty() {
+        "none".to_string()
+    } else {
+        filters.join(",")
+    };
+    let interval = humantime::format_duration(config.refresh_interval).to_string();
+    let shard_text = format!("{} of {}", shard.index, shard.total);
+    tracing::info!(
+        upstream = %upstream,
+        datacenters = %targets,
+        filters = %filters,
+        refresh_interval_seconds = config.refresh_interval.as_secs_f64(),
+        page_size = config.page_size,
+        concurrency = config.api_concurrency,
+        token = %token,
+        proxy = %proxy,
+        demo = config.demo,
+        shard = %shard_text,
+        "configuration"
+    );
+    crate::routes::Overview {
+        demo: config.demo,
+        settings: vec![
+            ("Upstream", upstream),
+            ("Datacenters", targets),
+            ("Filters", filters),
+            ("Refresh interval", interval),
+            (
+                "Stale after",
+                humantime::format_duration(config.stale_after).to_string(),
+            ),
+            ("Page size", config.page_size.to_string()),
+            ("Concurrency", config.api_concurrency.to_string()),
+            ("Token", token),
+            ("Proxy", proxy),
+            (
+                "Demo mode",
+                if config.demo { "on" } else { "off" }.to_string(),
+            ),
+            ("Shard", shard_text),
+        ],
+    }
+}
+
+/// A URL without its user and password, for logs and pages.
+fn without_credentials(url: &url::Url) -> String {
+    let mut url = url.clone();
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.to_string()
+}
+
+/// A file's permission bits in octal (`0644`), or `unknown`.
+fn file_mode(path: &std::path::Path) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            return format!("{:04o}", meta.permissions().mode() & 0o7777);
+        }
+    }
+    let _ = path;
+    "unknown".to_string()
+}
+
+/// Warns when `--api.url` already ends in `--api.path`, the most common
+/// mistake: every request would then ask for the path twice and get a 404.
+fn warn_if_path_twice(config: &Config) {
+    let base = config.api_url.path().trim_end_matches('/');
+    let path = config.api_path.trim_end_matches('/');
+    if !path.is_empty() && base.ends_with(path) {
+        tracing::warn!(
+            url = %config.list_url(),
+            "--api.url already ends in --api.path, so the path is asked twice: --api.url should be the base URL; the path goes in --api.path"
+        );
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Everything a user can get wrong is rejected here, before anything starts: each
 //! value has a parser that names the flag in its error, and [`Config::parse_or_exit`]
-//! turns any error into one line on stderr and exit status 2.
+//! prints any error once on stderr (clap's whole message, suggestion included)
+//! and exits with status 2.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -18,20 +19,25 @@ use crate::labels::Status;
 /// The exporter's configuration, parsed from flags and `FINOVY_*` variables.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "finovy-image-exporter", version, about, long_about = None, args_override_self = true)]
+#[command(long_version = crate::LONG_VERSION, after_help = AFTER_HELP)]
 pub struct Config {
     /// Address to serve on: `host:port`, or `:port` for every interface.
+    #[arg(help_heading = "Web")]
     #[arg(long = "web.listen-address", env = "FINOVY_WEB_LISTEN_ADDRESS", default_value = ":9929", value_parser = parse_listen_address)]
     pub listen_address: ListenAddress,
 
     /// Path under which to expose metrics.
+    #[arg(help_heading = "Web")]
     #[arg(long = "web.telemetry-path", env = "FINOVY_WEB_TELEMETRY_PATH", default_value = "/metrics", value_parser = parse_telemetry_path)]
     pub telemetry_path: String,
 
     /// Exporter-toolkit web configuration file (TLS, basic auth, headers); empty means none.
+    #[arg(help_heading = "Web")]
     #[arg(long = "web.config.file", env = "FINOVY_WEB_CONFIG_FILE", value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from))]
     pub web_config_file: Option<PathBuf>,
 
     /// Concurrent HTTP requests served at most; beyond that the answer is 503.
+    #[arg(help_heading = "Web")]
     #[arg(long = "web.max-requests", env = "FINOVY_WEB_MAX_REQUESTS", default_value_t = 40, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_requests: u32,
 
@@ -40,54 +46,67 @@ pub struct Config {
     pub max_connections: u32,
 
     /// Base URL of the Finovy API.
+    #[arg(help_heading = "API")]
     #[arg(long = "api.url", env = "FINOVY_API_URL", default_value = "https://client.xuandashi.com", value_parser = parse_base_url)]
     pub api_url: Url,
 
     /// Path of the "my image list" endpoint, appended to --api.url.
+    #[arg(help_heading = "API")]
     #[arg(long = "api.path", env = "FINOVY_API_PATH", default_value = "/v1/open/image/personal/getList", value_parser = parse_api_path)]
     pub api_path: String,
 
     /// File holding the access token, re-read at every refresh; else env FINOVY_ACCESS_TOKEN.
+    #[arg(help_heading = "API")]
     #[arg(long = "api.token-file", env = "FINOVY_API_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 
     /// Timeout of one upstream request, body included.
+    #[arg(help_heading = "API")]
     #[arg(long = "api.timeout", env = "FINOVY_API_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
     pub api_timeout: Duration,
 
     /// Page size asked of the upstream.
+    #[arg(help_heading = "API")]
     #[arg(long = "api.page-size", env = "FINOVY_API_PAGE_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub page_size: u32,
 
     /// Upstream requests in flight at most, over all datacenters.
+    #[arg(help_heading = "API")]
     #[arg(long = "api.concurrency", env = "FINOVY_API_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub api_concurrency: u32,
 
     /// Retries of a request after a timeout, a connection error, a 5xx or a 429.
+    #[arg(help_heading = "API")]
     #[arg(long = "api.max-retries", env = "FINOVY_API_MAX_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=20))]
     pub max_retries: u32,
 
     /// Extra header sent with every request, `KEY=VALUE` (repeatable).
+    #[arg(help_heading = "API")]
     #[arg(long = "api.header", env = "FINOVY_API_HEADER", hide_env_values = true, value_delimiter = ',', value_parser = parse_header)]
     pub api_headers: Vec<ExtraHeader>,
 
     /// Extra query parameter sent with every request, `KEY=VALUE` (repeatable).
+    #[arg(help_heading = "API")]
     #[arg(long = "api.param", env = "FINOVY_API_PARAM", hide_env_values = true, value_delimiter = ',', value_parser = parse_param)]
     pub api_params: Vec<(String, String)>,
 
     /// PEM file of the CA that signed the upstream's certificate (a private CA).
+    #[arg(help_heading = "API TLS and proxy")]
     #[arg(long = "api.tls.ca-file", env = "FINOVY_API_TLS_CA_FILE")]
     pub tls_ca_file: Option<PathBuf>,
 
     /// PEM client certificate for an upstream that asks for one (with --api.tls.key-file).
+    #[arg(help_heading = "API TLS and proxy")]
     #[arg(long = "api.tls.cert-file", env = "FINOVY_API_TLS_CERT_FILE")]
     pub tls_cert_file: Option<PathBuf>,
 
     /// PEM key of --api.tls.cert-file.
+    #[arg(help_heading = "API TLS and proxy")]
     #[arg(long = "api.tls.key-file", env = "FINOVY_API_TLS_KEY_FILE")]
     pub tls_key_file: Option<PathBuf>,
 
     /// Accept any upstream certificate (insecure; for tests only; logged at start).
+    #[arg(help_heading = "API TLS and proxy")]
     #[arg(
         long = "api.tls.insecure-skip-verify",
         env = "FINOVY_API_TLS_INSECURE_SKIP_VERIFY"
@@ -95,10 +114,12 @@ pub struct Config {
     pub tls_insecure_skip_verify: bool,
 
     /// Proxy for every upstream request [default: HTTPS_PROXY, HTTP_PROXY, NO_PROXY].
+    #[arg(help_heading = "API TLS and proxy")]
     #[arg(long = "api.proxy-url", env = "FINOVY_API_PROXY_URL", hide_env_values = true, value_parser = parse_proxy_url)]
     pub proxy_url: Option<Url>,
 
     /// Unit of the upstream `imageSize` field.
+    #[arg(help_heading = "API")]
     #[arg(
         long = "api.image-size-unit",
         env = "FINOVY_API_IMAGE_SIZE_UNIT",
@@ -109,46 +130,57 @@ pub struct Config {
     pub image_size_unit: SizeUnit,
 
     /// Only count images of this type (upstream `imageType`).
+    #[arg(help_heading = "Filters")]
     #[arg(long = "filter.image-type", env = "FINOVY_FILTER_IMAGE_TYPE", value_parser = parse_filter)]
     pub filter_image_type: Option<String>,
 
     /// Only count images with this name (upstream `imageName`).
+    #[arg(help_heading = "Filters")]
     #[arg(long = "filter.image-name", env = "FINOVY_FILTER_IMAGE_NAME", value_parser = parse_filter)]
     pub filter_image_name: Option<String>,
 
     /// Only count images in this status: 0-3 or creating, available, failed, expired.
+    #[arg(help_heading = "Filters")]
     #[arg(long = "filter.status", env = "FINOVY_FILTER_STATUS", value_parser = parse_status_filter)]
     pub filter_status: Option<Status>,
 
     /// Comma-separated datacenter keys; when empty they are discovered.
+    #[arg(help_heading = "Targets")]
     #[arg(long = "datacenters", env = "FINOVY_DATACENTERS", value_delimiter = ',', value_parser = parse_datacenter)]
     pub datacenters: Vec<String>,
 
     /// Time between the starts of two passes of a target (at least 1s).
+    #[arg(help_heading = "Refresh")]
     #[arg(long = "refresh.interval", env = "FINOVY_REFRESH_INTERVAL", default_value = "60s", value_parser = parse_interval)]
     pub refresh_interval: Duration,
 
     /// Drop a datacenter's image series after this long without a successful refresh.
+    #[arg(help_heading = "Refresh")]
     #[arg(long = "refresh.stale-after", env = "FINOVY_REFRESH_STALE_AFTER", default_value = "5m", value_parser = parse_positive_duration)]
     pub stale_after: Duration,
 
     /// Longest a pass may take before it fails with reason timeout [default: the interval].
+    #[arg(help_heading = "Refresh")]
     #[arg(long = "refresh.timeout", env = "FINOVY_REFRESH_TIMEOUT", value_parser = parse_positive_duration)]
     pub refresh_timeout: Option<Duration>,
 
     /// Image types kept per target; the smallest groups beyond fold into image_type="other".
+    #[arg(help_heading = "Limits")]
     #[arg(long = "limit.image-types", env = "FINOVY_LIMIT_IMAGE_TYPES", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub limit_image_types: u32,
 
     /// Datacenters kept per discovery pass; the smallest beyond fold into datacenter_key="other".
+    #[arg(help_heading = "Limits")]
     #[arg(long = "limit.datacenters", env = "FINOVY_LIMIT_DATACENTERS", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub limit_datacenters: u32,
 
     /// Longest label value, in bytes; longer upstream values are cut.
+    #[arg(help_heading = "Limits")]
     #[arg(long = "limit.label-length", env = "FINOVY_LIMIT_LABEL_LENGTH", default_value_t = 128, value_parser = clap::value_parser!(u32).range(8..=4096))]
     pub limit_label_length: u32,
 
     /// Log level: error, warn, info, debug or trace.
+    #[arg(help_heading = "Logs")]
     #[arg(
         long = "log.level",
         env = "FINOVY_LOG_LEVEL",
@@ -159,6 +191,7 @@ pub struct Config {
     pub log_level: LogLevel,
 
     /// Log format.
+    #[arg(help_heading = "Logs")]
     #[arg(
         long = "log.format",
         env = "FINOVY_LOG_FORMAT",
@@ -169,14 +202,17 @@ pub struct Config {
     pub log_format: LogFormat,
 
     /// This replica's shard, 0 to --total-shards - 1 (kube-state-metrics' sharding).
+    #[arg(help_heading = "Sharding")]
     #[arg(long = "shard", env = "FINOVY_SHARD", default_value_t = 0)]
     pub shard: u32,
 
     /// Replicas sharing the targets; each refreshes those whose hash falls to its shard.
+    #[arg(help_heading = "Sharding")]
     #[arg(long = "total-shards", env = "FINOVY_TOTAL_SHARDS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub total_shards: u32,
 
     /// Take the shard from a StatefulSet pod name ending in -N (instead of --shard).
+    #[arg(help_heading = "Sharding")]
     #[arg(
         long = "shard.from-pod-name",
         env = "FINOVY_SHARD_FROM_POD_NAME",
@@ -185,13 +221,15 @@ pub struct Config {
     pub shard_from_pod_name: Option<String>,
 
     /// Serve data from a built-in simulated upstream: no token or network needed.
+    #[arg(help_heading = "Demo")]
     #[arg(long = "demo", env = "FINOVY_DEMO")]
     pub demo: bool,
 }
 
 impl Config {
-    /// Parses the process arguments and environment; on error prints one line naming
-    /// the flag and exits with status 2 (`--help` and `--version` exit 0).
+    /// Parses the process arguments and environment; on error prints clap's message
+    /// (naming the flag, with its suggestion) once and exits with status 2
+    /// (`--help` and `--version` exit 0).
     pub fn parse_or_exit() -> Self {
         match Self::try_parse() {
             Ok(config) => config,
@@ -207,6 +245,9 @@ impl Config {
         url
     }
 }
+
+/// Printed after `--help`: what is read from the environment without a flag.
+const AFTER_HELP: &str = "Environment:\n  FINOVY_ACCESS_TOKEN  The access token, when --api.token-file is not given (never logged)\n  HTTPS_PROXY, HTTP_PROXY, NO_PROXY  Proxy for upstream requests, unless --api.proxy-url is given\n\nEvery flag can also be set from the environment variable shown beside it.";
 
 fn exit_with(err: clap::Error) -> ! {
     use clap::error::ErrorKind;
@@ -231,13 +272,9 @@ fn exit_with(err: clap::Error) -> ! {
             std::process::exit(2);
         }
     }
-    let rendered = err.render().to_string();
-    let line = rendered
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("invalid arguments");
-    eprintln!("{line}");
-    std::process::exit(2);
+    // Anything else is clap's whole message, printed once: its suggestion
+    // ("a similar argument exists") and usage are what tell the user the fix.
+    err.exit();
 }
 
 /// Where to listen: the candidates are tried in order until one binds.

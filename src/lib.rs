@@ -55,6 +55,21 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The source revision the binary was built from (`unknown` outside git).
 pub const REVISION: &str = env!("FINOVY_REVISION");
 
+/// What `--version` prints, in the layout of Prometheus' own tools.
+pub const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (branch: ",
+    env!("FINOVY_BRANCH"),
+    ", revision: ",
+    env!("FINOVY_REVISION"),
+    ")\n  build date:       ",
+    env!("FINOVY_BUILD_DATE"),
+    "\n  rustc version:    ",
+    env!("FINOVY_RUSTC_VERSION"),
+    "\n  platform:         ",
+    env!("FINOVY_PLATFORM"),
+);
+
 /// Makes ring the process-wide TLS crypto provider (idempotent).
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -184,6 +184,14 @@ pub const BUILD_INFO: Family = Family {
     labels: &["version", "revision"],
 };
 
+/// `finovy_demo_mode`.
+pub const DEMO_MODE: Family = Family {
+    name: "finovy_demo_mode",
+    kind: Kind::Gauge,
+    help: "1 when the exporter serves data from its built-in simulated upstream (--demo), else 0.",
+    labels: &[],
+};
+
 /// Every family the exporter itself defines (the `process_*` families of the
 /// `prometheus` crate's collector come on top), in the order `/metrics` lists them.
 pub const ALL: &[Family] = &[
@@ -204,6 +212,7 @@ pub const ALL: &[Family] = &[
     SHARD_INFO,
     WEB_CONFIG_RELOAD,
     BUILD_INFO,
+    DEMO_MODE,
 ];
 
 impl Family {

@@ -17,12 +17,22 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::Semaphore;
 
 use crate::exposition::MetricsCache;
-use crate::state::{unix_seconds, State, TargetState};
+use crate::state::{State, TargetState};
 use crate::target::Liveness;
 use crate::telemetry::Telemetry;
 
 /// Content type of the Prometheus text exposition format.
 pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// What the landing page says about the process itself: the effective
+/// configuration (never a secret) and whether it serves simulated data.
+#[derive(Debug, Clone, Default)]
+pub struct Overview {
+    /// `--demo`: the data comes from the built-in simulator.
+    pub demo: bool,
+    /// Setting name and effective value, in the order shown.
+    pub settings: Vec<(&'static str, String)>,
+}
 
 /// The request handler and what it reads from.
 pub struct Routes {
@@ -31,6 +41,7 @@ pub struct Routes {
     liveness: Arc<Liveness>,
     telemetry_path: String,
     limiter: Semaphore,
+    overview: Overview,
 }
 
 impl Routes {
@@ -48,7 +59,14 @@ impl Routes {
             liveness,
             telemetry_path,
             limiter: Semaphore::new(max_requests),
+            overview: Overview::default(),
         }
+    }
+
+    /// Shows `overview` on the landing page.
+    pub fn with_overview(mut self, overview: Overview) -> Self {
+        self.overview = overview;
+        self
     }
 
     /// Answers one request.
@@ -148,10 +166,11 @@ impl Routes {
             StatusCode::SERVICE_UNAVAILABLE
         };
         // One line per datacenter, as /metrics has them: a discovery target lists
-        // what it found (`datacenter_key=""` before it found any).
+        // what it found (`datacenter_key=""` before it found any). A mistake that
+        // looks healthy is named on its line, as on the landing page.
         for (key, t) in &snap.targets {
             for dc in t.datacenters.keys() {
-                let _ = writeln!(
+                let _ = write!(
                     body,
                     "account={} datacenter_key={} up={} last_success={} last_error={}",
                     quote(&key.account),
@@ -160,6 +179,10 @@ impl Routes {
                     t.last_success.map_or_else(|| "never".into(), rfc3339),
                     last_error(t).map_or_else(|| "none".into(), |e| quote(&e)),
                 );
+                if let Some(warning) = warning(key, t, dc) {
+                    let _ = write!(body, " warning={}", quote(&warning));
+                }
+                body.push('\n');
             }
         }
         text(status, &body)
@@ -167,7 +190,9 @@ impl Routes {
 
     fn landing(&self) -> Response<Full<Bytes>> {
         let snap = self.state.snapshot();
+        let now = std::time::SystemTime::now();
         let mut rows = String::new();
+        let mut warnings = String::new();
         for (key, t) in &snap.targets {
             let (state, class) = match (t.passes, t.up) {
                 (0, _) => ("waiting", "down"),
@@ -176,30 +201,77 @@ impl Routes {
             };
             // One row per datacenter: a discovery target lists what it found.
             for (dc, series) in &t.datacenters {
-                let images = series
-                    .images
-                    .as_ref()
-                    .filter(|im| t.is_fresh(im))
-                    .map_or_else(|| "-".to_string(), |im| im.total_images.to_string());
-                let dc = match (&key.datacenter, dc.as_str()) {
-                    (None, "") => "(discovery: none found yet)",
-                    (_, dc) => dc,
+                if let Some(warning) = warning(key, t, dc) {
+                    let _ = writeln!(
+                        warnings,
+                        "<li><b>{}/{}</b>: {}</li>",
+                        html(&key.account),
+                        html(if dc.is_empty() { "(discovery)" } else { dc }),
+                        html(&warning)
+                    );
+                }
+                let fresh = series.images.as_ref().filter(|im| t.is_fresh(im));
+                let (images, size) = fresh.map_or_else(
+                    || ("-".to_string(), "-".to_string()),
+                    |im| (im.total_images.to_string(), bytes(im.total_bytes)),
+                );
+                let shown_dc = match (&key.datacenter, dc.as_str(), t.passes) {
+                    (None, "", 0) => "(discovery: none found yet)",
+                    (None, "", _) => "(discovery: none found)",
+                    (_, dc, _) => dc,
                 };
+                let trace_id = t
+                    .last_error
+                    .as_ref()
+                    .and_then(|e| e.trace_id.as_deref())
+                    .unwrap_or("-");
                 let _ = writeln!(
                     rows,
-                    "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                    "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td>{}<td>{}</td><td>{}</td><td>{}</td><td class=\"error\">{}</td><td>{}</td></tr>",
                     html(&key.account),
-                    html(dc),
+                    html(shown_dc),
                     class,
                     state,
                     t.last_success.map_or_else(|| "never".into(), rfc3339),
-                    html(&last_error(t).unwrap_or_else(|| "-".into())),
+                    t.last_success.map_or_else(|| "-".into(), |at| ago(now, at)),
+                    // Relative, with the time itself on hover: the column stays narrow.
+                    t.next_pass.map_or_else(
+                        || "<td>-</td>".into(),
+                        |at| format!("<td title=\"{}\">{}</td>", rfc3339(at), ago(now, at))
+                    ),
                     images,
+                    size,
+                    if t.passes == 0 {
+                        "-".to_string()
+                    } else {
+                        format!("{:.2} s", t.last_duration.as_secs_f64())
+                    },
+                    html(&last_error(t).unwrap_or_else(|| "-".into())),
+                    html(trace_id),
                 );
             }
         }
         if rows.is_empty() {
-            rows.push_str("<tr><td colspan=\"6\">no target is configured</td></tr>\n");
+            rows.push_str("<tr><td colspan=\"11\">no target is configured</td></tr>\n");
+        }
+        let warnings = if warnings.is_empty() {
+            String::new()
+        } else {
+            format!("<div class=\"warnings\" id=\"warnings\"><h2>Warnings</h2>\n<ul>\n{warnings}</ul></div>\n")
+        };
+        let banner = if self.overview.demo {
+            "<div class=\"demo\" id=\"demo\">Demo mode: the data below comes from a built-in simulated upstream, not from a Finovy account.</div>\n"
+        } else {
+            ""
+        };
+        let mut settings = String::new();
+        for (name, value) in &self.overview.settings {
+            let _ = writeln!(
+                settings,
+                "<tr><th>{}</th><td>{}</td></tr>",
+                html(name),
+                html(value)
+            );
         }
         let finished = snap.targets.values().filter(|t| t.passes > 0).count();
         let page = format!(
@@ -207,10 +279,13 @@ impl Routes {
             version = crate::VERSION,
             revision = crate::REVISION,
             metrics = html(&self.telemetry_path),
+            banner = banner,
+            warnings = warnings,
+            settings = settings,
             rows = rows,
             finished = finished,
             targets = snap.targets.len(),
-            now = unix_seconds(std::time::SystemTime::now()) as u64,
+            now = rfc3339(now),
         );
         let mut resp = Response::new(Full::new(Bytes::from(page)));
         resp.headers_mut().insert(
@@ -218,6 +293,53 @@ impl Routes {
             HeaderValue::from_static("text/html; charset=utf-8"),
         );
         resp
+    }
+}
+
+/// What looks healthy but is not, for one datacenter row of a target: the
+/// target's own notice (a datacenter key with no image while the account has
+/// images elsewhere), or a discovery that succeeded and found nothing.
+fn warning(key: &crate::account::TargetKey, t: &TargetState, dc: &str) -> Option<String> {
+    if key.datacenter.is_none() && dc.is_empty() && t.passes > 0 && t.up {
+        return Some(
+            "discovery succeeded but found no datacenter: the account has no image matching the filters (check --filter.image-type, --filter.image-name, --filter.status)".into(),
+        );
+    }
+    t.notice.clone()
+}
+
+/// How far `at` is from `now`, for people: "2 min ago", "in 40 s".
+fn ago(now: std::time::SystemTime, at: std::time::SystemTime) -> String {
+    let (secs, past) = match now.duration_since(at) {
+        Ok(d) => (d.as_secs(), true),
+        Err(e) => (e.duration().as_secs(), false),
+    };
+    let amount = match secs {
+        0..=119 => format!("{secs} s"),
+        120..=7199 => format!("{} min", secs / 60),
+        7200..=172_799 => format!("{} h", secs / 3600),
+        _ => format!("{} days", secs / 86_400),
+    };
+    if past {
+        format!("{amount} ago")
+    } else {
+        format!("in {amount}")
+    }
+}
+
+/// Bytes in binary units, three significant digits: "1.50 GiB".
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.2} {}", UNITS[unit])
     }
 }
 
@@ -319,6 +441,18 @@ mod tests {
         assert!(accepts_gzip(&req("*")));
         assert!(!accepts_gzip(&req("*;q=0")));
         assert!(!accepts_gzip(&req("identity")));
+    }
+
+    #[test]
+    fn ages_and_sizes_read_as_people_say_them() {
+        let now = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000);
+        let secs = std::time::Duration::from_secs;
+        assert_eq!(ago(now, now - secs(125)), "2 min ago");
+        assert_eq!(ago(now, now - secs(5)), "5 s ago");
+        assert_eq!(ago(now, now + secs(40)), "in 40 s");
+        assert_eq!(ago(now, now - secs(3 * 86_400)), "3 days ago");
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(3 << 29), "1.50 GiB");
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub enum Outcome {
         reason: Reason,
         /// What happened, for `/readyz` and the landing page. Never holds the token.
         message: String,
+        /// The upstream's `traceId` of the failed answer, when it had one.
+        trace_id: Option<String>,
     },
 }
 
@@ -56,6 +58,8 @@ pub struct LastError {
     pub reason: Reason,
     /// What happened.
     pub message: String,
+    /// The upstream's `traceId` of the failed answer, for a support request.
+    pub trace_id: Option<String>,
 }
 
 /// The image series of one datacenter, as of its last successful pass.
@@ -107,6 +111,9 @@ pub struct TargetState {
     pub last_error: Option<LastError>,
     /// When its next pass is due (wall clock), once known.
     pub next_pass: Option<SystemTime>,
+    /// A mistake that looks healthy (a datacenter key that matches no image of
+    /// the account), for the landing page.
+    pub notice: Option<String>,
     /// Its datacenters: one for a datacenter target; those discovered (or
     /// [`NO_DATACENTER`]) for a discovery target.
     pub datacenters: BTreeMap<String, DatacenterSeries>,
@@ -124,6 +131,7 @@ impl TargetState {
             last_success: None,
             last_error: None,
             next_pass: None,
+            notice: None,
             datacenters: BTreeMap::from([(dc, DatacenterSeries::default())]),
         }
     }
@@ -225,6 +233,15 @@ impl State {
         });
     }
 
+    /// Sets (or clears) the notice of a target.
+    pub fn set_notice(&self, key: &TargetKey, notice: Option<String>) {
+        self.update(|snap| {
+            if let Some(t) = snap.targets.get_mut(key) {
+                Arc::make_mut(t).notice = notice;
+            }
+        });
+    }
+
     /// Publishes the outcome of one pass of `key`. A target no longer registered
     /// (removed while its pass ran) publishes nothing.
     pub fn publish(&self, key: &TargetKey, duration: Duration, outcome: Outcome) {
@@ -249,7 +266,11 @@ impl State {
                 anomalies,
                 folded,
             )),
-            Outcome::Failure { reason, message } => Err((reason, message)),
+            Outcome::Failure {
+                reason,
+                message,
+                trace_id,
+            } => Err((reason, message, trace_id)),
         };
         self.update(|snap| {
             let Some(target) = snap.targets.get_mut(key) else {
@@ -293,12 +314,13 @@ impl State {
                         }
                     }
                 }
-                Err((reason, message)) => {
+                Err((reason, message, trace_id)) => {
                     t.up = false;
                     t.last_error = Some(LastError {
                         at: now,
                         reason,
                         message,
+                        trace_id,
                     });
                     for series in t.datacenters.values_mut() {
                         series.failures[reason.index()] += 1;
@@ -512,6 +534,7 @@ mod tests {
         Outcome::Failure {
             reason: Reason::Http,
             message: "HTTP status 503".into(),
+            trace_id: None,
         }
     }
 

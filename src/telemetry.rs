@@ -32,6 +32,8 @@ pub struct Telemetry {
     /// `finovy_web_config_last_reload_successful`: 0 while the last change of
     /// `--web.config.file` could not be loaded, else 1.
     pub web_config_last_reload_successful: IntGauge,
+    /// `finovy_demo_mode`: 1 with `--demo`.
+    pub demo_mode: IntGauge,
 }
 
 impl Telemetry {
@@ -66,6 +68,7 @@ impl Telemetry {
         let web_config_last_reload_successful =
             IntGauge::with_opts(metrics::WEB_CONFIG_RELOAD.opts()).expect("valid metric");
         web_config_last_reload_successful.set(1);
+        let demo_mode = IntGauge::with_opts(metrics::DEMO_MODE.opts()).expect("valid metric");
 
         for collector in [
             Box::new(api_requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -75,6 +78,7 @@ impl Telemetry {
             Box::new(shard_info.clone()),
             Box::new(build_info),
             Box::new(web_config_last_reload_successful.clone()),
+            Box::new(demo_mode.clone()),
         ] {
             registry
                 .register(collector)
@@ -94,6 +98,7 @@ impl Telemetry {
             concurrency_limit,
             shard_info,
             web_config_last_reload_successful,
+            demo_mode,
         }
     }
 

@@ -672,11 +672,20 @@ async fn metrics_pass_promtool_check_metrics() {
 }
 
 #[test]
-fn a_bad_flag_exits_2_with_one_line_naming_it() {
-    for (args, flag) in [
-        (&["--api.timeout", "soon"][..], "--api.timeout"),
-        (&["--datacenters", "HZ,,SH"][..], "--datacenters"),
-        (&["--no-such-flag"][..], "--no-such-flag"),
+fn a_bad_flag_exits_2_with_clap_s_whole_message_once() {
+    for (args, flag, hint) in [
+        (&["--api.timeout", "soon"][..], "--api.timeout", "duration"),
+        (
+            &["--datacenters", "HZ,,SH"][..],
+            "--datacenters",
+            "datacenter key",
+        ),
+        (&["--no-such-flag"][..], "--no-such-flag", "Usage:"),
+        (
+            &["--datacenter", "HZ"][..],
+            "--datacenter",
+            "a similar argument exists: '--datacenters'",
+        ),
     ] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_finovy-image-exporter"))
             .args(args)
@@ -684,8 +693,14 @@ fn a_bad_flag_exits_2_with_one_line_naming_it() {
             .unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert_eq!(
+            stderr.matches("error:").count(),
+            1,
+            "printed once: {stderr}"
+        );
         assert!(stderr.contains(flag), "{stderr}");
+        assert!(stderr.contains(hint), "{hint} missing from {stderr}");
+        assert!(out.stdout.is_empty(), "errors go to stderr");
     }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_finovy-image-exporter"))
         .env("FINOVY_API_PAGE_SIZE", "-3")
@@ -703,7 +718,83 @@ fn a_bad_flag_exits_2_with_one_line_naming_it() {
         Some(2),
         "no token is a configuration error"
     );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("FINOVY_ACCESS_TOKEN"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("FINOVY_ACCESS_TOKEN"), "{stderr}");
+    assert_eq!(
+        stderr.matches("FINOVY_ACCESS_TOKEN").count(),
+        1,
+        "a start-up error is printed once: {stderr}"
+    );
+}
+
+#[test]
+fn version_and_help_read_as_prometheus_tools_do() {
+    let run = |arg: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_finovy-image-exporter"))
+            .arg(arg)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{arg}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let version = run("--version");
+    let first = version.lines().next().unwrap();
+    assert!(
+        first.starts_with(&format!(
+            "finovy-image-exporter {} (branch: ",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{version}"
+    );
+    assert!(first.contains(", revision: "), "{version}");
+    let field = |key: &str| {
+        version
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in {version}"))
+            .trim()
+            .to_string()
+    };
+    let date = field("build date:");
+    assert!(
+        date.len() == 17
+            && date.as_bytes()[8] == b'-'
+            && date[..8].bytes().all(|b| b.is_ascii_digit()),
+        "build date {date}"
+    );
+    assert!(field("rustc version:").starts_with("rustc "), "{version}");
+    assert!(field("platform:").contains('/'), "{version}");
+    let help = run("--help");
+    for heading in [
+        "Web:",
+        "API:",
+        "API TLS and proxy:",
+        "Filters:",
+        "Refresh:",
+        "Limits:",
+        "Logs:",
+        "Sharding:",
+        "Environment:",
+    ] {
+        assert!(
+            help.lines().any(|l| l == heading),
+            "no heading {heading} in --help"
+        );
+    }
+    assert!(help.contains("FINOVY_ACCESS_TOKEN"), "{help}");
+    // Each flag sits under its heading.
+    let section = |flag: &str| {
+        let at = help.find(flag).unwrap();
+        help[..at]
+            .lines()
+            .rev()
+            .find(|l| l.ends_with(':') && !l.starts_with(' '))
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(section("--web.listen-address"), "Web:");
+    assert_eq!(section("--api.tls.ca-file"), "API TLS and proxy:");
+    assert_eq!(section("--log.format"), "Logs:");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -254,6 +254,18 @@ fn dashboard_queries() -> (Vec<(String, String)>, Vec<String>) {
 }
 
 /// Substitutes the dashboard's variables as Grafana would for one selection.
+/// The PromQL of the dashboard's annotations (Grafana's built-in one has none).
+fn annotation_queries() -> Vec<String> {
+    let path = repo().join("grafana/dashboards/finovy-images.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    dashboard["annotations"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["expr"].as_str().map(str::to_owned))
+        .collect()
+}
+
 fn substitute(text: &str, selection: &[(&str, &str)]) -> String {
     let mut out = text.to_owned();
     for (name, value) in selection {
@@ -271,6 +283,9 @@ const ALL: &[(&str, &str)] = &[
     ("__rate_interval", "1m"),
     ("datacenter_key", ".*"),
     ("image_type", ".*"),
+    ("status", ".*"),
+    ("account", ".*"),
+    ("instance", ".*"),
     ("job", JOB),
 ];
 /// One datacenter and one image type selected.
@@ -278,6 +293,9 @@ const ONE: &[(&str, &str)] = &[
     ("__rate_interval", "1m"),
     ("datacenter_key", "SH"),
     ("image_type", "Windows"),
+    ("status", "expired"),
+    ("account", "default"),
+    ("instance", "127.0.0.1:.*"),
     ("job", JOB),
 ];
 
@@ -445,10 +463,10 @@ async fn prometheus_scrapes_the_exporter_and_answers_every_dashboard_query_and_a
     );
     let exporter_addr: SocketAddr = wait_for_line(&mut exporter_process, &exporter_lines, |line| {
         let entry: Value = serde_json::from_str(line).ok()?;
-        if entry["fields"]["message"] != "listening" {
+        if entry["msg"] != "listening" {
             return None;
         }
-        entry["fields"]["address"].as_str()?.parse().ok()
+        entry["address"].as_str()?.parse().ok()
     });
     let exporter = format!("http://{exporter_addr}");
 
@@ -511,6 +529,24 @@ async fn prometheus_scrapes_the_exporter_and_answers_every_dashboard_query_and_a
                 query_with_data(&client, &prometheus, &expr)
             })
             .await;
+        }
+    }
+    // Annotation queries (failures) have no data while all is well, but
+    // Prometheus must accept them.
+    for expr in annotation_queries() {
+        for selection in [ALL, ONE] {
+            let expr = substitute(&expr, selection);
+            let response = client
+                .get(format!("{prometheus}/api/v1/query"))
+                .query(&[("query", expr.as_str())])
+                .send()
+                .await
+                .unwrap();
+            assert!(
+                response.status().is_success(),
+                "Prometheus rejects the annotation {expr}: {}",
+                response.text().await.unwrap_or_default()
+            );
         }
     }
     // Variable queries: label_values(SELECTOR, LABEL) finds values of LABEL.
@@ -603,6 +639,18 @@ async fn prometheus_scrapes_the_exporter_and_answers_every_dashboard_query_and_a
         DATACENTERS.map(String::from).to_vec(),
         "one row per datacenter"
     );
+    for column in ["Age", "Next pass", "Size", "Last duration", "Last trace id"] {
+        assert!(
+            landing.contains(&format!("<th>{column}</th>")),
+            "no {column} column"
+        );
+    }
+    assert!(landing.contains(" ago</td>"), "the age of the last success");
+    assert!(
+        landing.contains("id=\"configuration\""),
+        "the effective configuration"
+    );
+    assert!(!landing.contains(TOKEN), "the token on the landing page");
     let readyz = chromium(
         &chromium_bin,
         &profile,

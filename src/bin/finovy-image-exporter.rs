@@ -40,7 +40,9 @@ async fn run(config: Config) {
     let exporter = match Exporter::start(config).await {
         Ok(exporter) => exporter,
         Err(err) => {
-            tracing::error!(error = %err, "cannot start");
+            // Once, as plain text, like clap's errors: a start-up error is read
+            // by whoever just ran the command, and a log line around it (the
+            // logger writes to stderr too) would only say it a second time.
             eprintln!("{err}");
             std::process::exit(err.exit_code());
         }

@@ -359,6 +359,7 @@ fn end_early(pass: Pass<'_>, news: PageNews, before_plan: bool) -> Result<Collec
                  repeated pages cannot be told from new ones, so the numbers cannot be trusted",
                 pass.pages
             ),
+            body: None,
         });
     }
     Ok(pass.finish(before_plan))

@@ -187,6 +187,7 @@ impl Scheduler {
                 state: Arc::clone(&self.state),
                 telemetry: self.telemetry.clone(),
                 limits: self.limits,
+                probed: AtomicBool::new(false),
             };
             let handle = tokio::spawn(target.run()).abort_handle();
             self.targets.insert(key, handle);
@@ -243,6 +244,9 @@ struct TargetTask {
     state: Arc<State>,
     telemetry: Telemetry,
     limits: Limits,
+    /// Whether this target already looked for the account's datacenter keys
+    /// after a pass found nothing (done once per target and process).
+    probed: AtomicBool,
 }
 
 impl TargetTask {
@@ -268,6 +272,7 @@ impl TargetTask {
     async fn pass(&self) {
         let account = &self.runtime.account;
         let started = Instant::now();
+        let mut elsewhere = None;
         let result = match account.token.current() {
             Err(err) => Err(FetchError::Token(err)),
             Ok(token) => {
@@ -276,10 +281,16 @@ impl TargetTask {
                     .runtime
                     .pager
                     .collect(&token, self.key.datacenter.as_deref());
-                match tokio::time::timeout(timeout, pass).await {
+                let result = match tokio::time::timeout(timeout, pass).await {
                     Ok(result) => result,
                     Err(_) => Err(FetchError::PassTimeout(timeout)),
+                };
+                if let Ok(collected) = &result {
+                    if collected.items == 0 && collected.foreign == 0 {
+                        elsewhere = self.keys_elsewhere(&token).await;
+                    }
                 }
+                result
             }
         };
         self.runtime.pager.budget.pass_finished();
@@ -290,6 +301,64 @@ impl TargetTask {
             Ok(collected) => self.succeeded(collected, duration),
             Err(err) => self.failed(&err, duration),
         }
+        if let Some(keys) = elsewhere {
+            self.warn_empty(&keys);
+        }
+    }
+
+    /// For a datacenter target whose pass found no image: the datacenter keys
+    /// of the account's images on one unfiltered-by-datacenter first page, once
+    /// per target and process (a typo such as `hz` for `HZ` otherwise looks
+    /// healthy: up, with no image). `None` when already asked, or on an error.
+    async fn keys_elsewhere(&self, token: &crate::secret::Token) -> Option<Vec<String>> {
+        self.key.datacenter.as_ref()?;
+        if self.probed.swap(true, Ordering::Relaxed) {
+            return None;
+        }
+        let pager = &self.runtime.pager;
+        let page = pager
+            .client
+            .fetch_page(&pager.budget, token, None, 1)
+            .await
+            .ok()?;
+        let mut keys: Vec<String> = page
+            .items
+            .iter()
+            .filter_map(|item| item.datacenter_key.as_deref())
+            .map(str::to_string)
+            .collect();
+        keys.sort();
+        keys.dedup();
+        Some(keys)
+    }
+
+    /// Warns once that this datacenter has no image while the account has
+    /// images under `keys`, and shows it on the landing page.
+    fn warn_empty(&self, keys: &[String]) {
+        let asked = self.key.datacenter.as_deref().unwrap_or("");
+        if keys.is_empty() || keys.iter().any(|k| k == asked) {
+            return;
+        }
+        let shown: Vec<&str> = keys.iter().take(20).map(String::as_str).collect();
+        let similar = keys.iter().find(|k| k.eq_ignore_ascii_case(asked.trim()));
+        tracing::warn!(
+            account = %self.key.account,
+            datacenter_key = %asked,
+            account_datacenter_keys = %shown.join(","),
+            did_you_mean = similar.map(String::as_str),
+            "no image in this datacenter, but the account has images in others: check the keys in --datacenters (they are case-sensitive), or leave it out to discover them"
+        );
+        let notice = match similar {
+            Some(similar) => format!(
+                "no image under datacenter key {asked:?}; the account has images under {}: did you mean {similar:?}?",
+                shown.join(", ")
+            ),
+            None => format!(
+                "no image under datacenter key {asked:?}; the account has images under {}",
+                shown.join(", ")
+            ),
+        };
+        self.state.set_notice(&self.key, Some(notice));
     }
 
     fn succeeded(&self, collected: Collected, duration: Duration) {
@@ -364,30 +433,26 @@ impl TargetTask {
             Outcome::Failure {
                 reason,
                 message: err.to_string(),
+                trace_id: err.trace_id().map(str::to_string),
             },
         );
+        // One line that says what was asked, what came back and what to do:
+        // the URL has no query (so neither the extra parameters nor the token),
+        // the answer's start is redacted, and a field that does not apply
+        // (no status on a network error, no trace id) is left out, not empty.
         let url = self.runtime.pager.client.url();
-        match err.http_status() {
-            Some(status) => tracing::warn!(
-                account = %self.key.account,
-                datacenter_key = %self.key.datacenter.as_deref().unwrap_or(""),
-                reason = reason.label(),
-                http_status = status,
-                url = %url,
-                trace_id = err.trace_id().unwrap_or(""),
-                duration_seconds = duration.as_secs_f64(),
-                error = %err,
-                "refresh failed"
-            ),
-            None => tracing::warn!(
-                account = %self.key.account,
-                datacenter_key = %self.key.datacenter.as_deref().unwrap_or(""),
-                reason = reason.label(),
-                url = %url,
-                duration_seconds = duration.as_secs_f64(),
-                error = %err,
-                "refresh failed"
-            ),
-        }
+        tracing::warn!(
+            account = %self.key.account,
+            datacenter_key = %self.key.datacenter.as_deref().unwrap_or(""),
+            reason = reason.label(),
+            http_status = err.http_status(),
+            url = %url,
+            trace_id = err.trace_id(),
+            duration_seconds = duration.as_secs_f64(),
+            error = %err,
+            body = err.body(),
+            hint = err.hint(url),
+            "refresh failed"
+        );
     }
 }

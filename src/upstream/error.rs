@@ -44,6 +44,8 @@ pub enum FetchError {
         status: u16,
         /// `Retry-After`, when the server sent one.
         retry_after: Option<Duration>,
+        /// The start of the answer ([`snippet`]), for the log line.
+        body: Option<String>,
     },
     /// The envelope reported a failure other than authentication.
     #[error("API error code {code}: {msg}")]
@@ -64,6 +66,8 @@ pub enum FetchError {
         status: u16,
         /// What is wrong.
         msg: String,
+        /// The start of the answer ([`snippet`]), when it was not a page at all.
+        body: Option<String>,
     },
     /// The answer was larger than the limit.
     #[error("answer larger than {limit} bytes, cut off")]
@@ -108,6 +112,66 @@ impl FetchError {
         }
     }
 
+    /// The start of the answer that was not a page, redacted of the token and
+    /// with control characters escaped, when one came back.
+    pub fn body(&self) -> Option<&str> {
+        match self {
+            FetchError::Http { body, .. } | FetchError::Decode { body, .. } => body.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// What to do about the usual causes of this failure, given the URL asked,
+    /// for the log line. `None` when nothing specific is known.
+    pub fn hint(&self, url: &url::Url) -> Option<&'static str> {
+        match self {
+            FetchError::Token(_) => None,
+            FetchError::Auth { .. } => {
+                Some("the token was refused: check --api.token-file / FINOVY_ACCESS_TOKEN")
+            }
+            FetchError::Http { status: 404, .. } if path_repeats(url.path()) => Some(
+                "the path is given twice: --api.url should be the base URL; the path goes in --api.path",
+            ),
+            FetchError::Http { status: 404, .. } => Some(
+                "no such endpoint: --api.url should be the base URL (scheme, host, port) and --api.path the endpoint's path",
+            ),
+            FetchError::Http { status: 429, .. } => {
+                Some("the upstream throttles: lower --api.concurrency or raise --refresh.interval")
+            }
+            FetchError::Tls(msg) if msg.contains("UnknownIssuer") => Some(
+                "UnknownIssuer: the upstream's certificate is signed by a CA this host does not trust; pass the CA with --api.tls.ca-file",
+            ),
+            FetchError::Tls(msg) if msg.contains("NotValidForName") => Some(
+                "the upstream's certificate is not valid for the host in --api.url: use the name it was issued for",
+            ),
+            FetchError::Tls(msg) if msg.contains("Expired") => {
+                Some("the upstream's certificate has expired")
+            }
+            FetchError::Tls(msg)
+                if msg.contains("InvalidContentType")
+                    || msg.contains("corrupt message")
+                    || msg.contains("CorruptMessage") =>
+            {
+                Some(
+                    "the server answered in plain HTTP: use http:// in --api.url, or the port of its TLS listener",
+                )
+            }
+            FetchError::Connect(msg) if msg.contains("refused") => Some(
+                "nothing listens at the host and port of --api.url (or of the proxy)",
+            ),
+            FetchError::Connect(msg) if msg.contains("dns error") => {
+                Some("the host of --api.url does not resolve")
+            }
+            FetchError::Decode { body: Some(_), .. } => Some(
+                "the answer is not a page of the image list: check --api.url and --api.path",
+            ),
+            FetchError::PassTimeout(_) => Some(
+                "raise --refresh.timeout, or --api.page-size so that fewer pages are needed",
+            ),
+            _ => None,
+        }
+    }
+
     /// Whether trying again may help: timeouts, broken connections, 5xx and 429.
     pub(crate) fn retryable(&self) -> bool {
         match self {
@@ -122,5 +186,105 @@ impl FetchError {
             FetchError::Http { retry_after, .. } => *retry_after,
             _ => None,
         }
+    }
+}
+
+/// Bytes of an answer kept for the log line.
+pub const SNIPPET_BYTES: usize = 200;
+
+/// The start of an answer body, fit for a log line: at most [`SNIPPET_BYTES`]
+/// (on a character boundary, `…` when cut), the token replaced, control
+/// characters escaped, so that it can neither leak the token nor forge a line.
+/// `None` for an empty body.
+pub fn snippet(body: &[u8], token: &crate::secret::Token) -> Option<String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return None;
+    }
+    // Redact before cutting, over a window long enough to hold a token that
+    // starts inside the kept part: a cut token would not be recognised.
+    let window = body.len().min(SNIPPET_BYTES + token.expose().len());
+    let text = token.redact(&String::from_utf8_lossy(&body[..window]));
+    let text = text.trim();
+    let mut out = String::with_capacity(SNIPPET_BYTES + 8);
+    let mut kept = 0;
+    for c in text.chars() {
+        if kept + c.len_utf8() > SNIPPET_BYTES {
+            out.push('…');
+            return Some(out);
+        }
+        kept += c.len_utf8();
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if window < body.len() {
+        out.push('…');
+    }
+    Some(out)
+}
+
+/// Whether a URL path ends in the same segments twice (`/a/b/a/b`): the API
+/// path given in `--api.url` as well as in `--api.path`.
+fn path_repeats(path: &str) -> bool {
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let n = segments.len();
+    (1..=n / 2).any(|k| segments[n - k..] == segments[n - 2 * k..n - k])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Token;
+
+    #[test]
+    fn a_snippet_is_short_redacted_and_escaped() {
+        let token = Token::new("s3cr3t-token").unwrap();
+        let body = format!("<html>\n\u{1b}[31m{}</html>", "x".repeat(195));
+        let cut = snippet(
+            format!("{}s3cr3t-token", "y".repeat(195)).as_bytes(),
+            &token,
+        )
+        .unwrap();
+        assert!(!cut.contains("s3cr3t"), "{cut}");
+        let s = snippet(body.as_bytes(), &token).unwrap();
+        assert!(s.starts_with("<html>\\n\\u{1b}[31m"), "{s}");
+        assert!(s.ends_with('…'), "{s}");
+        assert!(!s.chars().any(char::is_control));
+        assert!(s.len() <= SNIPPET_BYTES + 40);
+        let s = snippet(b"token s3cr3t-token refused", &token).unwrap();
+        assert_eq!(s, "token **hidden** refused");
+        assert_eq!(snippet(b" \n", &token), None);
+    }
+
+    #[test]
+    fn hints_name_the_fix() {
+        let doubled: url::Url =
+            "http://h/v1/open/image/personal/getList/v1/open/image/personal/getList"
+                .parse()
+                .unwrap();
+        let plain: url::Url = "http://h/v1/open/image/personal/getList".parse().unwrap();
+        let not_found = FetchError::Http {
+            status: 404,
+            retry_after: None,
+            body: None,
+        };
+        assert!(not_found.hint(&doubled).unwrap().contains("--api.path"));
+        assert!(not_found.hint(&doubled).unwrap().contains("twice"));
+        assert!(!not_found.hint(&plain).unwrap().contains("twice"));
+        let auth = FetchError::Auth {
+            status: 401,
+            api_code: None,
+            trace_id: None,
+        };
+        assert!(auth.hint(&plain).unwrap().contains("FINOVY_ACCESS_TOKEN"));
+        let tls = FetchError::Tls("invalid peer certificate: UnknownIssuer".into());
+        assert!(tls.hint(&plain).unwrap().contains("--api.tls.ca-file"));
+        let plain_port =
+            FetchError::Tls("received corrupt message of type InvalidContentType".into());
+        assert!(plain_port.hint(&plain).unwrap().contains("plain HTTP"));
+        assert!(path_repeats("/a/b/a/b") && path_repeats("/x/list/list"));
+        assert!(!path_repeats("/v1/open/image/personal/getList") && !path_repeats("/"));
     }
 }

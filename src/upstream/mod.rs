@@ -237,7 +237,7 @@ impl ApiClient {
                 datacenter_key = datacenter.unwrap_or(""),
                 page,
                 attempt = attempt + 1,
-                wait = ?wait,
+                wait_seconds = wait.as_secs_f64(),
                 error = %err,
                 "retrying upstream request"
             );
@@ -323,9 +323,14 @@ impl ApiClient {
             });
         }
         if !status.is_success() {
+            let retry_after = retry_after(response.headers());
+            // A short, bounded look at the answer: what an error page says is
+            // often the fix (a proxy's "no route", a framework's 404 page).
+            let body = read_prefix(&mut response, error::SNIPPET_BYTES + 256).await;
             return Err(FetchError::Http {
                 status: status.as_u16(),
-                retry_after: retry_after(response.headers()),
+                retry_after,
+                body: error::snippet(&body, token),
             });
         }
         let limit = self.config.max_body_bytes();
@@ -372,6 +377,22 @@ impl ApiClient {
             FetchError::Connect(msg)
         }
     }
+}
+
+/// Up to `limit` bytes of an answer's body; whatever breaks while reading just
+/// ends the prefix (it is only shown in a log line).
+async fn read_prefix(response: &mut reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut prefix = Vec::new();
+    while prefix.len() < limit {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                let room = limit - prefix.len();
+                prefix.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            }
+            _ => break,
+        }
+    }
+    prefix
 }
 
 /// Applies the upstream TLS settings to a client builder.
@@ -427,9 +448,17 @@ fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
     if err.downcast_ref::<rustls::Error>().is_some() {
         return true;
     }
-    err.downcast_ref::<std::io::Error>()
+    // An io::Error may wrap another io::Error, or an error whose own chain
+    // leads to rustls: follow both ways down.
+    if let Some(inner) = err
+        .downcast_ref::<std::io::Error>()
         .and_then(|io| io.get_ref())
-        .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+    {
+        if is_tls_error(inner) {
+            return true;
+        }
+    }
+    err.source().is_some_and(is_tls_error)
 }
 
 /// Decodes an answer body into a page, or into the error it reports. Upstream
@@ -463,8 +492,20 @@ fn decode(
         WireError::Decode(msg) => FetchError::Decode {
             status: status.as_u16(),
             msg: token.redact(&msg),
+            body: (!looks_like_json(body))
+                .then(|| error::snippet(body, token))
+                .flatten(),
         },
     })
+}
+
+/// Whether a body starts like a JSON value: a page that merely lacks a field
+/// is described by the decoder; anything else (an HTML page, plain text) is
+/// shown in part, since what it says is often the cause.
+fn looks_like_json(body: &[u8]) -> bool {
+    body.iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| matches!(b, b'{' | b'['))
 }
 
 fn retry_after(headers: &HeaderMap) -> Option<Duration> {
@@ -529,6 +570,7 @@ mod tests {
                 FetchError::Http {
                     status: 503,
                     retry_after: None,
+                    body: None,
                 },
                 Reason::Http,
                 true,
@@ -537,6 +579,7 @@ mod tests {
                 FetchError::Http {
                     status: 429,
                     retry_after: None,
+                    body: None,
                 },
                 Reason::Http,
                 true,
@@ -545,6 +588,7 @@ mod tests {
                 FetchError::Http {
                     status: 404,
                     retry_after: None,
+                    body: None,
                 },
                 Reason::Http,
                 false,
