@@ -457,8 +457,12 @@ async fn endpoints_gzip_head_404_and_405() {
         &["--web.telemetry-path", "/custom"],
     )
     .await;
-    wait_for("first cycle", DEADLINE, || async {
-        (get(&format!("http://{}/readyz", exporter.addr)).await.0 == 200).then_some(())
+    // The first successful pass: ready, with data (a pass that failed on a busy
+    // machine would make it ready without).
+    wait_for("first successful pass", DEADLINE, || async {
+        let (status, _) = get(&format!("http://{}/readyz", exporter.addr)).await;
+        let (_, body) = get(&format!("http://{}/custom", exporter.addr)).await;
+        (status == 200 && body.contains("finovy_images{")).then_some(())
     })
     .await;
     let client = reqwest::Client::new();
