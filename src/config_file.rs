@@ -21,7 +21,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 use serde::Deserialize;
 use url::Url;
 
-use crate::account::Account;
+use crate::account::{Account, AccountNames};
 use crate::aggregate::Status;
 use crate::config::{self, Config, ExtraHeader, SizeUnit};
 use crate::secret::{Token, TokenSource};
@@ -774,6 +774,87 @@ fn join(base: &Url, path: &str) -> Url {
     let prefix = url.path().trim_end_matches('/').to_string();
     url.set_path(&format!("{prefix}{path}"));
     url
+}
+
+/// Reloads `--config.file` on SIGHUP and `POST /-/reload`: the new file is
+/// checked whole first; only then are its accounts handed to the scheduler
+/// (which keeps every target whose account did not change). A file with any
+/// problem changes nothing: the running configuration stays, and the reload
+/// gauge goes to 0 until a reload succeeds.
+pub struct Reloader {
+    path: Option<PathBuf>,
+    flags: Config,
+    names: std::sync::Arc<AccountNames>,
+    telemetry: Telemetry,
+    scheduler: tokio::sync::mpsc::UnboundedSender<Vec<Account>>,
+    /// One reload at a time, so that two cannot hand over their lists out of order.
+    busy: std::sync::Mutex<()>,
+}
+
+/// What a reload did.
+#[derive(Debug)]
+pub enum Reloaded {
+    /// The new accounts were handed to the scheduler.
+    Applied {
+        /// Accounts in the file.
+        accounts: usize,
+        /// Their targets (over every shard).
+        targets: usize,
+    },
+    /// No `--config.file`: nothing to reload.
+    NoFile,
+}
+
+impl Reloader {
+    /// A reloader of `path` (none without `--config.file`) that hands new
+    /// accounts to `scheduler`.
+    pub fn new(
+        path: Option<PathBuf>,
+        flags: Config,
+        names: std::sync::Arc<AccountNames>,
+        telemetry: Telemetry,
+        scheduler: tokio::sync::mpsc::UnboundedSender<Vec<Account>>,
+    ) -> Self {
+        Reloader {
+            path,
+            flags,
+            names,
+            telemetry,
+            scheduler,
+            busy: std::sync::Mutex::new(()),
+        }
+    }
+
+    /// Loads the file again and, when it has no problem, applies it. Blocking
+    /// (it reads files and builds clients): call it off the async workers.
+    pub fn reload(&self) -> Result<Reloaded, ConfigFileError> {
+        let Some(path) = &self.path else {
+            tracing::info!("no --config.file to reload; the token file is read at every pass and the web configuration by its watcher");
+            return Ok(Reloaded::NoFile);
+        };
+        let _one_at_a_time = self.busy.lock().unwrap_or_else(|e| e.into_inner());
+        match load(path, &self.flags) {
+            Ok(accounts) => {
+                let (n, targets) = (accounts.len(), target_count(&accounts));
+                self.names.set(&accounts);
+                // The scheduler ends only at shutdown, when nothing is served any more.
+                let _ = self.scheduler.send(accounts);
+                self.telemetry.config_loaded(true);
+                tracing::info!(file = %path.display(), accounts = n, targets, "configuration reloaded");
+                Ok(Reloaded::Applied {
+                    accounts: n,
+                    targets,
+                })
+            }
+            Err(err) => {
+                self.telemetry.config_loaded(false);
+                for problem in &err.0 {
+                    tracing::error!(problem = %problem, "cannot reload --config.file; the running configuration stays");
+                }
+                Err(err)
+            }
+        }
+    }
 }
 
 #[cfg(test)]

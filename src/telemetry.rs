@@ -9,7 +9,7 @@
 
 use prometheus::core::Collector as _;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Registry,
     TextEncoder,
 };
 
@@ -32,6 +32,10 @@ pub struct Telemetry {
     /// `finovy_web_config_last_reload_successful`: 0 while the last change of
     /// `--web.config.file` could not be loaded, else 1.
     pub web_config_last_reload_successful: IntGauge,
+    /// `finovy_config_last_reload_successful`.
+    pub config_last_reload_successful: IntGauge,
+    /// `finovy_config_last_reload_success_timestamp_seconds`.
+    pub config_last_reload_success_timestamp: Gauge,
 }
 
 impl Telemetry {
@@ -66,6 +70,11 @@ impl Telemetry {
         let web_config_last_reload_successful =
             IntGauge::with_opts(metrics::WEB_CONFIG_RELOAD.opts()).expect("valid metric");
         web_config_last_reload_successful.set(1);
+        let config_last_reload_successful =
+            IntGauge::with_opts(metrics::CONFIG_RELOAD.opts()).expect("valid metric");
+        config_last_reload_successful.set(1);
+        let config_last_reload_success_timestamp =
+            Gauge::with_opts(metrics::CONFIG_RELOAD_TIMESTAMP.opts()).expect("valid metric");
 
         for collector in [
             Box::new(api_requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -75,6 +84,8 @@ impl Telemetry {
             Box::new(shard_info.clone()),
             Box::new(build_info),
             Box::new(web_config_last_reload_successful.clone()),
+            Box::new(config_last_reload_successful.clone()),
+            Box::new(config_last_reload_success_timestamp.clone()),
         ] {
             registry
                 .register(collector)
@@ -94,6 +105,17 @@ impl Telemetry {
             concurrency_limit,
             shard_info,
             web_config_last_reload_successful,
+            config_last_reload_successful,
+            config_last_reload_success_timestamp,
+        }
+    }
+
+    /// Records the outcome of a load of the configuration.
+    pub fn config_loaded(&self, success: bool) {
+        self.config_last_reload_successful.set(i64::from(success));
+        if success {
+            self.config_last_reload_success_timestamp
+                .set(crate::state::unix_seconds(std::time::SystemTime::now()));
         }
     }
 
@@ -145,6 +167,26 @@ impl Telemetry {
                 }
             }
         }
+    }
+
+    /// Appends the text exposition of the series of `account` only (the families
+    /// with an `account` label), for `/probe`.
+    pub fn encode_account(&self, account: &str, out: &mut Vec<u8>) {
+        let mut families = self.registry.gather();
+        families.retain_mut(|family| {
+            let metrics: Vec<_> = family
+                .take_metric()
+                .into_iter()
+                .filter(|m| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == "account" && l.value() == account)
+                })
+                .collect();
+            family.set_metric(metrics);
+            !family.get_metric().is_empty()
+        });
+        let _ = TextEncoder::new().encode(&families, out);
     }
 
     /// Appends the text exposition of these metrics to `out`.
