@@ -481,7 +481,7 @@ pub fn ignore_other_signals(on_hangup: impl Fn() + Send + Sync + 'static) {
                     if name == "SIGHUP" {
                         tracing::info!(
                             signal = name,
-                            "signal received: re-reading the token file and the web configuration"
+                            "signal received: reloading --config.file, if there is one (the token file is read at every pass, the web configuration by its watcher)"
                         );
                         on_hangup();
                     } else {

@@ -594,3 +594,155 @@ async fn a_storm_of_429_halves_only_its_accounts_concurrency_which_grows_back() 
     })
     .await;
 }
+
+/// Kills (and reaps) a child process when the test ends, however it ends.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `sum by (account) (EXPR)` from Prometheus, per account.
+async fn sum_by_account(prometheus: &str, expr: &str) -> Option<BTreeMap<String, f64>> {
+    let resp = reqwest::Client::new()
+        .get(format!("{prometheus}/api/v1/query"))
+        .query(&[("query", format!("sum by (account) ({expr})"))])
+        .send()
+        .await
+        .ok()?;
+    let body: serde_json::Value = serde_json::from_str(&resp.text().await.ok()?).ok()?;
+    body["data"]["result"]
+        .as_array()?
+        .iter()
+        .map(|r| {
+            Some((
+                r["metric"]["account"].as_str()?.to_string(),
+                r["value"][1].as_str()?.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_sees_the_same_totals_per_account_from_three_shards_as_from_one_exporter() {
+    let Some(prometheus) = common::require_tool("prometheus") else {
+        return;
+    };
+    let dir = scratch("prometheus-shards");
+    let mut sim_accounts = Vec::new();
+    let mut entries = String::new();
+    let mut expected = BTreeMap::new();
+    for i in 0..12u64 {
+        let (name, token) = (format!("acct{i:02}"), format!("token-{i}"));
+        let set = images(100 + i, 40 + 10 * i as usize, &["HZ", "SH", "SG"]);
+        // A third of the accounts discover their datacenters; the others list two.
+        let listed: &[&str] = if i % 3 == 0 {
+            &["HZ", "SH", "SG"]
+        } else {
+            &["HZ", "SH"]
+        };
+        let count = set
+            .iter()
+            .filter(|im| listed.contains(&im.datacenter_key.as_str()))
+            .count();
+        expected.insert(name.clone(), count as f64);
+        write(&dir.join(format!("{name}.token")), &token);
+        entries.push_str(&format!("  - {{name: {name}, token_file: {name}.token"));
+        if i % 3 != 0 {
+            entries.push_str(", datacenters: [HZ, SH]");
+        }
+        entries.push_str("}\n");
+        sim_accounts.push(SimAccount::new(&name, &token, set));
+    }
+    let upstream = start_sim(sim_accounts).await;
+    let config = dir.join("config.yaml");
+    write(
+        &config,
+        &format!(
+            "defaults:\n  api: {{url: 'http://{}'}}\n  refresh: {{interval: 1s}}\naccounts:\n{entries}",
+            upstream.addr
+        ),
+    );
+    let config = config.to_str().unwrap();
+    let single = start_exporter(&["--config.file", config]).await;
+    let mut shards = Vec::new();
+    for shard in ["0", "1", "2"] {
+        shards.push(
+            start_exporter(&[
+                "--config.file",
+                config,
+                "--total-shards",
+                "3",
+                "--shard",
+                shard,
+            ])
+            .await,
+        );
+    }
+    let targets = |exporters: &[&Running]| {
+        exporters
+            .iter()
+            .map(|e| format!("'{}'", e.addr))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let prometheus_config = dir.join("prometheus.yml");
+    write(
+        &prometheus_config,
+        &format!(
+            "global: {{scrape_interval: 1s}}\nscrape_configs:\n\
+             \x20 - job_name: single\n    static_configs: [{{targets: [{}]}}]\n\
+             \x20 - job_name: sharded\n    static_configs: [{{targets: [{}]}}]\n",
+            targets(&[&single]),
+            targets(&shards.iter().collect::<Vec<_>>()),
+        ),
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let _prometheus = Child(
+        std::process::Command::new(prometheus)
+            .arg(format!("--config.file={}", prometheus_config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--log.level=warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus starts"),
+    );
+    let api = format!("http://127.0.0.1:{port}");
+    let sharded = wait_for(
+        "Prometheus to hold every account's totals from both jobs",
+        Duration::from_secs(60),
+        || async {
+            let single = sum_by_account(&api, "finovy_images{job=\"single\"}").await?;
+            let sharded = sum_by_account(&api, "finovy_images{job=\"sharded\"}").await?;
+            (single == expected && sharded == expected).then_some(sharded)
+        },
+    )
+    .await;
+    assert_eq!(sharded.len(), 12);
+    // Each target is up in exactly one shard.
+    let ups = sum_by_account(
+        &api,
+        "count by (account, datacenter_key) (finovy_up{job=\"sharded\"})",
+    )
+    .await
+    .unwrap();
+    let single_ups = sum_by_account(
+        &api,
+        "count by (account, datacenter_key) (finovy_up{job=\"single\"})",
+    )
+    .await
+    .unwrap();
+    assert_eq!(ups, single_ups, "the same targets, each once");
+}
