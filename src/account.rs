@@ -206,6 +206,34 @@ impl fmt::Display for TargetKey {
     }
 }
 
+/// The names of the configured accounts, shared between the reloads that change
+/// them and the `/probe` endpoint that checks the account asked for.
+#[derive(Debug, Default)]
+pub struct AccountNames(std::sync::RwLock<std::collections::BTreeSet<String>>);
+
+impl AccountNames {
+    /// The names of `accounts`.
+    pub fn new(accounts: &[Account]) -> Self {
+        let names = AccountNames::default();
+        names.set(accounts);
+        names
+    }
+
+    /// Replaces the names with those of `accounts`.
+    pub fn set(&self, accounts: &[Account]) {
+        let names = accounts.iter().map(|a| a.name.clone()).collect();
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = names;
+    }
+
+    /// Whether an account of this name is configured.
+    pub fn contains(&self, name: &str) -> bool {
+        self.0
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(name)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

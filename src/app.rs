@@ -10,14 +10,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use std::path::Path;
 
-use crate::account::{Account, Shard};
+use tokio::sync::{mpsc, watch};
+
+use crate::account::{Account, AccountNames, Shard};
 use crate::config::Config;
+use crate::config_file::{ConfigFileError, Reloader};
 use crate::routes::Routes;
 use crate::secret::{Token, TokenError, TokenSource};
 use crate::server::Server;
-use crate::sim::{self, SimServer, Simulator};
+use crate::sim::{self, SimAccount, SimServer, Simulator};
 use crate::state::State;
 use crate::target::{Limits, Liveness, Scheduler};
 use crate::telemetry::Telemetry;
@@ -60,6 +63,9 @@ pub enum StartError {
     /// The demo simulator cannot start.
     #[error("cannot start the demo simulator: {0}")]
     Demo(std::io::Error),
+    /// `--config.file` has problems (exit status 2); each is on a line of its own.
+    #[error("{0}")]
+    ConfigFile(ConfigFileError),
 }
 
 impl StartError {
@@ -70,6 +76,7 @@ impl StartError {
             | StartError::TokenFile(_)
             | StartError::Token(_)
             | StartError::Shard(_)
+            | StartError::ConfigFile(_)
             | StartError::Client(_) => 2,
             _ => 1,
         }
@@ -85,6 +92,9 @@ pub struct Exporter {
     liveness: Arc<Liveness>,
     demo: Option<SimServer>,
     web_config: Option<WebConfigWatcher>,
+    reloader: Arc<Reloader>,
+    reloads: mpsc::UnboundedReceiver<Vec<Account>>,
+    state: Arc<State>,
 }
 
 impl Exporter {
@@ -116,57 +126,56 @@ impl Exporter {
             None => None,
         };
         let mut demo = None;
-        let token = if config.demo {
-            let demo_token = format!("demo-{:016x}", crate::random_u64());
-            let simulator = Simulator::new(
-                sim::generate(&sim::GenerateOptions::default()),
-                sim::SimOptions {
-                    token: Some(demo_token.clone()),
-                    ..Default::default()
-                },
+        let telemetry = Telemetry::new();
+        let accounts = if let Some(path) = &config.config_file {
+            let accounts = load_config_file(path, &config).map_err(StartError::ConfigFile)?;
+            tracing::info!(
+                file = %path.display(),
+                accounts = accounts.len(),
+                targets = crate::config_file::target_count(&accounts),
+                "loaded --config.file"
             );
-            let server = SimServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), simulator)
-                .await
-                .map_err(StartError::Demo)?;
-            config.api_url = format!("http://{}", server.local_addr())
-                .parse()
-                .expect("a socket address makes a valid URL");
-            tracing::info!(upstream = %config.api_url, "demo mode: serving a simulated upstream");
+            accounts
+        } else if config.demo {
+            let (server, accounts) = start_demo(&mut config).await?;
             demo = Some(server);
-            TokenSource::Fixed(Token::new(&demo_token).map_err(StartError::Token)?)
+            accounts
         } else {
-            TokenSource::from_config(config.token_file.as_deref()).map_err(|e| {
-                match config.token_file {
+            let token =
+                TokenSource::from_config(config.token_file.as_deref()).map_err(|e| match config
+                    .token_file
+                {
                     Some(_) => StartError::TokenFile(e),
                     None => StartError::Token(e),
-                }
-            })?
+                })?;
+            let accounts = vec![Account::from_flags(&config, token)];
+            // Every client is built once here, so that a setting reqwest refuses
+            // stops the start instead of a target (the file's loader does the same).
+            for account in &accounts {
+                crate::upstream::ApiClient::new(
+                    &account.name,
+                    account.client.clone(),
+                    account.concurrency,
+                    telemetry.clone(),
+                )?;
+            }
+            accounts
         };
-        if token.readable_by_others() {
-            if let TokenSource::File(path) = &token {
+        warn_if_path_twice(&config);
+        for account in &accounts {
+            if let (true, TokenSource::File(path)) =
+                (account.token.readable_by_others(), &account.token)
+            {
                 tracing::warn!(
+                    account = %account.name,
                     file = %path.display(),
                     mode = %file_mode(path),
                     "the token file can be read by other users; restrict it to mode 0600 or 0640 (chmod 600 FILE)"
                 );
             }
+            warn_if_cleartext(account, config.demo);
         }
-
-        warn_if_cleartext(&config);
-        warn_if_path_twice(&config);
-
-        let telemetry = Telemetry::new();
-        let accounts = vec![Account::from_flags(&config, token)];
-        // Every client is built once here, so that a setting reqwest refuses stops
-        // the start instead of a target.
-        for account in &accounts {
-            crate::upstream::ApiClient::new(
-                &account.name,
-                account.client.clone(),
-                account.concurrency,
-                telemetry.clone(),
-            )?;
-        }
+        telemetry.config_loaded(true);
         let web_config = web_config.map(|watcher| {
             watcher.with_reload_gauge(telemetry.web_config_last_reload_successful.clone())
         });
@@ -182,15 +191,26 @@ impl Exporter {
         telemetry.demo_mode.set(i64::from(config.demo));
         let overview = effective_configuration(&config, shard);
         let scheduler = Scheduler::new(Arc::clone(&state), telemetry.clone(), limits, shard);
+        let names = Arc::new(AccountNames::new(&accounts));
+        let (reload_tx, reloads) = mpsc::unbounded_channel();
+        let reloader = Arc::new(Reloader::new(
+            config.config_file.clone(),
+            config.clone(),
+            Arc::clone(&names),
+            telemetry.clone(),
+            reload_tx,
+        ));
         let routes = Arc::new(
             Routes::new(
-                state,
+                Arc::clone(&state),
                 telemetry,
                 Arc::clone(&liveness),
                 config.telemetry_path.clone(),
                 config.max_requests as usize,
             )
-            .with_overview(overview),
+            .with_overview(overview)
+            .with_accounts(names)
+            .with_lifecycle(Arc::clone(&reloader), config.enable_lifecycle),
         );
         let mut server = Server::bind(&config.listen_address)
             .await
@@ -210,7 +230,15 @@ impl Exporter {
             liveness,
             demo,
             web_config,
+            reloader,
+            reloads,
+            state,
         })
+    }
+
+    /// The published state (for tests that look at a target's schedule).
+    pub fn state(&self) -> Arc<State> {
+        Arc::clone(&self.state)
     }
 
     /// The address the exporter serves on.
@@ -234,20 +262,26 @@ impl Exporter {
             .as_ref()
             .map(|sim| tokio::spawn(sim.simulator().evolve_every(DEMO_EVOLVE_EVERY)));
         let demo = self.demo.map(|sim| tokio::spawn(sim.serve(stopped())));
-        // SIGHUP: the token file is read again at every pass anyway; the web
-        // configuration is read again now.
+        // SIGHUP reads --config.file again (when there is one) and the web
+        // configuration; the token file is read again at every pass anyway.
+        let reloader = self.reloader;
         let web_reload = self.web_config.as_ref().map(WebConfigWatcher::reloader);
         ignore_other_signals(move || {
             if let Some(reload) = &web_reload {
                 reload.notify_one();
             }
+            let reloader = Arc::clone(&reloader);
+            // Loading reads files and builds clients: off the async workers.
+            tokio::task::spawn_blocking(move || {
+                let _ = reloader.reload();
+            });
         });
-        let (_reload_tx, reloads) = tokio::sync::mpsc::unbounded_channel();
-        let scheduler =
-            spawn_refresher(
-                self.scheduler
-                    .run(self.accounts, self.liveness, reloads, stopped()),
-            );
+        let scheduler = spawn_refresher(self.scheduler.run(
+            self.accounts,
+            self.liveness,
+            self.reloads,
+            stopped(),
+        ));
         if let Some(watcher) = self.web_config {
             tokio::spawn(watcher.run(stopped()));
         }
@@ -407,29 +441,114 @@ fn warn_if_path_twice(config: &Config) {
     }
 }
 
-/// Warns when the token would travel unencrypted: an `http://` API URL, or an
-/// `http://` proxy from the environment for an `http://` URL.
-fn warn_if_cleartext(config: &Config) {
-    if config.tls_insecure_skip_verify {
+/// Loads `--config.file`, for the start and for `--config.check`.
+fn load_config_file(path: &Path, config: &Config) -> Result<Vec<Account>, ConfigFileError> {
+    crate::config_file::load(path, config)
+}
+
+/// `--config.check`: loads and checks `--config.file` as a start would (token
+/// files readable, TLS files loadable), prints `config OK: …` or every problem
+/// with its file and line, and returns the exit status: 0, or 2.
+pub fn check_config(config: &Config) -> i32 {
+    let Some(path) = &config.config_file else {
+        eprintln!("--config.check: give --config.file too");
+        return 2;
+    };
+    match load_config_file(path, config) {
+        Ok(accounts) => {
+            println!(
+                "config OK: {} accounts, {} targets",
+                accounts.len(),
+                crate::config_file::target_count(&accounts)
+            );
+            0
+        }
+        Err(err) => {
+            for problem in &err.0 {
+                eprintln!("{problem}");
+            }
+            2
+        }
+    }
+}
+
+/// The `--demo` upstream: a simulator serving two accounts, `prod` (the
+/// datacenters of `--datacenters`, else discovered) and `staging` (smaller,
+/// always discovered), each opened by a token of its own, so that the landing
+/// page and the dashboard show the account dimension.
+async fn start_demo(config: &mut Config) -> Result<(SimServer, Vec<Account>), StartError> {
+    let token = |name: &str| format!("demo-{name}-{:016x}", crate::random_u64());
+    let (prod_token, staging_token) = (token("prod"), token("staging"));
+    let simulator = Simulator::with_accounts(
+        vec![
+            SimAccount::new(
+                "prod",
+                &prod_token,
+                sim::generate(&sim::GenerateOptions::default()),
+            ),
+            SimAccount::new(
+                "staging",
+                &staging_token,
+                sim::generate(&sim::GenerateOptions {
+                    images: 120,
+                    datacenters: vec!["HZ".into(), "SG".into()],
+                    seed: 2,
+                    ..Default::default()
+                }),
+            ),
+        ],
+        sim::AuthStyle::default(),
+    )
+    .expect("two named accounts with distinct tokens");
+    let server = SimServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), simulator)
+        .await
+        .map_err(StartError::Demo)?;
+    config.api_url = format!("http://{}", server.local_addr())
+        .parse()
+        .expect("a socket address makes a valid URL");
+    tracing::info!(upstream = %config.api_url, accounts = "prod,staging", "demo mode: serving a simulated upstream");
+    let fixed = |raw: &str| {
+        Token::new(raw)
+            .map(TokenSource::Fixed)
+            .map_err(StartError::Token)
+    };
+    let mut prod = Account::from_flags(config, fixed(&prod_token)?);
+    prod.name = "prod".into();
+    let mut staging = prod.clone();
+    staging.name = "staging".into();
+    staging.token = fixed(&staging_token)?;
+    staging.datacenters = Vec::new();
+    staging.concurrency = staging.concurrency.min(2);
+    Ok((server, vec![prod, staging]))
+}
+
+/// Warns when an account's token would travel unencrypted: an `http://` API
+/// URL, or an `http://` proxy for an `http://` URL.
+fn warn_if_cleartext(account: &Account, demo: bool) {
+    let client = &account.client;
+    if client.tls.insecure_skip_verify {
         tracing::warn!(
+            account = %account.name,
             "--api.tls.insecure-skip-verify: the upstream's certificate is not checked; anyone on the path can read the token"
         );
     }
-    if let Some(proxy) = &config.proxy_url {
-        if proxy.scheme() == "http" && config.api_url.scheme() == "http" {
-            tracing::warn!("--api.proxy-url is http:// and so is --api.url: the access token reaches the proxy in clear text");
+    if let Some(proxy) = &client.proxy_url {
+        if proxy.scheme() == "http" && client.url.scheme() == "http" {
+            tracing::warn!(account = %account.name, "--api.proxy-url is http:// and so is --api.url: the access token reaches the proxy in clear text");
         }
     }
-    if config.demo || config.api_url.scheme() != "http" {
+    if demo || client.url.scheme() != "http" {
         return;
     }
     tracing::warn!(
-        url = %config.api_url,
+        account = %account.name,
+        url = %client.url,
         "--api.url is http://: the access token is sent unencrypted; use https://"
     );
     for var in ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"] {
         if std::env::var_os(var).is_some_and(|v| !v.is_empty()) {
             tracing::warn!(
+                account = %account.name,
                 variable = var,
                 "a proxy is set for http:// URLs: the access token reaches the proxy in clear text"
             );
@@ -517,7 +636,7 @@ pub fn ignore_other_signals(on_hangup: impl Fn() + Send + Sync + 'static) {
                     if name == "SIGHUP" {
                         tracing::info!(
                             signal = name,
-                            "signal received: re-reading the token file and the web configuration"
+                            "signal received: reloading --config.file, if there is one (the token file is read at every pass, the web configuration by its watcher)"
                         );
                         on_hangup();
                     } else {

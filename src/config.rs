@@ -224,7 +224,52 @@ pub struct Config {
     #[arg(help_heading = "Demo")]
     #[arg(long = "demo", env = "FINOVY_DEMO")]
     pub demo: bool,
+
+    /// YAML file describing the accounts (see the README); the account flags then stay unset.
+    #[arg(long = "config.file", env = "FINOVY_CONFIG_FILE", conflicts_with_all = ACCOUNT_FLAGS, conflicts_with = "demo")]
+    pub config_file: Option<PathBuf>,
+
+    /// Load and check --config.file (tokens, TLS files), print the problems and exit 0 or 2.
+    #[arg(
+        long = "config.check",
+        env = "FINOVY_CONFIG_CHECK",
+        requires = "config_file"
+    )]
+    pub config_check: bool,
+
+    /// Serve POST /-/reload, which reloads --config.file (403 without this flag).
+    #[arg(long = "web.enable-lifecycle", env = "FINOVY_WEB_ENABLE_LIFECYCLE")]
+    pub enable_lifecycle: bool,
 }
+
+/// The ids of the account-level flags (`--api.*`, `--filter.*`, `--datacenters`,
+/// `--refresh.*`): with `--config.file` the file describes every account, so
+/// giving one of them too (on the command line or through its environment twin)
+/// is an error naming it.
+pub const ACCOUNT_FLAGS: [&str; 22] = [
+    "api_url",
+    "api_path",
+    "token_file",
+    "api_timeout",
+    "page_size",
+    "api_concurrency",
+    "max_retries",
+    "api_headers",
+    "api_params",
+    "tls_ca_file",
+    "tls_cert_file",
+    "tls_key_file",
+    "tls_insecure_skip_verify",
+    "proxy_url",
+    "image_size_unit",
+    "filter_image_type",
+    "filter_image_name",
+    "filter_status",
+    "datacenters",
+    "refresh_interval",
+    "stale_after",
+    "refresh_timeout",
+];
 
 impl Config {
     /// Parses the process arguments and environment; on error prints clap's message
@@ -326,7 +371,7 @@ fn parse_telemetry_path(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-fn parse_base_url(s: &str) -> Result<Url, String> {
+pub(crate) fn parse_base_url(s: &str) -> Result<Url, String> {
     // The URL is never repeated: a mistyped one may still carry a password.
     let url = Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
     if !matches!(url.scheme(), "http" | "https") {
@@ -346,7 +391,7 @@ fn parse_base_url(s: &str) -> Result<Url, String> {
     Ok(url)
 }
 
-fn parse_proxy_url(s: &str) -> Result<Url, String> {
+pub(crate) fn parse_proxy_url(s: &str) -> Result<Url, String> {
     // The value may carry proxy credentials: never echo it.
     let url = Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
     if !matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h") {
@@ -358,7 +403,7 @@ fn parse_proxy_url(s: &str) -> Result<Url, String> {
     Ok(url)
 }
 
-fn parse_api_path(s: &str) -> Result<String, String> {
+pub(crate) fn parse_api_path(s: &str) -> Result<String, String> {
     if !s.starts_with('/') || s.contains(['?', '#']) {
         return Err(format!(
             "'{s}' must be a path starting with /, without a query"
@@ -367,7 +412,7 @@ fn parse_api_path(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s)
         .map_err(|e| format!("'{s}' is not a duration such as 30s or 5m ({e})"))?;
     if d.is_zero() {
@@ -380,7 +425,7 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
 /// upstream more requests than any inventory justifies.
 pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
 
-fn parse_interval(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_interval(s: &str) -> Result<Duration, String> {
     let d = parse_positive_duration(s)?;
     if d < MIN_INTERVAL {
         return Err(format!(
@@ -411,7 +456,7 @@ impl fmt::Debug for ExtraHeader {
     }
 }
 
-fn parse_header(s: &str) -> Result<ExtraHeader, String> {
+pub(crate) fn parse_header(s: &str) -> Result<ExtraHeader, String> {
     let (k, v) = split_key_value(s)?;
     // An invalid name is not repeated: it may be a whole `Name: secret` line.
     let name = HeaderName::from_bytes(k.trim().as_bytes())
@@ -426,7 +471,7 @@ fn parse_header(s: &str) -> Result<ExtraHeader, String> {
     Ok(ExtraHeader { name, value })
 }
 
-fn parse_param(s: &str) -> Result<(String, String), String> {
+pub(crate) fn parse_param(s: &str) -> Result<(String, String), String> {
     let (k, v) = split_key_value(s)?;
     let reserved = [
         "page",
@@ -450,14 +495,14 @@ fn parse_param(s: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
-fn parse_filter(s: &str) -> Result<String, String> {
+pub(crate) fn parse_filter(s: &str) -> Result<String, String> {
     if s.is_empty() || s.chars().any(char::is_control) {
         return Err("must be non-empty text without control characters".into());
     }
     Ok(s.to_string())
 }
 
-fn parse_status_filter(s: &str) -> Result<Status, String> {
+pub(crate) fn parse_status_filter(s: &str) -> Result<Status, String> {
     let status = match s.to_ascii_lowercase().as_str() {
         "0" | "creating" => Status::Creating,
         "1" | "available" => Status::Available,
@@ -472,7 +517,7 @@ fn parse_status_filter(s: &str) -> Result<Status, String> {
     Ok(status)
 }
 
-fn parse_datacenter(s: &str) -> Result<String, String> {
+pub(crate) fn parse_datacenter(s: &str) -> Result<String, String> {
     let s = s.trim();
     if s.is_empty() || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(format!("'{s}' is not a datacenter key"));
@@ -644,6 +689,25 @@ mod tests {
         assert_eq!(c.image_size_unit, SizeUnit::Mib);
         assert_eq!(c.filter_status, Some(Status::Creating));
         assert_eq!(c.listen_address.candidates.len(), 1);
+    }
+
+    #[test]
+    fn every_account_flag_conflicts_with_the_config_file() {
+        use clap::CommandFactory as _;
+        let account_level = ["--api.", "--filter.", "--datacenters", "--refresh."];
+        for arg in Config::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            let flag = format!("--{long}");
+            if account_level.iter().any(|p| flag.starts_with(p)) {
+                assert!(
+                    ACCOUNT_FLAGS.contains(&arg.get_id().as_str()),
+                    "{flag} is account-level but missing from ACCOUNT_FLAGS"
+                );
+            }
+        }
+        let err = parse(&["--config.file", "a.yaml", "--datacenters", "HZ"]).unwrap_err();
+        assert!(err.to_string().contains("--datacenters"), "{err}");
+        assert!(parse(&["--config.file", "a.yaml", "--web.enable-lifecycle"]).is_ok());
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! Data flows one way: configuration → targets → upstream → state → HTTP.
 //!
 //! - [`config`]: flags, their `FINOVY_*` environment twins, validation.
+//! - [`config_file`]: `--config.file`, the YAML file of several accounts.
 //! - [`account`]: an account's settings and the targets it yields.
 //! - [`secret`]: the token type that cannot be printed, and its source.
 //! - [`labels`]: every closed set of label values (statuses, fields, reasons, anomalies).
@@ -35,6 +36,7 @@ pub mod account;
 pub mod aggregate;
 pub mod app;
 pub mod config;
+pub mod config_file;
 pub mod exposition;
 pub mod healthcheck;
 pub mod labels;

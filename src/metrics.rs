@@ -176,6 +176,22 @@ pub const WEB_CONFIG_RELOAD: Family = Family {
     labels: &[],
 };
 
+/// `finovy_config_last_reload_successful`.
+pub const CONFIG_RELOAD: Family = Family {
+    name: "finovy_config_last_reload_successful",
+    kind: Kind::Gauge,
+    help: "Whether the last reload of --config.file succeeded (0: the previous configuration is still in force).",
+    labels: &[],
+};
+
+/// `finovy_config_last_reload_success_timestamp_seconds`.
+pub const CONFIG_RELOAD_TIMESTAMP: Family = Family {
+    name: "finovy_config_last_reload_success_timestamp_seconds",
+    kind: Kind::Gauge,
+    help: "Unix time of the last successful load of the configuration (the start, without --config.file).",
+    labels: &[],
+};
+
 /// `finovy_exporter_build_info`.
 pub const BUILD_INFO: Family = Family {
     name: "finovy_exporter_build_info",
@@ -211,6 +227,8 @@ pub const ALL: &[Family] = &[
     API_CONCURRENCY_LIMIT,
     SHARD_INFO,
     WEB_CONFIG_RELOAD,
+    CONFIG_RELOAD,
+    CONFIG_RELOAD_TIMESTAMP,
     BUILD_INFO,
     DEMO_MODE,
 ];

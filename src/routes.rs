@@ -1,9 +1,10 @@
-//! What each path answers: `/`, the telemetry path, `/healthz`, `/readyz`, 404.
+//! What each path answers: `/`, the telemetry path, `/probe?account=NAME`,
+//! `/healthz`, `/readyz`, `POST /-/reload`, 404.
 //!
 //! Every answer is built from the published snapshot and the exporter's own
 //! metrics; nothing here waits on the upstream. Only `GET` and `HEAD` are served
-//! (405 otherwise), request bodies are never read, and at most
-//! `--web.max-requests` requests are handled at once (503 beyond).
+//! (405 otherwise), but `POST` on `/-/reload`; request bodies are never read, and
+//! at most `--web.max-requests` requests are handled at once (503 beyond).
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -16,8 +17,10 @@ use hyper::header::{
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::Semaphore;
 
+use crate::account::AccountNames;
+use crate::config_file::{Reloaded, Reloader};
 use crate::exposition::MetricsCache;
-use crate::state::{State, TargetState};
+use crate::state::{Snapshot, State, TargetState};
 use crate::target::Liveness;
 use crate::telemetry::Telemetry;
 
@@ -42,6 +45,10 @@ pub struct Routes {
     telemetry_path: String,
     limiter: Semaphore,
     overview: Overview,
+    telemetry: Telemetry,
+    accounts: Arc<AccountNames>,
+    reloader: Option<Arc<Reloader>>,
+    lifecycle: bool,
 }
 
 impl Routes {
@@ -54,13 +61,31 @@ impl Routes {
         max_requests: usize,
     ) -> Self {
         Routes {
-            metrics: MetricsCache::new(Arc::clone(&state), telemetry),
+            metrics: MetricsCache::new(Arc::clone(&state), telemetry.clone()),
             state,
             liveness,
             telemetry_path,
             limiter: Semaphore::new(max_requests),
             overview: Overview::default(),
+            telemetry,
+            accounts: Arc::default(),
+            reloader: None,
+            lifecycle: false,
         }
+    }
+
+    /// The configured accounts, which `/probe?account=` may name.
+    pub fn with_accounts(mut self, accounts: Arc<AccountNames>) -> Self {
+        self.accounts = accounts;
+        self
+    }
+
+    /// What `POST /-/reload` runs; it answers 403 unless `enabled`
+    /// (`--web.enable-lifecycle`).
+    pub fn with_lifecycle(mut self, reloader: Arc<Reloader>, enabled: bool) -> Self {
+        self.reloader = Some(reloader);
+        self.lifecycle = enabled;
+        self
     }
 
     /// Shows `overview` on the landing page.
@@ -71,6 +96,15 @@ impl Routes {
 
     /// Answers one request.
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
+        if req.uri().path() == "/-/reload" {
+            let Ok(_permit) = self.limiter.try_acquire() else {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many concurrent requests, see --web.max-requests\n",
+                );
+            };
+            return self.reload(req.method()).await;
+        }
         let is_head = req.method() == Method::HEAD;
         if req.method() != Method::GET && !is_head {
             let mut resp = text(
@@ -108,6 +142,7 @@ impl Routes {
                 "/" => self.landing(),
                 "/healthz" => self.healthz(),
                 "/readyz" => self.readyz(),
+                "/probe" => self.probe(req.uri().query().unwrap_or(""), accepts_gzip(&req)),
                 _ => text(StatusCode::NOT_FOUND, "not found\n"),
             }
         };
@@ -137,6 +172,91 @@ impl Routes {
         builder
             .body(Full::new(body))
             .expect("static response parts are valid")
+    }
+
+    /// `/probe?account=NAME`: the series of one account only, from the published
+    /// snapshot as `/metrics` serves it, for a scrape job per account.
+    fn probe(&self, query: &str, gzip: bool) -> Response<Full<Bytes>> {
+        let asked: Vec<String> = url::form_urlencoded::parse(query.as_bytes())
+            .filter(|(k, _)| k == "account")
+            .map(|(_, v)| v.into_owned())
+            .collect();
+        let account = match asked.as_slice() {
+            [] => {
+                return text(
+                    StatusCode::BAD_REQUEST,
+                    "missing parameter: /probe?account=NAME\n",
+                )
+            }
+            [one] => one,
+            _ => return text(StatusCode::BAD_REQUEST, "give the account parameter once\n"),
+        };
+        if !self.accounts.contains(account) {
+            return text(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "unknown account {}: not in the configuration\n",
+                    quote(account)
+                ),
+            );
+        }
+        let snap = self.state.snapshot();
+        let own = Snapshot {
+            targets: snap
+                .targets
+                .iter()
+                .filter(|(key, _)| &key.account == account)
+                .map(|(key, t)| (key.clone(), Arc::clone(t)))
+                .collect(),
+        };
+        let mut body = Vec::with_capacity(16 * 1024);
+        State::encode_snapshot(&own, &mut body);
+        self.telemetry.encode_account(account, &mut body);
+        let mut builder = Response::builder()
+            .header(CONTENT_TYPE, TEXT_FORMAT)
+            .header(VARY, "Accept-Encoding");
+        let body = match gzip.then(|| gzip_bytes(&body)).flatten() {
+            Some(zipped) => {
+                builder = builder.header(CONTENT_ENCODING, "gzip");
+                zipped
+            }
+            None => body,
+        };
+        builder
+            .body(Full::new(Bytes::from(body)))
+            .expect("static response parts are valid")
+    }
+
+    /// `POST /-/reload`: answers once the new configuration is checked, with 200
+    /// when it was handed to the scheduler, or 500 and its problems.
+    async fn reload(&self, method: &Method) -> Response<Full<Bytes>> {
+        if method != Method::POST {
+            let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "only POST reloads\n");
+            resp.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("POST"));
+            return resp;
+        }
+        let Some(reloader) = self.reloader.clone().filter(|_| self.lifecycle) else {
+            return text(
+                StatusCode::FORBIDDEN,
+                "lifecycle endpoints are disabled: start the exporter with --web.enable-lifecycle\n",
+            );
+        };
+        match tokio::task::spawn_blocking(move || reloader.reload()).await {
+            Ok(Ok(Reloaded::Applied { accounts, targets })) => text(
+                StatusCode::OK,
+                &format!("configuration reloaded: {accounts} accounts, {targets} targets\n"),
+            ),
+            Ok(Ok(Reloaded::NoFile)) => text(
+                StatusCode::OK,
+                "no --config.file to reload; the token file is read at every pass\n",
+            ),
+            Ok(Err(err)) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{err}\n")),
+            Err(_) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the reload stopped unexpectedly; the running configuration stays\n",
+            ),
+        }
     }
 
     fn healthz(&self) -> Response<Full<Bytes>> {
@@ -391,6 +511,17 @@ fn accepts_gzip<B>(req: &Request<B>) -> bool {
         }
     }
     gzip.or(any).is_some_and(|w| w > 0.0)
+}
+
+/// Gzip of `plain`, `None` if compression failed (then plain is served).
+fn gzip_bytes(plain: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Write as _;
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(plain.len() / 4),
+        flate2::Compression::fast(),
+    );
+    enc.write_all(plain).ok()?;
+    enc.finish().ok()
 }
 
 fn rfc3339(t: std::time::SystemTime) -> String {

@@ -9,7 +9,7 @@
 
 use prometheus::core::Collector as _;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Registry,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Registry,
     TextEncoder,
 };
 
@@ -34,6 +34,10 @@ pub struct Telemetry {
     pub web_config_last_reload_successful: IntGauge,
     /// `finovy_demo_mode`: 1 with `--demo`.
     pub demo_mode: IntGauge,
+    /// `finovy_config_last_reload_successful`.
+    pub config_last_reload_successful: IntGauge,
+    /// `finovy_config_last_reload_success_timestamp_seconds`.
+    pub config_last_reload_success_timestamp: Gauge,
 }
 
 impl Telemetry {
@@ -69,6 +73,11 @@ impl Telemetry {
             IntGauge::with_opts(metrics::WEB_CONFIG_RELOAD.opts()).expect("valid metric");
         web_config_last_reload_successful.set(1);
         let demo_mode = IntGauge::with_opts(metrics::DEMO_MODE.opts()).expect("valid metric");
+        let config_last_reload_successful =
+            IntGauge::with_opts(metrics::CONFIG_RELOAD.opts()).expect("valid metric");
+        config_last_reload_successful.set(1);
+        let config_last_reload_success_timestamp =
+            Gauge::with_opts(metrics::CONFIG_RELOAD_TIMESTAMP.opts()).expect("valid metric");
 
         for collector in [
             Box::new(api_requests.clone()) as Box<dyn prometheus::core::Collector>,
@@ -79,6 +88,8 @@ impl Telemetry {
             Box::new(build_info),
             Box::new(web_config_last_reload_successful.clone()),
             Box::new(demo_mode.clone()),
+            Box::new(config_last_reload_successful.clone()),
+            Box::new(config_last_reload_success_timestamp.clone()),
         ] {
             registry
                 .register(collector)
@@ -99,6 +110,17 @@ impl Telemetry {
             shard_info,
             web_config_last_reload_successful,
             demo_mode,
+            config_last_reload_successful,
+            config_last_reload_success_timestamp,
+        }
+    }
+
+    /// Records the outcome of a load of the configuration.
+    pub fn config_loaded(&self, success: bool) {
+        self.config_last_reload_successful.set(i64::from(success));
+        if success {
+            self.config_last_reload_success_timestamp
+                .set(crate::state::unix_seconds(std::time::SystemTime::now()));
         }
     }
 
@@ -150,6 +172,26 @@ impl Telemetry {
                 }
             }
         }
+    }
+
+    /// Appends the text exposition of the series of `account` only (the families
+    /// with an `account` label), for `/probe`.
+    pub fn encode_account(&self, account: &str, out: &mut Vec<u8>) {
+        let mut families = self.registry.gather();
+        families.retain_mut(|family| {
+            let metrics: Vec<_> = family
+                .take_metric()
+                .into_iter()
+                .filter(|m| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == "account" && l.value() == account)
+                })
+                .collect();
+            family.set_metric(metrics);
+            !family.get_metric().is_empty()
+        });
+        let _ = TextEncoder::new().encode(&families, out);
     }
 
     /// Appends the text exposition of these metrics to `out`.

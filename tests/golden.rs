@@ -24,6 +24,7 @@ const VOLATILE: &[&str] = &[
     "finovy_refresh_last_success_timestamp_seconds",
     "finovy_api_requests_total",
     "finovy_api_request_duration_seconds",
+    "finovy_config_last_reload_success_timestamp_seconds",
 ];
 
 /// The exposition with volatile values masked, the build's revision masked (it

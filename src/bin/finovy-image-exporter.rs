@@ -17,6 +17,9 @@ fn main() {
         std::process::exit(healthcheck::run(std::env::args_os().skip(1)));
     }
     let config = Config::parse_or_exit();
+    if config.config_check {
+        std::process::exit(finovy_image_exporter::app::check_config(&config));
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

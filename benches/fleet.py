@@ -1,0 +1,300 @@
+#!/usr/bin/env python3
+"""Fleet benchmark: one release exporter refreshing many accounts from a
+generated --config.file, against the simulator on loopback.
+
+The default fleet is 1,000 accounts x 3 datacenters x about 100 images, each
+answer held 20 ms by the simulator. Every target (account, datacenter) refreshes
+once per interval at its own offset. The benchmark measures, over one interval's
+worth of passes (every target once) after all have finished their first:
+  - the time the passes took against the request bound: a pass of P pages needs
+    page 1, then the other P-1 pages C at a time, so at best
+    L * (1 + ceil((P-1)/C)); summed over the passes (from the exporter's
+    `refresh finished` log lines, which carry `pages` and `duration_seconds`),
+    the ratio says how close the scheduler comes to what the latency allows; the
+    same at the latency the simulator really added (its timers fire late);
+  - the exporter's CPU time per pass (user + system over the window / passes);
+  - its RSS at the end of the window and its peak (VmHWM);
+  - the size of /metrics, plain and gzip-compressed;
+  - /metrics latency (p50, p99) and throughput with wrk, uncompressed and with
+    gzip (as Prometheus asks for it), while the targets keep refreshing.
+It checks that every target is up and that the exported totals equal the
+simulator's before reporting.
+
+Usage: python3 benches/fleet.py [--accounts 1000] [--datacenters 3] [--images 100]
+       [--latency-ms 20] [--concurrency 4] [--interval 10] [--wrk-seconds 5]
+Needs cargo and wrk (Debian package `wrk`).
+"""
+
+import argparse
+import gzip
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release")
+PAGE_SIZE = 100
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+class Proc:
+    """A child process whose output is read in the background."""
+
+    def __init__(self, args, env=None, ready=None, timeout=120):
+        self.p = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+        )
+        self.lines = []
+        self.found = threading.Event()
+        self.match = None
+        self.ready = re.compile(ready) if ready else None
+        threading.Thread(target=self._read, daemon=True).start()
+        if self.ready and not self.found.wait(timeout):
+            self.stop()
+            raise RuntimeError("%s did not start:\n%s" % (args[0], "\n".join(self.lines[-20:])))
+
+    def _read(self):
+        for line in self.p.stdout:
+            self.lines.append(line.rstrip())
+            if self.ready and not self.found.is_set():
+                m = self.ready.search(line)
+                if m:
+                    self.match = m
+                    self.found.set()
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.terminate()
+            try:
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+
+
+def proc_status(pid, key):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def fetch(url, timeout=30, headers=None):
+    req = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.status, r.read()
+
+
+def wait(what, cond, deadline_s):
+    end = time.time() + deadline_s
+    while time.time() < end:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.1)
+    raise RuntimeError("timed out waiting for " + what)
+
+
+def ready(addr):
+    try:
+        return fetch("http://%s/readyz" % addr, timeout=5)[0] == 200
+    except Exception:
+        return False
+
+
+def parse_wrk(out):
+    def dur(s):
+        m = re.match(r"([0-9.]+)(us|ms|s)", s)
+        v = float(m.group(1))
+        return v / 1000 if m.group(2) == "us" else v if m.group(2) == "ms" else v * 1000
+
+    p50 = p99 = rps = None
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "50%":
+            p50 = dur(parts[1])
+        if len(parts) == 2 and parts[0] == "99%":
+            p99 = dur(parts[1])
+        if line.startswith("Requests/sec:"):
+            rps = float(line.split()[1])
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return p50, p99, rps, int(non2xx.group(1)) if non2xx else 0
+
+
+def finished_passes(lines):
+    """The `refresh finished` log lines (JSON) so far, and whether any failed."""
+    passes, failed = [], []
+    for line in lines:
+        if '"refresh finished"' in line:
+            event = json.loads(line)
+            # Fields are flat or under "fields", as the JSON layer is set up.
+            passes.append(dict(event, **event.get("fields", {})))
+        elif '"refresh failed"' in line:
+            failed.append(line)
+    return passes, failed
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--accounts", type=int, default=1000)
+    ap.add_argument("--datacenters", type=int, default=3)
+    ap.add_argument("--images", type=int, default=100, help="per datacenter, on average")
+    ap.add_argument("--latency-ms", type=int, default=20)
+    ap.add_argument("--concurrency", type=int, default=4, help="per account")
+    ap.add_argument("--interval", type=int, default=10, help="seconds")
+    ap.add_argument("--wrk-seconds", type=int, default=5)
+    ap.add_argument("--json", help="also write the results to this file")
+    args = ap.parse_args()
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed: apt-get install wrk")
+    log("building release binaries...")
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bins"], cwd=ROOT, check=True)
+
+    dcs = ["DC%d" % i for i in range(args.datacenters)]
+    names = ["acct-%04d" % i for i in range(args.accounts)]
+    tokens = {n: "token-%s" % n for n in names}
+    per_account = args.images * args.datacenters
+    sim = Proc(
+        [os.path.join(BIN, "finovy-api-sim"), "--listen", "127.0.0.1:0",
+         "--faults", json.dumps({"latency_ms": args.latency_ms})]
+        + sum((["--account", "%s:%s:%d:%d:%s" % (n, tokens[n], i + 1, per_account, ",".join(dcs))]
+               for i, n in enumerate(names)), []),
+        ready=r"listening on ([0-9.:]+)",
+        timeout=600,
+    )
+    tmp = tempfile.mkdtemp(prefix="finovy-fleet-")
+    exp = None
+    try:
+        sim_addr = sim.match.group(1)
+        config = os.path.join(tmp, "config.yaml")
+        env = dict(os.environ)
+        with open(config, "w") as f:
+            f.write("defaults:\n")
+            f.write("  api: {url: 'http://%s', page_size: %d, concurrency: %d, timeout: 30s}\n"
+                    % (sim_addr, PAGE_SIZE, args.concurrency))
+            f.write("  refresh: {interval: %ds, stale_after: 1h}\n" % args.interval)
+            f.write("  datacenters: [%s]\n" % ", ".join(dcs))
+            f.write("accounts:\n")
+            for i, n in enumerate(names):
+                var = "FLEET_TOKEN_%04d" % i
+                env[var] = tokens[n]
+                f.write("  - {name: %s, token_env: %s}\n" % (n, var))
+        check = subprocess.run([os.path.join(BIN, "finovy-image-exporter"), "--config.file", config,
+                                "--config.check"], env=env, capture_output=True, text=True)
+        log(check.stdout.strip() or check.stderr.strip())
+        if check.returncode != 0:
+            raise RuntimeError("the generated configuration does not check")
+        exp = Proc(
+            [os.path.join(BIN, "finovy-image-exporter"), "--web.listen-address", "127.0.0.1:0",
+             "--config.file", config, "--log.format", "json", "--log.level", "info"],
+            env=env,
+            ready=r'"address":"([0-9.:]+)"',
+        )
+        addr = exp.match.group(1)
+        pid = exp.p.pid
+        targets = args.accounts * args.datacenters
+        wait("every target's first pass", lambda: ready(addr), 120 + 2 * args.interval)
+        # One interval's worth: every target once more, after the first passes.
+        start_passes = len(finished_passes(list(exp.lines))[0])
+        held0 = json.loads(fetch("http://%s/_sim/held" % sim_addr)[1])
+        cpu0, t0 = cpu_seconds(pid), time.time()
+        wait("one interval of passes",
+             lambda: len(finished_passes(list(exp.lines))[0]) >= start_passes + targets,
+             10 * args.interval + 60)
+        cpu1, t1 = cpu_seconds(pid), time.time()
+        held1 = json.loads(fetch("http://%s/_sim/held" % sim_addr)[1])
+        rss, peak = proc_status(pid, "VmRSS"), proc_status(pid, "VmHWM")
+        passes, failed = finished_passes(list(exp.lines))
+        if failed:
+            raise RuntimeError("a refresh failed:\n" + "\n".join(failed[:5]))
+        window = passes[start_passes:start_passes + targets]
+        latency = args.latency_ms / 1000
+        c = args.concurrency
+        spent = sum(p["duration_seconds"] for p in window)
+        requests = sum(p["pages"] for p in window)
+        bound = sum(latency * (1 + math.ceil(max(p["pages"] - 1, 0) / c)) for p in window)
+        answers = held1["answers"] - held0["answers"]
+        sim_latency = (held1["total_us"] - held0["total_us"]) / max(answers, 1) / 1e6
+
+        # The exported totals equal the simulator's, and every target is up.
+        _, body = fetch("http://%s/metrics" % addr)
+        text = body.decode()
+        ups = [l for l in text.splitlines() if l.startswith("finovy_up{")]
+        total = sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("finovy_images{"))
+        if len(ups) != targets or any(not l.endswith(" 1") for l in ups):
+            raise RuntimeError("not every target is up: %d of %d series" % (len(ups), targets))
+        if total != per_account * args.accounts:
+            raise RuntimeError("wrong total: %s images exported, %s expected" % (total, per_account * args.accounts))
+        _, zipped = fetch("http://%s/metrics" % addr, headers={"Accept-Encoding": "gzip"})
+        gzip.decompress(zipped)
+
+        def run_wrk(*headers):
+            cmd = ["wrk", "-t1", "-c4", "-d%ds" % args.wrk_seconds, "--latency"]
+            for h in headers:
+                cmd += ["-H", h]
+            out = subprocess.run(cmd + ["http://%s/metrics" % addr], capture_output=True,
+                                 text=True, check=True).stdout
+            return parse_wrk(out)
+
+        p50, p99, rps, non2xx = run_wrk()
+        gz_p50, gz_p99, gz_rps, gz_non2xx = run_wrk("Accept-Encoding: gzip")
+        result = {
+            "accounts": args.accounts,
+            "targets": targets,
+            "images": int(total),
+            "latency_ms": args.latency_ms,
+            "concurrency_per_account": c,
+            "interval_s": args.interval,
+            "window_s": round(t1 - t0, 2),
+            "passes": len(window),
+            "requests": requests,
+            "pass_time_s": round(spent, 2),
+            "request_bound_s": round(bound, 2),
+            "ratio": round(spent / bound, 3),
+            "sim_latency_ms": round(sim_latency * 1000, 2),
+            "ratio_at_sim_latency": round(spent / (bound * sim_latency / latency), 3),
+            "cpu_ms_per_pass": round((cpu1 - cpu0) / len(window) * 1000, 3),
+            "cpu_share_of_one_core": round((cpu1 - cpu0) / (t1 - t0), 3),
+            "rss_mib": round(rss / 2**20, 1),
+            "peak_rss_mib": round(peak / 2**20, 1),
+            "metrics_bytes": len(body),
+            "metrics_gzip_bytes": len(zipped),
+            "metrics_p50_ms": p50,
+            "metrics_p99_ms": p99,
+            "metrics_rps": rps,
+            "metrics_gzip_p50_ms": gz_p50,
+            "metrics_gzip_p99_ms": gz_p99,
+            "metrics_gzip_rps": gz_rps,
+            "metrics_non2xx": non2xx + gz_non2xx,
+        }
+    finally:
+        if exp:
+            exp.stop()
+        sim.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(result, indent=2))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
