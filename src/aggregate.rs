@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 pub use crate::labels::{Field, Status};
+use crate::target::lifecycle::{Census, CensusBuilder};
 
 /// One image, reduced to what the aggregates need.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,11 +93,62 @@ pub struct GroupKey {
     pub image_type: String,
 }
 
+/// Upper bounds of the age buckets, seconds: 1h, 6h, 1d, 7d, 30d, 90d, 180d,
+/// 365d (and `+Inf` beyond).
+pub const AGE_BUCKETS_SECONDS: [u64; 8] = [
+    3600,
+    6 * 3600,
+    86_400,
+    7 * 86_400,
+    30 * 86_400,
+    90 * 86_400,
+    180 * 86_400,
+    365 * 86_400,
+];
+
+/// The ages of a status's images at one pass: a histogram of now − createTime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AgeHistogram {
+    /// Images per bucket (not cumulative); the last is beyond the last bound.
+    pub buckets: [u64; AGE_BUCKETS_SECONDS.len() + 1],
+    /// Sum of the ages, milliseconds.
+    pub sum_ms: u64,
+}
+
+impl AgeHistogram {
+    /// Counts one image of `age_ms` (a negative age, clocks apart, counts as 0).
+    pub fn observe(&mut self, age_ms: i64) {
+        let age_ms = age_ms.max(0) as u64;
+        let i = AGE_BUCKETS_SECONDS
+            .iter()
+            .position(|b| age_ms <= b * 1000)
+            .unwrap_or(AGE_BUCKETS_SECONDS.len());
+        self.buckets[i] += 1;
+        self.sum_ms = self.sum_ms.saturating_add(age_ms);
+    }
+
+    /// Adds another histogram (used when datacenters are folded).
+    pub fn merge(&mut self, other: &AgeHistogram) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.sum_ms = self.sum_ms.saturating_add(other.sum_ms);
+    }
+
+    /// Images observed.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+}
+
 /// The result of one datacenter: its groups, in label order.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DatacenterImages {
     /// Groups, sorted by status then image type.
     pub groups: BTreeMap<GroupKey, GroupStats>,
+    /// Ages per status of the images with a readable `createTime`; empty unless
+    /// the age collector is on ([`Options::ages_at_ms`]).
+    pub ages: BTreeMap<Status, AgeHistogram>,
 }
 
 impl DatacenterImages {
@@ -136,6 +188,19 @@ struct DatacenterSums {
     seen: HashSet<u64>,
     /// Per image type label, one total per status (indexed by [`Status::index`]).
     types: HashMap<String, [GroupStats; Status::ALL.len()]>,
+    /// Ages per status (indexed by [`Status::index`]), when asked for.
+    ages: [AgeHistogram; Status::ALL.len()],
+}
+
+/// What a pass gathers beyond the groups. Both are off by default, and then
+/// cost nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Options {
+    /// Keep a [`Census`] of every identified image (the lifecycle collector).
+    pub census: bool,
+    /// Histogram the ages of the images as of this time, Unix milliseconds
+    /// (the age collector).
+    pub ages_at_ms: Option<i64>,
 }
 
 /// Sums items into groups, counting each id once per datacenter.
@@ -145,12 +210,23 @@ pub struct Aggregator {
     unique: u64,
     duplicates: u64,
     invalid: [u64; Field::ALL.len()],
+    census: Option<CensusBuilder>,
+    ages_at_ms: Option<i64>,
 }
 
 impl Aggregator {
     /// An empty aggregator.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty aggregator that also gathers what `options` ask for.
+    pub fn with_options(options: Options) -> Self {
+        Aggregator {
+            census: options.census.then(CensusBuilder::new),
+            ages_at_ms: options.ages_at_ms,
+            ..Self::default()
+        }
     }
 
     /// Adds one item under `datacenter`.
@@ -177,6 +253,12 @@ impl Aggregator {
             None => sums.types.entry(label.to_string()).or_default(),
         };
         per_status[item.status.index()].add(item);
+        if let (Some(now), Some(created)) = (self.ages_at_ms, item.created_ms) {
+            sums.ages[item.status.index()].observe(now - created);
+        }
+        if let (Some(census), Some(id)) = (self.census.as_mut(), item.id) {
+            census.record(datacenter, id, item.status, &item.image_type);
+        }
         added
     }
 
@@ -202,12 +284,27 @@ impl Aggregator {
         Field::ALL.iter().copied().zip(self.invalid.iter().copied())
     }
 
+    /// Takes the census out (`None` unless [`Options::census`]); call before
+    /// [`Aggregator::finish`].
+    pub fn take_census(&mut self) -> Option<Census> {
+        self.census.take().map(CensusBuilder::finish)
+    }
+
     /// The result, one entry per datacenter seen.
     pub fn finish(self) -> BTreeMap<String, DatacenterImages> {
+        let ages = self.ages_at_ms.is_some();
         self.datacenters
             .into_iter()
             .map(|(dc, sums)| {
                 let mut images = DatacenterImages::default();
+                if ages {
+                    for status in Status::ALL {
+                        let h = sums.ages[status.index()];
+                        if h.count() > 0 {
+                            images.ages.insert(*status, h);
+                        }
+                    }
+                }
                 for (image_type, per_status) in sums.types {
                     for status in Status::ALL {
                         let stats = per_status[status.index()];
@@ -312,5 +409,43 @@ mod tests {
         let out = agg.finish();
         let g = out["HZ"].groups.values().next().unwrap();
         assert_eq!((g.count, g.oldest_created_ms), (2, Some(50)));
+    }
+
+    #[test]
+    fn ages_fall_into_their_buckets_bounds_included() {
+        let now = 1_000_000_000_000;
+        let mut agg = Aggregator::with_options(Options {
+            census: false,
+            ages_at_ms: Some(now),
+        });
+        let hour = 3_600_000;
+        let created = [now - hour, now - hour - 1, now + 5, now - 400 * 24 * hour];
+        for (i, c) in created.iter().enumerate() {
+            agg.add("HZ", &item(i as u64, "HZ", "W", Status::Available, 1, *c));
+        }
+        let mut no_time = item(99, "HZ", "W", Status::Available, 1, 0);
+        no_time.created_ms = None;
+        agg.add("HZ", &no_time);
+        let h = agg.finish()["HZ"].ages[&Status::Available];
+        assert_eq!(h.buckets, [2, 1, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(h.sum_ms as i64, 2 * hour + 1 + 400 * 24 * hour);
+    }
+
+    #[test]
+    fn the_census_holds_each_counted_id_once() {
+        let mut agg = Aggregator::with_options(Options {
+            census: true,
+            ages_at_ms: None,
+        });
+        let a = item(7, "HZ", "W", Status::Creating, 1, 1);
+        agg.add("HZ", &a);
+        agg.add("HZ", &a);
+        let mut no_id = a.clone();
+        no_id.id = None;
+        agg.add("HZ", &no_id);
+        let census = agg.take_census().unwrap();
+        assert_eq!(census.len(), 1);
+        assert!(agg.finish()["HZ"].ages.is_empty());
+        assert!(Aggregator::new().take_census().is_none());
     }
 }

@@ -23,10 +23,12 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::MissedTickBehavior;
 
+use super::lifecycle::{self, Census, Changes};
 use super::limits::{self, Limits};
 use super::paging::{Collected, Pager};
 use crate::account::{Account, TargetKey};
-use crate::state::{Outcome, State};
+use crate::aggregate::Options;
+use crate::state::{Lifecycle, Outcome, State};
 use crate::telemetry::Telemetry;
 use crate::upstream::{ApiClient, Budget, ClientError, FetchError};
 
@@ -219,6 +221,7 @@ impl Scheduler {
                 state: Arc::clone(&self.state),
                 telemetry: self.telemetry.clone(),
                 limits: self.limits,
+                census: std::sync::Mutex::new(None),
             };
             let handle = tokio::spawn(target.run()).abort_handle();
             self.targets.insert(key, handle);
@@ -275,6 +278,10 @@ struct TargetTask {
     state: Arc<State>,
     telemetry: Telemetry,
     limits: Limits,
+    /// The census of the last complete pass (lifecycle collector): the baseline
+    /// the next complete pass is compared with. It lives as long as the task, so
+    /// a restarted target starts from a new baseline.
+    census: std::sync::Mutex<Option<Census>>,
 }
 
 impl TargetTask {
@@ -304,10 +311,19 @@ impl TargetTask {
             Err(err) => Err(FetchError::Token(err)),
             Ok(token) => {
                 let timeout = account.refresh.timeout;
-                let pass = self
-                    .runtime
-                    .pager
-                    .collect(&token, self.key.datacenter.as_deref());
+                let collectors = self.state.collectors();
+                let options = Options {
+                    census: collectors.lifecycle,
+                    ages_at_ms: collectors
+                        .age
+                        .then(|| crate::state::unix_seconds(SystemTime::now()) * 1000.0)
+                        .map(|ms| ms as i64),
+                };
+                let pass = self.runtime.pager.collect_with(
+                    &token,
+                    self.key.datacenter.as_deref(),
+                    options,
+                );
                 match tokio::time::timeout(timeout, pass).await {
                     Ok(result) => result,
                     Err(_) => Err(FetchError::PassTimeout(timeout)),
@@ -324,10 +340,47 @@ impl TargetTask {
         }
     }
 
-    fn succeeded(&self, collected: Collected, duration: Duration) {
+    /// What this pass means to the lifecycle counters: a pass with an anomaly
+    /// (cut off included) is skipped and keeps the older baseline, so the next
+    /// complete pass counts everything that changed since then.
+    fn lifecycle(&self, census: Option<Census>, anomalies: bool) -> Lifecycle {
+        let Some(census) = census else {
+            return Lifecycle::Off;
+        };
+        if anomalies {
+            return Lifecycle::Skipped;
+        }
+        let mut baseline = self.census.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = match baseline.as_ref() {
+            None => Lifecycle::Baseline,
+            Some(before) => {
+                let max = self.limits.label_length;
+                let mut by_dc: BTreeMap<String, Changes> = BTreeMap::new();
+                for (dc, changes) in lifecycle::diff(before, &census) {
+                    let cut = |s: String| limits::cut(&s, max).to_string();
+                    let into = by_dc.entry(cut(dc)).or_default();
+                    for (ty, n) in changes.created {
+                        *into.created.entry(cut(ty)).or_default() += n;
+                    }
+                    for ((st, ty), n) in changes.deleted {
+                        *into.deleted.entry((st, cut(ty))).or_default() += n;
+                    }
+                    for ((ty, from, to), n) in changes.transitions {
+                        *into.transitions.entry((cut(ty), from, to)).or_default() += n;
+                    }
+                }
+                Lifecycle::Changes(by_dc)
+            }
+        };
+        *baseline = Some(census);
+        outcome
+    }
+
+    fn succeeded(&self, mut collected: Collected, duration: Duration) {
         let account = &self.key.account;
         let dc_label = self.key.datacenter.as_deref().unwrap_or("");
         let discovery = self.key.datacenter.is_none();
+        let lifecycle = self.lifecycle(collected.census.take(), !collected.anomalies.is_empty());
         let (datacenters, folded) = limits::apply(collected.datacenters, &self.limits, discovery);
         for (field, n) in &collected.invalid {
             self.telemetry
@@ -376,6 +429,7 @@ impl TargetTask {
                 datacenters,
                 anomalies: collected.anomalies,
                 folded,
+                lifecycle,
             },
         );
         tracing::info!(
