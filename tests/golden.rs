@@ -24,6 +24,9 @@ const VOLATILE: &[&str] = &[
     "finovy_refresh_last_success_timestamp_seconds",
     "finovy_api_requests_total",
     "finovy_api_request_duration_seconds",
+    // Ages are now − createTime: the simulated inventory is fixed, the clock not.
+    "finovy_images_age_seconds_bucket",
+    "finovy_images_age_seconds_gsum",
 ];
 
 /// The exposition with volatile values masked and `process_*` left out.
