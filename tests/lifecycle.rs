@@ -399,3 +399,124 @@ async fn ages_are_cumulative_bucket_gauges_per_status() {
     let count = r#"finovy_images_age_seconds_gcount{account="default",datacenter_key="HZ",status="creating"}"#;
     assert_eq!(m[count], 4.0);
 }
+
+/// Python with `prometheus_client`'s OpenMetrics parser (from `.venv`, which
+/// `scripts/test` puts first on PATH), or `None` (skipped outside CI).
+fn openmetrics_python() -> Option<std::path::PathBuf> {
+    let python = common::require_tool("python3")?;
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import prometheus_client.openmetrics.parser"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "prometheus_client is required under CI=true (scripts/requirements-test.txt)"
+        );
+        eprintln!("SKIPPED: {python:?} has no prometheus_client; run scripts/test");
+        return None;
+    }
+    Some(python)
+}
+
+/// Parses an OpenMetrics body with the reference parser; returns each family's
+/// name and type, or the parser's error.
+fn parse_openmetrics(
+    python: &std::path::Path,
+    body: &str,
+) -> Result<Vec<(String, String)>, String> {
+    use std::io::Write as _;
+    let script = "import sys, json\n\
+from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+print(json.dumps([[f.name, f.type] for f in text_string_to_metric_families(sys.stdin.read())]))\n";
+    let mut child = std::process::Command::new(python)
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openmetrics_when_asked_parses_and_the_text_format_passes_promtool() {
+    let v0 = baseline();
+    let rig = Rig::start("formats", v0.clone(), &[]).await;
+    rig.next_pass().await;
+    // Some counters above 0, so that their samples are more than the start.
+    rig.sim.set_images(v0[3..].to_vec());
+    rig.next_pass().await;
+    let get = |accept: &'static str| {
+        let req = rig
+            .http
+            .get(format!("http://{}/metrics", rig.addr))
+            .header("Accept", accept);
+        async move {
+            let resp = req.send().await.unwrap();
+            let kind = resp.headers()["content-type"].to_str().unwrap().to_string();
+            (kind, resp.text().await.unwrap())
+        }
+    };
+    let (kind, om) = get("application/openmetrics-text; version=1.0.0").await;
+    assert_eq!(
+        kind,
+        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    );
+    assert!(om.ends_with("# EOF\n"));
+    let (kind, text) = get("text/plain").await;
+    assert_eq!(kind, "text/plain; version=0.0.4; charset=utf-8");
+    assert!(!text.contains("# EOF"));
+
+    if let Some(python) = openmetrics_python() {
+        let families = parse_openmetrics(&python, &om).unwrap_or_else(|e| panic!("{e}\n{om}"));
+        let types: BTreeMap<String, String> = families.into_iter().collect();
+        assert_eq!(types["finovy_images_age_seconds"], "gaugehistogram");
+        assert_eq!(types["finovy_images_deleted"], "counter");
+        assert_eq!(types["finovy_api_requests"], "counter");
+        assert_eq!(types["finovy_api_request_duration_seconds"], "histogram");
+        assert_eq!(
+            types.len(),
+            om.matches("# TYPE ").count(),
+            "every family parsed"
+        );
+        // A broken body is refused, so the parser really checks.
+        assert!(parse_openmetrics(&python, om.trim_end_matches("# EOF\n")).is_err());
+    }
+    if let Some(promtool) = common::require_tool("promtool") {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && said.trim().is_empty(),
+            "promtool: {said}"
+        );
+    }
+}
