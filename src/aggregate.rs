@@ -30,6 +30,51 @@ pub struct Item {
     pub created_ms: Option<i64>,
     /// Fields that could not be read, as a bit set of [`Field`].
     pub invalid: u8,
+    /// What `finovy_image_info` names the image by; only decoded for the
+    /// statuses that collector asks for, `None` otherwise (memory stays flat).
+    pub details: Option<Box<ItemDetails>>,
+}
+
+/// The names of one image, for `finovy_image_info`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemDetails {
+    /// The upstream `id`, as text.
+    pub id: String,
+    /// `imageId`, as its JSON text (empty when missing).
+    pub image_id: String,
+    /// `imageName` (empty when missing).
+    pub image_name: String,
+}
+
+/// A bit set of statuses (bit [`Status::index`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatusSet(pub u8);
+
+impl StatusSet {
+    /// Whether `status` is in the set.
+    pub fn contains(self, status: Status) -> bool {
+        self.0 & (1 << status.index()) != 0
+    }
+
+    /// The set of `statuses`.
+    pub fn of(statuses: &[Status]) -> Self {
+        StatusSet(statuses.iter().fold(0, |m, s| m | (1 << s.index())))
+    }
+}
+
+/// One image named by `finovy_image_info`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedImage {
+    /// The datacenter it counts under.
+    pub datacenter: String,
+    /// `createTime`, Unix milliseconds (`i64::MAX` when unreadable: newest).
+    pub created_ms: i64,
+    /// Status.
+    pub status: Status,
+    /// `imageType` label.
+    pub image_type: String,
+    /// Its names.
+    pub details: ItemDetails,
 }
 
 impl Item {
@@ -201,6 +246,9 @@ pub struct Options {
     /// Histogram the ages of the images as of this time, Unix milliseconds
     /// (the age collector).
     pub ages_at_ms: Option<i64>,
+    /// Keep the names of at most this many images with [`Item::details`],
+    /// oldest first (the image-info collector); 0: none.
+    pub named: usize,
 }
 
 /// Sums items into groups, counting each id once per datacenter.
@@ -212,6 +260,31 @@ pub struct Aggregator {
     invalid: [u64; Field::ALL.len()],
     census: Option<CensusBuilder>,
     ages_at_ms: Option<i64>,
+    named_limit: usize,
+    /// The oldest named images so far: a max-heap on (createTime, order seen),
+    /// so the newest is dropped first when it is over the limit.
+    named: std::collections::BinaryHeap<(i64, u64, NamedOrd)>,
+}
+
+/// A [`NamedImage`] in the heap, ordered by the heap's key alone.
+#[derive(Debug)]
+struct NamedOrd(NamedImage);
+
+impl PartialEq for NamedOrd {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for NamedOrd {}
+impl PartialOrd for NamedOrd {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for NamedOrd {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
 }
 
 impl Aggregator {
@@ -225,6 +298,7 @@ impl Aggregator {
         Aggregator {
             census: options.census.then(CensusBuilder::new),
             ages_at_ms: options.ages_at_ms,
+            named_limit: options.named,
             ..Self::default()
         }
     }
@@ -259,7 +333,31 @@ impl Aggregator {
         if let (Some(census), Some(id)) = (self.census.as_mut(), item.id) {
             census.record(datacenter, id, item.status, &item.image_type);
         }
+        if let Some(details) = item.details.as_deref().filter(|_| self.named_limit > 0) {
+            let created = item.created_ms.unwrap_or(i64::MAX);
+            let newest_kept = self.named.peek().map(|(c, _, _)| *c);
+            if self.named.len() < self.named_limit || newest_kept.is_some_and(|n| created < n) {
+                let named = NamedImage {
+                    datacenter: datacenter.to_string(),
+                    created_ms: created,
+                    status: item.status,
+                    image_type: image_type_label(&item.image_type).to_string(),
+                    details: details.clone(),
+                };
+                self.named.push((created, self.unique, NamedOrd(named)));
+                if self.named.len() > self.named_limit {
+                    self.named.pop();
+                }
+            }
+        }
         added
+    }
+
+    /// Takes out the named images, oldest first.
+    pub fn take_named(&mut self) -> Vec<NamedImage> {
+        let mut named: Vec<_> = std::mem::take(&mut self.named).into_vec();
+        named.sort_by_key(|(c, seq, _)| (*c, *seq));
+        named.into_iter().map(|(_, _, n)| n.0).collect()
     }
 
     /// Whether `id` was counted in `datacenter` already.
@@ -336,6 +434,7 @@ mod tests {
             size_bytes: size,
             created_ms: Some(created),
             invalid: 0,
+            details: None,
         }
     }
 
@@ -415,8 +514,8 @@ mod tests {
     fn ages_fall_into_their_buckets_bounds_included() {
         let now = 1_000_000_000_000;
         let mut agg = Aggregator::with_options(Options {
-            census: false,
             ages_at_ms: Some(now),
+            ..Options::default()
         });
         let hour = 3_600_000;
         let created = [now - hour, now - hour - 1, now + 5, now - 400 * 24 * hour];
@@ -435,7 +534,7 @@ mod tests {
     fn the_census_holds_each_counted_id_once() {
         let mut agg = Aggregator::with_options(Options {
             census: true,
-            ages_at_ms: None,
+            ..Options::default()
         });
         let a = item(7, "HZ", "W", Status::Creating, 1, 1);
         agg.add("HZ", &a);
@@ -447,5 +546,29 @@ mod tests {
         assert_eq!(census.len(), 1);
         assert!(agg.finish()["HZ"].ages.is_empty());
         assert!(Aggregator::new().take_census().is_none());
+    }
+
+    #[test]
+    fn named_images_are_the_oldest_up_to_the_limit() {
+        let mut agg = Aggregator::with_options(Options {
+            named: 2,
+            ..Options::default()
+        });
+        for (id, created) in [(1, 500), (2, 100), (3, 900), (4, 300)] {
+            let mut a = item(id, "HZ", "W", Status::Creating, 1, created);
+            a.details = Some(Box::new(ItemDetails {
+                id: format!("i-{id}"),
+                image_id: id.to_string(),
+                image_name: String::new(),
+            }));
+            agg.add("HZ", &a);
+        }
+        agg.add("HZ", &item(5, "HZ", "W", Status::Creating, 1, 1));
+        let ids: Vec<String> = agg.take_named().into_iter().map(|n| n.details.id).collect();
+        assert_eq!(
+            ids,
+            ["i-2", "i-4"],
+            "oldest first; items without details never"
+        );
     }
 }

@@ -220,6 +220,21 @@ pub struct CollectorFlags {
     /// Do not serve finovy_images_age_seconds.
     #[arg(long = "no-collector.age", overrides_with = "collector_age")]
     pub no_collector_age: bool,
+    /// Serve finovy_image_info, naming the oldest images in some statuses (off by default).
+    #[arg(long = "collector.image-info", env = "FINOVY_COLLECTOR_IMAGE_INFO", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", overrides_with = "no_collector_image_info")]
+    pub collector_image_info: bool,
+    /// Do not serve finovy_image_info.
+    #[arg(
+        long = "no-collector.image-info",
+        overrides_with = "collector_image_info"
+    )]
+    pub no_collector_image_info: bool,
+    /// Comma-separated statuses whose images finovy_image_info names.
+    #[arg(long = "collector.image-info.statuses", env = "FINOVY_COLLECTOR_IMAGE_INFO_STATUSES", value_delimiter = ',', default_value = "creating,failed", value_parser = parse_status_filter)]
+    pub image_info_statuses: Vec<Status>,
+    /// Images per target finovy_image_info names at most, oldest first.
+    #[arg(long = "collector.image-info.limit", env = "FINOVY_COLLECTOR_IMAGE_INFO_LIMIT", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub image_info_limit: u32,
 }
 
 impl Config {
@@ -231,6 +246,12 @@ impl Config {
             oldest: c.collector_oldest && !c.no_collector_oldest,
             lifecycle: c.collector_lifecycle && !c.no_collector_lifecycle,
             age: c.collector_age && !c.no_collector_age,
+            image_info: (c.collector_image_info && !c.no_collector_image_info).then(|| {
+                crate::metrics::ImageInfo {
+                    statuses: crate::aggregate::StatusSet::of(&c.image_info_statuses),
+                    limit: c.image_info_limit as usize,
+                }
+            }),
             image_types: self.limit_image_types as usize,
         }
     }

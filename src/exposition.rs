@@ -186,6 +186,7 @@ mod tests {
                 anomalies: Vec::new(),
                 folded: Default::default(),
                 lifecycle: Default::default(),
+                named: Vec::new(),
             },
         );
         let (second, _) = cache.body(false);

@@ -78,9 +78,20 @@ pub struct Collectors {
     pub lifecycle: bool,
     /// `age`: [`IMAGES_AGE`] (with its `_gcount` and `_gsum`).
     pub age: bool,
+    /// `image-info`: [`IMAGE_INFO`], when on (off by default).
+    pub image_info: Option<ImageInfo>,
     /// Cap on distinct `image_type` values in the lifecycle counters of one
     /// datacenter (`--limit.image-types`); beyond, they count under `other`.
     pub image_types: usize,
+}
+
+/// What `finovy_image_info` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// The statuses whose images it names.
+    pub statuses: crate::aggregate::StatusSet,
+    /// Images per target at most, oldest first.
+    pub limit: usize,
 }
 
 impl Default for Collectors {
@@ -90,6 +101,7 @@ impl Default for Collectors {
             oldest: true,
             lifecycle: true,
             age: true,
+            image_info: None,
             image_types: 200,
         }
     }
@@ -192,6 +204,22 @@ pub const LIFECYCLE_SKIPPED: Family = Family {
     kind: Kind::Counter,
     help: "Refreshes that changed no lifecycle counter because they failed, were cut off or had a pagination anomaly (a paging glitch must not look like deletions).",
     labels: &["account", "datacenter_key"],
+};
+
+/// `finovy_image_info`.
+pub const IMAGE_INFO: Family = Family {
+    name: "finovy_image_info",
+    kind: Kind::Gauge,
+    help: "The oldest images in the statuses of --collector.image-info.statuses, at most --collector.image-info.limit per target, as of the last successful refresh; always 1.",
+    labels: &[
+        "account",
+        "datacenter_key",
+        "id",
+        "image_id",
+        "image_name",
+        "image_type",
+        "status",
+    ],
 };
 
 /// `finovy_up`.
@@ -319,6 +347,7 @@ pub const ALL: &[Family] = &[
     IMAGES_DELETED,
     STATUS_TRANSITIONS,
     LIFECYCLE_SKIPPED,
+    IMAGE_INFO,
     UP,
     REFRESH_DURATION,
     REFRESH_LAST_SUCCESS,

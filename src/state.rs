@@ -18,7 +18,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::account::TargetKey;
-use crate::aggregate::{AgeHistogram, DatacenterImages, AGE_BUCKETS_SECONDS};
+use crate::aggregate::{AgeHistogram, DatacenterImages, NamedImage, AGE_BUCKETS_SECONDS};
 use crate::labels::{Anomaly, Reason, Status};
 use crate::metrics::{self, Collectors, Family, Format};
 use crate::target::lifecycle::Changes;
@@ -40,6 +40,8 @@ pub enum Outcome {
         folded: BTreeMap<String, Vec<(&'static str, u64)>>,
         /// What the pass means to the lifecycle counters.
         lifecycle: Lifecycle,
+        /// The images `finovy_image_info` names, oldest first (label values cut).
+        named: Vec<NamedImage>,
     },
     /// The pass failed.
     Failure {
@@ -152,6 +154,8 @@ pub struct PublishedImages {
     rendered: [String; IMAGE_FAMILIES.len()],
     /// Ages per status (empty when the age collector is off).
     ages: BTreeMap<Status, AgeHistogram>,
+    /// `finovy_image_info` samples of this datacenter, rendered.
+    info: String,
 }
 
 /// The series of one datacenter of a target.
@@ -338,12 +342,27 @@ impl State {
                 anomalies,
                 folded,
                 lifecycle,
+                named,
             } => Ok((
                 datacenters
                     .iter()
                     .map(|(dc, images)| {
-                        let published =
+                        let mut published =
                             render_images(key, dc, images, now, now_instant, &collectors);
+                        if collectors.image_info.is_some() {
+                            for n in named.iter().filter(|n| n.datacenter == *dc) {
+                                let labels = [
+                                    key.account.as_str(),
+                                    dc,
+                                    &n.details.id,
+                                    &n.details.image_id,
+                                    &n.details.image_name,
+                                    &n.image_type,
+                                    n.status.label(),
+                                ];
+                                sample(&mut published.info, &metrics::IMAGE_INFO, &labels, 1);
+                            }
+                        }
                         (dc.clone(), (Arc::new(published), images))
                     })
                     .map(|(dc, (published, images))| {
@@ -468,6 +487,12 @@ impl State {
         }
         if c.lifecycle {
             encode_lifecycle(snap, format, &mut text);
+        }
+        if c.image_info.is_some() {
+            header(&mut text, &metrics::IMAGE_INFO);
+            for (_, _, images) in fresh(snap) {
+                text.push_str(&images.info);
+            }
         }
         let per_datacenter =
             |text: &mut String,
@@ -681,6 +706,7 @@ fn render_images(
         } else {
             BTreeMap::new()
         },
+        info: String::new(),
     }
 }
 

@@ -520,3 +520,40 @@ async fn openmetrics_when_asked_parses_and_the_text_format_passes_promtool() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_info_names_the_oldest_images_in_its_statuses_up_to_the_limit() {
+    // Newest first, so that the oldest are not simply the first served.
+    let mut images = baseline();
+    images.reverse();
+    let rig = Rig::start(
+        "info",
+        images.clone(),
+        &["--collector.image-info", "--collector.image-info.limit=3"],
+    )
+    .await;
+    rig.next_pass().await;
+    let mut want: Vec<&SimImage> = images
+        .iter()
+        .filter(|i| [0, 2].contains(&i.status))
+        .collect();
+    want.sort_by_key(|i| i.create_time);
+    let want: Vec<String> = want[..3]
+        .iter()
+        .map(|i| {
+            format!(
+                r#"finovy_image_info{{account="default",datacenter_key="HZ",id="{}",image_id="{}",image_name="{}",image_type="{}",status="{}"}}"#,
+                i.id, i.image_id, i.image_name, i.image_type, STATUS[i.status as usize]
+            )
+        })
+        .collect();
+    let m = rig.scrape().await;
+    let got: Vec<String> = m
+        .iter()
+        .filter(|(k, v)| k.starts_with("finovy_image_info{") && **v == 1.0)
+        .map(|(k, _)| k.clone())
+        .collect();
+    let mut want_sorted = want.clone();
+    want_sorted.sort();
+    assert_eq!(got, want_sorted);
+}

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use tokio::task::JoinSet;
 
 use super::lifecycle::Census;
-use crate::aggregate::{Added, Aggregator, DatacenterImages, Field, Options};
+use crate::aggregate::{Added, Aggregator, DatacenterImages, Field, NamedImage, Options};
 use crate::labels::Anomaly;
 use crate::secret::Token;
 use crate::upstream::{ApiClient, Budget, FetchError, Page};
@@ -61,6 +61,8 @@ pub struct Collected {
     /// Every identified image's status and type, when [`Options::census`] asked
     /// for it (the lifecycle collector).
     pub census: Option<Census>,
+    /// The oldest images with names ([`Options::named`]), oldest first.
+    pub named: Vec<NamedImage>,
 }
 
 /// Foreign datacenter keys remembered for the warning, at most.
@@ -200,6 +202,7 @@ impl<'a> Pass<'a> {
             anomalies.push(Anomaly::ForeignItems);
         }
         let census = self.aggregator.take_census();
+        let named = self.aggregator.take_named();
         let items = self.aggregator.unique();
         let duplicates = self.aggregator.duplicates();
         let invalid = self.aggregator.invalid().filter(|(_, n)| *n > 0).collect();
@@ -218,6 +221,7 @@ impl<'a> Pass<'a> {
             invalid,
             anomalies,
             census,
+            named,
         }
     }
 }

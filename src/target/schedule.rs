@@ -128,12 +128,14 @@ impl Scheduler {
 
     /// Builds what an account's passes share: its client and budget.
     fn runtime(&self, account: Account) -> Result<Arc<AccountRuntime>, ClientError> {
+        let named = self.state.collectors().image_info.map(|i| i.statuses);
         let client = ApiClient::new(
             &account.name,
             account.client.clone(),
             account.concurrency,
             self.telemetry.clone(),
-        )?;
+        )?
+        .naming(named.unwrap_or_default());
         let budget = Budget::new(
             account.concurrency,
             account.requests_per_second,
@@ -318,6 +320,7 @@ impl TargetTask {
                         .age
                         .then(|| crate::state::unix_seconds(SystemTime::now()) * 1000.0)
                         .map(|ms| ms as i64),
+                    named: collectors.image_info.map_or(0, |i| i.limit),
                 };
                 let pass = self.runtime.pager.collect_with(
                     &token,
@@ -381,6 +384,23 @@ impl TargetTask {
         let dc_label = self.key.datacenter.as_deref().unwrap_or("");
         let discovery = self.key.datacenter.is_none();
         let lifecycle = self.lifecycle(collected.census.take(), !collected.anomalies.is_empty());
+        let max = self.limits.label_length;
+        let named = std::mem::take(&mut collected.named)
+            .into_iter()
+            .map(|mut n| {
+                for value in [
+                    &mut n.datacenter,
+                    &mut n.image_type,
+                    &mut n.details.id,
+                    &mut n.details.image_id,
+                    &mut n.details.image_name,
+                ] {
+                    let cut = limits::cut(value, max).len();
+                    value.truncate(cut);
+                }
+                n
+            })
+            .collect();
         let (datacenters, folded) = limits::apply(collected.datacenters, &self.limits, discovery);
         for (field, n) in &collected.invalid {
             self.telemetry
@@ -430,6 +450,7 @@ impl TargetTask {
                 anomalies: collected.anomalies,
                 folded,
                 lifecycle,
+                named,
             },
         );
         tracing::info!(
