@@ -137,7 +137,7 @@ pub fn to_openmetrics(text: &str, out: &mut Vec<u8>) {
                 Some((name, true)) if line.starts_with(name.as_str()) => {
                     out.extend_from_slice(name.as_bytes());
                     out.extend_from_slice(b"_total");
-                    out.extend_from_slice(line[name.len()..].as_bytes());
+                    out.extend_from_slice(&line.as_bytes()[name.len()..]);
                 }
                 _ => out.extend_from_slice(line.as_bytes()),
             }
