@@ -309,12 +309,19 @@ impl Aggregator {
             Some(sums) => sums,
             None => self.datacenters.entry(datacenter.to_string()).or_default(),
         };
+        // With a census, it is the set of ids seen (see [`CensusBuilder`]).
         let added = match item.id {
-            Some(id) if !sums.seen.insert(id) => {
-                self.duplicates += 1;
-                return Added::Duplicate;
+            Some(id) => {
+                let new = match self.census.as_mut() {
+                    Some(census) => census.record(datacenter, id, item.status, &item.image_type),
+                    None => sums.seen.insert(id),
+                };
+                if !new {
+                    self.duplicates += 1;
+                    return Added::Duplicate;
+                }
+                Added::New
             }
-            Some(_) => Added::New,
             None => Added::Anonymous,
         };
         self.unique += 1;
@@ -329,9 +336,6 @@ impl Aggregator {
         per_status[item.status.index()].add(item);
         if let (Some(now), Some(created)) = (self.ages_at_ms, item.created_ms) {
             sums.ages[item.status.index()].observe(now - created);
-        }
-        if let (Some(census), Some(id)) = (self.census.as_mut(), item.id) {
-            census.record(datacenter, id, item.status, &item.image_type);
         }
         if let Some(details) = item.details.as_deref().filter(|_| self.named_limit > 0) {
             let created = item.created_ms.unwrap_or(i64::MAX);
@@ -362,6 +366,9 @@ impl Aggregator {
 
     /// Whether `id` was counted in `datacenter` already.
     pub fn has_seen(&self, datacenter: &str, id: u64) -> bool {
+        if let Some(census) = &self.census {
+            return census.contains(datacenter, id);
+        }
         self.datacenters
             .get(datacenter)
             .is_some_and(|sums| sums.seen.contains(&id))
