@@ -1,11 +1,16 @@
 #!/usr/bin/env python3
 """Refresh benchmark: the release exporter against the simulator on loopback.
 
-For each inventory size and concurrency it measures, on a fresh exporter process:
-  - the wall time of one full refresh (all datacenters), beside the best possible
-    schedule (page 1 of every datacenter, then every remaining page, C in flight,
-    L seconds each): L * (ceil(D/C) + ceil((P-D)/C)); and the same at the latency
-    the simulator really added (its timers fire late), which it reports;
+The exporter runs one discovery target (no --datacenters): one pass pages through
+the whole inventory, every datacenter of it, so that a pass has a best schedule to
+compare with (with one target per datacenter, each on its own random offset, the
+passes overlap by chance). For each inventory size, concurrency and collector
+setting (--collectors: `on` is the default flags, `off` adds
+--no-collector.lifecycle), it measures, on a fresh exporter process:
+  - the wall time of one full refresh, beside the best possible schedule (page 1,
+    then every remaining page, C in flight, L seconds each):
+    L * (1 + ceil((P-1)/C)); and the same at the latency the simulator really
+    added (its timers fire late), which it reports;
   - the exporter's CPU seconds for that refresh, and per million images (from the
     second refresh of the process on, so start-up is not counted), split into user
     and system time, with the context switches of its threads per request (how
@@ -19,7 +24,7 @@ For each inventory size and concurrency it measures, on a fresh exporter process
 It checks that the exported totals equal the simulator's before reporting.
 
 Usage: python3 benches/refresh.py [--sizes 10000,100000,1000000] [--concurrency 4,16]
-       [--latency-ms 20] [--datacenters 10] [--wrk-seconds 5]
+       [--latency-ms 20] [--datacenters 10] [--wrk-seconds 5] [--collectors on,off]
 Needs cargo and wrk (Debian package `wrk`).
 """
 
@@ -144,13 +149,16 @@ def ready(addr):
         return False
 
 
-def start_exporter(sim_addr, dcs, concurrency, interval):
+# Extra exporter flags per --collectors setting.
+COLLECTORS = {"on": [], "off": ["--no-collector.lifecycle"]}
+
+
+def start_exporter(sim_addr, concurrency, interval, extra):
     env = dict(os.environ, FINOVY_ACCESS_TOKEN="bench-token")
     args = [
         os.path.join(BIN, "finovy-image-exporter"),
         "--web.listen-address", "127.0.0.1:0",
         "--api.url", "http://" + sim_addr,
-        "--datacenters", ",".join(dcs),
         "--api.page-size", str(PAGE_SIZE),
         "--api.concurrency", str(concurrency),
         "--api.timeout", "30s",
@@ -158,7 +166,7 @@ def start_exporter(sim_addr, dcs, concurrency, interval):
         "--refresh.stale-after", "1h",
         "--log.level", "info",
         "--log.format", "json",
-    ]
+    ] + extra
     return Proc(args, env=env, ready=r'"address":"([0-9.:]+)"')
 
 
@@ -167,8 +175,8 @@ def held(sim_addr):
     return json.loads(fetch("http://%s/_sim/held" % sim_addr)[1])
 
 
-def best_schedule(pages, dcs, concurrency, latency):
-    return latency * (math.ceil(dcs / concurrency) + math.ceil(max(pages - dcs, 0) / concurrency))
+def best_schedule(pages, concurrency, latency):
+    return latency * (1 + math.ceil(max(pages - 1, 0) / concurrency))
 
 
 def parse_wrk(out):
@@ -190,15 +198,18 @@ def parse_wrk(out):
     return p50, p99, rps, int(non2xx.group(1)) if non2xx else 0
 
 
-def run_case(sim_addr, images, dcs, per_dc, concurrency, latency, wrk_seconds):
-    pages = sum(max(1, math.ceil(n / PAGE_SIZE)) for n in per_dc.values())
-    bound = best_schedule(pages, len(dcs), concurrency, latency)
+def run_case(sim_addr, images, dcs, concurrency, latency, wrk_seconds, collectors):
+    # Every full page, and the one that ends the list (short, or empty when the
+    # count is a multiple of the page size).
+    pages = images // PAGE_SIZE + 1
+    bound = best_schedule(pages, concurrency, latency)
+    extra = COLLECTORS[collectors]
 
     # Two refreshes on a fresh process. The second is the one measured: the first
     # also pays for start-up (loading the system's root certificates, first
     # connections). Idle RSS is read between the two.
     interval = max(3.0, 2 * bound + 2.0)
-    exp = start_exporter(sim_addr, dcs, concurrency, "%dms" % (interval * 1000))
+    exp = start_exporter(sim_addr, concurrency, "%dms" % (interval * 1000), extra)
     try:
         addr = exp.match.group(1)
         pid = exp.p.pid
@@ -208,7 +219,7 @@ def run_case(sim_addr, images, dcs, per_dc, concurrency, latency, wrk_seconds):
             lines = list(exp.lines)
             if any('"refresh failed"' in line for line in lines):
                 raise RuntimeError("a refresh failed:\n" + "\n".join(lines[-5:]))
-            return sum('"refresh cycle finished"' in line for line in lines) >= n
+            return sum('"refresh finished"' in line for line in lines) >= n
 
         wait("first refresh", lambda: cycles_logged(1), 600)
         time.sleep(0.5)
@@ -244,7 +255,7 @@ def run_case(sim_addr, images, dcs, per_dc, concurrency, latency, wrk_seconds):
         exp.stop()
 
     # /metrics under wrk while refreshes run back to back.
-    exp = start_exporter(sim_addr, dcs, concurrency, "1ms")
+    exp = start_exporter(sim_addr, concurrency, "1s", extra)
     try:
         addr = exp.match.group(1)
         wait("first refresh", lambda: ready(addr), 600)
@@ -266,6 +277,7 @@ def run_case(sim_addr, images, dcs, per_dc, concurrency, latency, wrk_seconds):
         exp.stop()
 
     return {
+        "collectors": collectors,
         "images": images,
         "datacenters": len(dcs),
         "pages": pages,
@@ -303,6 +315,7 @@ def main():
     ap.add_argument("--latency-ms", type=int, default=20)
     ap.add_argument("--datacenters", type=int, default=10)
     ap.add_argument("--wrk-seconds", type=int, default=5)
+    ap.add_argument("--collectors", default="on,off", help="on: default flags; off: --no-collector.lifecycle")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
     if not shutil.which("wrk"):
@@ -327,20 +340,17 @@ def main():
         )
         try:
             sim_addr = sim.match.group(1)
-            with urllib.request.urlopen("http://%s/_sim/images" % sim_addr) as r:
-                per_dc = {}
-                for im in json.load(r):
-                    per_dc[im["datacenterKey"]] = per_dc.get(im["datacenterKey"], 0) + 1
             for c in [int(s) for s in args.concurrency.split(",")]:
-                log("images=%d concurrency=%d…" % (images, c))
-                r = run_case(sim_addr, images, dcs, per_dc, c, latency, args.wrk_seconds)
-                results.append(r)
-                log(json.dumps(r))
+                for collectors in args.collectors.split(","):
+                    log("images=%d concurrency=%d collectors=%s…" % (images, c, collectors))
+                    r = run_case(sim_addr, images, dcs, c, latency, args.wrk_seconds, collectors)
+                    results.append(r)
+                    log(json.dumps(r))
         finally:
             sim.stop()
 
     cols = [
-        ("images", "images"), ("concurrency", "C"), ("pages", "pages"),
+        ("collectors", "lifecycle"), ("images", "images"), ("concurrency", "C"), ("pages", "pages"),
         ("refresh_s", "refresh s"), ("best_s", "best s"), ("ratio", "ratio"),
         ("sim_latency_ms", "sim L ms"), ("ratio_at_sim_latency", "ratio at sim L"),
         ("cpu_s", "CPU s"), ("cpu_s_per_million", "CPU s/M"),

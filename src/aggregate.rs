@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 pub use crate::labels::{Field, Status};
+use crate::target::lifecycle::{Census, CensusBuilder};
 
 /// One image, reduced to what the aggregates need.
 #[derive(Debug, Clone, PartialEq)]
@@ -29,6 +30,51 @@ pub struct Item {
     pub created_ms: Option<i64>,
     /// Fields that could not be read, as a bit set of [`Field`].
     pub invalid: u8,
+    /// What `finovy_image_info` names the image by; only decoded for the
+    /// statuses that collector asks for, `None` otherwise (memory stays flat).
+    pub details: Option<Box<ItemDetails>>,
+}
+
+/// The names of one image, for `finovy_image_info`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemDetails {
+    /// The upstream `id`, as text.
+    pub id: String,
+    /// `imageId`, as its JSON text (empty when missing).
+    pub image_id: String,
+    /// `imageName` (empty when missing).
+    pub image_name: String,
+}
+
+/// A bit set of statuses (bit [`Status::index`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StatusSet(pub u8);
+
+impl StatusSet {
+    /// Whether `status` is in the set.
+    pub fn contains(self, status: Status) -> bool {
+        self.0 & (1 << status.index()) != 0
+    }
+
+    /// The set of `statuses`.
+    pub fn of(statuses: &[Status]) -> Self {
+        StatusSet(statuses.iter().fold(0, |m, s| m | (1 << s.index())))
+    }
+}
+
+/// One image named by `finovy_image_info`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedImage {
+    /// The datacenter it counts under.
+    pub datacenter: String,
+    /// `createTime`, Unix milliseconds (`i64::MAX` when unreadable: newest).
+    pub created_ms: i64,
+    /// Status.
+    pub status: Status,
+    /// `imageType` label.
+    pub image_type: String,
+    /// Its names.
+    pub details: ItemDetails,
 }
 
 impl Item {
@@ -92,11 +138,62 @@ pub struct GroupKey {
     pub image_type: String,
 }
 
+/// Upper bounds of the age buckets, seconds: 1h, 6h, 1d, 7d, 30d, 90d, 180d,
+/// 365d (and `+Inf` beyond).
+pub const AGE_BUCKETS_SECONDS: [u64; 8] = [
+    3600,
+    6 * 3600,
+    86_400,
+    7 * 86_400,
+    30 * 86_400,
+    90 * 86_400,
+    180 * 86_400,
+    365 * 86_400,
+];
+
+/// The ages of a status's images at one pass: a histogram of now − createTime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AgeHistogram {
+    /// Images per bucket (not cumulative); the last is beyond the last bound.
+    pub buckets: [u64; AGE_BUCKETS_SECONDS.len() + 1],
+    /// Sum of the ages, milliseconds.
+    pub sum_ms: u64,
+}
+
+impl AgeHistogram {
+    /// Counts one image of `age_ms` (a negative age, clocks apart, counts as 0).
+    pub fn observe(&mut self, age_ms: i64) {
+        let age_ms = age_ms.max(0) as u64;
+        let i = AGE_BUCKETS_SECONDS
+            .iter()
+            .position(|b| age_ms <= b * 1000)
+            .unwrap_or(AGE_BUCKETS_SECONDS.len());
+        self.buckets[i] += 1;
+        self.sum_ms = self.sum_ms.saturating_add(age_ms);
+    }
+
+    /// Adds another histogram (used when datacenters are folded).
+    pub fn merge(&mut self, other: &AgeHistogram) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.sum_ms = self.sum_ms.saturating_add(other.sum_ms);
+    }
+
+    /// Images observed.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+}
+
 /// The result of one datacenter: its groups, in label order.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct DatacenterImages {
     /// Groups, sorted by status then image type.
     pub groups: BTreeMap<GroupKey, GroupStats>,
+    /// Ages per status of the images with a readable `createTime`; empty unless
+    /// the age collector is on ([`Options::ages_at_ms`]).
+    pub ages: BTreeMap<Status, AgeHistogram>,
 }
 
 impl DatacenterImages {
@@ -136,6 +233,22 @@ struct DatacenterSums {
     seen: HashSet<u64>,
     /// Per image type label, one total per status (indexed by [`Status::index`]).
     types: HashMap<String, [GroupStats; Status::ALL.len()]>,
+    /// Ages per status (indexed by [`Status::index`]), when asked for.
+    ages: [AgeHistogram; Status::ALL.len()],
+}
+
+/// What a pass gathers beyond the groups. Both are off by default, and then
+/// cost nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Options {
+    /// Keep a [`Census`] of every identified image (the lifecycle collector).
+    pub census: bool,
+    /// Histogram the ages of the images as of this time, Unix milliseconds
+    /// (the age collector).
+    pub ages_at_ms: Option<i64>,
+    /// Keep the names of at most this many images with [`Item::details`],
+    /// oldest first (the image-info collector); 0: none.
+    pub named: usize,
 }
 
 /// Sums items into groups, counting each id once per datacenter.
@@ -145,6 +258,33 @@ pub struct Aggregator {
     unique: u64,
     duplicates: u64,
     invalid: [u64; Field::ALL.len()],
+    census: Option<CensusBuilder>,
+    ages_at_ms: Option<i64>,
+    named_limit: usize,
+    /// The oldest named images so far: a max-heap on (createTime, order seen),
+    /// so the newest is dropped first when it is over the limit.
+    named: std::collections::BinaryHeap<(i64, u64, NamedOrd)>,
+}
+
+/// A [`NamedImage`] in the heap, ordered by the heap's key alone.
+#[derive(Debug)]
+struct NamedOrd(NamedImage);
+
+impl PartialEq for NamedOrd {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl Eq for NamedOrd {}
+impl PartialOrd for NamedOrd {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for NamedOrd {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
 }
 
 impl Aggregator {
@@ -153,18 +293,35 @@ impl Aggregator {
         Self::default()
     }
 
+    /// An empty aggregator that also gathers what `options` ask for.
+    pub fn with_options(options: Options) -> Self {
+        Aggregator {
+            census: options.census.then(CensusBuilder::new),
+            ages_at_ms: options.ages_at_ms,
+            named_limit: options.named,
+            ..Self::default()
+        }
+    }
+
     /// Adds one item under `datacenter`.
     pub fn add(&mut self, datacenter: &str, item: &Item) -> Added {
         let sums = match self.datacenters.get_mut(datacenter) {
             Some(sums) => sums,
             None => self.datacenters.entry(datacenter.to_string()).or_default(),
         };
+        // With a census, it is the set of ids seen (see [`CensusBuilder`]).
         let added = match item.id {
-            Some(id) if !sums.seen.insert(id) => {
-                self.duplicates += 1;
-                return Added::Duplicate;
+            Some(id) => {
+                let new = match self.census.as_mut() {
+                    Some(census) => census.record(datacenter, id, item.status, &item.image_type),
+                    None => sums.seen.insert(id),
+                };
+                if !new {
+                    self.duplicates += 1;
+                    return Added::Duplicate;
+                }
+                Added::New
             }
-            Some(_) => Added::New,
             None => Added::Anonymous,
         };
         self.unique += 1;
@@ -177,11 +334,41 @@ impl Aggregator {
             None => sums.types.entry(label.to_string()).or_default(),
         };
         per_status[item.status.index()].add(item);
+        if let (Some(now), Some(created)) = (self.ages_at_ms, item.created_ms) {
+            sums.ages[item.status.index()].observe(now - created);
+        }
+        if let Some(details) = item.details.as_deref().filter(|_| self.named_limit > 0) {
+            let created = item.created_ms.unwrap_or(i64::MAX);
+            let newest_kept = self.named.peek().map(|(c, _, _)| *c);
+            if self.named.len() < self.named_limit || newest_kept.is_some_and(|n| created < n) {
+                let named = NamedImage {
+                    datacenter: datacenter.to_string(),
+                    created_ms: created,
+                    status: item.status,
+                    image_type: image_type_label(&item.image_type).to_string(),
+                    details: details.clone(),
+                };
+                self.named.push((created, self.unique, NamedOrd(named)));
+                if self.named.len() > self.named_limit {
+                    self.named.pop();
+                }
+            }
+        }
         added
+    }
+
+    /// Takes out the named images, oldest first.
+    pub fn take_named(&mut self) -> Vec<NamedImage> {
+        let mut named: Vec<_> = std::mem::take(&mut self.named).into_vec();
+        named.sort_by_key(|(c, seq, _)| (*c, *seq));
+        named.into_iter().map(|(_, _, n)| n.0).collect()
     }
 
     /// Whether `id` was counted in `datacenter` already.
     pub fn has_seen(&self, datacenter: &str, id: u64) -> bool {
+        if let Some(census) = &self.census {
+            return census.contains(datacenter, id);
+        }
         self.datacenters
             .get(datacenter)
             .is_some_and(|sums| sums.seen.contains(&id))
@@ -202,12 +389,27 @@ impl Aggregator {
         Field::ALL.iter().copied().zip(self.invalid.iter().copied())
     }
 
+    /// Takes the census out (`None` unless [`Options::census`]); call before
+    /// [`Aggregator::finish`].
+    pub fn take_census(&mut self) -> Option<Census> {
+        self.census.take().map(CensusBuilder::finish)
+    }
+
     /// The result, one entry per datacenter seen.
     pub fn finish(self) -> BTreeMap<String, DatacenterImages> {
+        let ages = self.ages_at_ms.is_some();
         self.datacenters
             .into_iter()
             .map(|(dc, sums)| {
                 let mut images = DatacenterImages::default();
+                if ages {
+                    for status in Status::ALL {
+                        let h = sums.ages[status.index()];
+                        if h.count() > 0 {
+                            images.ages.insert(*status, h);
+                        }
+                    }
+                }
                 for (image_type, per_status) in sums.types {
                     for status in Status::ALL {
                         let stats = per_status[status.index()];
@@ -239,6 +441,7 @@ mod tests {
             size_bytes: size,
             created_ms: Some(created),
             invalid: 0,
+            details: None,
         }
     }
 
@@ -312,5 +515,67 @@ mod tests {
         let out = agg.finish();
         let g = out["HZ"].groups.values().next().unwrap();
         assert_eq!((g.count, g.oldest_created_ms), (2, Some(50)));
+    }
+
+    #[test]
+    fn ages_fall_into_their_buckets_bounds_included() {
+        let now = 1_000_000_000_000;
+        let mut agg = Aggregator::with_options(Options {
+            ages_at_ms: Some(now),
+            ..Options::default()
+        });
+        let hour = 3_600_000;
+        let created = [now - hour, now - hour - 1, now + 5, now - 400 * 24 * hour];
+        for (i, c) in created.iter().enumerate() {
+            agg.add("HZ", &item(i as u64, "HZ", "W", Status::Available, 1, *c));
+        }
+        let mut no_time = item(99, "HZ", "W", Status::Available, 1, 0);
+        no_time.created_ms = None;
+        agg.add("HZ", &no_time);
+        let h = agg.finish()["HZ"].ages[&Status::Available];
+        assert_eq!(h.buckets, [2, 1, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(h.sum_ms as i64, 2 * hour + 1 + 400 * 24 * hour);
+    }
+
+    #[test]
+    fn the_census_holds_each_counted_id_once() {
+        let mut agg = Aggregator::with_options(Options {
+            census: true,
+            ..Options::default()
+        });
+        let a = item(7, "HZ", "W", Status::Creating, 1, 1);
+        agg.add("HZ", &a);
+        agg.add("HZ", &a);
+        let mut no_id = a.clone();
+        no_id.id = None;
+        agg.add("HZ", &no_id);
+        let census = agg.take_census().unwrap();
+        assert_eq!(census.len(), 1);
+        assert!(agg.finish()["HZ"].ages.is_empty());
+        assert!(Aggregator::new().take_census().is_none());
+    }
+
+    #[test]
+    fn named_images_are_the_oldest_up_to_the_limit() {
+        let mut agg = Aggregator::with_options(Options {
+            named: 2,
+            ..Options::default()
+        });
+        for (id, created) in [(1, 500), (2, 100), (3, 900), (4, 300)] {
+            let mut a = item(id, "HZ", "W", Status::Creating, 1, created);
+            a.details = Some(Box::new(ItemDetails {
+                id: format!("i-{id}"),
+                image_id: id.to_string(),
+                image_name: String::new(),
+            }));
+            agg.add("HZ", &a);
+        }
+        agg.add("HZ", &item(5, "HZ", "W", Status::Creating, 1, 1));
+        let ids: Vec<String> = agg.take_named().into_iter().map(|n| n.details.id).collect();
+        assert_eq!(
+            ids,
+            ["i-2", "i-4"],
+            "oldest first; items without details never"
+        );
     }
 }

@@ -179,7 +179,7 @@ impl Exporter {
         let web_config = web_config.map(|watcher| {
             watcher.with_reload_gauge(telemetry.web_config_last_reload_successful.clone())
         });
-        let state = Arc::new(State::new());
+        let state = Arc::new(State::with_collectors(config.collectors()));
         let liveness = Liveness::new();
         let limits = Limits {
             image_types: config.limit_image_types as usize,

@@ -240,6 +240,78 @@ pub struct Config {
     /// Serve POST /-/reload, which reloads --config.file (403 without this flag).
     #[arg(long = "web.enable-lifecycle", env = "FINOVY_WEB_ENABLE_LIFECYCLE")]
     pub enable_lifecycle: bool,
+
+    /// Which optional metric families are served (`--[no-]collector.NAME`).
+    #[command(flatten)]
+    pub collectors: CollectorFlags,
+}
+
+/// `--[no-]collector.NAME`, node_exporter's convention: `--collector.NAME` turns
+/// a collector on, `--no-collector.NAME` off, the last one given wins.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CollectorFlags {
+    /// Serve finovy_images_size_bytes (--no-collector.size: off).
+    #[arg(long = "collector.size", env = "FINOVY_COLLECTOR_SIZE", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", overrides_with = "no_collector_size")]
+    pub collector_size: bool,
+    /// Do not serve finovy_images_size_bytes.
+    #[arg(long = "no-collector.size", overrides_with = "collector_size")]
+    pub no_collector_size: bool,
+    /// Serve finovy_images_oldest_created_timestamp_seconds (--no-collector.oldest: off).
+    #[arg(long = "collector.oldest", env = "FINOVY_COLLECTOR_OLDEST", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", overrides_with = "no_collector_oldest")]
+    pub collector_oldest: bool,
+    /// Do not serve finovy_images_oldest_created_timestamp_seconds.
+    #[arg(long = "no-collector.oldest", overrides_with = "collector_oldest")]
+    pub no_collector_oldest: bool,
+    /// Count creations, deletions and status transitions between passes (--no-collector.lifecycle: off).
+    #[arg(long = "collector.lifecycle", env = "FINOVY_COLLECTOR_LIFECYCLE", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", overrides_with = "no_collector_lifecycle")]
+    pub collector_lifecycle: bool,
+    /// Do not keep image ids between passes, nor serve the lifecycle counters.
+    #[arg(
+        long = "no-collector.lifecycle",
+        overrides_with = "collector_lifecycle"
+    )]
+    pub no_collector_lifecycle: bool,
+    /// Serve the age distribution finovy_images_age_seconds (--no-collector.age: off).
+    #[arg(long = "collector.age", env = "FINOVY_COLLECTOR_AGE", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", overrides_with = "no_collector_age")]
+    pub collector_age: bool,
+    /// Do not serve finovy_images_age_seconds.
+    #[arg(long = "no-collector.age", overrides_with = "collector_age")]
+    pub no_collector_age: bool,
+    /// Serve finovy_image_info, naming the oldest images in some statuses (off by default).
+    #[arg(long = "collector.image-info", env = "FINOVY_COLLECTOR_IMAGE_INFO", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, require_equals = true, default_missing_value = "true", overrides_with = "no_collector_image_info")]
+    pub collector_image_info: bool,
+    /// Do not serve finovy_image_info.
+    #[arg(
+        long = "no-collector.image-info",
+        overrides_with = "collector_image_info"
+    )]
+    pub no_collector_image_info: bool,
+    /// Comma-separated statuses whose images finovy_image_info names.
+    #[arg(long = "collector.image-info.statuses", env = "FINOVY_COLLECTOR_IMAGE_INFO_STATUSES", value_delimiter = ',', default_value = "creating,failed", value_parser = parse_status_filter)]
+    pub image_info_statuses: Vec<Status>,
+    /// Images per target finovy_image_info names at most, oldest first.
+    #[arg(long = "collector.image-info.limit", env = "FINOVY_COLLECTOR_IMAGE_INFO_LIMIT", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub image_info_limit: u32,
+}
+
+impl Config {
+    /// The collectors the flags turn on.
+    pub fn collectors(&self) -> crate::metrics::Collectors {
+        let c = &self.collectors;
+        crate::metrics::Collectors {
+            size: c.collector_size && !c.no_collector_size,
+            oldest: c.collector_oldest && !c.no_collector_oldest,
+            lifecycle: c.collector_lifecycle && !c.no_collector_lifecycle,
+            age: c.collector_age && !c.no_collector_age,
+            image_info: (c.collector_image_info && !c.no_collector_image_info).then(|| {
+                crate::metrics::ImageInfo {
+                    statuses: crate::aggregate::StatusSet::of(&c.image_info_statuses),
+                    limit: c.image_info_limit as usize,
+                }
+            }),
+            image_types: self.limit_image_types as usize,
+        }
+    }
 }
 
 /// The ids of the account-level flags (`--api.*`, `--filter.*`, `--datacenters`,
@@ -708,6 +780,26 @@ mod tests {
         let err = parse(&["--config.file", "a.yaml", "--datacenters", "HZ"]).unwrap_err();
         assert!(err.to_string().contains("--datacenters"), "{err}");
         assert!(parse(&["--config.file", "a.yaml", "--web.enable-lifecycle"]).is_ok());
+    }
+
+    #[test]
+    fn collectors_switch_on_and_off_and_the_last_flag_wins() {
+        let on = parse(&[]).unwrap().collectors();
+        assert!(on.size && on.oldest && on.lifecycle && on.age);
+        let off = parse(&["--no-collector.lifecycle", "--no-collector.size"])
+            .unwrap()
+            .collectors();
+        assert!(!off.lifecycle && !off.size && off.oldest && off.age);
+        let back = parse(&["--no-collector.age", "--collector.age"]).unwrap();
+        assert!(back.collectors().age);
+        let again = parse(&["--collector.age", "--no-collector.age"]).unwrap();
+        assert!(!again.collectors().age);
+        assert!(
+            !parse(&["--collector.oldest=false"])
+                .unwrap()
+                .collectors()
+                .oldest
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use crate::metrics::Format;
 use crate::state::{Snapshot, State};
 use crate::telemetry::Telemetry;
 
@@ -31,7 +32,8 @@ struct Encoded {
 pub struct MetricsCache {
     state: Arc<State>,
     telemetry: Telemetry,
-    current: Mutex<Option<Arc<Encoded>>>,
+    /// One body per format ([`Format::Text`], [`Format::OpenMetrics`]).
+    current: [Mutex<Option<Arc<Encoded>>>; 2],
 }
 
 impl MetricsCache {
@@ -40,13 +42,20 @@ impl MetricsCache {
         MetricsCache {
             state,
             telemetry,
-            current: Mutex::new(None),
+            current: Default::default(),
         }
     }
 
-    /// The body, gzip-compressed when `gzip`; the flag says whether it is.
+    /// The text-format body, gzip-compressed when `gzip`; the flag says whether
+    /// it is.
     pub fn body(&self, gzip: bool) -> (Bytes, bool) {
-        let encoded = self.encoded();
+        self.body_in(Format::Text, gzip)
+    }
+
+    /// The body in `format`, gzip-compressed when `gzip`; the flag says whether
+    /// it is.
+    pub fn body_in(&self, format: Format, gzip: bool) -> (Bytes, bool) {
+        let encoded = self.encoded(format);
         if !gzip {
             return (encoded.plain.clone(), false);
         }
@@ -58,9 +67,10 @@ impl MetricsCache {
         }
     }
 
-    fn encoded(&self) -> Arc<Encoded> {
+    fn encoded(&self, format: Format) -> Arc<Encoded> {
         let snapshot = self.state.snapshot();
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = &self.current[usize::from(format == Format::OpenMetrics)];
+        let mut current = slot.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(enc) = current.as_ref() {
             if Arc::ptr_eq(&enc.snapshot, &snapshot) && enc.at.elapsed() < MAX_AGE {
                 return Arc::clone(enc);
@@ -68,8 +78,16 @@ impl MetricsCache {
         }
         let mut body =
             Vec::with_capacity(current.as_ref().map_or(16 * 1024, |e| e.plain.len() + 1024));
-        State::encode_snapshot(&snapshot, &mut body);
-        self.telemetry.encode(&mut body);
+        State::encode_snapshot(&snapshot, format, &mut body);
+        match format {
+            Format::Text => self.telemetry.encode(&mut body),
+            Format::OpenMetrics => {
+                let mut text = Vec::with_capacity(8 * 1024);
+                self.telemetry.encode(&mut text);
+                to_openmetrics(&String::from_utf8_lossy(&text), &mut body);
+                body.extend_from_slice(b"# EOF\n");
+            }
+        }
         let enc = Arc::new(Encoded {
             at: Instant::now(),
             snapshot,
@@ -79,6 +97,59 @@ impl MetricsCache {
         *current = Some(Arc::clone(&enc));
         enc
     }
+}
+
+/// Converts the `prometheus` crate's text format 0.0.4 (which has no OpenMetrics
+/// encoder) into OpenMetrics 1.0.0: a counter's family is named without its
+/// `_total` (and a sample of a counter not ending in `_total` gets it), `untyped`
+/// becomes `unknown`, and quotes in help texts are escaped. Samples are otherwise
+/// the same in both formats.
+pub fn to_openmetrics(text: &str, out: &mut Vec<u8>) {
+    // The counter family being converted, and whether its samples need `_total`.
+    let mut counter: Option<(String, bool)> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            let kind = type_of(text, name);
+            let name = match kind {
+                Some("counter") => name.strip_suffix("_total").unwrap_or(name),
+                _ => name,
+            };
+            let help = help.replace('"', "\\\"");
+            out.extend_from_slice(format!("# HELP {name} {help}\n").as_bytes());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            counter = None;
+            let (name, kind) = match kind {
+                "counter" => {
+                    let base = name.strip_suffix("_total").unwrap_or(name);
+                    counter = Some((name.to_string(), base == name));
+                    (base, kind)
+                }
+                "untyped" => (name, "unknown"),
+                _ => (name, kind),
+            };
+            out.extend_from_slice(format!("# TYPE {name} {kind}\n").as_bytes());
+        } else if line.starts_with('#') || line.is_empty() {
+            continue;
+        } else {
+            match &counter {
+                Some((name, true)) if line.starts_with(name.as_str()) => {
+                    out.extend_from_slice(name.as_bytes());
+                    out.extend_from_slice(b"_total");
+                    out.extend_from_slice(&line.as_bytes()[name.len()..]);
+                }
+                _ => out.extend_from_slice(line.as_bytes()),
+            }
+            out.push(b'\n');
+        }
+    }
+}
+
+/// The `# TYPE` of `name` in `text`, if declared.
+fn type_of<'a>(text: &'a str, name: &str) -> Option<&'a str> {
+    let prefix = format!("# TYPE {name} ");
+    text.lines().find_map(|l| l.strip_prefix(prefix.as_str()))
 }
 
 /// Gzip of `plain`; empty if compression failed (then plain is served).
@@ -114,6 +185,8 @@ mod tests {
                 datacenters: [("HZ".to_string(), Default::default())].into(),
                 anomalies: Vec::new(),
                 folded: Default::default(),
+                lifecycle: Default::default(),
+                named: Vec::new(),
             },
         );
         let (second, _) = cache.body(false);
@@ -125,5 +198,22 @@ mod tests {
         std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&zipped[..]), &mut text)
             .unwrap();
         assert_eq!(text.as_bytes(), &second[..]);
+        let (om, _) = cache.body_in(Format::OpenMetrics, false);
+        let om = String::from_utf8_lossy(&om);
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        assert!(om.contains("# TYPE finovy_refresh_failures counter\n"));
+    }
+
+    #[test]
+    fn registry_text_becomes_openmetrics() {
+        let text = "# HELP a_total A \"q\" \\\\ x.\n# TYPE a_total counter\na_total{x=\"1\"} 3\n\
+                    # HELP b B.\n# TYPE b counter\nb 1\n# HELP c C.\n# TYPE c untyped\nc 2\n";
+        let mut out = Vec::new();
+        to_openmetrics(text, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "# HELP a A \\\"q\\\" \\\\ x.\n# TYPE a counter\na_total{x=\"1\"} 3\n\
+             # HELP b B.\n# TYPE b counter\nb_total 1\n# HELP c C.\n# TYPE c unknown\nc 2\n"
+        );
     }
 }

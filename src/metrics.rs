@@ -17,15 +17,92 @@ pub enum Kind {
     Counter,
     /// Buckets, a sum and a count.
     Histogram,
+    /// Cumulative bucket gauges of a distribution now (not since start), with
+    /// `_gcount` and `_gsum`: OpenMetrics' `gaugehistogram`.
+    GaugeHistogram,
 }
 
 impl Kind {
-    /// The `# TYPE` word.
+    /// The `# TYPE` word of the text format 0.0.4. It has no gauge histogram:
+    /// there the family is a `histogram` of `_bucket` samples only, and its
+    /// `_gcount` and `_gsum` are gauge families of their own, so that both formats
+    /// give Prometheus the same series (`promtool check metrics` accepts both;
+    /// a gauge named `_bucket` with an `le` label it would warn about).
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Gauge => "gauge",
             Kind::Counter => "counter",
-            Kind::Histogram => "histogram",
+            Kind::Histogram | Kind::GaugeHistogram => "histogram",
+        }
+    }
+
+    /// The `# TYPE` word of OpenMetrics 1.0.0.
+    pub fn openmetrics(self) -> &'static str {
+        match self {
+            Kind::GaugeHistogram => "gaugehistogram",
+            other => other.as_str(),
+        }
+    }
+}
+
+/// The exposition format a scrape gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Format {
+    /// Prometheus text format 0.0.4.
+    Text,
+    /// OpenMetrics 1.0.0 text.
+    OpenMetrics,
+}
+
+impl Format {
+    /// The `Content-Type` of a body in this format.
+    pub const fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => "text/plain; version=0.0.4; charset=utf-8",
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        }
+    }
+}
+
+/// Which optional collectors run (`--[no-]collector.NAME`). A collector that is
+/// off costs nothing: its families are not served and what they need is not
+/// gathered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Collectors {
+    /// `size`: [`IMAGES_SIZE`].
+    pub size: bool,
+    /// `oldest`: [`IMAGES_OLDEST`].
+    pub oldest: bool,
+    /// `lifecycle`: [`IMAGES_CREATED`], [`IMAGES_DELETED`],
+    /// [`STATUS_TRANSITIONS`], [`LIFECYCLE_SKIPPED`].
+    pub lifecycle: bool,
+    /// `age`: [`IMAGES_AGE`] (with its `_gcount` and `_gsum`).
+    pub age: bool,
+    /// `image-info`: [`IMAGE_INFO`], when on (off by default).
+    pub image_info: Option<ImageInfo>,
+    /// Cap on distinct `image_type` values in the lifecycle counters of one
+    /// datacenter (`--limit.image-types`); beyond, they count under `other`.
+    pub image_types: usize,
+}
+
+/// What `finovy_image_info` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// The statuses whose images it names.
+    pub statuses: crate::aggregate::StatusSet,
+    /// Images per target at most, oldest first.
+    pub limit: usize,
+}
+
+impl Default for Collectors {
+    fn default() -> Self {
+        Collectors {
+            size: true,
+            oldest: true,
+            lifecycle: true,
+            age: true,
+            image_info: None,
+            image_types: 200,
         }
     }
 }
@@ -70,6 +147,79 @@ pub const IMAGES_OLDEST: Family = Family {
     kind: Kind::Gauge,
     help: "Creation time of the oldest image per account, datacenter, status and image type, as of the last successful refresh of the datacenter (not fetched at scrape time).",
     labels: GROUP,
+};
+
+/// `finovy_images_age_seconds`.
+pub const IMAGES_AGE: Family = Family {
+    name: "finovy_images_age_seconds",
+    kind: Kind::GaugeHistogram,
+    help: "Ages (now - createTime) of the images per account, datacenter and status at the last successful refresh, as cumulative bucket gauges (a gauge histogram).",
+    labels: &["account", "datacenter_key", "status", "le"],
+};
+
+/// `finovy_images_age_seconds_gcount`: the text format's separate family for the
+/// gauge histogram's count.
+pub const IMAGES_AGE_GCOUNT: Family = Family {
+    name: "finovy_images_age_seconds_gcount",
+    kind: Kind::Gauge,
+    help: "Images with a readable createTime per account, datacenter and status at the last successful refresh (the count of finovy_images_age_seconds).",
+    labels: &["account", "datacenter_key", "status"],
+};
+
+/// `finovy_images_age_seconds_gsum`.
+pub const IMAGES_AGE_GSUM: Family = Family {
+    name: "finovy_images_age_seconds_gsum",
+    kind: Kind::Gauge,
+    help: "Sum of the ages in seconds of the images per account, datacenter and status at the last successful refresh (the sum of finovy_images_age_seconds).",
+    labels: &["account", "datacenter_key", "status"],
+};
+
+/// `finovy_images_created_total`.
+pub const IMAGES_CREATED: Family = Family {
+    name: "finovy_images_created_total",
+    kind: Kind::Counter,
+    help: "Images found by a complete refresh that the previous complete refresh of the datacenter did not list, by image type.",
+    labels: &["account", "datacenter_key", "image_type"],
+};
+
+/// `finovy_images_deleted_total`.
+pub const IMAGES_DELETED: Family = Family {
+    name: "finovy_images_deleted_total",
+    kind: Kind::Counter,
+    help: "Images listed by the previous complete refresh of the datacenter that a complete refresh no longer found, by their last status and image type.",
+    labels: &["account", "datacenter_key", "status", "image_type"],
+};
+
+/// `finovy_image_status_transitions_total`.
+pub const STATUS_TRANSITIONS: Family = Family {
+    name: "finovy_image_status_transitions_total",
+    kind: Kind::Counter,
+    help: "Images whose status changed between two complete refreshes of the datacenter, by image type and the status before (from) and after (to).",
+    labels: &["account", "datacenter_key", "image_type", "from", "to"],
+};
+
+/// `finovy_lifecycle_skipped_passes_total`.
+pub const LIFECYCLE_SKIPPED: Family = Family {
+    name: "finovy_lifecycle_skipped_passes_total",
+    kind: Kind::Counter,
+    help: "Refreshes that changed no lifecycle counter because they failed, were cut off or had a pagination anomaly (a paging glitch must not look like deletions).",
+    labels: &["account", "datacenter_key"],
+};
+
+/// `finovy_image_info`.
+pub const IMAGE_INFO: Family = Family {
+    name: "finovy_image_info",
+    kind: Kind::Gauge,
+    help: "The oldest images in the statuses of --collector.image-info.statuses, at most --collector.image-info.limit per target, as of the last successful refresh; always 1.",
+    labels: &[
+        "account",
+        "datacenter_key",
+        "id",
+        "image_id",
+        "image_name",
+        "image_type",
+        "status",
+    ],
 };
 
 /// `finovy_up`.
@@ -214,6 +364,14 @@ pub const ALL: &[Family] = &[
     IMAGES,
     IMAGES_SIZE,
     IMAGES_OLDEST,
+    IMAGES_AGE,
+    IMAGES_AGE_GCOUNT,
+    IMAGES_AGE_GSUM,
+    IMAGES_CREATED,
+    IMAGES_DELETED,
+    STATUS_TRANSITIONS,
+    LIFECYCLE_SKIPPED,
+    IMAGE_INFO,
     UP,
     REFRESH_DURATION,
     REFRESH_LAST_SUCCESS,

@@ -12,7 +12,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::header::{
-    HeaderValue, ACCEPT_ENCODING, ALLOW, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE, VARY,
+    HeaderValue, ACCEPT, ACCEPT_ENCODING, ALLOW, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE,
+    VARY,
 };
 use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::Semaphore;
@@ -20,6 +21,7 @@ use tokio::sync::Semaphore;
 use crate::account::AccountNames;
 use crate::config_file::{Reloaded, Reloader};
 use crate::exposition::MetricsCache;
+use crate::metrics::Format;
 use crate::state::{Snapshot, State, TargetState};
 use crate::target::Liveness;
 use crate::telemetry::Telemetry;
@@ -136,7 +138,7 @@ impl Routes {
         };
         let path = req.uri().path();
         let mut resp = if path == self.telemetry_path {
-            self.metrics(accepts_gzip(&req))
+            self.metrics(negotiate_format(&req), accepts_gzip(&req))
         } else {
             match path {
                 "/" => self.landing(),
@@ -152,11 +154,11 @@ impl Routes {
         resp
     }
 
-    fn metrics(&self, gzip: bool) -> Response<Full<Bytes>> {
+    fn metrics(&self, format: Format, gzip: bool) -> Response<Full<Bytes>> {
         // Encoding a large body takes milliseconds of CPU: on the multi-threaded
         // runtime the worker hands its other tasks (health probes, other
         // connections) to the rest while it encodes.
-        let encode = || self.metrics.body(gzip);
+        let encode = || self.metrics.body_in(format, gzip);
         let (body, gzipped) = match tokio::runtime::Handle::try_current()
             .map(|h| h.runtime_flavor())
         {
@@ -164,8 +166,8 @@ impl Routes {
             _ => encode(),
         };
         let mut builder = Response::builder()
-            .header(CONTENT_TYPE, TEXT_FORMAT)
-            .header(VARY, "Accept-Encoding");
+            .header(CONTENT_TYPE, format.content_type())
+            .header(VARY, "Accept, Accept-Encoding");
         if gzipped {
             builder = builder.header(CONTENT_ENCODING, "gzip");
         }
@@ -208,9 +210,10 @@ impl Routes {
                 .filter(|(key, _)| &key.account == account)
                 .map(|(key, t)| (key.clone(), Arc::clone(t)))
                 .collect(),
+            collectors: snap.collectors.clone(),
         };
         let mut body = Vec::with_capacity(16 * 1024);
-        State::encode_snapshot(&own, &mut body);
+        State::encode_snapshot(&own, Format::Text, &mut body);
         self.telemetry.encode_account(account, &mut body);
         let mut builder = Response::builder()
             .header(CONTENT_TYPE, TEXT_FORMAT)
@@ -482,6 +485,43 @@ fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
     resp
 }
 
+/// OpenMetrics 1.0.0 when `Accept` lists `application/openmetrics-text` with
+/// a weight above 0 and no other version than 1.0.0 (Prometheus sends
+/// `application/openmetrics-text;version=1.0.0;q=0.5,...;text/plain;version=0.0.4;q=0.3`);
+/// otherwise the text format. Weights are not compared beyond that: a scraper
+/// that names OpenMetrics at all prefers it (as client_golang decides).
+fn negotiate_format<B>(req: &Request<B>) -> Format {
+    let accepts_openmetrics = req
+        .headers()
+        .get_all(ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|range| {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or_default();
+            if !media.eq_ignore_ascii_case("application/openmetrics-text") {
+                return false;
+            }
+            let mut ok = true;
+            for param in parts {
+                let (k, v) = param.split_once('=').unwrap_or((param, ""));
+                let v = v.trim().trim_matches('"');
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "version" => ok &= v == "1.0.0",
+                    "q" => ok &= v.parse::<f32>().is_ok_and(|q| q > 0.0),
+                    _ => {}
+                }
+            }
+            ok
+        });
+    if accepts_openmetrics {
+        Format::OpenMetrics
+    } else {
+        Format::Text
+    }
+}
+
 /// Whether the client accepts gzip, as RFC 9110 reads `Accept-Encoding`: the
 /// weight given to `gzip` if it is listed, else the weight of `*`; a weight of 0
 /// refuses (`gzip;q=0, *` does not get gzip).
@@ -557,6 +597,28 @@ mod tests {
             .header(ACCEPT_ENCODING, accept)
             .body(())
             .unwrap()
+    }
+
+    #[test]
+    fn format_negotiation() {
+        let with = |accept: &str| {
+            let req = Request::builder().header(ACCEPT, accept).body(()).unwrap();
+            negotiate_format(&req)
+        };
+        let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        assert_eq!(with(prometheus), Format::OpenMetrics);
+        assert_eq!(
+            with("application/openmetrics-text; version=1.0.0"),
+            Format::OpenMetrics
+        );
+        assert_eq!(with("application/openmetrics-text"), Format::OpenMetrics);
+        assert_eq!(
+            with("application/openmetrics-text; version=0.0.1"),
+            Format::Text
+        );
+        assert_eq!(with("application/openmetrics-text; q=0"), Format::Text);
+        assert_eq!(with("text/plain;version=0.0.4"), Format::Text);
+        assert_eq!(with("*/*"), Format::Text);
     }
 
     #[test]

@@ -18,9 +18,10 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::account::TargetKey;
-use crate::aggregate::DatacenterImages;
-use crate::labels::{Anomaly, Reason};
-use crate::metrics::{self, Family};
+use crate::aggregate::{AgeHistogram, DatacenterImages, NamedImage, AGE_BUCKETS_SECONDS};
+use crate::labels::{Anomaly, Reason, Status};
+use crate::metrics::{self, Collectors, Family, Format};
+use crate::target::lifecycle::Changes;
 
 /// The datacenter key of a discovery target's series before it found any
 /// datacenter (or when it found none), so that `finovy_up` always exists.
@@ -37,6 +38,10 @@ pub enum Outcome {
         anomalies: Vec<Anomaly>,
         /// Groups folded into `other`, per datacenter and label name.
         folded: BTreeMap<String, Vec<(&'static str, u64)>>,
+        /// What the pass means to the lifecycle counters.
+        lifecycle: Lifecycle,
+        /// The images `finovy_image_info` names, oldest first (label values cut).
+        named: Vec<NamedImage>,
     },
     /// The pass failed.
     Failure {
@@ -47,6 +52,82 @@ pub enum Outcome {
         /// The upstream's `traceId` of the failed answer, when it had one.
         trace_id: Option<String>,
     },
+}
+
+/// What a successful pass means to the lifecycle counters.
+#[derive(Debug, Clone, Default)]
+pub enum Lifecycle {
+    /// The collector is off.
+    #[default]
+    Off,
+    /// The first complete pass: it counts nothing, but its groups' series start at 0.
+    Baseline,
+    /// The pass cannot be compared (a pagination anomaly): it changes no counter
+    /// and counts as skipped.
+    Skipped,
+    /// What changed since the previous complete pass, per datacenter (label
+    /// values already cut to `--limit.label-length`).
+    Changes(BTreeMap<String, Changes>),
+}
+
+/// The lifecycle counters of one datacenter.
+#[derive(Debug, Clone, Default)]
+pub struct LifecycleCounters {
+    /// Passes that changed no counter.
+    pub skipped: u64,
+    /// `finovy_images_created_total`, per image type.
+    pub created: BTreeMap<String, u64>,
+    /// `finovy_images_deleted_total`, per (status, image type).
+    pub deleted: BTreeMap<(Status, String), u64>,
+    /// `finovy_image_status_transitions_total`, per (image type, from, to).
+    pub transitions: BTreeMap<(String, Status, Status), u64>,
+}
+
+impl LifecycleCounters {
+    /// Starts at 0 the series an alert needs before their first increase (an
+    /// `increase()` over a series that appears at 1 sees nothing): per image type,
+    /// created and the moves out of `creating`; per group, deleted.
+    fn start(&mut self, images: &DatacenterImages) {
+        for group in images.groups.keys() {
+            let ty = &group.image_type;
+            self.created.entry(ty.clone()).or_default();
+            self.deleted.entry((group.status, ty.clone())).or_default();
+            for to in [Status::Available, Status::Failed] {
+                self.transitions
+                    .entry((ty.clone(), Status::Creating, to))
+                    .or_default();
+            }
+        }
+    }
+
+    /// Adds `changes`, keeping at most `type_cap` image types (the rest count
+    /// under `other`, as folded groups do).
+    fn add(&mut self, changes: Changes, type_cap: usize) {
+        let mut types: std::collections::BTreeSet<String> = self
+            .created
+            .keys()
+            .cloned()
+            .chain(self.deleted.keys().map(|k| k.1.clone()))
+            .chain(self.transitions.keys().map(|k| k.0.clone()))
+            .collect();
+        let mut label = |ty: String| -> String {
+            if types.contains(&ty) || types.len() < type_cap.saturating_sub(1).max(1) {
+                types.insert(ty.clone());
+                ty
+            } else {
+                crate::target::limits::OTHER.to_string()
+            }
+        };
+        for (ty, n) in changes.created {
+            *self.created.entry(label(ty)).or_default() += n;
+        }
+        for ((status, ty), n) in changes.deleted {
+            *self.deleted.entry((status, label(ty))).or_default() += n;
+        }
+        for ((ty, from, to), n) in changes.transitions {
+            *self.transitions.entry((label(ty), from, to)).or_default() += n;
+        }
+    }
 }
 
 /// The last error of a target.
@@ -75,6 +156,10 @@ pub struct PublishedImages {
     /// Number of (status, image type) groups.
     pub groups: usize,
     rendered: [String; IMAGE_FAMILIES.len()],
+    /// Ages per status (empty when the age collector is off).
+    ages: BTreeMap<Status, AgeHistogram>,
+    /// `finovy_image_info` samples of this datacenter, rendered.
+    info: String,
 }
 
 /// The series of one datacenter of a target.
@@ -90,6 +175,8 @@ pub struct DatacenterSeries {
     pub anomalies: [u64; Anomaly::ALL.len()],
     /// Groups folded by the last successful pass, per label name.
     pub folded: Vec<(&'static str, u64)>,
+    /// Its lifecycle counters.
+    pub lifecycle: LifecycleCounters,
 }
 
 /// Everything known about one target.
@@ -160,6 +247,8 @@ impl TargetState {
 pub struct Snapshot {
     /// Per target, in key order (account, then datacenter).
     pub targets: BTreeMap<TargetKey, Arc<TargetState>>,
+    /// Which collectors' families are served.
+    pub collectors: Collectors,
 }
 
 impl Snapshot {
@@ -182,9 +271,24 @@ const IMAGE_FAMILIES: [Family; 3] = [
 ];
 
 impl State {
-    /// An empty state: no target known.
+    /// An empty state: no target known; the default collectors.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty state serving the families of `collectors`.
+    pub fn with_collectors(collectors: Collectors) -> Self {
+        State {
+            current: RwLock::new(Arc::new(Snapshot {
+                targets: BTreeMap::new(),
+                collectors,
+            })),
+        }
+    }
+
+    /// Which collectors run.
+    pub fn collectors(&self) -> Collectors {
+        self.snapshot().collectors
     }
 
     /// The current snapshot.
@@ -247,24 +351,48 @@ impl State {
     pub fn publish(&self, key: &TargetKey, duration: Duration, outcome: Outcome) {
         let now = SystemTime::now();
         let now_instant = Instant::now();
+        let collectors = self.collectors();
         // Rendering happens outside the lock.
         let prepared = match outcome {
             Outcome::Success {
                 datacenters,
                 anomalies,
                 folded,
+                lifecycle,
+                named,
             } => Ok((
                 datacenters
                     .iter()
                     .map(|(dc, images)| {
-                        (
-                            dc.clone(),
-                            Arc::new(render_images(key, dc, images, now, now_instant)),
-                        )
+                        let mut published =
+                            render_images(key, dc, images, now, now_instant, &collectors);
+                        if collectors.image_info.is_some() {
+                            for n in named.iter().filter(|n| n.datacenter == *dc) {
+                                let labels = [
+                                    key.account.as_str(),
+                                    dc,
+                                    &n.details.id,
+                                    &n.details.image_id,
+                                    &n.details.image_name,
+                                    &n.image_type,
+                                    n.status.label(),
+                                ];
+                                sample(&mut published.info, &metrics::IMAGE_INFO, &labels, 1);
+                            }
+                        }
+                        (dc.clone(), (Arc::new(published), images))
+                    })
+                    .map(|(dc, (published, images))| {
+                        let mut start = LifecycleCounters::default();
+                        if !matches!(lifecycle, Lifecycle::Off) {
+                            start.start(images);
+                        }
+                        (dc, (published, start))
                     })
                     .collect::<BTreeMap<_, _>>(),
                 anomalies,
                 folded,
+                lifecycle,
             )),
             Outcome::Failure {
                 reason,
@@ -280,7 +408,7 @@ impl State {
             t.passes += 1;
             t.last_duration = duration;
             match prepared {
-                Ok((found, anomalies, mut folded)) => {
+                Ok((found, anomalies, mut folded, lifecycle)) => {
                     t.up = true;
                     t.last_success = Some(now);
                     let discovery = key.datacenter.is_none();
@@ -304,13 +432,37 @@ impl State {
                     if discovery && found.is_empty() {
                         t.datacenters.entry(NO_DATACENTER.to_string()).or_default();
                     }
-                    for (dc, images) in found {
+                    for (dc, (images, start)) in found {
                         let series = t.datacenters.entry(dc.clone()).or_default();
                         series.images = Some(images);
                         series.last_seen = Some(now_instant);
                         series.folded = folded.remove(&dc).unwrap_or_default();
                         for anomaly in &anomalies {
                             series.anomalies[anomaly.index()] += 1;
+                        }
+                        let counters = &mut series.lifecycle;
+                        match &lifecycle {
+                            Lifecycle::Skipped => counters.skipped += 1,
+                            Lifecycle::Baseline | Lifecycle::Changes(_) => {
+                                for (k, v) in start.created {
+                                    counters.created.entry(k).or_insert(v);
+                                }
+                                for (k, v) in start.deleted {
+                                    counters.deleted.entry(k).or_insert(v);
+                                }
+                                for (k, v) in start.transitions {
+                                    counters.transitions.entry(k).or_insert(v);
+                                }
+                            }
+                            Lifecycle::Off => {}
+                        }
+                    }
+                    if let Lifecycle::Changes(changes) = lifecycle {
+                        // A datacenter gone from discovery has its deletions
+                        // counted beside its last series.
+                        for (dc, changes) in changes {
+                            let series = t.datacenters.entry(dc).or_default();
+                            series.lifecycle.add(changes, collectors.image_types);
                         }
                     }
                 }
@@ -324,16 +476,25 @@ impl State {
                     });
                     for series in t.datacenters.values_mut() {
                         series.failures[reason.index()] += 1;
+                        if collectors.lifecycle {
+                            series.lifecycle.skipped += 1;
+                        }
                     }
                 }
             }
         });
     }
 
-    /// Appends the text exposition of `snap` (a snapshot of this state) to `out`.
-    pub fn encode_snapshot(snap: &Snapshot, out: &mut Vec<u8>) {
+    /// Appends the exposition of `snap` (a snapshot of this state) in `format`
+    /// to `out`.
+    pub fn encode_snapshot(snap: &Snapshot, format: Format, out: &mut Vec<u8>) {
         let mut text = String::with_capacity(4096);
+        let c = &snap.collectors;
+        let header = |text: &mut String, family: &Family| header(text, family, format);
         for (i, family) in IMAGE_FAMILIES.iter().enumerate() {
+            if (i == 1 && !c.size) || (i == 2 && !c.oldest) {
+                continue;
+            }
             header(&mut text, family);
             for t in snap.targets.values() {
                 for series in t.datacenters.values() {
@@ -341,6 +502,18 @@ impl State {
                         text.push_str(&images.rendered[i]);
                     }
                 }
+            }
+        }
+        if c.age {
+            encode_ages(snap, format, &mut text);
+        }
+        if c.lifecycle {
+            encode_lifecycle(snap, format, &mut text);
+        }
+        if c.image_info.is_some() {
+            header(&mut text, &metrics::IMAGE_INFO);
+            for (_, _, images) in fresh(snap) {
+                text.push_str(&images.info);
             }
         }
         let per_datacenter =
@@ -409,12 +582,111 @@ impl State {
     }
 }
 
+/// The fresh datacenter series of `snap`, with their account.
+fn fresh(snap: &Snapshot) -> impl Iterator<Item = (&str, &str, &PublishedImages)> {
+    snap.targets.iter().flat_map(|(key, t)| {
+        t.datacenters.iter().filter_map(move |(dc, series)| {
+            let images = series.images.as_deref().filter(|im| t.is_fresh(im))?;
+            Some((key.account.as_str(), dc.as_str(), images))
+        })
+    })
+}
+
+/// `finovy_images_age_seconds`: in OpenMetrics one gauge histogram (each
+/// series' buckets, `_gcount` and `_gsum` together, as it wants them); in the
+/// text format a histogram of the buckets and two gauge families (see
+/// [`metrics::Kind::as_str`]).
+fn encode_ages(snap: &Snapshot, format: Format, text: &mut String) {
+    let family = &metrics::IMAGES_AGE;
+    let bound_labels: Vec<String> = AGE_BUCKETS_SECONDS
+        .iter()
+        .map(|b| format!("{b}.0"))
+        .chain(["+Inf".to_string()])
+        .collect();
+    let buckets = |text: &mut String, account: &str, dc: &str, s: Status, h: &AgeHistogram| {
+        let mut cumulative = 0;
+        for (n, le) in h.buckets.iter().zip(&bound_labels) {
+            cumulative += n;
+            let labels = [account, dc, s.label(), le];
+            sample_named(text, family, "_bucket", &labels, cumulative);
+        }
+    };
+    let sum = |h: &AgeHistogram| h.sum_ms as f64 / 1000.0;
+    header(text, family, format);
+    for (account, dc, images) in fresh(snap) {
+        for (status, h) in &images.ages {
+            buckets(text, account, dc, *status, h);
+            if format == Format::OpenMetrics {
+                let labels = &[account, dc, status.label()][..];
+                let parent = Family {
+                    labels: metrics::IMAGES_AGE_GCOUNT.labels,
+                    ..*family
+                };
+                sample_named(text, &parent, "_gcount", labels, h.count());
+                sample_named(text, &parent, "_gsum", labels, sum(h));
+            }
+        }
+    }
+    if format == Format::Text {
+        for (family, value) in [
+            (
+                &metrics::IMAGES_AGE_GCOUNT,
+                &(|h: &AgeHistogram| h.count() as f64) as &dyn Fn(&AgeHistogram) -> f64,
+            ),
+            (&metrics::IMAGES_AGE_GSUM, &sum),
+        ] {
+            header(text, family, format);
+            for (account, dc, images) in fresh(snap) {
+                for (status, h) in &images.ages {
+                    sample(text, family, &[account, dc, status.label()], value(h));
+                }
+            }
+        }
+    }
+}
+
+/// The lifecycle counters of every datacenter series.
+fn encode_lifecycle(snap: &Snapshot, format: Format, text: &mut String) {
+    let each = |f: &mut dyn FnMut(&str, &str, &LifecycleCounters)| {
+        for (key, t) in &snap.targets {
+            for (dc, series) in &t.datacenters {
+                f(&key.account, dc, &series.lifecycle);
+            }
+        }
+    };
+    header(text, &metrics::IMAGES_CREATED, format);
+    each(&mut |account, dc, c| {
+        for (ty, n) in &c.created {
+            sample(text, &metrics::IMAGES_CREATED, &[account, dc, ty], n);
+        }
+    });
+    header(text, &metrics::IMAGES_DELETED, format);
+    each(&mut |account, dc, c| {
+        for ((status, ty), n) in &c.deleted {
+            let labels = [account, dc, status.label(), ty.as_str()];
+            sample(text, &metrics::IMAGES_DELETED, &labels, n);
+        }
+    });
+    header(text, &metrics::STATUS_TRANSITIONS, format);
+    each(&mut |account, dc, c| {
+        for ((ty, from, to), n) in &c.transitions {
+            let labels = [account, dc, ty.as_str(), from.label(), to.label()];
+            sample(text, &metrics::STATUS_TRANSITIONS, &labels, n);
+        }
+    });
+    header(text, &metrics::LIFECYCLE_SKIPPED, format);
+    each(&mut |account, dc, c| {
+        sample(text, &metrics::LIFECYCLE_SKIPPED, &[account, dc], c.skipped);
+    });
+}
+
 fn render_images(
     key: &TargetKey,
     datacenter: &str,
     images: &DatacenterImages,
     now: SystemTime,
     now_instant: Instant,
+    collectors: &Collectors,
 ) -> PublishedImages {
     let mut rendered: [String; 3] = Default::default();
     let mut total_bytes = 0u64;
@@ -427,13 +699,15 @@ fn render_images(
         ];
         total_bytes = total_bytes.saturating_add(stats.size_bytes);
         sample(&mut rendered[0], &IMAGE_FAMILIES[0], &labels, stats.count);
-        sample(
-            &mut rendered[1],
-            &IMAGE_FAMILIES[1],
-            &labels,
-            stats.size_bytes,
-        );
-        if let Some(ms) = stats.oldest_created_ms {
+        if collectors.size {
+            sample(
+                &mut rendered[1],
+                &IMAGE_FAMILIES[1],
+                &labels,
+                stats.size_bytes,
+            );
+        }
+        if let Some(ms) = stats.oldest_created_ms.filter(|_| collectors.oldest) {
             sample(
                 &mut rendered[2],
                 &IMAGE_FAMILIES[2],
@@ -449,23 +723,48 @@ fn render_images(
         total_bytes,
         groups: images.groups.len(),
         rendered,
+        ages: if collectors.age {
+            images.ages.clone()
+        } else {
+            BTreeMap::new()
+        },
+        info: String::new(),
     }
 }
 
-fn header(out: &mut String, family: &Family) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} {kind}",
-        name = family.name,
-        help = family.help,
-        kind = family.kind.as_str()
-    );
+/// The `# HELP` and `# TYPE` lines of `family`. In OpenMetrics a counter's
+/// family is named without its samples' `_total`, and the help escapes quotes.
+fn header(out: &mut String, family: &Family, format: Format) {
+    let (name, kind) = match format {
+        Format::Text => (family.name, family.kind.as_str()),
+        Format::OpenMetrics => (
+            family.name.strip_suffix("_total").unwrap_or(family.name),
+            family.kind.openmetrics(),
+        ),
+    };
+    let help = match format {
+        Format::Text => std::borrow::Cow::Borrowed(family.help),
+        Format::OpenMetrics => std::borrow::Cow::Owned(family.help.replace('"', "\\\"")),
+    };
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
 /// Writes one sample of `family`; `values` follow its label names.
 fn sample(out: &mut String, family: &Family, values: &[&str], value: impl std::fmt::Display) {
+    sample_named(out, family, "", values, value);
+}
+
+/// Writes one sample of `family` named with `suffix` (`_bucket`, ...).
+fn sample_named(
+    out: &mut String,
+    family: &Family,
+    suffix: &str,
+    values: &[&str],
+    value: impl std::fmt::Display,
+) {
     debug_assert_eq!(family.labels.len(), values.len(), "{}", family.name);
     out.push_str(family.name);
+    out.push_str(suffix);
     out.push('{');
     for (i, (k, v)) in family.labels.iter().zip(values).enumerate() {
         if i > 0 {
@@ -527,6 +826,8 @@ mod tests {
                 .collect(),
             anomalies: Vec::new(),
             folded: BTreeMap::new(),
+            lifecycle: Lifecycle::Off,
+            named: Vec::new(),
         }
     }
 
@@ -540,7 +841,7 @@ mod tests {
 
     fn text(state: &State) -> String {
         let mut out = Vec::new();
-        State::encode_snapshot(&state.snapshot(), &mut out);
+        State::encode_snapshot(&state.snapshot(), Format::Text, &mut out);
         String::from_utf8(out).unwrap()
     }
 

@@ -132,9 +132,20 @@ fn expected_series(images: &[SimImage]) -> BTreeMap<String, f64> {
 fn image_series(metrics: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
     metrics
         .iter()
-        .filter(|(k, _)| k.starts_with("finovy_images"))
+        .filter(|(k, _)| is_group_series(k))
         .map(|(k, v)| (k.clone(), *v))
         .collect()
+}
+
+/// Whether `series` is one of the per-group image gauges (count, size, oldest).
+fn is_group_series(series: &str) -> bool {
+    [
+        "finovy_images{",
+        "finovy_images_size_bytes{",
+        "finovy_images_oldest_created_timestamp_seconds{",
+    ]
+    .iter()
+    .any(|family| series.starts_with(family))
 }
 
 /// Waits until the exporter's image series equal `expected`, showing the
@@ -641,7 +652,16 @@ async fn metrics_pass_promtool_check_metrics() {
     let Some(promtool) = common::require_tool("promtool") else {
         return;
     };
-    let process = ExporterProcess::spawn(&["--demo", "--refresh.interval", "1s"], &[]);
+    // Every collector on, image-info (opt-in) too.
+    let process = ExporterProcess::spawn(
+        &[
+            "--demo",
+            "--refresh.interval",
+            "1s",
+            "--collector.image-info",
+        ],
+        &[],
+    );
     let body = wait_for("demo data", DEADLINE, || async {
         let (_, body) = get(&process.url("/metrics")).await;
         body.contains("finovy_images{").then_some(body)

@@ -25,6 +25,9 @@ const VOLATILE: &[&str] = &[
     "finovy_api_requests_total",
     "finovy_api_request_duration_seconds",
     "finovy_config_last_reload_success_timestamp_seconds",
+    // Ages are now − createTime: the simulated inventory is fixed, the clock not.
+    "finovy_images_age_seconds_bucket",
+    "finovy_images_age_seconds_gsum",
 ];
 
 /// The exposition with volatile values masked, the build's revision masked (it

@@ -458,6 +458,7 @@ async fn prometheus_scrapes_the_exporter_and_answers_every_dashboard_query_and_a
                 "1s",
                 "--log.format",
                 "json",
+                "--collector.image-info",
             ])
             .env("FINOVY_ACCESS_TOKEN", TOKEN),
     );
@@ -514,6 +515,29 @@ async fn prometheus_scrapes_the_exporter_and_answers_every_dashboard_query_and_a
         },
     )
     .await;
+
+    // The families of the lifecycle, age and image-info collectors are ingested. Prometheus
+    // 2.42 (Debian 12) has no `scrape_protocols` (2.49 added it), so one job cannot be made
+    // to ask for each format; it sends `Accept: application/openmetrics-text;version=1.0.0,
+    // ...;text/plain;version=0.0.4;q=0.5`, so this scrape is OpenMetrics, and the text format
+    // is checked with promtool in tests/lifecycle.rs. The gauge histogram's `_gcount` and
+    // `_gsum` are series of the same names in both formats.
+    for family in [
+        "finovy_images_age_seconds_bucket",
+        "finovy_images_age_seconds_gcount",
+        "finovy_images_age_seconds_gsum",
+        "finovy_images_created_total",
+        "finovy_images_deleted_total",
+        "finovy_image_status_transitions_total",
+        "finovy_lifecycle_skipped_passes_total",
+        "finovy_image_info",
+    ] {
+        let query = format!("{family}{{job=\"{JOB}\"}}");
+        common::wait_for(&format!("{family} in Prometheus"), DEADLINE, || {
+            query_with_data(&client, &prometheus, &query)
+        })
+        .await;
+    }
 
     // Every dashboard expression, for both selections, returns data.
     let (exprs, variable_queries) = dashboard_queries();
@@ -624,6 +648,21 @@ async fn prometheus_scrapes_the_exporter_and_answers_every_dashboard_query_and_a
     assert_eq!(labels["image_type"], "Ubuntu");
     assert_eq!(labels["status"], "creating");
     assert_eq!(labels["job"], JOB);
+    // finovy_image_info names it (the oldest creating image), and the named alert pends.
+    common::wait_for(
+        "FinovyImageCreatingTooLong pending for e2e-10000",
+        DEADLINE,
+        || async {
+            let rules = rules(&client, &prometheus).await?;
+            let rule = rule(&rules, "FinovyImageCreatingTooLong");
+            rule["alerts"]
+                .as_array()?
+                .iter()
+                .any(|alert| alert["labels"]["id"] == "e2e-10000")
+                .then_some(())
+        },
+    )
+    .await;
 
     // The landing page and /readyz, as a browser renders them.
     let profile = temp.0.join("chromium-profile");

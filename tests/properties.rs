@@ -366,6 +366,7 @@ fn item() -> impl Strategy<Value = Item> {
             size_bytes: size,
             created_ms: created,
             invalid,
+            details: None,
         })
 }
 

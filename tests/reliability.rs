@@ -139,7 +139,16 @@ fn shown(metrics: &BTreeMap<String, f64>, dc: &str) -> BTreeMap<String, f64> {
     let needle = format!("{{account=\"default\",datacenter_key=\"{dc}\",");
     metrics
         .iter()
-        .filter(|(k, _)| k.starts_with("finovy_images") && k.contains(&needle))
+        .filter(|(k, _)| {
+            [
+                "finovy_images{",
+                "finovy_images_size_bytes{",
+                "finovy_images_oldest_created_timestamp_seconds{",
+            ]
+            .iter()
+            .any(|family| k.starts_with(family))
+                && k.contains(&needle)
+        })
         .map(|(k, v)| (k.clone(), *v))
         .collect()
 }

@@ -148,6 +148,9 @@ fn merge_into(target: &mut DatacenterImages, images: DatacenterImages) {
     for (key, stats) in images.groups {
         target.groups.entry(key).or_default().merge(&stats);
     }
+    for (status, ages) in images.ages {
+        target.ages.entry(status).or_default().merge(&ages);
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,8 @@ use std::sync::Arc;
 
 use tokio::task::JoinSet;
 
-use crate::aggregate::{Added, Aggregator, DatacenterImages, Field};
+use super::lifecycle::Census;
+use crate::aggregate::{Added, Aggregator, DatacenterImages, Field, NamedImage, Options};
 use crate::labels::Anomaly;
 use crate::secret::Token;
 use crate::upstream::{ApiClient, Budget, FetchError, Page};
@@ -57,6 +58,11 @@ pub struct Collected {
     pub invalid: Vec<(Field, u64)>,
     /// What did not add up.
     pub anomalies: Vec<Anomaly>,
+    /// Every identified image's status and type, when [`Options::census`] asked
+    /// for it (the lifecycle collector).
+    pub census: Option<Census>,
+    /// The oldest images with names ([`Options::named`]), oldest first.
+    pub named: Vec<NamedImage>,
 }
 
 /// Foreign datacenter keys remembered for the warning, at most.
@@ -90,10 +96,10 @@ enum PageNews {
 }
 
 impl<'a> Pass<'a> {
-    fn new(datacenter: Option<&'a str>, first: &Page) -> Self {
+    fn new(datacenter: Option<&'a str>, first: &Page, options: Options) -> Self {
         Pass {
             datacenter,
-            aggregator: Aggregator::new(),
+            aggregator: Aggregator::with_options(options),
             foreign_seen: HashSet::new(),
             foreign: 0,
             foreign_keys: Vec::new(),
@@ -178,7 +184,7 @@ impl<'a> Pass<'a> {
         self.total_changed |= page.total != self.first_total;
     }
 
-    fn finish(self, cut_off: bool) -> Collected {
+    fn finish(mut self, cut_off: bool) -> Collected {
         let mut anomalies = Vec::new();
         if self.aggregator.duplicates() > 0 {
             anomalies.push(Anomaly::DuplicateItems);
@@ -195,6 +201,8 @@ impl<'a> Pass<'a> {
         if self.foreign > 0 {
             anomalies.push(Anomaly::ForeignItems);
         }
+        let census = self.aggregator.take_census();
+        let named = self.aggregator.take_named();
         let items = self.aggregator.unique();
         let duplicates = self.aggregator.duplicates();
         let invalid = self.aggregator.invalid().filter(|(_, n)| *n > 0).collect();
@@ -212,6 +220,8 @@ impl<'a> Pass<'a> {
             foreign_keys: self.foreign_keys,
             invalid,
             anomalies,
+            census,
+            named,
         }
     }
 }
@@ -236,8 +246,19 @@ impl Pager {
         token: &Token,
         datacenter: Option<&str>,
     ) -> Result<Collected, FetchError> {
+        self.collect_with(token, datacenter, Options::default())
+            .await
+    }
+
+    /// [`Pager::collect`], gathering also what `options` ask for.
+    pub async fn collect_with(
+        &self,
+        token: &Token,
+        datacenter: Option<&str>,
+        options: Options,
+    ) -> Result<Collected, FetchError> {
         let first = self.fetch(token, datacenter, 1).await?;
-        let mut pass = Pass::new(datacenter, &first);
+        let mut pass = Pass::new(datacenter, &first, options);
         pass.absorb(&first);
         let served = first.items.len() as u64;
         if served == 0 {

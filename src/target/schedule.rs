@@ -23,10 +23,12 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::MissedTickBehavior;
 
+use super::lifecycle::{self, Census, Changes};
 use super::limits::{self, Limits};
 use super::paging::{Collected, Pager};
 use crate::account::{Account, Shard, TargetKey};
-use crate::state::{Outcome, State};
+use crate::aggregate::Options;
+use crate::state::{Lifecycle, Outcome, State};
 use crate::telemetry::Telemetry;
 use crate::upstream::{ApiClient, Budget, ClientError, FetchError};
 
@@ -94,12 +96,14 @@ impl Scheduler {
 
     /// Builds what an account's passes share: its client and budget.
     fn runtime(&self, account: Account) -> Result<Arc<AccountRuntime>, ClientError> {
+        let named = self.state.collectors().image_info.map(|i| i.statuses);
         let client = ApiClient::new(
             &account.name,
             account.client.clone(),
             account.concurrency,
             self.telemetry.clone(),
-        )?;
+        )?
+        .naming(named.unwrap_or_default());
         let budget = Budget::new(
             account.concurrency,
             account.requests_per_second,
@@ -188,6 +192,7 @@ impl Scheduler {
                 telemetry: self.telemetry.clone(),
                 limits: self.limits,
                 probed: AtomicBool::new(false),
+                census: std::sync::Mutex::new(None),
             };
             let handle = tokio::spawn(target.run()).abort_handle();
             self.targets.insert(key, handle);
@@ -247,6 +252,10 @@ struct TargetTask {
     /// Whether this target already looked for the account's datacenter keys
     /// after a pass found nothing (done once per target and process).
     probed: AtomicBool,
+    /// The census of the last complete pass (lifecycle collector): the baseline
+    /// the next complete pass is compared with. It lives as long as the task, so
+    /// a restarted target starts from a new baseline.
+    census: std::sync::Mutex<Option<Census>>,
 }
 
 impl TargetTask {
@@ -277,10 +286,20 @@ impl TargetTask {
             Err(err) => Err(FetchError::Token(err)),
             Ok(token) => {
                 let timeout = account.refresh.timeout;
-                let pass = self
-                    .runtime
-                    .pager
-                    .collect(&token, self.key.datacenter.as_deref());
+                let collectors = self.state.collectors();
+                let options = Options {
+                    census: collectors.lifecycle,
+                    ages_at_ms: collectors
+                        .age
+                        .then(|| crate::state::unix_seconds(SystemTime::now()) * 1000.0)
+                        .map(|ms| ms as i64),
+                    named: collectors.image_info.map_or(0, |i| i.limit),
+                };
+                let pass = self.runtime.pager.collect_with(
+                    &token,
+                    self.key.datacenter.as_deref(),
+                    options,
+                );
                 let result = match tokio::time::timeout(timeout, pass).await {
                     Ok(result) => result,
                     Err(_) => Err(FetchError::PassTimeout(timeout)),
@@ -361,10 +380,64 @@ impl TargetTask {
         self.state.set_notice(&self.key, Some(notice));
     }
 
-    fn succeeded(&self, collected: Collected, duration: Duration) {
+    /// What this pass means to the lifecycle counters: a pass with an anomaly
+    /// (cut off included) is skipped and keeps the older baseline, so the next
+    /// complete pass counts everything that changed since then.
+    fn lifecycle(&self, census: Option<Census>, anomalies: bool) -> Lifecycle {
+        let Some(census) = census else {
+            return Lifecycle::Off;
+        };
+        if anomalies {
+            return Lifecycle::Skipped;
+        }
+        let mut baseline = self.census.lock().unwrap_or_else(|e| e.into_inner());
+        let outcome = match baseline.as_ref() {
+            None => Lifecycle::Baseline,
+            Some(before) => {
+                let max = self.limits.label_length;
+                let mut by_dc: BTreeMap<String, Changes> = BTreeMap::new();
+                for (dc, changes) in lifecycle::diff(before, &census) {
+                    let cut = |s: String| limits::cut(&s, max).to_string();
+                    let into = by_dc.entry(cut(dc)).or_default();
+                    for (ty, n) in changes.created {
+                        *into.created.entry(cut(ty)).or_default() += n;
+                    }
+                    for ((st, ty), n) in changes.deleted {
+                        *into.deleted.entry((st, cut(ty))).or_default() += n;
+                    }
+                    for ((ty, from, to), n) in changes.transitions {
+                        *into.transitions.entry((cut(ty), from, to)).or_default() += n;
+                    }
+                }
+                Lifecycle::Changes(by_dc)
+            }
+        };
+        *baseline = Some(census);
+        outcome
+    }
+
+    fn succeeded(&self, mut collected: Collected, duration: Duration) {
         let account = &self.key.account;
         let dc_label = self.key.datacenter.as_deref().unwrap_or("");
         let discovery = self.key.datacenter.is_none();
+        let lifecycle = self.lifecycle(collected.census.take(), !collected.anomalies.is_empty());
+        let max = self.limits.label_length;
+        let named = std::mem::take(&mut collected.named)
+            .into_iter()
+            .map(|mut n| {
+                for value in [
+                    &mut n.datacenter,
+                    &mut n.image_type,
+                    &mut n.details.id,
+                    &mut n.details.image_id,
+                    &mut n.details.image_name,
+                ] {
+                    let cut = limits::cut(value, max).len();
+                    value.truncate(cut);
+                }
+                n
+            })
+            .collect();
         let (datacenters, folded) = limits::apply(collected.datacenters, &self.limits, discovery);
         for (field, n) in &collected.invalid {
             self.telemetry
@@ -413,6 +486,8 @@ impl TargetTask {
                 datacenters,
                 anomalies: collected.anomalies,
                 folded,
+                lifecycle,
+                named,
             },
         );
         tracing::info!(

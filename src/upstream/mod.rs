@@ -20,6 +20,7 @@ use reqwest::header::{HeaderMap, HeaderValue, RETRY_AFTER};
 use reqwest::StatusCode;
 use url::Url;
 
+use crate::aggregate::StatusSet;
 use crate::config::{ExtraHeader, SizeUnit};
 use crate::labels::Status;
 use crate::secret::Token;
@@ -127,6 +128,8 @@ pub struct ApiClient {
     extra_headers: HeaderMap,
     telemetry: Telemetry,
     account: String,
+    /// Statuses whose items keep their names (`finovy_image_info`).
+    named: StatusSet,
 }
 
 impl ApiClient {
@@ -177,7 +180,15 @@ impl ApiClient {
             extra_headers,
             telemetry,
             account: account.to_string(),
+            named: StatusSet::default(),
         })
+    }
+
+    /// The client, decoding the names of items whose status is in `named`
+    /// (for `finovy_image_info`).
+    pub fn naming(mut self, named: StatusSet) -> Self {
+        self.named = named;
+        self
     }
 
     /// The configured `pageSize`.
@@ -201,7 +212,7 @@ impl ApiClient {
         page: u32,
     ) -> Result<Page, FetchError> {
         let (status, body) = self.fetch_body(budget, token, datacenter, page).await?;
-        decode(status, &body, self.config.size_unit, token)
+        decode(status, &body, self.config.size_unit, self.named, token)
     }
 
     /// One page's answer body, retrying what may pass.
@@ -467,9 +478,10 @@ fn decode(
     status: StatusCode,
     body: &[u8],
     unit: SizeUnit,
+    named: StatusSet,
     token: &Token,
 ) -> Result<Page, FetchError> {
-    wire::decode_page(body, unit).map_err(|err| match err {
+    wire::decode_page_naming(body, unit, named).map_err(|err| match err {
         WireError::Api {
             code: 401,
             trace_id,

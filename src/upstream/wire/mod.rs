@@ -37,7 +37,7 @@ use serde::de::{IgnoredAny, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
-use crate::aggregate::{Field, Item, Status};
+use crate::aggregate::{Field, Item, ItemDetails, Status, StatusSet};
 use crate::config::SizeUnit;
 
 /// One decoded page.
@@ -113,6 +113,10 @@ struct WireItem<'a> {
     status: Option<&'a RawValue>,
     #[serde(borrow)]
     create_time: Option<&'a RawValue>,
+    #[serde(borrow)]
+    image_id: Option<&'a RawValue>,
+    #[serde(borrow)]
+    image_name: Option<&'a RawValue>,
 }
 
 /// Reads a field that is present, so that a missing field (left to `default`) and
@@ -132,15 +136,36 @@ const CREATE_MS_AHEAD: i64 = 24 * 3600 * 1000;
 
 /// Decodes one answer body into a page, or says why it is not one.
 pub fn decode_page(body: &[u8], unit: SizeUnit) -> Result<Page, WireError> {
+    decode_page_naming(body, unit, StatusSet::default())
+}
+
+/// [`decode_page`], keeping [`Item::details`] of the items whose status is in
+/// `named` (the image-info collector).
+pub fn decode_page_naming(
+    body: &[u8],
+    unit: SizeUnit,
+    named: StatusSet,
+) -> Result<Page, WireError> {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();
-    decode(body, unit, i64::try_from(now_ms).unwrap_or(i64::MAX))
+    decode_naming(body, unit, i64::try_from(now_ms).unwrap_or(i64::MAX), named)
 }
 
 /// [`decode_page`] as of `now_ms`, the clock `createTime` is checked against.
+#[cfg(test)]
 fn decode(body: &[u8], unit: SizeUnit, now_ms: i64) -> Result<Page, WireError> {
+    decode_naming(body, unit, now_ms, StatusSet::default())
+}
+
+/// [`decode_page_naming`] as of `now_ms`.
+fn decode_naming(
+    body: &[u8],
+    unit: SizeUnit,
+    now_ms: i64,
+    named: StatusSet,
+) -> Result<Page, WireError> {
     let body = body.strip_prefix(BOM).unwrap_or(body);
     // Borrowed when the body is UTF-8, as it should be. Otherwise each bad byte
     // becomes U+FFFD: harmless in a skipped field, a mark on a used one, and a
@@ -192,6 +217,7 @@ fn decode(body: &[u8], unit: SizeUnit, now_ms: i64) -> Result<Page, WireError> {
         unit,
         created: EARLIEST_CREATE_MS..=now_ms.saturating_add(CREATE_MS_AHEAD),
         labels: BTreeSet::new(),
+        named,
     };
     let items = wire_items.iter().map(|item| reader.item(item)).collect();
     Ok(Page {
@@ -245,6 +271,9 @@ struct ItemReader {
     /// The page's distinct `imageType` and `datacenterKey` values: a page has a
     /// handful, which its items share instead of each allocating its own.
     labels: BTreeSet<Arc<str>>,
+    /// The statuses whose items keep their id, imageId and imageName (the
+    /// image-info collector); empty, nothing is kept.
+    named: StatusSet,
 }
 
 impl ItemReader {
@@ -267,7 +296,26 @@ impl ItemReader {
             size_bytes: size.unwrap_or(0),
             created_ms: created,
             invalid: 0,
+            details: None,
         };
+        if self.named.contains(item.status) && item.id.is_some() {
+            let id_text = match &id {
+                Json::Text(t) => t.trim().to_string(),
+                Json::Number(n) => n.to_string(),
+                Json::Other => String::new(),
+            };
+            item.details = Some(Box::new(ItemDetails {
+                id: id_text,
+                image_id: match value(wire.image_id) {
+                    Json::Number(n) => n.to_string(),
+                    Json::Text(t) => t.into_owned(),
+                    Json::Other => String::new(),
+                },
+                image_name: string(&value(wire.image_name))
+                    .unwrap_or_default()
+                    .to_string(),
+            }));
+        }
         for (field, read) in [
             (Field::Id, item.id.is_some() && !id.is_lossy()),
             (
@@ -500,6 +548,28 @@ mod tests {
             Err(WireError::Decode(msg)) => msg,
             other => panic!("{}: {other:?}", String::from_utf8_lossy(body)),
         }
+    }
+
+    #[test]
+    fn names_are_kept_only_for_the_statuses_asked() {
+        let body = page_of(
+            r#"{"id":" a-1 ","imageId":42,"imageName":"web","status":0,"imageType":"W","datacenterKey":"HZ"},
+               {"id":7,"imageName":"db","status":1,"imageType":"W","datacenterKey":"HZ"}"#,
+        );
+        let creating = StatusSet::of(&[Status::Creating]);
+        let page = decode_naming(&body, SizeUnit::Gib, NOW_MS, creating).unwrap();
+        let details = page.items[0].details.as_deref().unwrap();
+        assert_eq!(
+            (
+                details.id.as_str(),
+                details.image_id.as_str(),
+                details.image_name.as_str()
+            ),
+            ("a-1", "42", "web")
+        );
+        assert!(page.items[1].details.is_none());
+        let plain = decode(&body, SizeUnit::Gib, NOW_MS).unwrap();
+        assert!(plain.items.iter().all(|i| i.details.is_none()));
     }
 
     #[test]
