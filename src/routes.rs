@@ -210,7 +210,7 @@ impl Routes {
                 .filter(|(key, _)| &key.account == account)
                 .map(|(key, t)| (key.clone(), Arc::clone(t)))
                 .collect(),
-            collectors: snap.collectors.clone(),
+            collectors: snap.collectors,
         };
         let mut body = Vec::with_capacity(16 * 1024);
         State::encode_snapshot(&own, Format::Text, &mut body);
