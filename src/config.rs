@@ -42,6 +42,7 @@ pub struct Config {
     pub max_requests: u32,
 
     /// Connections held at most; beyond, the oldest idle one is closed first.
+    #[arg(help_heading = "Web")]
     #[arg(long = "web.max-connections", env = "FINOVY_WEB_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
 
@@ -226,10 +227,12 @@ pub struct Config {
     pub demo: bool,
 
     /// YAML file describing the accounts (see the README); the account flags then stay unset.
+    #[arg(help_heading = "Configuration file")]
     #[arg(long = "config.file", env = "FINOVY_CONFIG_FILE", conflicts_with_all = ACCOUNT_FLAGS, conflicts_with = "demo")]
     pub config_file: Option<PathBuf>,
 
     /// Load and check --config.file (tokens, TLS files), print the problems and exit 0 or 2.
+    #[arg(help_heading = "Configuration file")]
     #[arg(
         long = "config.check",
         env = "FINOVY_CONFIG_CHECK",
@@ -238,11 +241,12 @@ pub struct Config {
     pub config_check: bool,
 
     /// Serve POST /-/reload, which reloads --config.file (403 without this flag).
+    #[arg(help_heading = "Web")]
     #[arg(long = "web.enable-lifecycle", env = "FINOVY_WEB_ENABLE_LIFECYCLE")]
     pub enable_lifecycle: bool,
 
     /// Which optional metric families are served (`--[no-]collector.NAME`).
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Collectors")]
     pub collectors: CollectorFlags,
 }
 
