@@ -89,6 +89,12 @@ pub fn random_u64() -> u64 {
     h.finish()
 }
 
+/// Seconds since the Unix epoch (0 for a time before it).
+pub fn unix_seconds(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// A random number in `[0, 1)`, for jitter.
 pub fn random_fraction() -> f64 {
     (random_u64() >> 11) as f64 / (1u64 << 53) as f64

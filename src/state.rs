@@ -790,11 +790,8 @@ fn escape_label_value(out: &mut String, value: &str) {
     }
 }
 
-/// Seconds since the Unix epoch.
-pub fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
+/// Seconds since the Unix epoch (kept here too for the renderers that use it).
+pub use crate::unix_seconds;
 
 #[cfg(test)]
 mod tests {

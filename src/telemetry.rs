@@ -120,7 +120,7 @@ impl Telemetry {
         self.config_last_reload_successful.set(i64::from(success));
         if success {
             self.config_last_reload_success_timestamp
-                .set(crate::state::unix_seconds(std::time::SystemTime::now()));
+                .set(crate::unix_seconds(std::time::SystemTime::now()));
         }
     }
 
