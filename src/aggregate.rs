@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 pub use crate::labels::{Field, Status};
-use crate::target::lifecycle::{Census, CensusBuilder};
+use crate::lifecycle::{Census, CensusBuilder};
 
 /// One image, reduced to what the aggregates need.
 #[derive(Debug, Clone, PartialEq)]
@@ -203,14 +203,7 @@ impl DatacenterImages {
     }
 }
 
-/// Label value for the image type: upstream's `imageType`, `unknown` when empty.
-pub fn image_type_label(raw: &str) -> &str {
-    if raw.is_empty() {
-        "unknown"
-    } else {
-        raw
-    }
-}
+pub use crate::labels::image_type_label;
 
 /// Hasher for ids that are already hashes: passes the u64 through.
 /// What adding one item did.

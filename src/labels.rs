@@ -175,6 +175,19 @@ label_enum! {
     }
 }
 
+/// Label value for the image type: upstream's `imageType`, `unknown` when empty.
+pub fn image_type_label(raw: &str) -> &str {
+    if raw.is_empty() {
+        "unknown"
+    } else {
+        raw
+    }
+}
+
+/// The label value that groups folded by the cardinality limits are published
+/// under (`image_type="other"`, `datacenter_key="other"`).
+pub const OTHER: &str = "other";
+
 #[cfg(test)]
 mod tests {
     use super::*;

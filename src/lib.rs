@@ -19,6 +19,8 @@
 //! - [`upstream`]: the API client (one request, retries), the request budget,
 //!   the error type and the wire types ([`upstream::wire`]).
 //! - [`aggregate`]: pure aggregation of items into groups.
+//! - [`lifecycle`]: the census of a pass's ids and the pure diff of two (creations,
+//!   deletions, status transitions).
 //! - [`state`]: the published state, per target, and its text exposition.
 //! - [`metrics`]: the one table of every metric family.
 //! - [`telemetry`]: the exporter's process-wide metrics (a `prometheus` registry).
@@ -40,6 +42,7 @@ pub mod config_file;
 pub mod exposition;
 pub mod healthcheck;
 pub mod labels;
+pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
 pub mod routes;

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::account::TargetKey;
 use crate::aggregate::{AgeHistogram, DatacenterImages, NamedImage, AGE_BUCKETS_SECONDS};
 use crate::labels::{Anomaly, Reason, Status};
+use crate::lifecycle::Changes;
 use crate::metrics::{self, Collectors, Family, Format};
-use crate::target::lifecycle::Changes;
 
 /// The datacenter key of a discovery target's series before it found any
 /// datacenter (or when it found none), so that `finovy_up` always exists.
@@ -115,7 +115,7 @@ impl LifecycleCounters {
                 types.insert(ty.clone());
                 ty
             } else {
-                crate::target::limits::OTHER.to_string()
+                crate::labels::OTHER.to_string()
             }
         };
         for (ty, n) in changes.created {

@@ -12,8 +12,7 @@ use std::collections::BTreeMap;
 
 use crate::aggregate::{DatacenterImages, GroupKey, GroupStats};
 
-/// The label value that folded groups are published under.
-pub const OTHER: &str = "other";
+pub use crate::labels::OTHER;
 
 /// The bounds of one pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

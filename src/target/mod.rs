@@ -4,9 +4,7 @@
 //! - [`schedule`]: every target on its own ticker; start, keep and stop them.
 //! - [`paging`]: one pass through a list, bounded whatever the upstream says.
 //! - [`limits`]: cardinality bounds applied to a pass's result (pure).
-//! - [`lifecycle`]: what changed between two complete passes (pure).
 
-pub mod lifecycle;
 pub mod limits;
 pub mod paging;
 pub mod schedule;

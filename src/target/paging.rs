@@ -24,9 +24,9 @@ use std::sync::Arc;
 
 use tokio::task::JoinSet;
 
-use super::lifecycle::Census;
 use crate::aggregate::{Added, Aggregator, DatacenterImages, Field, NamedImage, Options};
 use crate::labels::Anomaly;
+use crate::lifecycle::Census;
 use crate::secret::Token;
 use crate::upstream::{ApiClient, Budget, FetchError, Page};
 

@@ -23,11 +23,11 @@ use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::MissedTickBehavior;
 
-use super::lifecycle::{self, Census, Changes};
 use super::limits::{self, Limits};
 use super::paging::{Collected, Pager};
 use crate::account::{Account, Shard, TargetKey};
 use crate::aggregate::Options;
+use crate::lifecycle::{self, Census, Changes};
 use crate::state::{Lifecycle, Outcome, State};
 use crate::telemetry::Telemetry;
 use crate::upstream::{ApiClient, Budget, ClientError, FetchError};

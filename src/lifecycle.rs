@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use crate::aggregate::image_type_label;
+use crate::labels::image_type_label;
 use crate::labels::Status;
 
 /// One image of a census: its id hash, status and image type, in twelve bytes
