@@ -239,8 +239,13 @@ def main():
         text = body.decode()
         ups = [l for l in text.splitlines() if l.startswith("finovy_up{")]
         total = sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith("finovy_images{"))
-        if len(ups) != targets or any(not l.endswith(" 1") for l in ups):
-            raise RuntimeError("not every target is up: %d of %d series" % (len(ups), targets))
+        down = [l for l in ups if not l.endswith(" 1")]
+        if len(ups) != targets or down:
+            _, failed = finished_passes(list(exp.lines))
+            first = re.search(r'account="([^"]+)"', down[0]).group(1) if down else ""
+            failed += [l for l in exp.lines if first and first in l][-5:]
+            raise RuntimeError("not every target is up: %d series, %d down: %s\n%s"
+                               % (len(ups), len(down), down[:3], "\n".join(failed[:3])))
         if total != per_account * args.accounts:
             raise RuntimeError("wrong total: %s images exported, %s expected" % (total, per_account * args.accounts))
         _, zipped = fetch("http://%s/metrics" % addr, headers={"Accept-Encoding": "gzip"})

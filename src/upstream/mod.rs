@@ -133,42 +133,18 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    /// Builds the client for `account`, keeping up to `idle_connections` open
-    /// between passes. Redirects are followed only within the same origin, so the
-    /// token is never sent to another host.
+    /// Builds the client for `account`. Its HTTP client (pool and root
+    /// certificates) is shared with every account of the same HTTP settings
+    /// (see `shared_http`), whose pool keeps the connections that were in flight,
+    /// so `_idle_connections` no longer bounds it. Redirects are followed only
+    /// within the same origin, so the token is never sent to another host.
     pub fn new(
         account: &str,
         config: ClientConfig,
-        idle_connections: u32,
+        _idle_connections: u32,
         telemetry: Telemetry,
     ) -> Result<Self, ClientError> {
-        crate::install_crypto_provider();
-        let origin = config.url.origin();
-        let redirect = reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() >= 5 || attempt.url().origin() != origin {
-                attempt.stop()
-            } else {
-                attempt.follow()
-            }
-        });
-        let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("finovy-image-exporter/", env!("CARGO_PKG_VERSION")))
-            .redirect(redirect)
-            .connect_timeout(config.timeout)
-            .pool_max_idle_per_host(idle_connections as usize);
-        builder = with_tls(builder, &config.tls)?;
-        if let Some(proxy) = &config.proxy_url {
-            let proxy =
-                reqwest::Proxy::all(proxy.as_str()).map_err(|source| ClientError::Invalid {
-                    flag: "--api.proxy-url",
-                    source: source.without_url(),
-                })?;
-            builder = builder.proxy(proxy);
-        }
-        let http = builder.build().map_err(|source| ClientError::Invalid {
-            flag: "--api.url",
-            source: source.without_url(),
-        })?;
+        let http = shared_http(&config)?;
         let mut extra_headers = HeaderMap::new();
         for h in &config.headers {
             extra_headers.append(h.name.clone(), h.value.clone());
@@ -404,6 +380,81 @@ async fn read_prefix(response: &mut reqwest::Response, limit: usize) -> Vec<u8> 
         }
     }
     prefix
+}
+
+/// The HTTP settings that shape a `reqwest::Client`, TLS files by their content
+/// (so that a rotated certificate gets a new client).
+#[derive(PartialEq)]
+struct HttpKey {
+    timeout: Duration,
+    tls: UpstreamTls,
+    tls_files: Vec<Option<Vec<u8>>>,
+    proxy_url: Option<Url>,
+}
+
+/// Clients already built, by their settings; at most [`MAX_SHARED`].
+static SHARED_HTTP: std::sync::Mutex<Vec<(HttpKey, reqwest::Client)>> =
+    std::sync::Mutex::new(Vec::new());
+const MAX_SHARED: usize = 64;
+
+/// A `reqwest::Client` for these settings, shared by every account that has
+/// them. Each client holds its own root certificate store and connection pool
+/// (about 70 KiB): a thousand accounts with one client each would spend most of
+/// the exporter's memory on identical copies. Idle connections are not limited
+/// by count: at most as many stay open as were in flight at once (over all the
+/// accounts that share the client), and reqwest closes them after 90 s idle, so
+/// many accounts of one host do not reconnect at every pass.
+fn shared_http(config: &ClientConfig) -> Result<reqwest::Client, ClientError> {
+    let tls = &config.tls;
+    let key = HttpKey {
+        timeout: config.timeout,
+        tls: tls.clone(),
+        tls_files: [&tls.ca_file, &tls.cert_file, &tls.key_file]
+            .iter()
+            .map(|path| path.as_ref().and_then(|p| std::fs::read(p).ok()))
+            .collect(),
+        proxy_url: config.proxy_url.clone(),
+    };
+    let mut shared = SHARED_HTTP.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, client)) = shared.iter().find(|(k, _)| *k == key) {
+        return Ok(client.clone());
+    }
+    let client = build_http(config)?;
+    if shared.len() >= MAX_SHARED {
+        shared.clear();
+    }
+    shared.push((key, client.clone()));
+    Ok(client)
+}
+
+fn build_http(config: &ClientConfig) -> Result<reqwest::Client, ClientError> {
+    crate::install_crypto_provider();
+    // The first URL of the chain is the account's own: the policy needs no
+    // account, so that accounts with the same settings can share the client.
+    let redirect = reqwest::redirect::Policy::custom(|attempt| {
+        let origin = attempt.previous().first().map(Url::origin);
+        if attempt.previous().len() >= 5 || origin != Some(attempt.url().origin()) {
+            attempt.stop()
+        } else {
+            attempt.follow()
+        }
+    });
+    let mut builder = reqwest::Client::builder()
+        .user_agent(concat!("finovy-image-exporter/", env!("CARGO_PKG_VERSION")))
+        .redirect(redirect)
+        .connect_timeout(config.timeout);
+    builder = with_tls(builder, &config.tls)?;
+    if let Some(proxy) = &config.proxy_url {
+        let proxy = reqwest::Proxy::all(proxy.as_str()).map_err(|source| ClientError::Invalid {
+            flag: "--api.proxy-url",
+            source: source.without_url(),
+        })?;
+        builder = builder.proxy(proxy);
+    }
+    builder.build().map_err(|source| ClientError::Invalid {
+        flag: "--api.url",
+        source: source.without_url(),
+    })
 }
 
 /// Applies the upstream TLS settings to a client builder.
