@@ -211,6 +211,7 @@ impl Routes {
                 .map(|(key, t)| (key.clone(), Arc::clone(t)))
                 .collect(),
             collectors: snap.collectors,
+            started: snap.started,
         };
         let mut body = Vec::with_capacity(16 * 1024);
         State::encode_snapshot(&own, Format::Text, &mut body);

@@ -249,12 +249,16 @@ pub struct Snapshot {
     pub targets: BTreeMap<TargetKey, Arc<TargetState>>,
     /// Which collectors' families are served.
     pub collectors: Collectors,
+    /// Whether the scheduler has registered its targets: before that, an empty
+    /// target list means "not yet", not "nothing to do".
+    pub started: bool,
 }
 
 impl Snapshot {
-    /// Whether every target has finished its first pass.
+    /// Whether the targets are known and every one has finished its first pass
+    /// (a shard may own none: it is ready at once).
     pub fn ready(&self) -> bool {
-        self.targets.values().all(|t| t.passes > 0)
+        self.started && self.targets.values().all(|t| t.passes > 0)
     }
 }
 
@@ -282,6 +286,7 @@ impl State {
             current: RwLock::new(Arc::new(Snapshot {
                 targets: BTreeMap::new(),
                 collectors,
+                started: false,
             })),
         }
     }
@@ -319,6 +324,11 @@ impl State {
                 );
             }
         });
+    }
+
+    /// Records that the scheduler has registered its targets.
+    pub fn mark_started(&self) {
+        self.update(|snap| snap.started = true);
     }
 
     /// Removes a target with all its series and counters, at once.
@@ -845,10 +855,16 @@ mod tests {
     #[test]
     fn a_target_is_ready_after_its_first_pass_whatever_its_outcome() {
         let state = State::new();
+        assert!(
+            !state.snapshot().ready(),
+            "no target registered yet is not ready"
+        );
         let hz = TargetKey::datacenter("a", "HZ");
         let sh = TargetKey::datacenter("a", "SH");
         state.register(&hz, Duration::from_secs(60), Duration::from_secs(300));
         state.register(&sh, Duration::from_secs(60), Duration::from_secs(300));
+        assert!(!state.snapshot().ready());
+        state.mark_started();
         assert!(!state.snapshot().ready());
         state.publish(&hz, Duration::ZERO, success(&[("HZ", 3)]));
         assert!(!state.snapshot().ready(), "SH has not finished a pass");

@@ -220,6 +220,7 @@ impl Scheduler {
                 tracing::error!(error = %err, "cannot start the targets");
                 return;
             }
+            self.state.mark_started();
             tokio::pin!(shutdown);
             loop {
                 tokio::select! {
