@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 /// `_bucket`, `_sum` or `_count` (the family name alone is no series).
 pub fn is_exporter_series(name: &str) -> bool {
     use finovy_image_exporter::metrics::{Kind, ALL};
-    ALL.iter().any(|family| {
-        if family.kind == Kind::Histogram {
-            name.strip_prefix(family.name)
-                .is_some_and(|suffix| ["_bucket", "_sum", "_count"].contains(&suffix))
-        } else {
-            name == family.name
+    ALL.iter().any(|family| match family.kind {
+        Kind::Histogram | Kind::GaugeHistogram => {
+            name.strip_prefix(family.name).is_some_and(|suffix| {
+                ["_bucket", "_sum", "_count", "_gsum", "_gcount"].contains(&suffix)
+            })
         }
+        _ => name == family.name,
     })
 }
 
