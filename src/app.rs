@@ -514,6 +514,13 @@ async fn start_demo(config: &mut Config) -> Result<(SimServer, Vec<Account>), St
     };
     let mut prod = Account::from_flags(config, fixed(&prod_token)?);
     prod.name = "prod".into();
+    // The demo's images change every few seconds and a first look should not
+    // wait a minute for the first pass: it refreshes every 10 s at most.
+    let demo_interval = Duration::from_secs(10);
+    if prod.refresh.interval > demo_interval {
+        prod.refresh.interval = demo_interval;
+        prod.refresh.timeout = prod.refresh.timeout.min(demo_interval);
+    }
     let mut staging = prod.clone();
     staging.name = "staging".into();
     staging.token = fixed(&staging_token)?;
