@@ -347,7 +347,7 @@ fn rules_do_not_depend_on_the_scrape_jobs_name() {
     }
 }
 
-/// `--refresh.stale-after`'s default (SPEC.md): a failing target's image series are dropped
+/// `--refresh.stale-after`'s default (5m): a failing target's image series are dropped
 /// at the first failed pass this long after its last success.
 const DEFAULT_STALE_AFTER_SECONDS: u64 = 300;
 
@@ -1754,7 +1754,7 @@ fn dashboard_and_alerts_use_only_documented_metrics() {
         for metric in finovy_metrics(expr) {
             assert!(
                 common::is_exporter_series(&metric),
-                "{metric} is not a metric of SPEC.md (in {expr:?})"
+                "{metric} is not a metric of the exporter (src/metrics.rs) (in {expr:?})"
             );
             seen.insert(metric);
         }
