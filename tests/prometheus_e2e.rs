@@ -719,3 +719,91 @@ async fn prometheus_scrapes_the_exporter_and_answers_every_dashboard_query_and_a
         "not a PNG screenshot"
     );
 }
+
+/// Prometheus 2.42 (Debian 12) has no `scrape_protocols` and asks for OpenMetrics
+/// first, so the test above ingests OpenMetrics. `/probe` always answers the text
+/// format 0.0.4: a job on it shows that Prometheus ingests that format too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_ingests_the_text_format_from_probe() {
+    let Some(prometheus_bin) = common::require_tool("prometheus") else {
+        return;
+    };
+    finovy_image_exporter::install_crypto_provider();
+    let client = reqwest::Client::new();
+    let temp = TempDir::new();
+    let (mut exporter_process, exporter_lines) = start(
+        "finovy-image-exporter",
+        Command::new(env!("CARGO_BIN_EXE_finovy-image-exporter")).args([
+            "--web.listen-address",
+            "127.0.0.1:0",
+            "--demo",
+            "--log.format",
+            "json",
+        ]),
+    );
+    let exporter_addr: SocketAddr = wait_for_line(&mut exporter_process, &exporter_lines, |line| {
+        let entry: Value = serde_json::from_str(line).ok()?;
+        if entry["msg"] != "listening" {
+            return None;
+        }
+        entry["address"].as_str()?.parse().ok()
+    });
+    let probe = client
+        .get(format!("http://{exporter_addr}/probe?account=prod"))
+        .header("accept", "application/openmetrics-text; version=1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        probe.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4"),
+        "/probe answers the text format"
+    );
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n\
+         scrape_configs:\n  - job_name: finovy-probe\n    metrics_path: /probe\n    params:\n      account: [prod]\n    static_configs:\n      - targets: [\"{exporter_addr}\"]\n"
+    );
+    let config_file = temp.0.join("prometheus-probe.yml");
+    std::fs::write(&config_file, config).unwrap();
+    let prometheus_addr = format!("127.0.0.1:{}", free_port());
+    let (_prometheus_process, _prometheus_lines) = start(
+        "prometheus",
+        Command::new(&prometheus_bin)
+            .arg(format!("--config.file={}", config_file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                temp.0.join("data-probe").display()
+            ))
+            .arg(format!("--web.listen-address={prometheus_addr}"))
+            .arg("--log.level=warn"),
+    );
+    let prometheus = format!("http://{prometheus_addr}");
+    let result = common::wait_for("Prometheus to ingest /probe", DEADLINE, || async {
+        let body = get_json(
+            &client,
+            &format!("{prometheus}/api/v1/query"),
+            &[("query", "finovy_up{job=\"finovy-probe\",account=\"prod\"}")],
+        )
+        .await?;
+        let result = body["data"]["result"].as_array()?.clone();
+        (!result.is_empty()).then_some(result)
+    })
+    .await;
+    assert!(result
+        .iter()
+        .all(|series| series["metric"]["account"] == "prod"));
+    let other = get_json(
+        &client,
+        &format!("{prometheus}/api/v1/query"),
+        &[("query", "finovy_up{account=\"staging\"}")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        other["data"]["result"].as_array().map(Vec::len),
+        Some(0),
+        "/probe?account=prod carries no other account"
+    );
+}
