@@ -26,6 +26,9 @@ use crate::target::{Limits, Liveness, Scheduler};
 use crate::telemetry::Telemetry;
 use crate::web_config::{WebConfigError, WebConfigWatcher};
 
+/// The longest time between two passes in `--demo`.
+const DEMO_MAX_INTERVAL: Duration = Duration::from_secs(10);
+
 /// How often the `--demo` simulator moves its images through their life.
 const DEMO_EVOLVE_EVERY: Duration = Duration::from_secs(5);
 
@@ -368,13 +371,19 @@ fn effective_configuration(config: &Config, shard: Shard) -> crate::routes::Over
     } else {
         filters.join(",")
     };
-    let interval = humantime::format_duration(config.refresh_interval).to_string();
+    // The demo refreshes faster than the flag says (see `start_demo`).
+    let refresh_interval = if config.demo {
+        config.refresh_interval.min(DEMO_MAX_INTERVAL)
+    } else {
+        config.refresh_interval
+    };
+    let interval = humantime::format_duration(refresh_interval).to_string();
     let shard_text = format!("{} of {}", shard.index, shard.total);
     tracing::info!(
         upstream = %upstream,
         datacenters = %targets,
         filters = %filters,
-        refresh_interval_seconds = config.refresh_interval.as_secs_f64(),
+        refresh_interval_seconds = refresh_interval.as_secs_f64(),
         page_size = config.page_size,
         concurrency = config.api_concurrency,
         token = %token,
@@ -516,10 +525,9 @@ async fn start_demo(config: &mut Config) -> Result<(SimServer, Vec<Account>), St
     prod.name = "prod".into();
     // The demo's images change every few seconds and a first look should not
     // wait a minute for the first pass: it refreshes every 10 s at most.
-    let demo_interval = Duration::from_secs(10);
-    if prod.refresh.interval > demo_interval {
-        prod.refresh.interval = demo_interval;
-        prod.refresh.timeout = prod.refresh.timeout.min(demo_interval);
+    if prod.refresh.interval > DEMO_MAX_INTERVAL {
+        prod.refresh.interval = DEMO_MAX_INTERVAL;
+        prod.refresh.timeout = prod.refresh.timeout.min(DEMO_MAX_INTERVAL);
     }
     let mut staging = prod.clone();
     staging.name = "staging".into();
