@@ -153,7 +153,7 @@ fn type_of<'a>(text: &'a str, name: &str) -> Option<&'a str> {
 }
 
 /// Gzip of `plain`; empty if compression failed (then plain is served).
-fn compress(plain: &[u8]) -> Bytes {
+pub fn compress(plain: &[u8]) -> Bytes {
     let mut enc = flate2::write::GzEncoder::new(
         Vec::with_capacity(plain.len() / 4),
         flate2::Compression::fast(),

@@ -26,9 +26,6 @@ use crate::state::{Snapshot, State, TargetState};
 use crate::target::Liveness;
 use crate::telemetry::Telemetry;
 
-/// Content type of the Prometheus text exposition format.
-pub const TEXT_FORMAT: &str = "text/plain; version=0.0.4; charset=utf-8";
-
 /// What the landing page says about the process itself: the effective
 /// configuration (never a secret) and whether it serves simulated data.
 #[derive(Debug, Clone, Default)]
@@ -117,26 +114,20 @@ impl Routes {
                 .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
             return resp;
         }
+        let path = req.uri().path();
         // Health probes never queue behind scrapes: probes time out in seconds,
         // and a refused /healthz would restart a healthy exporter.
-        let probe = match req.uri().path() {
-            "/healthz" => Some(self.healthz()),
-            "/readyz" => Some(self.readyz()),
-            _ => None,
+        let _permit = if matches!(path, "/healthz" | "/readyz") {
+            None
+        } else {
+            let Ok(permit) = self.limiter.try_acquire() else {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many concurrent requests, see --web.max-requests\n",
+                );
+            };
+            Some(permit)
         };
-        if let Some(mut resp) = probe {
-            if is_head {
-                *resp.body_mut() = Full::new(Bytes::new());
-            }
-            return resp;
-        }
-        let Ok(_permit) = self.limiter.try_acquire() else {
-            return text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many concurrent requests, see --web.max-requests\n",
-            );
-        };
-        let path = req.uri().path();
         let mut resp = if path == self.telemetry_path {
             self.metrics(negotiate_format(&req), accepts_gzip(&req))
         } else {
@@ -165,15 +156,7 @@ impl Routes {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(encode),
             _ => encode(),
         };
-        let mut builder = Response::builder()
-            .header(CONTENT_TYPE, format.content_type())
-            .header(VARY, "Accept, Accept-Encoding");
-        if gzipped {
-            builder = builder.header(CONTENT_ENCODING, "gzip");
-        }
-        builder
-            .body(Full::new(body))
-            .expect("static response parts are valid")
+        exposition_response(format, body, gzipped)
     }
 
     /// `/probe?account=NAME`: the series of one account only, from the published
@@ -216,19 +199,11 @@ impl Routes {
         let mut body = Vec::with_capacity(16 * 1024);
         State::encode_snapshot(&own, Format::Text, &mut body);
         self.telemetry.encode_account(account, &mut body);
-        let mut builder = Response::builder()
-            .header(CONTENT_TYPE, TEXT_FORMAT)
-            .header(VARY, "Accept-Encoding");
-        let body = match gzip.then(|| gzip_bytes(&body)).flatten() {
-            Some(zipped) => {
-                builder = builder.header(CONTENT_ENCODING, "gzip");
-                zipped
-            }
-            None => body,
-        };
-        builder
-            .body(Full::new(Bytes::from(body)))
-            .expect("static response parts are valid")
+        let zipped = gzip.then(|| crate::exposition::compress(&body));
+        match zipped.filter(|z| !z.is_empty()) {
+            Some(zipped) => exposition_response(Format::Text, zipped, true),
+            None => exposition_response(Format::Text, Bytes::from(body), false),
+        }
     }
 
     /// `POST /-/reload`: answers once the new configuration is checked, with 200
@@ -555,14 +530,18 @@ fn accepts_gzip<B>(req: &Request<B>) -> bool {
 }
 
 /// Gzip of `plain`, `None` if compression failed (then plain is served).
-fn gzip_bytes(plain: &[u8]) -> Option<Vec<u8>> {
-    use std::io::Write as _;
-    let mut enc = flate2::write::GzEncoder::new(
-        Vec::with_capacity(plain.len() / 4),
-        flate2::Compression::fast(),
-    );
-    enc.write_all(plain).ok()?;
-    enc.finish().ok()
+/// A `/metrics` or `/probe` answer: its content type, and the headers that let a
+/// cache tell formats and encodings apart.
+fn exposition_response(format: Format, body: Bytes, gzipped: bool) -> Response<Full<Bytes>> {
+    let mut builder = Response::builder()
+        .header(CONTENT_TYPE, format.content_type())
+        .header(VARY, "Accept, Accept-Encoding");
+    if gzipped {
+        builder = builder.header(CONTENT_ENCODING, "gzip");
+    }
+    builder
+        .body(Full::new(body))
+        .expect("static response parts are valid")
 }
 
 fn rfc3339(t: std::time::SystemTime) -> String {
