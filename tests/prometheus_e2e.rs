@@ -128,8 +128,9 @@ fn wait_for_line<T>(
 struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("finovy-e2e-{}", std::process::id()));
+    /// A directory of its own for each test (`name`), as tests run side by side.
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("finovy-e2e-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create temp dir");
         TempDir(dir)
@@ -417,6 +418,67 @@ fn datacenter_rows(dom: &str) -> Vec<String> {
         .collect()
 }
 
+/// The exporter binary with `args` (plus a loopback port and JSON logs), once it
+/// listens: the process (killed on drop) and its address.
+fn start_exporter(args: &[&str], token: Option<&str>) -> (Running, SocketAddr) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_finovy-image-exporter"));
+    command
+        .args([
+            "--web.listen-address",
+            "127.0.0.1:0",
+            "--log.format",
+            "json",
+        ])
+        .args(args);
+    if let Some(token) = token {
+        command.env("FINOVY_ACCESS_TOKEN", token);
+    }
+    let (mut process, lines) = start("finovy-image-exporter", &mut command);
+    let addr = wait_for_line(&mut process, &lines, |line| {
+        let entry: Value = serde_json::from_str(line).ok()?;
+        if entry["msg"] != "listening" {
+            return None;
+        }
+        entry["address"].as_str()?.parse().ok()
+    });
+    (process, addr)
+}
+
+/// Prometheus with `config` (YAML), its data under `dir`, once it is ready: the
+/// process (killed on drop) and its base URL.
+async fn start_prometheus(
+    client: &reqwest::Client,
+    prometheus_bin: &Path,
+    config: &str,
+    dir: &Path,
+) -> (Running, String) {
+    let config_file = dir.join("prometheus.yml");
+    std::fs::write(&config_file, config).unwrap();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let (process, _lines) = start(
+        "prometheus",
+        Command::new(prometheus_bin)
+            .arg(format!("--config.file={}", config_file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--log.level=warn"),
+    );
+    let prometheus = format!("http://{addr}");
+    common::wait_for("Prometheus to be ready", DEADLINE, || async {
+        let response = client
+            .get(format!("{prometheus}/-/ready"))
+            .send()
+            .await
+            .ok()?;
+        response.status().is_success().then_some(())
+    })
+    .await;
+    (process, prometheus)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_the_exporter_and_answers_every_dashboard_query_and_alert() {
     let (Some(prometheus_bin), Some(chromium_bin)) = (
@@ -427,7 +489,7 @@ async fn prometheus_scrapes_the_exporter_and_answers_every_dashboard_query_and_a
     };
     finovy_image_exporter::install_crypto_provider();
     let client = reqwest::Client::new();
-    let temp = TempDir::new();
+    let temp = TempDir::new("dashboard");
 
     // The simulator, holding a known inventory.
     let (mut sim_process, sim_lines) = start(
@@ -446,29 +508,16 @@ async fn prometheus_scrapes_the_exporter_and_answers_every_dashboard_query_and_a
     send_images(&client, reqwest::Method::PUT, &sim, &inventory()).await;
 
     // The exporter, refreshing every second.
-    let (mut exporter_process, exporter_lines) = start(
-        "finovy-image-exporter",
-        Command::new(env!("CARGO_BIN_EXE_finovy-image-exporter"))
-            .args([
-                "--web.listen-address",
-                "127.0.0.1:0",
-                "--api.url",
-                &sim,
-                "--refresh.interval",
-                "1s",
-                "--log.format",
-                "json",
-                "--collector.image-info",
-            ])
-            .env("FINOVY_ACCESS_TOKEN", TOKEN),
+    let (_exporter_process, exporter_addr) = start_exporter(
+        &[
+            "--api.url",
+            &sim,
+            "--refresh.interval",
+            "1s",
+            "--collector.image-info",
+        ],
+        Some(TOKEN),
     );
-    let exporter_addr: SocketAddr = wait_for_line(&mut exporter_process, &exporter_lines, |line| {
-        let entry: Value = serde_json::from_str(line).ok()?;
-        if entry["msg"] != "listening" {
-            return None;
-        }
-        entry["address"].as_str()?.parse().ok()
-    });
     let exporter = format!("http://{exporter_addr}");
 
     // Prometheus, scraping it every second with the shipped rules.
@@ -479,30 +528,8 @@ async fn prometheus_scrapes_the_exporter_and_answers_every_dashboard_query_and_a
          scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: [\"{exporter_addr}\"]\n",
         rules_file.display()
     );
-    let config_file = temp.0.join("prometheus.yml");
-    std::fs::write(&config_file, config).unwrap();
-    let prometheus_addr = format!("127.0.0.1:{}", free_port());
-    let (_prometheus_process, _prometheus_lines) = start(
-        "prometheus",
-        Command::new(&prometheus_bin)
-            .arg(format!("--config.file={}", config_file.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                temp.0.join("data").display()
-            ))
-            .arg(format!("--web.listen-address={prometheus_addr}"))
-            .arg("--log.level=warn"),
-    );
-    let prometheus = format!("http://{prometheus_addr}");
-    common::wait_for("Prometheus to be ready", DEADLINE, || async {
-        let response = client
-            .get(format!("{prometheus}/-/ready"))
-            .send()
-            .await
-            .ok()?;
-        response.status().is_success().then_some(())
-    })
-    .await;
+    let (_prometheus_process, prometheus) =
+        start_prometheus(&client, &prometheus_bin, &config, &temp.0).await;
 
     // Samples of every datacenter, scraped from the exporter.
     let up_query = format!("finovy_up{{job=\"{JOB}\"}} == 1");
@@ -730,24 +757,8 @@ async fn prometheus_ingests_the_text_format_from_probe() {
     };
     finovy_image_exporter::install_crypto_provider();
     let client = reqwest::Client::new();
-    let temp = TempDir::new();
-    let (mut exporter_process, exporter_lines) = start(
-        "finovy-image-exporter",
-        Command::new(env!("CARGO_BIN_EXE_finovy-image-exporter")).args([
-            "--web.listen-address",
-            "127.0.0.1:0",
-            "--demo",
-            "--log.format",
-            "json",
-        ]),
-    );
-    let exporter_addr: SocketAddr = wait_for_line(&mut exporter_process, &exporter_lines, |line| {
-        let entry: Value = serde_json::from_str(line).ok()?;
-        if entry["msg"] != "listening" {
-            return None;
-        }
-        entry["address"].as_str()?.parse().ok()
-    });
+    let temp = TempDir::new("probe");
+    let (_exporter_process, exporter_addr) = start_exporter(&["--demo"], None);
     let probe = client
         .get(format!("http://{exporter_addr}/probe?account=prod"))
         .header("accept", "application/openmetrics-text; version=1.0.0")
@@ -765,21 +776,8 @@ async fn prometheus_ingests_the_text_format_from_probe() {
         "global:\n  scrape_interval: 1s\n\
          scrape_configs:\n  - job_name: finovy-probe\n    metrics_path: /probe\n    params:\n      account: [prod]\n    static_configs:\n      - targets: [\"{exporter_addr}\"]\n"
     );
-    let config_file = temp.0.join("prometheus-probe.yml");
-    std::fs::write(&config_file, config).unwrap();
-    let prometheus_addr = format!("127.0.0.1:{}", free_port());
-    let (_prometheus_process, _prometheus_lines) = start(
-        "prometheus",
-        Command::new(&prometheus_bin)
-            .arg(format!("--config.file={}", config_file.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                temp.0.join("data-probe").display()
-            ))
-            .arg(format!("--web.listen-address={prometheus_addr}"))
-            .arg("--log.level=warn"),
-    );
-    let prometheus = format!("http://{prometheus_addr}");
+    let (_prometheus_process, prometheus) =
+        start_prometheus(&client, &prometheus_bin, &config, &temp.0).await;
     let result = common::wait_for("Prometheus to ingest /probe", DEADLINE, || async {
         let body = get_json(
             &client,
