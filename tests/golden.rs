@@ -130,10 +130,37 @@ async fn the_metrics_of_a_fixed_inventory_match_the_golden_file() {
     })
     .await;
     let _ = std::fs::remove_file(&token);
-    let got = normalise(&body);
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden/metrics.txt");
+    compare("metrics.txt", &normalise(&body));
+    // The same scrape as Prometheus makes it: OpenMetrics, gzip-compressed.
+    let zipped = client
+        .get(format!("http://{addr}/metrics"))
+        .header("Accept", "application/openmetrics-text;version=1.0.0")
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        zipped.headers().get("content-encoding").unwrap(),
+        "gzip",
+        "asked for gzip"
+    );
+    let zipped = zipped.bytes().await.unwrap();
+    let mut openmetrics = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(&zipped[..]),
+        &mut openmetrics,
+    )
+    .expect("a valid gzip stream of UTF-8 text");
+    compare("metrics.openmetrics.txt", &normalise(&openmetrics));
+}
+
+/// Compares `got` with the golden file `name` (or writes it under UPDATE_GOLDEN).
+fn compare(name: &str, got: &str) {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(name);
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &got).unwrap();
+        std::fs::write(&path, got).unwrap();
         return;
     }
     let want = std::fs::read_to_string(&path)
