@@ -1,39 +1,49 @@
-//! The `/metrics` body: encoded once, served to every scraper that asks soon after.
+//! The `/metrics` body: assembled from the pieces every target rendered when it
+//! published ([`crate::render`]), and served to every scraper that asks soon after.
 //!
-//! Encoding the exporter's own metrics (the `prometheus` registry and the
-//! `process_*` collector, which reads `/proc`) costs about a hundred microseconds;
-//! the image series are already text. So a body, and its gzip form when asked
-//! for, is kept and served again until a refresh publishes new results or
-//! [`MAX_AGE`] passes. Every body is encoded from one snapshot, so a scrape never
-//! mixes two refreshes either way.
+//! Assembling copies the deflated pieces of every datacenter series, section by
+//! section, under one gzip header and trailer: a few milliseconds even for
+//! thousands of targets, however many published since the last scrape. A plain
+//! body is that gzip stream inflated (which checks its CRC and length). The
+//! exporter's own metrics (the `prometheus` registry and the `process_*`
+//! collector, which reads `/proc`) are encoded with each assembly and appended as
+//! the last piece. A body is served again while no target publishes, for at most
+//! [`MAX_AGE`]. Every body is assembled from one snapshot, so a scrape never
+//! mixes two passes of a target.
 
-use std::io::Write as _;
+use std::io::Read as _;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::metrics::Format;
+use crate::render::{Deflater, Piece, Section};
 use crate::state::{Snapshot, State};
 use crate::telemetry::Telemetry;
 
-/// How long an encoded body is served again while no new result is published:
-/// the exporter's own counters and `process_*` values lag by at most this much.
+/// How long an assembled body is served again while no target publishes: the
+/// exporter's own counters and `process_*` values lag by at most this much.
 pub const MAX_AGE: Duration = Duration::from_secs(1);
 
+/// One assembled body.
 struct Encoded {
+    /// The snapshot generation it was assembled from.
+    generation: u64,
     at: Instant,
-    snapshot: Arc<Snapshot>,
-    plain: Bytes,
-    gzip: OnceLock<Bytes>,
+    gzip: Gzip,
+    /// The inflated body, made for the first scraper that does not take gzip.
+    plain: OnceLock<Result<Bytes, String>>,
 }
 
 /// The cached `/metrics` body.
 pub struct MetricsCache {
     state: Arc<State>,
     telemetry: Telemetry,
-    /// One body per format ([`Format::Text`], [`Format::OpenMetrics`]).
-    current: [Mutex<Option<Arc<Encoded>>>; 2],
+    /// One per format ([`Format::Text`], [`Format::OpenMetrics`]). The lock is
+    /// held while a body is assembled, so concurrent scrapers wait for one
+    /// assembly instead of each making their own.
+    slots: [Mutex<Option<Arc<Encoded>>>; 2],
 }
 
 impl MetricsCache {
@@ -42,60 +52,151 @@ impl MetricsCache {
         MetricsCache {
             state,
             telemetry,
-            current: Default::default(),
+            slots: Default::default(),
         }
     }
 
     /// The text-format body, gzip-compressed when `gzip`; the flag says whether
     /// it is.
-    pub fn body(&self, gzip: bool) -> (Bytes, bool) {
+    pub fn body(&self, gzip: bool) -> Result<(Bytes, bool), String> {
         self.body_in(Format::Text, gzip)
     }
 
     /// The body in `format`, gzip-compressed when `gzip`; the flag says whether
-    /// it is.
-    pub fn body_in(&self, format: Format, gzip: bool) -> (Bytes, bool) {
+    /// it is. An error means the exporter assembled a broken stream (a bug),
+    /// never anything an upstream or a scraper did.
+    pub fn body_in(&self, format: Format, gzip: bool) -> Result<(Bytes, bool), String> {
         let encoded = self.encoded(format);
-        if !gzip {
-            return (encoded.plain.clone(), false);
+        if gzip {
+            return Ok((encoded.gzip.bytes.clone(), true));
         }
-        let compressed = encoded.gzip.get_or_init(|| compress(&encoded.plain));
-        if compressed.is_empty() {
-            (encoded.plain.clone(), false)
-        } else {
-            (compressed.clone(), true)
-        }
+        let plain = encoded.plain.get_or_init(|| encoded.gzip.inflate());
+        plain.clone().map(|b| (b, false))
     }
 
     fn encoded(&self, format: Format) -> Arc<Encoded> {
+        let mut slot = self.slots[usize::from(format == Format::OpenMetrics)]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let snapshot = self.state.snapshot();
-        let slot = &self.current[usize::from(format == Format::OpenMetrics)];
-        let mut current = slot.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(enc) = current.as_ref() {
-            if Arc::ptr_eq(&enc.snapshot, &snapshot) && enc.at.elapsed() < MAX_AGE {
-                return Arc::clone(enc);
+        if let Some(body) = slot.as_ref() {
+            if body.generation == snapshot.generation && body.at.elapsed() < MAX_AGE {
+                return Arc::clone(body);
             }
         }
-        let mut body =
-            Vec::with_capacity(current.as_ref().map_or(16 * 1024, |e| e.plain.len() + 1024));
-        State::encode_snapshot(&snapshot, format, &mut body);
-        match format {
-            Format::Text => self.telemetry.encode(&mut body),
-            Format::OpenMetrics => {
-                let mut text = Vec::with_capacity(8 * 1024);
-                self.telemetry.encode(&mut text);
-                to_openmetrics(&String::from_utf8_lossy(&text), &mut body);
-                body.extend_from_slice(b"# EOF\n");
-            }
-        }
-        let enc = Arc::new(Encoded {
+        let own = Deflater::new().piece(&self.own_metrics(format));
+        let capacity = slot
+            .as_ref()
+            .map_or(16 * 1024, |b| b.gzip.bytes.len() + 1024);
+        let body = Arc::new(Encoded {
+            generation: snapshot.generation,
             at: Instant::now(),
-            snapshot,
-            plain: Bytes::from(body),
-            gzip: OnceLock::new(),
+            gzip: assemble(&snapshot, format, None, Some(&own), capacity),
+            plain: OnceLock::new(),
         });
-        *current = Some(Arc::clone(&enc));
-        enc
+        *slot = Some(Arc::clone(&body));
+        body
+    }
+
+    /// The exporter's own metrics in `format` (with the closing `# EOF` of
+    /// OpenMetrics, as they end the body).
+    fn own_metrics(&self, format: Format) -> String {
+        let mut text = Vec::with_capacity(8 * 1024);
+        self.telemetry.encode(&mut text);
+        let text = String::from_utf8_lossy(&text);
+        match format {
+            Format::Text => text.into_owned(),
+            Format::OpenMetrics => {
+                let mut out = Vec::with_capacity(text.len() + 64);
+                to_openmetrics(&text, &mut out);
+                out.extend_from_slice(b"# EOF\n");
+                String::from_utf8_lossy(&out).into_owned()
+            }
+        }
+    }
+}
+
+/// A gzip-compressed body and the length of its text.
+pub struct Gzip {
+    /// The gzip member.
+    pub bytes: Bytes,
+    /// Bytes of text it holds.
+    pub len: usize,
+}
+
+impl Gzip {
+    /// The text, inflated (the gzip trailer's CRC and length checked).
+    pub fn inflate(&self) -> Result<Bytes, String> {
+        let mut out = Vec::with_capacity(self.len);
+        flate2::read::GzDecoder::new(&self.bytes[..])
+            .read_to_end(&mut out)
+            .map_err(|e| format!("the assembled body does not inflate: {e}"))?;
+        Ok(Bytes::from(out))
+    }
+}
+
+/// The body of `snap` in `format` (only `account`'s series when given), followed
+/// by `tail`, as one gzip member.
+///
+/// The deflated pieces are copied in body order; the gzip trailer's CRC-32 is
+/// combined from theirs (`crc32fast`'s combine appends one CRC to another from
+/// the second's length), so no text is touched.
+pub fn assemble(
+    snap: &Snapshot,
+    format: Format,
+    account: Option<&str>,
+    tail: Option<&Piece>,
+    capacity: usize,
+) -> Gzip {
+    // A gzip header with no name, time or flags; "unknown" operating system.
+    let mut out = Vec::with_capacity(capacity);
+    out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
+    let mut crc = crc32fast::Hasher::new();
+    let mut len = 0usize;
+    let mut push = |piece: &Piece| {
+        out.extend_from_slice(&piece.deflated);
+        crc.combine(&crc32fast::Hasher::new_with_initial_len(
+            piece.crc,
+            piece.len as u64,
+        ));
+        len += piece.len;
+    };
+    let targets = snap
+        .targets
+        .iter()
+        .filter(|(key, _)| account.is_none_or(|a| key.account == a));
+    for section in Section::ALL {
+        if !section.in_body(format, &snap.collectors) {
+            continue;
+        }
+        push(section.header(format));
+        for (_, t) in targets.clone() {
+            for series in t.datacenters.values() {
+                let pieces = if section.from_images() {
+                    match series.images.as_ref().filter(|im| t.is_fresh(im)) {
+                        Some(images) => &images.pieces,
+                        None => continue,
+                    }
+                } else {
+                    &series.pieces
+                };
+                if let Some(piece) = pieces.get(section) {
+                    push(piece);
+                }
+            }
+        }
+    }
+    if let Some(tail) = tail {
+        push(tail);
+    }
+    // The final block: empty, fixed Huffman codes (BFINAL=1, BTYPE=01, code 256).
+    out.extend_from_slice(&[0x03, 0x00]);
+    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    // ISIZE is the length modulo 2^32 (RFC 1952).
+    out.extend_from_slice(&(len as u32).to_le_bytes());
+    Gzip {
+        bytes: Bytes::from(out),
+        len,
     }
 }
 
@@ -152,18 +253,6 @@ fn type_of<'a>(text: &'a str, name: &str) -> Option<&'a str> {
     text.lines().find_map(|l| l.strip_prefix(prefix.as_str()))
 }
 
-/// Gzip of `plain`; empty if compression failed (then plain is served).
-pub fn compress(plain: &[u8]) -> Bytes {
-    let mut enc = flate2::write::GzEncoder::new(
-        Vec::with_capacity(plain.len() / 4),
-        flate2::Compression::fast(),
-    );
-    match enc.write_all(plain).and_then(|_| enc.finish()) {
-        Ok(out) => Bytes::from(out),
-        Err(_) => Bytes::new(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -176,8 +265,12 @@ mod tests {
         let key = TargetKey::datacenter("default", "HZ");
         state.register(&key, Duration::from_secs(60), Duration::from_secs(300));
         let cache = MetricsCache::new(Arc::clone(&state), Telemetry::new());
-        let (first, _) = cache.body(false);
-        assert_eq!(cache.body(false).0.as_ptr(), first.as_ptr(), "served again");
+        let (first, _) = cache.body(false).unwrap();
+        assert_eq!(
+            cache.body(false).unwrap().0.as_ptr(),
+            first.as_ptr(),
+            "served again"
+        );
         state.publish(
             &key,
             Duration::ZERO,
@@ -189,16 +282,16 @@ mod tests {
                 named: Vec::new(),
             },
         );
-        let (second, _) = cache.body(false);
+        let (second, _) = cache.body(false).unwrap();
         assert!(String::from_utf8_lossy(&second)
             .contains("finovy_up{account=\"default\",datacenter_key=\"HZ\"} 1"));
-        let (zipped, is_gzip) = cache.body(true);
+        let (zipped, is_gzip) = cache.body(true).unwrap();
         assert!(is_gzip);
         let mut text = String::new();
         std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&zipped[..]), &mut text)
             .unwrap();
         assert_eq!(text.as_bytes(), &second[..]);
-        let (om, _) = cache.body_in(Format::OpenMetrics, false);
+        let (om, _) = cache.body_in(Format::OpenMetrics, false).unwrap();
         let om = String::from_utf8_lossy(&om);
         assert!(om.ends_with("# EOF\n"), "{om}");
         assert!(om.contains("# TYPE finovy_refresh_failures counter\n"));

@@ -45,6 +45,7 @@ pub mod labels;
 pub mod lifecycle;
 pub mod logging;
 pub mod metrics;
+pub mod render;
 pub mod routes;
 pub mod secret;
 pub mod server;

@@ -270,6 +270,66 @@ fn bump(map: &mut BTreeMap<String, u64>, key: &str) {
     }
 }
 
+/// The lifecycle counters of one datacenter.
+#[derive(Debug, Clone, Default)]
+pub struct LifecycleCounters {
+    /// Passes that changed no counter.
+    pub skipped: u64,
+    /// `finovy_images_created_total`, per image type.
+    pub created: BTreeMap<String, u64>,
+    /// `finovy_images_deleted_total`, per (status, image type).
+    pub deleted: BTreeMap<(Status, String), u64>,
+    /// `finovy_image_status_transitions_total`, per (image type, from, to).
+    pub transitions: BTreeMap<(String, Status, Status), u64>,
+}
+
+impl LifecycleCounters {
+    /// Starts at 0 the series an alert needs before their first increase (an
+    /// `increase()` over a series that appears at 1 sees nothing): per image type,
+    /// created and the moves out of `creating`; per group, deleted.
+    /// `groups` are a pass's (status, image type) groups.
+    pub fn start<'a>(&mut self, groups: impl IntoIterator<Item = (Status, &'a String)>) {
+        for (status, ty) in groups {
+            self.created.entry(ty.clone()).or_default();
+            self.deleted.entry((status, ty.clone())).or_default();
+            for to in [Status::Available, Status::Failed] {
+                self.transitions
+                    .entry((ty.clone(), Status::Creating, to))
+                    .or_default();
+            }
+        }
+    }
+
+    /// Adds `changes`, keeping at most `type_cap` image types (the rest count
+    /// under `other`, as folded groups do).
+    pub fn add(&mut self, changes: Changes, type_cap: usize) {
+        let mut types: std::collections::BTreeSet<String> = self
+            .created
+            .keys()
+            .cloned()
+            .chain(self.deleted.keys().map(|k| k.1.clone()))
+            .chain(self.transitions.keys().map(|k| k.0.clone()))
+            .collect();
+        let mut label = |ty: String| -> String {
+            if types.contains(&ty) || types.len() < type_cap.saturating_sub(1).max(1) {
+                types.insert(ty.clone());
+                ty
+            } else {
+                crate::labels::OTHER.to_string()
+            }
+        };
+        for (ty, n) in changes.created {
+            *self.created.entry(label(ty)).or_default() += n;
+        }
+        for ((status, ty), n) in changes.deleted {
+            *self.deleted.entry((status, label(ty))).or_default() += n;
+        }
+        for ((ty, from, to), n) in changes.transitions {
+            *self.transitions.entry((label(ty), from, to)).or_default() += n;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,7 +22,7 @@ use crate::account::AccountNames;
 use crate::config_file::{Reloaded, Reloader};
 use crate::exposition::MetricsCache;
 use crate::metrics::Format;
-use crate::state::{Snapshot, State, TargetState};
+use crate::state::{State, TargetState};
 use crate::target::Liveness;
 use crate::telemetry::Telemetry;
 
@@ -150,13 +150,14 @@ impl Routes {
         // runtime the worker hands its other tasks (health probes, other
         // connections) to the rest while it encodes.
         let encode = || self.metrics.body_in(format, gzip);
-        let (body, gzipped) = match tokio::runtime::Handle::try_current()
-            .map(|h| h.runtime_flavor())
-        {
+        let encoded = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
             Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(encode),
             _ => encode(),
         };
-        exposition_response(format, body, gzipped)
+        match encoded {
+            Ok((body, gzipped)) => exposition_response(format, body, gzipped),
+            Err(err) => broken_body(&err),
+        }
     }
 
     /// `/probe?account=NAME`: the series of one account only, from the published
@@ -186,23 +187,16 @@ impl Routes {
             );
         }
         let snap = self.state.snapshot();
-        let own = Snapshot {
-            targets: snap
-                .targets
-                .iter()
-                .filter(|(key, _)| &key.account == account)
-                .map(|(key, t)| (key.clone(), Arc::clone(t)))
-                .collect(),
-            collectors: snap.collectors,
-            started: snap.started,
-        };
-        let mut body = Vec::with_capacity(16 * 1024);
-        State::encode_snapshot(&own, Format::Text, &mut body);
-        self.telemetry.encode_account(account, &mut body);
-        let zipped = gzip.then(|| crate::exposition::compress(&body));
-        match zipped.filter(|z| !z.is_empty()) {
-            Some(zipped) => exposition_response(Format::Text, zipped, true),
-            None => exposition_response(Format::Text, Bytes::from(body), false),
+        let mut own = Vec::with_capacity(16 * 1024);
+        self.telemetry.encode_account(account, &mut own);
+        let own = crate::render::Deflater::new().piece(&String::from_utf8_lossy(&own));
+        let body = crate::exposition::assemble(&snap, Format::Text, Some(account), Some(&own), 0);
+        if gzip {
+            return exposition_response(Format::Text, body.bytes, true);
+        }
+        match body.inflate() {
+            Ok(plain) => exposition_response(Format::Text, plain, false),
+            Err(err) => broken_body(&err),
         }
     }
 
@@ -529,7 +523,16 @@ fn accepts_gzip<B>(req: &Request<B>) -> bool {
     gzip.or(any).is_some_and(|w| w > 0.0)
 }
 
-/// Gzip of `plain`, `None` if compression failed (then plain is served).
+/// The answer when an assembled body does not inflate: a bug of the exporter,
+/// logged, and a 500 rather than a wrong body.
+fn broken_body(err: &str) -> Response<Full<Bytes>> {
+    tracing::error!(error = err, "could not encode the exposition");
+    text(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "could not encode the exposition; the exporter's log has the error\n",
+    )
+}
+
 /// A `/metrics` or `/probe` answer: its content type, and the headers that let a
 /// cache tell formats and encodings apart.
 fn exposition_response(format: Format, body: Bytes, gzipped: bool) -> Response<Full<Bytes>> {

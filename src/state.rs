@@ -3,25 +3,26 @@
 //!
 //! Every pass publishes by building a new [`TargetState`] and swapping a new
 //! immutable [`Snapshot`] in whole, so a scrape sees each target either before or
-//! after a pass, never half of one. The image series are rendered to text when a
-//! result is published, not when scraped; a scrape copies the pre-rendered lines
-//! of every datacenter whose data is younger than its stale-after. The lock is held
-//! only to clone or swap an `Arc`, never across I/O.
+//! after a pass, never half of one. A target's series are rendered into pieces
+//! ([`crate::render`]) when it changes, not when scraped; a scrape copies the
+//! pieces of every datacenter, leaving out image series older than their
+//! stale-after. The lock is held only to change one target (copy-on-write: a
+//! snapshot a scrape still holds is left as it was), never across I/O.
 //!
 //! A target's counters (failures, anomalies) live here, beside its series, so that
 //! they vanish with the target (removed from the configuration, or a datacenter
 //! gone from discovery for longer than stale-after) and never outlive it.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::account::TargetKey;
-use crate::aggregate::{AgeHistogram, DatacenterImages, NamedImage, AGE_BUCKETS_SECONDS};
-use crate::labels::{Anomaly, Reason, Status};
-use crate::lifecycle::Changes;
-use crate::metrics::{self, Collectors, Family, Format};
+use crate::aggregate::{DatacenterImages, NamedImage};
+use crate::labels::{Anomaly, Reason};
+use crate::lifecycle::{Changes, LifecycleCounters};
+use crate::metrics::Collectors;
+use crate::render::{self, Pieces, SeriesValues};
 
 /// The datacenter key of a discovery target's series before it found any
 /// datacenter (or when it found none), so that `finovy_up` always exists.
@@ -70,66 +71,6 @@ pub enum Lifecycle {
     Changes(BTreeMap<String, Changes>),
 }
 
-/// The lifecycle counters of one datacenter.
-#[derive(Debug, Clone, Default)]
-pub struct LifecycleCounters {
-    /// Passes that changed no counter.
-    pub skipped: u64,
-    /// `finovy_images_created_total`, per image type.
-    pub created: BTreeMap<String, u64>,
-    /// `finovy_images_deleted_total`, per (status, image type).
-    pub deleted: BTreeMap<(Status, String), u64>,
-    /// `finovy_image_status_transitions_total`, per (image type, from, to).
-    pub transitions: BTreeMap<(String, Status, Status), u64>,
-}
-
-impl LifecycleCounters {
-    /// Starts at 0 the series an alert needs before their first increase (an
-    /// `increase()` over a series that appears at 1 sees nothing): per image type,
-    /// created and the moves out of `creating`; per group, deleted.
-    fn start(&mut self, images: &DatacenterImages) {
-        for group in images.groups.keys() {
-            let ty = &group.image_type;
-            self.created.entry(ty.clone()).or_default();
-            self.deleted.entry((group.status, ty.clone())).or_default();
-            for to in [Status::Available, Status::Failed] {
-                self.transitions
-                    .entry((ty.clone(), Status::Creating, to))
-                    .or_default();
-            }
-        }
-    }
-
-    /// Adds `changes`, keeping at most `type_cap` image types (the rest count
-    /// under `other`, as folded groups do).
-    fn add(&mut self, changes: Changes, type_cap: usize) {
-        let mut types: std::collections::BTreeSet<String> = self
-            .created
-            .keys()
-            .cloned()
-            .chain(self.deleted.keys().map(|k| k.1.clone()))
-            .chain(self.transitions.keys().map(|k| k.0.clone()))
-            .collect();
-        let mut label = |ty: String| -> String {
-            if types.contains(&ty) || types.len() < type_cap.saturating_sub(1).max(1) {
-                types.insert(ty.clone());
-                ty
-            } else {
-                crate::labels::OTHER.to_string()
-            }
-        };
-        for (ty, n) in changes.created {
-            *self.created.entry(label(ty)).or_default() += n;
-        }
-        for ((status, ty), n) in changes.deleted {
-            *self.deleted.entry((status, label(ty))).or_default() += n;
-        }
-        for ((ty, from, to), n) in changes.transitions {
-            *self.transitions.entry((label(ty), from, to)).or_default() += n;
-        }
-    }
-}
-
 /// The last error of a target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LastError {
@@ -155,11 +96,8 @@ pub struct PublishedImages {
     pub total_bytes: u64,
     /// Number of (status, image type) groups.
     pub groups: usize,
-    rendered: [String; IMAGE_FAMILIES.len()],
-    /// Ages per status (empty when the age collector is off).
-    ages: BTreeMap<Status, AgeHistogram>,
-    /// `finovy_image_info` samples of this datacenter, rendered.
-    info: String,
+    /// Its image sections, rendered.
+    pub pieces: Pieces,
 }
 
 /// The series of one datacenter of a target.
@@ -177,6 +115,8 @@ pub struct DatacenterSeries {
     pub folded: Vec<(&'static str, u64)>,
     /// Its lifecycle counters.
     pub lifecycle: LifecycleCounters,
+    /// Its health and counter sections, rendered after every change.
+    pub pieces: Pieces,
 }
 
 /// Everything known about one target.
@@ -223,6 +163,24 @@ impl TargetState {
         }
     }
 
+    /// Renders the health and counter sections of every datacenter series
+    /// again. Every change of the target that `/metrics` shows ends with it.
+    fn render(&mut self, account: &str, collectors: &Collectors) {
+        for (dc, series) in &mut self.datacenters {
+            let values = SeriesValues {
+                up: self.up,
+                last_duration: self.last_duration,
+                last_success: self.last_success,
+                interval: self.interval,
+                failures: &series.failures,
+                anomalies: &series.anomalies,
+                folded: &series.folded,
+                lifecycle: collectors.lifecycle.then_some(&series.lifecycle),
+            };
+            series.pieces = render::series(account, dc, &values);
+        }
+    }
+
     /// Whether a datacenter's image series are still served.
     pub fn is_fresh(&self, images: &PublishedImages) -> bool {
         images.at_instant.elapsed() <= self.stale_after
@@ -252,6 +210,9 @@ pub struct Snapshot {
     /// Whether the scheduler has registered its targets: before that, an empty
     /// target list means "not yet", not "nothing to do".
     pub started: bool,
+    /// Counts the changes: a body assembled from generation `g` is current while
+    /// the snapshot's generation is still `g`.
+    pub generation: u64,
 }
 
 impl Snapshot {
@@ -268,12 +229,6 @@ pub struct State {
     current: RwLock<Arc<Snapshot>>,
 }
 
-const IMAGE_FAMILIES: [Family; 3] = [
-    metrics::IMAGES,
-    metrics::IMAGES_SIZE,
-    metrics::IMAGES_OLDEST,
-];
-
 impl State {
     /// An empty state: no target known; the default collectors.
     pub fn new() -> Self {
@@ -287,6 +242,7 @@ impl State {
                 targets: BTreeMap::new(),
                 collectors,
                 started: false,
+                generation: 0,
             })),
         }
     }
@@ -301,28 +257,30 @@ impl State {
         Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// Changes the snapshot in place. A snapshot that a scrape still holds is
+    /// copied first (`Arc::make_mut`), so the scrape goes on seeing it whole; a
+    /// changed target is copied the same way. Otherwise an update costs the
+    /// change alone, not a copy of every target.
     fn update(&self, change: impl FnOnce(&mut Snapshot)) {
         let mut guard = self.current.write().unwrap_or_else(|e| e.into_inner());
-        let mut next = Snapshot::clone(&guard);
-        change(&mut next);
-        *guard = Arc::new(next);
+        let next = Arc::make_mut(&mut guard);
+        change(next);
+        next.generation += 1;
     }
 
     /// Adds a target before its first pass (not ready until that pass ends), or
     /// updates the schedule of a known one, keeping its series and counters.
     pub fn register(&self, key: &TargetKey, interval: Duration, stale_after: Duration) {
-        self.update(|snap| match snap.targets.get_mut(key) {
-            Some(existing) => {
-                let state = Arc::make_mut(existing);
-                state.interval = interval;
-                state.stale_after = stale_after;
-            }
-            None => {
-                snap.targets.insert(
-                    key.clone(),
-                    Arc::new(TargetState::new(key, interval, stale_after)),
-                );
-            }
+        self.update(|snap| {
+            let collectors = snap.collectors;
+            let target = snap
+                .targets
+                .entry(key.clone())
+                .or_insert_with(|| Arc::new(TargetState::new(key, interval, stale_after)));
+            let state = Arc::make_mut(target);
+            state.interval = interval;
+            state.stale_after = stale_after;
+            state.render(&key.account, &collectors);
         });
     }
 
@@ -374,30 +332,22 @@ impl State {
                 datacenters
                     .iter()
                     .map(|(dc, images)| {
-                        let mut published =
-                            render_images(key, dc, images, now, now_instant, &collectors);
-                        if collectors.image_info.is_some() {
-                            for n in named.iter().filter(|n| n.datacenter == *dc) {
-                                let labels = [
-                                    key.account.as_str(),
-                                    dc,
-                                    &n.details.id,
-                                    &n.details.image_id,
-                                    &n.details.image_name,
-                                    &n.image_type,
-                                    n.status.label(),
-                                ];
-                                sample(&mut published.info, &metrics::IMAGE_INFO, &labels, 1);
-                            }
-                        }
-                        (dc.clone(), (Arc::new(published), images))
-                    })
-                    .map(|(dc, (published, images))| {
+                        let published = PublishedImages {
+                            at: now,
+                            at_instant: now_instant,
+                            total_images: images.total_images(),
+                            total_bytes: images
+                                .groups
+                                .values()
+                                .fold(0, |sum, g| sum.saturating_add(g.size_bytes)),
+                            groups: images.groups.len(),
+                            pieces: render::images(&key.account, dc, images, &named, &collectors),
+                        };
                         let mut start = LifecycleCounters::default();
                         if !matches!(lifecycle, Lifecycle::Off) {
-                            start.start(images);
+                            start.start(images.groups.keys().map(|g| (g.status, &g.image_type)));
                         }
-                        (dc, (published, start))
+                        (dc.clone(), (Arc::new(published), start))
                     })
                     .collect::<BTreeMap<_, _>>(),
                 anomalies,
@@ -492,311 +442,8 @@ impl State {
                     }
                 }
             }
+            t.render(&key.account, &collectors);
         });
-    }
-
-    /// Appends the exposition of `snap` (a snapshot of this state) in `format`
-    /// to `out`.
-    pub fn encode_snapshot(snap: &Snapshot, format: Format, out: &mut Vec<u8>) {
-        let mut text = String::with_capacity(4096);
-        let c = &snap.collectors;
-        let header = |text: &mut String, family: &Family| header(text, family, format);
-        for (i, family) in IMAGE_FAMILIES.iter().enumerate() {
-            if (i == 1 && !c.size) || (i == 2 && !c.oldest) {
-                continue;
-            }
-            header(&mut text, family);
-            for t in snap.targets.values() {
-                for series in t.datacenters.values() {
-                    if let Some(images) = series.images.as_ref().filter(|im| t.is_fresh(im)) {
-                        text.push_str(&images.rendered[i]);
-                    }
-                }
-            }
-        }
-        if c.age {
-            encode_ages(snap, format, &mut text);
-        }
-        if c.lifecycle {
-            encode_lifecycle(snap, format, &mut text);
-        }
-        if c.image_info.is_some() {
-            header(&mut text, &metrics::IMAGE_INFO);
-            for (_, _, images) in fresh(snap) {
-                text.push_str(&images.info);
-            }
-        }
-        let per_datacenter =
-            |text: &mut String,
-             family: &Family,
-             value: &dyn Fn(&TargetState, &DatacenterSeries) -> f64| {
-                header(text, family);
-                for (key, t) in &snap.targets {
-                    for (dc, series) in &t.datacenters {
-                        sample(text, family, &[&key.account, dc], value(t, series));
-                    }
-                }
-            };
-        per_datacenter(&mut text, &metrics::UP, &|t, _| f64::from(u8::from(t.up)));
-        per_datacenter(&mut text, &metrics::REFRESH_DURATION, &|t, _| {
-            t.last_duration.as_secs_f64()
-        });
-        per_datacenter(&mut text, &metrics::REFRESH_LAST_SUCCESS, &|t, _| {
-            t.last_success.map_or(0.0, unix_seconds)
-        });
-        per_datacenter(&mut text, &metrics::REFRESH_INTERVAL, &|t, _| {
-            t.interval.as_secs_f64()
-        });
-        header(&mut text, &metrics::REFRESH_FAILURES);
-        for (key, t) in &snap.targets {
-            for (dc, series) in &t.datacenters {
-                for reason in Reason::ALL {
-                    let n = series.failures[reason.index()];
-                    sample(
-                        &mut text,
-                        &metrics::REFRESH_FAILURES,
-                        &[&key.account, dc, reason.label()],
-                        n,
-                    );
-                }
-            }
-        }
-        header(&mut text, &metrics::PAGINATION_ANOMALIES);
-        for (key, t) in &snap.targets {
-            for (dc, series) in &t.datacenters {
-                for anomaly in Anomaly::ALL {
-                    let n = series.anomalies[anomaly.index()];
-                    sample(
-                        &mut text,
-                        &metrics::PAGINATION_ANOMALIES,
-                        &[&key.account, dc, anomaly.label()],
-                        n,
-                    );
-                }
-            }
-        }
-        header(&mut text, &metrics::LIMIT_FOLDED);
-        for (key, t) in &snap.targets {
-            for (dc, series) in &t.datacenters {
-                for (label, n) in &series.folded {
-                    sample(
-                        &mut text,
-                        &metrics::LIMIT_FOLDED,
-                        &[&key.account, dc, label],
-                        n,
-                    );
-                }
-            }
-        }
-        out.extend_from_slice(text.as_bytes());
-    }
-}
-
-/// The fresh datacenter series of `snap`, with their account.
-fn fresh(snap: &Snapshot) -> impl Iterator<Item = (&str, &str, &PublishedImages)> {
-    snap.targets.iter().flat_map(|(key, t)| {
-        t.datacenters.iter().filter_map(move |(dc, series)| {
-            let images = series.images.as_deref().filter(|im| t.is_fresh(im))?;
-            Some((key.account.as_str(), dc.as_str(), images))
-        })
-    })
-}
-
-/// `finovy_images_age_seconds`: in OpenMetrics one gauge histogram (each
-/// series' buckets, `_gcount` and `_gsum` together, as it wants them); in the
-/// text format a histogram of the buckets and two gauge families (see
-/// [`metrics::Kind::as_str`]).
-fn encode_ages(snap: &Snapshot, format: Format, text: &mut String) {
-    let family = &metrics::IMAGES_AGE;
-    let bound_labels: Vec<String> = AGE_BUCKETS_SECONDS
-        .iter()
-        .map(|b| format!("{b}.0"))
-        .chain(["+Inf".to_string()])
-        .collect();
-    let buckets = |text: &mut String, account: &str, dc: &str, s: Status, h: &AgeHistogram| {
-        let mut cumulative = 0;
-        for (n, le) in h.buckets.iter().zip(&bound_labels) {
-            cumulative += n;
-            let labels = [account, dc, s.label(), le];
-            sample_named(text, family, "_bucket", &labels, cumulative);
-        }
-    };
-    let sum = |h: &AgeHistogram| h.sum_ms as f64 / 1000.0;
-    header(text, family, format);
-    for (account, dc, images) in fresh(snap) {
-        for (status, h) in &images.ages {
-            buckets(text, account, dc, *status, h);
-            if format == Format::OpenMetrics {
-                let labels = &[account, dc, status.label()][..];
-                let parent = Family {
-                    labels: metrics::IMAGES_AGE_GCOUNT.labels,
-                    ..*family
-                };
-                sample_named(text, &parent, "_gcount", labels, h.count());
-                sample_named(text, &parent, "_gsum", labels, sum(h));
-            }
-        }
-    }
-    if format == Format::Text {
-        for (family, value) in [
-            (
-                &metrics::IMAGES_AGE_GCOUNT,
-                &(|h: &AgeHistogram| h.count() as f64) as &dyn Fn(&AgeHistogram) -> f64,
-            ),
-            (&metrics::IMAGES_AGE_GSUM, &sum),
-        ] {
-            header(text, family, format);
-            for (account, dc, images) in fresh(snap) {
-                for (status, h) in &images.ages {
-                    sample(text, family, &[account, dc, status.label()], value(h));
-                }
-            }
-        }
-    }
-}
-
-/// The lifecycle counters of every datacenter series.
-fn encode_lifecycle(snap: &Snapshot, format: Format, text: &mut String) {
-    let each = |f: &mut dyn FnMut(&str, &str, &LifecycleCounters)| {
-        for (key, t) in &snap.targets {
-            for (dc, series) in &t.datacenters {
-                f(&key.account, dc, &series.lifecycle);
-            }
-        }
-    };
-    header(text, &metrics::IMAGES_CREATED, format);
-    each(&mut |account, dc, c| {
-        for (ty, n) in &c.created {
-            sample(text, &metrics::IMAGES_CREATED, &[account, dc, ty], n);
-        }
-    });
-    header(text, &metrics::IMAGES_DELETED, format);
-    each(&mut |account, dc, c| {
-        for ((status, ty), n) in &c.deleted {
-            let labels = [account, dc, status.label(), ty.as_str()];
-            sample(text, &metrics::IMAGES_DELETED, &labels, n);
-        }
-    });
-    header(text, &metrics::STATUS_TRANSITIONS, format);
-    each(&mut |account, dc, c| {
-        for ((ty, from, to), n) in &c.transitions {
-            let labels = [account, dc, ty.as_str(), from.label(), to.label()];
-            sample(text, &metrics::STATUS_TRANSITIONS, &labels, n);
-        }
-    });
-    header(text, &metrics::LIFECYCLE_SKIPPED, format);
-    each(&mut |account, dc, c| {
-        sample(text, &metrics::LIFECYCLE_SKIPPED, &[account, dc], c.skipped);
-    });
-}
-
-fn render_images(
-    key: &TargetKey,
-    datacenter: &str,
-    images: &DatacenterImages,
-    now: SystemTime,
-    now_instant: Instant,
-    collectors: &Collectors,
-) -> PublishedImages {
-    let mut rendered: [String; 3] = Default::default();
-    let mut total_bytes = 0u64;
-    for (group, stats) in &images.groups {
-        let labels = [
-            key.account.as_str(),
-            datacenter,
-            group.status.label(),
-            group.image_type.as_str(),
-        ];
-        total_bytes = total_bytes.saturating_add(stats.size_bytes);
-        sample(&mut rendered[0], &IMAGE_FAMILIES[0], &labels, stats.count);
-        if collectors.size {
-            sample(
-                &mut rendered[1],
-                &IMAGE_FAMILIES[1],
-                &labels,
-                stats.size_bytes,
-            );
-        }
-        if let Some(ms) = stats.oldest_created_ms.filter(|_| collectors.oldest) {
-            sample(
-                &mut rendered[2],
-                &IMAGE_FAMILIES[2],
-                &labels,
-                ms as f64 / 1000.0,
-            );
-        }
-    }
-    PublishedImages {
-        at: now,
-        at_instant: now_instant,
-        total_images: images.total_images(),
-        total_bytes,
-        groups: images.groups.len(),
-        rendered,
-        ages: if collectors.age {
-            images.ages.clone()
-        } else {
-            BTreeMap::new()
-        },
-        info: String::new(),
-    }
-}
-
-/// The `# HELP` and `# TYPE` lines of `family`. In OpenMetrics a counter's
-/// family is named without its samples' `_total`, and the help escapes quotes.
-fn header(out: &mut String, family: &Family, format: Format) {
-    let (name, kind) = match format {
-        Format::Text => (family.name, family.kind.as_str()),
-        Format::OpenMetrics => (
-            family.name.strip_suffix("_total").unwrap_or(family.name),
-            family.kind.openmetrics(),
-        ),
-    };
-    let help = match format {
-        Format::Text => std::borrow::Cow::Borrowed(family.help),
-        Format::OpenMetrics => std::borrow::Cow::Owned(family.help.replace('"', "\\\"")),
-    };
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-}
-
-/// Writes one sample of `family`; `values` follow its label names.
-fn sample(out: &mut String, family: &Family, values: &[&str], value: impl std::fmt::Display) {
-    sample_named(out, family, "", values, value);
-}
-
-/// Writes one sample of `family` named with `suffix` (`_bucket`, ...).
-fn sample_named(
-    out: &mut String,
-    family: &Family,
-    suffix: &str,
-    values: &[&str],
-    value: impl std::fmt::Display,
-) {
-    debug_assert_eq!(family.labels.len(), values.len(), "{}", family.name);
-    out.push_str(family.name);
-    out.push_str(suffix);
-    out.push('{');
-    for (i, (k, v)) in family.labels.iter().zip(values).enumerate() {
-        if i > 0 {
-            out.push(',');
-        }
-        out.push_str(k);
-        out.push_str("=\"");
-        escape_label_value(out, v);
-        out.push('"');
-    }
-    let _ = writeln!(out, "}} {value}");
-}
-
-/// Escapes a label value for the text format: backslash, double quote, newline.
-fn escape_label_value(out: &mut String, value: &str) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
     }
 }
 
@@ -847,9 +494,9 @@ mod tests {
     }
 
     fn text(state: &State) -> String {
-        let mut out = Vec::new();
-        State::encode_snapshot(&state.snapshot(), Format::Text, &mut out);
-        String::from_utf8(out).unwrap()
+        let snap = state.snapshot();
+        let body = crate::exposition::assemble(&snap, crate::metrics::Format::Text, None, None, 0);
+        String::from_utf8(body.inflate().unwrap().to_vec()).unwrap()
     }
 
     #[test]

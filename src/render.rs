@@ -1,0 +1,545 @@
+//! How the published results of one datacenter become exposition text, in pieces
+//! that a scrape only has to concatenate.
+//!
+//! A body is a list of [`Section`]s, one per family: its `# HELP` and `# TYPE`
+//! lines, then the samples of every datacenter series, in target order. The
+//! samples of one datacenter in one section are rendered once, when its target
+//! publishes a pass or is registered, into a [`Piece`]; a scrape copies pieces
+//! ([`crate::exposition`]). So a scrape costs the same however many targets
+//! published since the last one, and a publishing target renders only its own
+//! lines. This is how kube-state-metrics keeps large expositions cheap: it stores
+//! each object's rendered lines per family, and writes them out at scrape time.
+//!
+//! A piece is kept deflated (raw deflate, ended by a sync flush so that it ends on
+//! a byte boundary and holds no final block), with the CRC-32 and the length of
+//! its text. Pieces compressed independently can be concatenated into one valid
+//! deflate stream: a gzip body is a header, the pieces, an empty final block and
+//! a trailer whose CRC is combined from the pieces' CRCs. A plain body is that
+//! stream inflated. Kept deflated, a large exposition costs about a seventh of
+//! its size in memory.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use flate2::{Compress, Compression, FlushCompress};
+
+use crate::aggregate::{AgeHistogram, DatacenterImages, NamedImage, AGE_BUCKETS_SECONDS};
+use crate::labels::{Anomaly, Reason};
+use crate::lifecycle::LifecycleCounters;
+use crate::metrics::{self, Collectors, Family, Format};
+
+/// One family's part of a body. The order of [`Section::ALL`] is the order of
+/// the families in `/metrics` (the golden files hold it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Section {
+    /// `finovy_images`.
+    Images,
+    /// `finovy_images_size_bytes`.
+    Size,
+    /// `finovy_images_oldest_created_timestamp_seconds`.
+    Oldest,
+    /// `finovy_images_age_seconds` in the text format: its `_bucket` samples.
+    AgeBuckets,
+    /// `finovy_images_age_seconds_gcount` (text format only).
+    AgeCount,
+    /// `finovy_images_age_seconds_gsum` (text format only).
+    AgeSum,
+    /// `finovy_images_age_seconds` in OpenMetrics: one gauge histogram with each
+    /// series' buckets, `_gcount` and `_gsum` together.
+    AgeGaugeHistogram,
+    /// `finovy_images_created_total`.
+    Created,
+    /// `finovy_images_deleted_total`.
+    Deleted,
+    /// `finovy_image_status_transitions_total`.
+    Transitions,
+    /// `finovy_lifecycle_skipped_passes_total`.
+    Skipped,
+    /// `finovy_image_info`.
+    Info,
+    /// `finovy_up`.
+    Up,
+    /// `finovy_refresh_duration_seconds`.
+    Duration,
+    /// `finovy_refresh_last_success_timestamp_seconds`.
+    LastSuccess,
+    /// `finovy_refresh_interval_seconds`.
+    Interval,
+    /// `finovy_refresh_failures_total`.
+    Failures,
+    /// `finovy_pagination_anomalies_total`.
+    Anomalies,
+    /// `finovy_limit_folded_groups`.
+    Folded,
+}
+
+impl Section {
+    /// Every section, in body order.
+    pub const ALL: [Section; 19] = [
+        Section::Images,
+        Section::Size,
+        Section::Oldest,
+        Section::AgeBuckets,
+        Section::AgeCount,
+        Section::AgeSum,
+        Section::AgeGaugeHistogram,
+        Section::Created,
+        Section::Deleted,
+        Section::Transitions,
+        Section::Skipped,
+        Section::Info,
+        Section::Up,
+        Section::Duration,
+        Section::LastSuccess,
+        Section::Interval,
+        Section::Failures,
+        Section::Anomalies,
+        Section::Folded,
+    ];
+
+    /// The family whose header opens the section.
+    pub fn family(self) -> &'static Family {
+        match self {
+            Section::Images => &metrics::IMAGES,
+            Section::Size => &metrics::IMAGES_SIZE,
+            Section::Oldest => &metrics::IMAGES_OLDEST,
+            Section::AgeBuckets | Section::AgeGaugeHistogram => &metrics::IMAGES_AGE,
+            Section::AgeCount => &metrics::IMAGES_AGE_GCOUNT,
+            Section::AgeSum => &metrics::IMAGES_AGE_GSUM,
+            Section::Created => &metrics::IMAGES_CREATED,
+            Section::Deleted => &metrics::IMAGES_DELETED,
+            Section::Transitions => &metrics::STATUS_TRANSITIONS,
+            Section::Skipped => &metrics::LIFECYCLE_SKIPPED,
+            Section::Info => &metrics::IMAGE_INFO,
+            Section::Up => &metrics::UP,
+            Section::Duration => &metrics::REFRESH_DURATION,
+            Section::LastSuccess => &metrics::REFRESH_LAST_SUCCESS,
+            Section::Interval => &metrics::REFRESH_INTERVAL,
+            Section::Failures => &metrics::REFRESH_FAILURES,
+            Section::Anomalies => &metrics::PAGINATION_ANOMALIES,
+            Section::Folded => &metrics::LIMIT_FOLDED,
+        }
+    }
+
+    /// Whether its samples come from a datacenter's image series, which are
+    /// served only while fresh (see [`images`]); the others come from the
+    /// datacenter's health and counters, always served (see [`series`]).
+    pub fn from_images(self) -> bool {
+        matches!(
+            self,
+            Section::Images
+                | Section::Size
+                | Section::Oldest
+                | Section::AgeBuckets
+                | Section::AgeCount
+                | Section::AgeSum
+                | Section::AgeGaugeHistogram
+                | Section::Info
+        )
+    }
+
+    /// Whether a body in `format` has this section when `collectors` run.
+    pub fn in_body(self, format: Format, collectors: &Collectors) -> bool {
+        let text = format == Format::Text;
+        match self {
+            Section::Size => collectors.size,
+            Section::Oldest => collectors.oldest,
+            Section::AgeBuckets | Section::AgeCount | Section::AgeSum => collectors.age && text,
+            Section::AgeGaugeHistogram => collectors.age && !text,
+            Section::Created | Section::Deleted | Section::Transitions | Section::Skipped => {
+                collectors.lifecycle
+            }
+            Section::Info => collectors.image_info.is_some(),
+            _ => true,
+        }
+    }
+
+    /// The section's header in `format`, rendered once.
+    pub fn header(self, format: Format) -> &'static Piece {
+        static HEADERS: std::sync::OnceLock<[Vec<Piece>; 2]> = std::sync::OnceLock::new();
+        let headers = HEADERS.get_or_init(|| {
+            [Format::Text, Format::OpenMetrics].map(|format| {
+                let mut deflater = Deflater::new();
+                Section::ALL
+                    .iter()
+                    .map(|s| {
+                        let mut text = String::new();
+                        header(&mut text, s.family(), format);
+                        deflater.piece(&text)
+                    })
+                    .collect()
+            })
+        });
+        &headers[usize::from(format == Format::OpenMetrics)][self as usize]
+    }
+}
+
+/// A run of exposition lines, deflated (see the module's documentation).
+#[derive(Debug, Clone)]
+pub struct Piece {
+    /// Raw deflate blocks, the last one ended by a sync flush; no final block.
+    pub deflated: Arc<[u8]>,
+    /// CRC-32 of the text.
+    pub crc: u32,
+    /// Length of the text in bytes.
+    pub len: usize,
+}
+
+/// Compresses pieces, reusing one compressor (its tables are the costly part).
+pub struct Deflater {
+    compress: Compress,
+    out: Vec<u8>,
+}
+
+impl Default for Deflater {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Deflater {
+    /// A compressor at the fastest level: pieces are small and many.
+    pub fn new() -> Self {
+        Deflater {
+            compress: Compress::new(Compression::fast(), false),
+            out: Vec::new(),
+        }
+    }
+
+    /// `text` as a piece. Each piece starts a fresh deflate stream (no
+    /// back-reference reaches into another piece), which is what lets pieces be
+    /// concatenated in any order.
+    pub fn piece(&mut self, text: &str) -> Piece {
+        self.compress.reset();
+        self.out.clear();
+        self.out.reserve(text.len() / 2 + 64);
+        let input = text.as_bytes();
+        loop {
+            let read = self.compress.total_in() as usize;
+            // Compressing into a Vec only fails on a misuse of the stream, which
+            // this loop does not make; an error would show as a short piece and
+            // a broken body in every test.
+            let _ = self
+                .compress
+                .compress_vec(&input[read..], &mut self.out, FlushCompress::Sync);
+            // The flush is complete once all input is read and the output did not
+            // fill the space it was given.
+            if self.compress.total_in() as usize == input.len()
+                && self.out.len() < self.out.capacity()
+            {
+                break;
+            }
+            self.out.reserve(self.out.capacity().max(64));
+        }
+        Piece {
+            deflated: Arc::from(&self.out[..]),
+            crc: crc32fast::hash(input),
+            len: input.len(),
+        }
+    }
+}
+
+/// The pieces of one datacenter series, by section; sections with no samples
+/// have none.
+#[derive(Debug, Clone, Default)]
+pub struct Pieces(Vec<(Section, Piece)>);
+
+impl Pieces {
+    /// The piece of `section`, if it has samples.
+    pub fn get(&self, section: Section) -> Option<&Piece> {
+        self.0.iter().find(|(s, _)| *s == section).map(|(_, p)| p)
+    }
+
+    /// Bytes of text over all pieces.
+    pub fn len(&self) -> usize {
+        self.0.iter().map(|(_, p)| p.len).sum()
+    }
+
+    /// Whether no section has samples.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn add(&mut self, deflater: &mut Deflater, section: Section, text: &str) {
+        if !text.is_empty() {
+            self.0.push((section, deflater.piece(text)));
+        }
+    }
+}
+
+/// The image sections of one datacenter's successful pass: groups, sizes, oldest
+/// creation times, ages (in both formats' layouts) and the named images.
+pub fn images(
+    account: &str,
+    datacenter: &str,
+    images: &DatacenterImages,
+    named: &[NamedImage],
+    collectors: &Collectors,
+) -> Pieces {
+    let mut deflater = Deflater::new();
+    let mut pieces = Pieces::default();
+    let mut text = [String::new(), String::new(), String::new()];
+    for (group, stats) in &images.groups {
+        let labels = [account, datacenter, group.status.label(), &group.image_type];
+        sample(&mut text[0], &metrics::IMAGES, &labels, stats.count);
+        if collectors.size {
+            sample(
+                &mut text[1],
+                &metrics::IMAGES_SIZE,
+                &labels,
+                stats.size_bytes,
+            );
+        }
+        if let Some(ms) = stats.oldest_created_ms.filter(|_| collectors.oldest) {
+            sample(
+                &mut text[2],
+                &metrics::IMAGES_OLDEST,
+                &labels,
+                ms as f64 / 1000.0,
+            );
+        }
+    }
+    for (section, text) in [Section::Images, Section::Size, Section::Oldest]
+        .iter()
+        .zip(&text)
+    {
+        pieces.add(&mut deflater, *section, text);
+    }
+    if collectors.age {
+        for (section, text) in ages(account, datacenter, &images.ages) {
+            pieces.add(&mut deflater, section, &text);
+        }
+    }
+    if collectors.image_info.is_some() {
+        let mut text = String::new();
+        for n in named.iter().filter(|n| n.datacenter == datacenter) {
+            let labels = [
+                account,
+                datacenter,
+                &n.details.id,
+                &n.details.image_id,
+                &n.details.image_name,
+                &n.image_type,
+                n.status.label(),
+            ];
+            sample(&mut text, &metrics::IMAGE_INFO, &labels, 1);
+        }
+        pieces.add(&mut deflater, Section::Info, &text);
+    }
+    pieces
+}
+
+/// `finovy_images_age_seconds`: in OpenMetrics one gauge histogram (each series'
+/// buckets, `_gcount` and `_gsum` together, as it wants them); in the text format
+/// a histogram of the buckets and two gauge families (see
+/// [`metrics::Kind::as_str`]).
+fn ages(
+    account: &str,
+    datacenter: &str,
+    ages: &BTreeMap<crate::labels::Status, AgeHistogram>,
+) -> [(Section, String); 4] {
+    let family = &metrics::IMAGES_AGE;
+    let gauge_histogram = Family {
+        labels: metrics::IMAGES_AGE_GCOUNT.labels,
+        ..*family
+    };
+    let bounds: Vec<String> = AGE_BUCKETS_SECONDS
+        .iter()
+        .map(|b| format!("{b}.0"))
+        .chain(["+Inf".to_string()])
+        .collect();
+    let [mut buckets, mut count, mut sum, mut openmetrics]: [String; 4] = Default::default();
+    for (status, h) in ages {
+        let mut bucket_lines = String::new();
+        let mut cumulative = 0;
+        for (n, le) in h.buckets.iter().zip(&bounds) {
+            cumulative += n;
+            let labels = [account, datacenter, status.label(), le];
+            sample_named(&mut bucket_lines, family, "_bucket", &labels, cumulative);
+        }
+        let labels = [account, datacenter, status.label()];
+        let seconds = h.sum_ms as f64 / 1000.0;
+        buckets.push_str(&bucket_lines);
+        sample(
+            &mut count,
+            &metrics::IMAGES_AGE_GCOUNT,
+            &labels,
+            h.count() as f64,
+        );
+        sample(&mut sum, &metrics::IMAGES_AGE_GSUM, &labels, seconds);
+        openmetrics.push_str(&bucket_lines);
+        sample_named(
+            &mut openmetrics,
+            &gauge_histogram,
+            "_gcount",
+            &labels,
+            h.count(),
+        );
+        sample_named(
+            &mut openmetrics,
+            &gauge_histogram,
+            "_gsum",
+            &labels,
+            seconds,
+        );
+    }
+    [
+        (Section::AgeBuckets, buckets),
+        (Section::AgeCount, count),
+        (Section::AgeSum, sum),
+        (Section::AgeGaugeHistogram, openmetrics),
+    ]
+}
+
+/// What the health and counter sections of one datacenter series show.
+pub struct SeriesValues<'a> {
+    /// Whether the target's last pass succeeded.
+    pub up: bool,
+    /// Wall time of its last pass.
+    pub last_duration: Duration,
+    /// When it last succeeded.
+    pub last_success: Option<SystemTime>,
+    /// Time between its passes.
+    pub interval: Duration,
+    /// Failed passes, per [`Reason::index`].
+    pub failures: &'a [u64; Reason::ALL.len()],
+    /// Anomalies, per [`Anomaly::index`].
+    pub anomalies: &'a [u64; Anomaly::ALL.len()],
+    /// Groups folded by the last successful pass, per label name.
+    pub folded: &'a [(&'static str, u64)],
+    /// The lifecycle counters, when that collector runs.
+    pub lifecycle: Option<&'a LifecycleCounters>,
+}
+
+/// The health and counter sections of one datacenter series.
+pub fn series(account: &str, datacenter: &str, v: &SeriesValues<'_>) -> Pieces {
+    let mut deflater = Deflater::new();
+    let mut pieces = Pieces::default();
+    let labels = [account, datacenter];
+    let mut text = String::new();
+    let mut add = |section: Section, text: &mut String| {
+        pieces.add(&mut deflater, section, text);
+        text.clear();
+    };
+    if let Some(c) = v.lifecycle {
+        for (ty, n) in &c.created {
+            sample(
+                &mut text,
+                &metrics::IMAGES_CREATED,
+                &[account, datacenter, ty],
+                n,
+            );
+        }
+        add(Section::Created, &mut text);
+        for ((status, ty), n) in &c.deleted {
+            let labels = [account, datacenter, status.label(), ty.as_str()];
+            sample(&mut text, &metrics::IMAGES_DELETED, &labels, n);
+        }
+        add(Section::Deleted, &mut text);
+        for ((ty, from, to), n) in &c.transitions {
+            let labels = [account, datacenter, ty.as_str(), from.label(), to.label()];
+            sample(&mut text, &metrics::STATUS_TRANSITIONS, &labels, n);
+        }
+        add(Section::Transitions, &mut text);
+        sample(&mut text, &metrics::LIFECYCLE_SKIPPED, &labels, c.skipped);
+        add(Section::Skipped, &mut text);
+    }
+    sample(&mut text, &metrics::UP, &labels, u8::from(v.up));
+    add(Section::Up, &mut text);
+    let duration = v.last_duration.as_secs_f64();
+    sample(&mut text, &metrics::REFRESH_DURATION, &labels, duration);
+    add(Section::Duration, &mut text);
+    let last_success = v.last_success.map_or(0.0, crate::unix_seconds);
+    sample(
+        &mut text,
+        &metrics::REFRESH_LAST_SUCCESS,
+        &labels,
+        last_success,
+    );
+    add(Section::LastSuccess, &mut text);
+    let interval = v.interval.as_secs_f64();
+    sample(&mut text, &metrics::REFRESH_INTERVAL, &labels, interval);
+    add(Section::Interval, &mut text);
+    for reason in Reason::ALL {
+        let labels = [account, datacenter, reason.label()];
+        let n = v.failures[reason.index()];
+        sample(&mut text, &metrics::REFRESH_FAILURES, &labels, n);
+    }
+    add(Section::Failures, &mut text);
+    for anomaly in Anomaly::ALL {
+        let labels = [account, datacenter, anomaly.label()];
+        let n = v.anomalies[anomaly.index()];
+        sample(&mut text, &metrics::PAGINATION_ANOMALIES, &labels, n);
+    }
+    add(Section::Anomalies, &mut text);
+    for (label, n) in v.folded {
+        sample(
+            &mut text,
+            &metrics::LIMIT_FOLDED,
+            &[account, datacenter, label],
+            n,
+        );
+    }
+    add(Section::Folded, &mut text);
+    pieces
+}
+
+/// The `# HELP` and `# TYPE` lines of `family`. In OpenMetrics a counter's
+/// family is named without its samples' `_total`, and the help escapes quotes.
+fn header(out: &mut String, family: &Family, format: Format) {
+    let (name, kind) = match format {
+        Format::Text => (family.name, family.kind.as_str()),
+        Format::OpenMetrics => (
+            family.name.strip_suffix("_total").unwrap_or(family.name),
+            family.kind.openmetrics(),
+        ),
+    };
+    let help = match format {
+        Format::Text => std::borrow::Cow::Borrowed(family.help),
+        Format::OpenMetrics => std::borrow::Cow::Owned(family.help.replace('"', "\\\"")),
+    };
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Writes one sample of `family`; `values` follow its label names.
+fn sample(out: &mut String, family: &Family, values: &[&str], value: impl std::fmt::Display) {
+    sample_named(out, family, "", values, value);
+}
+
+/// Writes one sample of `family` named with `suffix` (`_bucket`, ...).
+fn sample_named(
+    out: &mut String,
+    family: &Family,
+    suffix: &str,
+    values: &[&str],
+    value: impl std::fmt::Display,
+) {
+    debug_assert_eq!(family.labels.len(), values.len(), "{}", family.name);
+    out.push_str(family.name);
+    out.push_str(suffix);
+    out.push('{');
+    for (i, (k, v)) in family.labels.iter().zip(values).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        escape_label_value(out, v);
+        out.push('"');
+    }
+    let _ = writeln!(out, "}} {value}");
+}
+
+/// Escapes a label value for the text format: backslash, double quote, newline.
+fn escape_label_value(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
