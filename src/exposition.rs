@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::metrics::Format;
-use crate::render::{Deflater, Piece, Section};
+use crate::render::{Piece, Pieces, Section};
 use crate::state::{Snapshot, State};
 use crate::telemetry::Telemetry;
 
@@ -30,6 +30,7 @@ pub const MAX_AGE: Duration = Duration::from_secs(1);
 struct Encoded {
     /// The snapshot generation it was assembled from.
     generation: u64,
+    /// When its snapshot was taken.
     at: Instant,
     gzip: Gzip,
     /// The inflated body, made for the first scraper that does not take gzip.
@@ -75,22 +76,29 @@ impl MetricsCache {
     }
 
     fn encoded(&self, format: Format) -> Arc<Encoded> {
+        let asked = Instant::now();
         let mut slot = self.slots[usize::from(format == Format::OpenMetrics)]
             .lock()
             .unwrap_or_else(|e| e.into_inner());
+        let started = Instant::now();
         let snapshot = self.state.snapshot();
         if let Some(body) = slot.as_ref() {
-            if body.generation == snapshot.generation && body.at.elapsed() < MAX_AGE {
+            // A body whose assembly began after this scrape asked (another
+            // scraper's, which this one waited for) is as new as this scrape:
+            // under constant publishing, waiting scrapers share one assembly
+            // instead of queueing one each.
+            let unchanged = body.generation == snapshot.generation && body.at.elapsed() < MAX_AGE;
+            if unchanged || body.at >= asked {
                 return Arc::clone(body);
             }
         }
-        let own = Deflater::new().piece(&self.own_metrics(format));
+        let own = Piece::new(&self.own_metrics(format));
         let capacity = slot
             .as_ref()
             .map_or(16 * 1024, |b| b.gzip.bytes.len() + 1024);
         let body = Arc::new(Encoded {
             generation: snapshot.generation,
-            at: Instant::now(),
+            at: started,
             gzip: assemble(&snapshot, format, None, Some(&own), capacity),
             plain: OnceLock::new(),
         });
@@ -139,8 +147,8 @@ impl Gzip {
 /// by `tail`, as one gzip member.
 ///
 /// The deflated pieces are copied in body order; the gzip trailer's CRC-32 is
-/// combined from theirs (`crc32fast`'s combine appends one CRC to another from
-/// the second's length), so no text is touched.
+/// combined from theirs (zlib's `crc32_combine_op`, with the shift each piece
+/// computed when it was made), so no text is touched.
 pub fn assemble(
     snap: &Snapshot,
     format: Format,
@@ -151,38 +159,40 @@ pub fn assemble(
     // A gzip header with no name, time or flags; "unknown" operating system.
     let mut out = Vec::with_capacity(capacity);
     out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
-    let mut crc = crc32fast::Hasher::new();
+    let mut crc = 0;
     let mut len = 0usize;
     let mut push = |piece: &Piece| {
         out.extend_from_slice(&piece.deflated);
-        crc.combine(&crc32fast::Hasher::new_with_initial_len(
-            piece.crc,
-            piece.len as u64,
-        ));
+        crc = zlib_rs::crc32::crc32_combine_op(crc, piece.crc, piece.crc_shift);
         len += piece.len;
     };
-    let targets = snap
+    // Every datacenter series once, in body order, with its image pieces while
+    // they are fresh: decided once, so that a body never has a datacenter's
+    // counts without its sizes.
+    let series: Vec<(&Pieces, Option<&Pieces>)> = snap
         .targets
         .iter()
-        .filter(|(key, _)| account.is_none_or(|a| key.account == a));
+        .filter(|(key, _)| account.is_none_or(|a| key.account == a))
+        .flat_map(|(_, t)| {
+            t.datacenters.values().map(move |s| {
+                let images = s.images.as_ref().filter(|im| t.is_fresh(im));
+                (&s.pieces, images.map(|im| &im.pieces))
+            })
+        })
+        .collect();
     for section in Section::ALL {
         if !section.in_body(format, &snap.collectors) {
             continue;
         }
         push(section.header(format));
-        for (_, t) in targets.clone() {
-            for series in t.datacenters.values() {
-                let pieces = if section.from_images() {
-                    match series.images.as_ref().filter(|im| t.is_fresh(im)) {
-                        Some(images) => &images.pieces,
-                        None => continue,
-                    }
-                } else {
-                    &series.pieces
-                };
-                if let Some(piece) = pieces.get(section) {
-                    push(piece);
-                }
+        for (counters, images) in &series {
+            let pieces = if section.from_images() {
+                *images
+            } else {
+                Some(*counters)
+            };
+            if let Some(piece) = pieces.and_then(|p| p.get(section)) {
+                push(piece);
             }
         }
     }
@@ -191,7 +201,7 @@ pub fn assemble(
     }
     // The final block: empty, fixed Huffman codes (BFINAL=1, BTYPE=01, code 256).
     out.extend_from_slice(&[0x03, 0x00]);
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
+    out.extend_from_slice(&crc.to_le_bytes());
     // ISIZE is the length modulo 2^32 (RFC 1952).
     out.extend_from_slice(&(len as u32).to_le_bytes());
     Gzip {

@@ -18,6 +18,7 @@
 //! stream inflated. Kept deflated, a large exposition costs about a seventh of
 //! its size in memory.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -161,13 +162,12 @@ impl Section {
         static HEADERS: std::sync::OnceLock<[Vec<Piece>; 2]> = std::sync::OnceLock::new();
         let headers = HEADERS.get_or_init(|| {
             [Format::Text, Format::OpenMetrics].map(|format| {
-                let mut deflater = Deflater::new();
                 Section::ALL
                     .iter()
                     .map(|s| {
                         let mut text = String::new();
                         header(&mut text, s.family(), format);
-                        deflater.piece(&text)
+                        Piece::new(&text)
                     })
                     .collect()
             })
@@ -185,33 +185,39 @@ pub struct Piece {
     pub crc: u32,
     /// Length of the text in bytes.
     pub len: usize,
+    /// What appending this piece does to the CRC of the text before it
+    /// (`x^(8·len)` modulo the CRC polynomial, zlib's `crc32_combine_gen`),
+    /// computed once here so that assembling costs one multiplication a piece.
+    pub crc_shift: u32,
 }
 
-/// Compresses pieces, reusing one compressor (its tables are the costly part).
-pub struct Deflater {
+impl Piece {
+    /// `text` as a piece. Each piece starts a fresh deflate stream (no
+    /// back-reference reaches into another piece), which is what lets pieces be
+    /// concatenated in any order.
+    pub fn new(text: &str) -> Piece {
+        thread_local! {
+            /// One compressor per thread, reset for every piece: its tables are a
+            /// few hundred kilobytes, and allocating them for every publish
+            /// costs time and, through the allocator's fragmentation, memory
+            /// (measured: 2.4 GB after 3,000 publishes, against 0.1).
+            static DEFLATER: RefCell<Deflater> = RefCell::new(Deflater {
+                compress: Compress::new(Compression::fast(), false),
+                out: Vec::new(),
+            });
+        }
+        DEFLATER.with_borrow_mut(|d| d.piece(text))
+    }
+}
+
+/// A compressor and its output buffer.
+struct Deflater {
     compress: Compress,
     out: Vec<u8>,
 }
 
-impl Default for Deflater {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Deflater {
-    /// A compressor at the fastest level: pieces are small and many.
-    pub fn new() -> Self {
-        Deflater {
-            compress: Compress::new(Compression::fast(), false),
-            out: Vec::new(),
-        }
-    }
-
-    /// `text` as a piece. Each piece starts a fresh deflate stream (no
-    /// back-reference reaches into another piece), which is what lets pieces be
-    /// concatenated in any order.
-    pub fn piece(&mut self, text: &str) -> Piece {
+    fn piece(&mut self, text: &str) -> Piece {
         self.compress.reset();
         self.out.clear();
         self.out.reserve(text.len() / 2 + 64);
@@ -235,8 +241,9 @@ impl Deflater {
         }
         Piece {
             deflated: Arc::from(&self.out[..]),
-            crc: crc32fast::hash(input),
+            crc: zlib_rs::crc32::crc32(0, input),
             len: input.len(),
+            crc_shift: zlib_rs::crc32::crc32_combine_gen(input.len() as u64),
         }
     }
 }
@@ -262,9 +269,9 @@ impl Pieces {
         self.0.is_empty()
     }
 
-    fn add(&mut self, deflater: &mut Deflater, section: Section, text: &str) {
+    fn add(&mut self, section: Section, text: &str) {
         if !text.is_empty() {
-            self.0.push((section, deflater.piece(text)));
+            self.0.push((section, Piece::new(text)));
         }
     }
 }
@@ -278,7 +285,6 @@ pub fn images(
     named: &[NamedImage],
     collectors: &Collectors,
 ) -> Pieces {
-    let mut deflater = Deflater::new();
     let mut pieces = Pieces::default();
     let mut text = [String::new(), String::new(), String::new()];
     for (group, stats) in &images.groups {
@@ -305,11 +311,11 @@ pub fn images(
         .iter()
         .zip(&text)
     {
-        pieces.add(&mut deflater, *section, text);
+        pieces.add(*section, text);
     }
     if collectors.age {
         for (section, text) in ages(account, datacenter, &images.ages) {
-            pieces.add(&mut deflater, section, &text);
+            pieces.add(section, &text);
         }
     }
     if collectors.image_info.is_some() {
@@ -326,7 +332,7 @@ pub fn images(
             ];
             sample(&mut text, &metrics::IMAGE_INFO, &labels, 1);
         }
-        pieces.add(&mut deflater, Section::Info, &text);
+        pieces.add(Section::Info, &text);
     }
     pieces
 }
@@ -415,12 +421,11 @@ pub struct SeriesValues<'a> {
 
 /// The health and counter sections of one datacenter series.
 pub fn series(account: &str, datacenter: &str, v: &SeriesValues<'_>) -> Pieces {
-    let mut deflater = Deflater::new();
     let mut pieces = Pieces::default();
     let labels = [account, datacenter];
     let mut text = String::new();
     let mut add = |section: Section, text: &mut String| {
-        pieces.add(&mut deflater, section, text);
+        pieces.add(section, text);
         text.clear();
     };
     if let Some(c) = v.lifecycle {
