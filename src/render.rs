@@ -548,3 +548,83 @@ fn escape_label_value(out: &mut String, value: &str) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::io::Read as _;
+
+    /// What `crate::exposition::assemble` does, on bare pieces: a gzip header,
+    /// the deflated pieces, an empty final block, the combined CRC and the length.
+    fn gzip(pieces: &[Piece]) -> Vec<u8> {
+        let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+        let (mut crc, mut len) = (0, 0);
+        for p in pieces {
+            out.extend_from_slice(&p.deflated);
+            crc = zlib_rs::crc32::crc32_combine_op(crc, p.crc, p.crc_shift);
+            len += p.len;
+        }
+        out.extend_from_slice(&[0x03, 0x00]);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(&(len as u32).to_le_bytes());
+        out
+    }
+
+    proptest! {
+        /// Pieces made apart and put together in any order are one valid gzip
+        /// stream of their texts in that order (the decoder checks the CRC and
+        /// the length, so a wrong combination fails here).
+        #[test]
+        fn concatenated_pieces_inflate_to_the_concatenated_texts(
+            texts in proptest::collection::vec(".{0,3000}", 0..12),
+            order in any::<proptest::sample::Index>(),
+        ) {
+            let mut texts = texts;
+            let n = texts.len();
+            if n > 1 {
+                texts.rotate_left(order.index(n));
+            }
+            let pieces: Vec<Piece> = texts.iter().map(|t| Piece::new(t)).collect();
+            let mut inflated = String::new();
+            flate2::read::GzDecoder::new(&gzip(&pieces)[..])
+                .read_to_string(&mut inflated)
+                .unwrap();
+            prop_assert_eq!(inflated, texts.concat());
+        }
+    }
+
+    #[test]
+    fn a_large_piece_keeps_every_byte() {
+        // More than the first output buffer holds, with little to compress.
+        let text: String = (0..200_000u32)
+            .map(|i| char::from(b'a' + (i.wrapping_mul(2_654_435_761) >> 27) as u8 % 26))
+            .collect();
+        let piece = Piece::new(&text);
+        assert_eq!(piece.len, text.len());
+        let mut inflated = String::new();
+        flate2::read::GzDecoder::new(&gzip(&[piece])[..])
+            .read_to_string(&mut inflated)
+            .unwrap();
+        assert_eq!(inflated, text);
+    }
+
+    #[test]
+    fn every_section_has_a_header_in_both_formats() {
+        for section in Section::ALL {
+            for format in [Format::Text, Format::OpenMetrics] {
+                let header = section.header(format);
+                assert!(header.len > 0, "{section:?} {format:?}");
+            }
+        }
+        assert_eq!(
+            Section::header(Section::AgeGaugeHistogram, Format::OpenMetrics).len,
+            {
+                let mut text = String::new();
+                header(&mut text, &metrics::IMAGES_AGE, Format::OpenMetrics);
+                assert!(text.ends_with("gaugehistogram\n"), "{text}");
+                text.len()
+            }
+        );
+    }
+}
