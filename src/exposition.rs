@@ -92,7 +92,7 @@ impl MetricsCache {
                 return Arc::clone(body);
             }
         }
-        let own = Piece::new(&self.own_metrics(format));
+        let own = Pieces::text(&self.own_metrics(format));
         let capacity = slot
             .as_ref()
             .map_or(16 * 1024, |b| b.gzip.bytes.len() + 1024);
@@ -153,7 +153,7 @@ pub fn assemble(
     snap: &Snapshot,
     format: Format,
     account: Option<&str>,
-    tail: Option<&Piece>,
+    tail: Option<&Pieces>,
     capacity: usize,
 ) -> Gzip {
     // A gzip header with no name, time or flags; "unknown" operating system.
@@ -161,8 +161,8 @@ pub fn assemble(
     out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
     let mut crc = 0;
     let mut len = 0usize;
-    let mut push = |piece: &Piece| {
-        out.extend_from_slice(&piece.deflated);
+    let mut push = |piece: Piece<'_>| {
+        out.extend_from_slice(piece.deflated);
         crc = zlib_rs::crc32::crc32_combine_op(crc, piece.crc, piece.crc_shift);
         len += piece.len;
     };
@@ -196,8 +196,8 @@ pub fn assemble(
             }
         }
     }
-    if let Some(tail) = tail {
-        push(tail);
+    for piece in tail.iter().flat_map(|t| t.iter()) {
+        push(piece);
     }
     // The final block: empty, fixed Huffman codes (BFINAL=1, BTYPE=01, code 256).
     out.extend_from_slice(&[0x03, 0x00]);

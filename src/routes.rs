@@ -189,7 +189,7 @@ impl Routes {
         let snap = self.state.snapshot();
         let mut own = Vec::with_capacity(16 * 1024);
         self.telemetry.encode_account(account, &mut own);
-        let own = crate::render::Piece::new(&String::from_utf8_lossy(&own));
+        let own = crate::render::Pieces::text(&String::from_utf8_lossy(&own));
         let body = crate::exposition::assemble(&snap, Format::Text, Some(account), Some(&own), 0);
         if gzip {
             return exposition_response(Format::Text, body.bytes, true);

@@ -314,8 +314,11 @@ async fn a_reload_adds_removes_and_changes_accounts_and_keeps_unchanged_targets_
     // lands well inside its interval, then reload.
     let key = TargetKey::datacenter("keep", "HZ");
     let first = schedule(&exporter.state, &key).unwrap();
+    // The next pass is set just after a pass publishes: wait for both.
     let before = wait_for("a fresh pass of keep/HZ", DEADLINE, || async {
-        schedule(&exporter.state, &key).filter(|s| s.0 != first.0)
+        schedule(&exporter.state, &key).filter(|s| {
+            s.0 != first.0 && s.1 > std::time::UNIX_EPOCH + std::time::Duration::from_secs_f64(s.0)
+        })
     })
     .await;
     write(
