@@ -21,10 +21,11 @@
 //! - [`aggregate`]: pure aggregation of items into groups.
 //! - [`lifecycle`]: the census of a pass's ids and the pure diff of two (creations,
 //!   deletions, status transitions).
-//! - [`state`]: the published state, per target, and its text exposition.
+//! - [`state`]: the published state, per target, and its counters.
+//! - [`render`]: a target's lines, rendered when it changes into deflated pieces.
 //! - [`metrics`]: the one table of every metric family.
 //! - [`telemetry`]: the exporter's process-wide metrics (a `prometheus` registry).
-//! - [`exposition`]: the `/metrics` body, encoded once per change or second.
+//! - [`exposition`]: the `/metrics` body, assembled from the pieces once per change or second.
 //! - [`routes`] and [`server`]: what each path answers, and the listener.
 //! - [`web_config`]: `--web.config.file` (TLS, basic auth, headers, rate limit) and its reloading.
 //! - [`healthcheck`]: the `healthcheck` subcommand, for container health checks.
