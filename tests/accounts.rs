@@ -244,6 +244,27 @@ async fn three_accounts_get_exact_numbers_a_wrong_token_fails_only_its_own_and_p
     .await;
     assert!(probe_matches.keys().all(|k| k.contains("account=\"beta\"")));
     assert!(probe_matches.contains_key("finovy_api_requests_total{account=\"beta\",code=\"200\"}"));
+    // As Prometheus asks for it: one valid gzip stream (its CRC and length checked
+    // by the decoder) of the same series.
+    let zipped = reqwest::Client::new()
+        .get(format!("http://{}/probe?account=beta", exporter.addr))
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(zipped.headers()["content-encoding"], "gzip");
+    let mut text = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(&zipped.bytes().await.unwrap()[..]),
+        &mut text,
+    )
+    .expect("the gzip body inflates");
+    let unzipped = parse_metrics(&text);
+    assert_eq!(
+        unzipped.keys().collect::<BTreeSet<_>>(),
+        probe_matches.keys().collect::<BTreeSet<_>>()
+    );
+    assert_eq!(image_counts(&unzipped, "beta"), want_b);
     for query in ["account=nobody", "", "account=beta&account=alpha"] {
         let (status, body) = get(&format!("http://{}/probe?{query}", exporter.addr)).await;
         assert_eq!(status, 400, "{query}: {body}");
