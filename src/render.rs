@@ -15,8 +15,9 @@
 //! its text. Pieces compressed independently can be concatenated into one valid
 //! deflate stream: a gzip body is a header, the pieces, an empty final block and
 //! a trailer whose CRC is combined from the pieces' CRCs. A plain body is that
-//! stream inflated. Kept deflated, a large exposition costs about a seventh of
-//! its size in memory.
+//! stream inflated. Kept deflated, a large exposition costs about a fifth of
+//! its size in memory (48.9 MB of text in 9.4 MB at 3,000 targets).
+//! A datacenter's pieces share one buffer ([`Pieces`]).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
