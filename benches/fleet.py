@@ -15,14 +15,16 @@ worth of passes (every target once) after all have finished their first:
   - the exporter's CPU time per pass (user + system over the window / passes);
   - its RSS at the end of the window and its peak (VmHWM);
   - the size of /metrics, plain and gzip-compressed;
-  - /metrics latency (p50, p99) and throughput with wrk while the targets keep
-    refreshing: one connection asking back to back, uncompressed and with gzip
-    (as Prometheus asks for it), then four gzip connections at once.
+  - /metrics latency (p50, p99) while the targets keep refreshing: gzip scrapes
+    one at a time, two a second, as a Prometheus makes them; then with wrk, one
+    connection asking back to back (saturation), uncompressed and with gzip, and
+    four gzip connections at once.
 It checks that every target is up and that the exported totals equal the
 simulator's before reporting.
 
 Usage: python3 benches/fleet.py [--accounts 1000] [--datacenters 3] [--images 100]
        [--latency-ms 20] [--concurrency 4] [--interval 10] [--wrk-seconds 5]
+       [--paced-seconds 30]
 Needs cargo and wrk (Debian package `wrk`).
 """
 
@@ -162,6 +164,7 @@ def main():
     ap.add_argument("--concurrency", type=int, default=4, help="per account")
     ap.add_argument("--interval", type=int, default=10, help="seconds")
     ap.add_argument("--wrk-seconds", type=int, default=5)
+    ap.add_argument("--paced-seconds", type=int, default=30, help="of scrapes two a second")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
     if not shutil.which("wrk"):
@@ -263,6 +266,20 @@ def main():
         # One scraper asking back to back (a Prometheus never overlaps its scrapes
         # of one target), then four at once (saturation: latency = 4 / rate).
         gzip_header = "Accept-Encoding: gzip"
+        # Scrapes as Prometheus makes them: one at a time, paced (here two a second
+        # for --paced-seconds), each timed from the request to the last byte.
+        def paced(headers):
+            times = []
+            end = time.time() + args.paced_seconds
+            while time.time() < end:
+                t = time.perf_counter()
+                fetch("http://%s/metrics" % addr, headers=headers)
+                times.append((time.perf_counter() - t) * 1000)
+                time.sleep(max(0.0, 0.5 - times[-1] / 1000))
+            times.sort()
+            return times[len(times) // 2], times[min(len(times) - 1, math.ceil(len(times) * 0.99) - 1)], len(times)
+
+        paced_p50, paced_p99, paced_n = paced({"Accept-Encoding": "gzip"})
         p50, p99, rps, non2xx = run_wrk(1)
         gz_p50, gz_p99, gz_rps, gz_non2xx = run_wrk(1, gzip_header)
         gz4_p50, gz4_p99, gz4_rps, gz4_non2xx = run_wrk(4, gzip_header)
@@ -293,6 +310,9 @@ def main():
             "metrics_gzip_p50_ms": gz_p50,
             "metrics_gzip_p99_ms": gz_p99,
             "metrics_gzip_rps": gz_rps,
+            "metrics_gzip_paced_p50_ms": round(paced_p50, 2),
+            "metrics_gzip_paced_p99_ms": round(paced_p99, 2),
+            "metrics_gzip_paced_scrapes": paced_n,
             "metrics_gzip_4_scrapers_p50_ms": gz4_p50,
             "metrics_gzip_4_scrapers_p99_ms": gz4_p99,
             "metrics_gzip_4_scrapers_rps": gz4_rps,
