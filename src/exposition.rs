@@ -216,14 +216,18 @@ pub fn assemble(
 /// becomes `unknown`, and quotes in help texts are escaped. Samples are otherwise
 /// the same in both formats.
 pub fn to_openmetrics(text: &str, out: &mut Vec<u8>) {
+    // Each family's type, read once: a `# HELP` line comes before its `# TYPE`.
+    let types: std::collections::HashMap<&str, &str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split_once(' '))
+        .collect();
     // The counter family being converted, and whether its samples need `_total`.
     let mut counter: Option<(String, bool)> = None;
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# HELP ") {
             let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
-            let kind = type_of(text, name);
-            let name = match kind {
-                Some("counter") => name.strip_suffix("_total").unwrap_or(name),
+            let name = match types.get(name) {
+                Some(&"counter") => name.strip_suffix("_total").unwrap_or(name),
                 _ => name,
             };
             let help = help.replace('"', "\\\"");
@@ -255,12 +259,6 @@ pub fn to_openmetrics(text: &str, out: &mut Vec<u8>) {
             out.push(b'\n');
         }
     }
-}
-
-/// The `# TYPE` of `name` in `text`, if declared.
-fn type_of<'a>(text: &'a str, name: &str) -> Option<&'a str> {
-    let prefix = format!("# TYPE {name} ");
-    text.lines().find_map(|l| l.strip_prefix(prefix.as_str()))
 }
 
 #[cfg(test)]
