@@ -1,13 +1,13 @@
-//! The published state: what the last pass of every target found, its counters,
-//! and their text exposition.
+//! The published state: what the last pass of every target found, and its
+//! counters, with their exposition already rendered.
 //!
-//! Every pass publishes by building a new [`TargetState`] and swapping a new
-//! immutable [`Snapshot`] in whole, so a scrape sees each target either before or
-//! after a pass, never half of one. A target's series are rendered into pieces
-//! ([`crate::render`]) when it changes, not when scraped; a scrape copies the
-//! pieces of every datacenter, leaving out image series older than their
-//! stale-after. The lock is held only to change one target (copy-on-write: a
-//! snapshot a scrape still holds is left as it was), never across I/O.
+//! Every pass publishes by changing its [`TargetState`] copy-on-write under the
+//! lock, so a scrape, which holds an immutable [`Snapshot`], sees each target
+//! either before or after a pass, never half of one. A target's series are
+//! rendered into pieces ([`crate::render`]) when it changes, not when scraped; a
+//! scrape copies the pieces of every datacenter, leaving out image series older
+//! than their stale-after. The lock is held only to change one target, never
+//! across I/O.
 //!
 //! A target's counters (failures, anomalies) live here, beside its series, so that
 //! they vanish with the target (removed from the configuration, or a datacenter
