@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{parse_metrics, wait_for, ExporterProcess, LoopbackSim};
+use common::{
+    get, parse_metrics, post, scrape, status_label, wait_for, ExporterProcess, LoopbackSim,
+};
 use finovy_image_exporter::account::TargetKey;
 use finovy_image_exporter::sim::{
     self, AuthStyle, FaultAction, FaultRule, Faults, SimAccount, SimImage, Simulator,
@@ -76,35 +78,6 @@ async fn start_exporter(args: &[&str]) -> Running {
         addr,
         state,
         _stop: stop,
-    }
-}
-
-async fn get(url: &str) -> (u16, String) {
-    finovy_image_exporter::install_crypto_provider();
-    let resp = reqwest::get(url).await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.text().await.unwrap())
-}
-
-async fn post(url: &str) -> (u16, String) {
-    let resp = reqwest::Client::new().post(url).send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.text().await.unwrap())
-}
-
-async fn scrape(addr: SocketAddr) -> BTreeMap<String, f64> {
-    let (status, body) = get(&format!("http://{addr}/metrics")).await;
-    assert_eq!(status, 200);
-    parse_metrics(&body)
-}
-
-fn status_label(code: u8) -> &'static str {
-    match code {
-        0 => "creating",
-        1 => "available",
-        2 => "failed",
-        3 => "expired",
-        _ => "unknown",
     }
 }
 

@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{parse_metrics, wait_for, ExporterProcess, LoopbackSim};
+use common::{get, parse_metrics, scrape, status_label, wait_for, ExporterProcess, LoopbackSim};
 use finovy_image_exporter::sim::{self, AuthStyle, Faults, SimImage, SimOptions, Simulator};
 use tokio::sync::oneshot;
 
@@ -71,29 +71,6 @@ async fn start_exporter(
     args.extend_from_slice(extra);
     let (addr, stop) = common::spawn_exporter(args).await;
     RunningExporter { addr, _stop: stop }
-}
-
-async fn get(url: &str) -> (u16, String) {
-    finovy_image_exporter::install_crypto_provider();
-    let resp = reqwest::get(url).await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.text().await.unwrap())
-}
-
-async fn scrape(addr: SocketAddr) -> BTreeMap<String, f64> {
-    let (status, body) = get(&format!("http://{addr}/metrics")).await;
-    assert_eq!(status, 200);
-    parse_metrics(&body)
-}
-
-fn status_label(code: u8) -> &'static str {
-    match code {
-        0 => "creating",
-        1 => "available",
-        2 => "failed",
-        3 => "expired",
-        _ => "unknown",
-    }
 }
 
 /// The image series the exporter must publish for `images`, computed here

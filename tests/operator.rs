@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{parse_metrics, wait_for, ExporterProcess, LoopbackSim};
+use common::{get, parse_metrics, wait_for, ExporterProcess, LoopbackSim};
 use finovy_image_exporter::sim::{self, SimOptions, Simulator};
 use serde_json::Value;
 
@@ -43,12 +43,6 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-async fn get(url: &str) -> (u16, String) {
-    finovy_image_exporter::install_crypto_provider();
-    let resp = reqwest::get(url).await.unwrap();
-    (resp.status().as_u16(), resp.text().await.unwrap())
 }
 
 async fn metrics(process: &ExporterProcess) -> BTreeMap<String, f64> {

@@ -75,13 +75,7 @@ struct Read {
 
 fn read_exactly(im: &SimImage) -> Read {
     Read {
-        status: match im.status {
-            0 => "creating",
-            1 => "available",
-            2 => "failed",
-            3 => "expired",
-            _ => "unknown",
-        },
+        status: common::status_label(im.status),
         image_type: if im.image_type.is_empty() {
             "unknown".into()
         } else {

@@ -228,3 +228,37 @@ where
     }));
     (addr, stop)
 }
+
+/// GET `url`: the status and the body as text.
+pub async fn get(url: &str) -> (u16, String) {
+    finovy_image_exporter::install_crypto_provider();
+    let resp = reqwest::get(url).await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// POST to `url` with no body: the status and the body as text.
+pub async fn post(url: &str) -> (u16, String) {
+    finovy_image_exporter::install_crypto_provider();
+    let resp = reqwest::Client::new().post(url).send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap())
+}
+
+/// The samples of `/metrics` at `addr`, which must answer 200.
+pub async fn scrape(addr: std::net::SocketAddr) -> std::collections::BTreeMap<String, f64> {
+    let (status, body) = get(&format!("http://{addr}/metrics")).await;
+    assert_eq!(status, 200);
+    parse_metrics(&body)
+}
+
+/// The `status` label of an upstream status code, as the API document lists
+/// them: the tests' own reading, kept apart from the library's
+/// (`labels::Status::from_code`) so that a mistake there fails a test.
+pub fn status_label(code: u8) -> &'static str {
+    match code {
+        0 => "creating",
+        1 => "available",
+        2 => "failed",
+        3 => "expired",
+        _ => "unknown",
+    }
+}
