@@ -38,108 +38,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release")
+from harness import BIN, ROOT, Proc, cpu_seconds, fetch, log, parse_wrk, proc_status, ready, wait
+
 PAGE_SIZE = 100
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-class Proc:
-    """A child process whose output is read in the background."""
-
-    def __init__(self, args, env=None, ready=None, timeout=120):
-        self.p = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
-        )
-        self.lines = []
-        self.found = threading.Event()
-        self.match = None
-        self.ready = re.compile(ready) if ready else None
-        threading.Thread(target=self._read, daemon=True).start()
-        if self.ready and not self.found.wait(timeout):
-            self.stop()
-            raise RuntimeError("%s did not start:\n%s" % (args[0], "\n".join(self.lines[-20:])))
-
-    def _read(self):
-        for line in self.p.stdout:
-            self.lines.append(line.rstrip())
-            if self.ready and not self.found.is_set():
-                m = self.ready.search(line)
-                if m:
-                    self.match = m
-                    self.found.set()
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.terminate()
-            try:
-                self.p.wait(10)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-
-
-def proc_status(pid, key):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def cpu_seconds(pid):
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def fetch(url, timeout=30, headers=None):
-    req = urllib.request.Request(url, headers=headers or {})
-    with urllib.request.urlopen(req, timeout=timeout) as r:
-        return r.status, r.read()
-
-
-def wait(what, cond, deadline_s):
-    end = time.time() + deadline_s
-    while time.time() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.1)
-    raise RuntimeError("timed out waiting for " + what)
-
-
-def ready(addr):
-    try:
-        return fetch("http://%s/readyz" % addr, timeout=5)[0] == 200
-    except Exception:
-        return False
-
-
-def parse_wrk(out):
-    def dur(s):
-        m = re.match(r"([0-9.]+)(us|ms|s)", s)
-        v = float(m.group(1))
-        return v / 1000 if m.group(2) == "us" else v if m.group(2) == "ms" else v * 1000
-
-    p50 = p99 = rps = None
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] == "50%":
-            p50 = dur(parts[1])
-        if len(parts) == 2 and parts[0] == "99%":
-            p99 = dur(parts[1])
-        if line.startswith("Requests/sec:"):
-            rps = float(line.split()[1])
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return p50, p99, rps, int(non2xx.group(1)) if non2xx else 0
 
 
 def finished_passes(lines):
@@ -219,11 +122,11 @@ def main():
         # One interval's worth: every target once more, after the first passes.
         start_passes = len(finished_passes(list(exp.lines))[0])
         held0 = json.loads(fetch("http://%s/_sim/held" % sim_addr)[1])
-        cpu0, t0 = cpu_seconds(pid), time.time()
+        cpu0, t0 = sum(cpu_seconds(pid)), time.time()
         wait("one interval of passes",
              lambda: len(finished_passes(list(exp.lines))[0]) >= start_passes + targets,
              10 * args.interval + 60)
-        cpu1, t1 = cpu_seconds(pid), time.time()
+        cpu1, t1 = sum(cpu_seconds(pid)), time.time()
         held1 = json.loads(fetch("http://%s/_sim/held" % sim_addr)[1])
         rss, peak = proc_status(pid, "VmRSS"), proc_status(pid, "VmHWM")
         passes, failed = finished_passes(list(exp.lines))

@@ -32,75 +32,14 @@ import argparse
 import json
 import math
 import os
-import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release")
+from harness import BIN, ROOT, Proc, cpu_seconds, fetch, log, parse_wrk, proc_status, ready, wait
+
 PAGE_SIZE = 100
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
-
-
-class Proc:
-    """A child process whose output is read in the background."""
-
-    def __init__(self, args, env=None, ready=None, timeout=120):
-        self.p = subprocess.Popen(
-            args,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-        )
-        self.lines = []
-        self.found = threading.Event()
-        self.match = None
-        self.ready = re.compile(ready) if ready else None
-        threading.Thread(target=self._read, daemon=True).start()
-        if self.ready and not self.found.wait(timeout):
-            self.stop()
-            raise RuntimeError("%s did not start:\n%s" % (args[0], "\n".join(self.lines[-20:])))
-
-    def _read(self):
-        for line in self.p.stdout:
-            self.lines.append(line.rstrip())
-            if self.ready and not self.found.is_set():
-                m = self.ready.search(line)
-                if m:
-                    self.match = m
-                    self.found.set()
-
-    def stop(self):
-        if self.p.poll() is None:
-            self.p.terminate()
-            try:
-                self.p.wait(10)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-
-
-def proc_status(pid, key):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def cpu_seconds(pid):
-    """User and system CPU seconds of the whole process."""
-    with open("/proc/%d/stat" % pid) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
 
 
 def context_switches(pid):
@@ -118,35 +57,13 @@ def context_switches(pid):
     return total
 
 
-def fetch(url, timeout=10):
-    with urllib.request.urlopen(url, timeout=timeout) as r:
-        return r.status, r.read().decode()
-
-
 def metrics(addr):
     out = {}
-    for line in fetch("http://%s/metrics" % addr)[1].splitlines():
+    for line in fetch("http://%s/metrics" % addr)[1].decode().splitlines():
         if line and not line.startswith("#"):
             series, value = line.rsplit(" ", 1)
             out[series] = float(value)
     return out
-
-
-def wait(what, cond, deadline_s):
-    end = time.time() + deadline_s
-    while time.time() < end:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise RuntimeError("timed out waiting for " + what)
-
-
-def ready(addr):
-    try:
-        return fetch("http://%s/readyz" % addr, timeout=2)[0] == 200
-    except Exception:
-        return False
 
 
 # Extra exporter flags per --collectors setting.
@@ -177,25 +94,6 @@ def held(sim_addr):
 
 def best_schedule(pages, concurrency, latency):
     return latency * (1 + math.ceil(max(pages - 1, 0) / concurrency))
-
-
-def parse_wrk(out):
-    def dur(s):
-        m = re.match(r"([0-9.]+)(us|ms|s)", s)
-        v = float(m.group(1))
-        return v / 1000 if m.group(2) == "us" else v if m.group(2) == "ms" else v * 1000
-
-    p50 = p99 = rps = None
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[0] == "50%":
-            p50 = dur(parts[1])
-        if len(parts) == 2 and parts[0] == "99%":
-            p99 = dur(parts[1])
-        if line.startswith("Requests/sec:"):
-            rps = float(line.split()[1])
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return p50, p99, rps, int(non2xx.group(1)) if non2xx else 0
 
 
 def run_case(sim_addr, images, dcs, concurrency, latency, wrk_seconds, collectors):
