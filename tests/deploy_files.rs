@@ -1327,6 +1327,7 @@ fn dockerfile_runs_the_exporter_as_non_root() {
     );
     assert!(dockerfile.contains("--bin finovy-image-exporter"));
     assert!(instructions.contains(&"ENV MALLOC_ARENA_MAX=2"));
+    assert!(instructions.contains(&"ENV MALLOC_MMAP_THRESHOLD_=1048576"));
 
     // The health check runs the exporter's own `healthcheck` subcommand (no curl in the
     // image), against the port it exposes.
@@ -1485,6 +1486,8 @@ fn systemd_unit_verifies_and_is_hardened() {
         ("LimitNOFILE", "65536"),
         // Fewer glibc arenas, a smaller resident set; the exporter no longer sets it.
         ("Environment", "MALLOC_ARENA_MAX=2"),
+        // Large freed bodies go back to the system instead of staying in the heap.
+        ("Environment", "MALLOC_MMAP_THRESHOLD_=1048576"),
     ] {
         assert!(has(key, value), "{SYSTEMD_UNIT} lacks {key}={value}");
     }
