@@ -1,6 +1,7 @@
 //! Micro-benchmark of `/metrics` at fleet size: publishing one target's pass
-//! (rendering and deflating its pieces), assembling the gzip body of every
-//! target, and inflating it for a scraper that does not take gzip.
+//! (rendering and deflating its pieces), rendering an account's upstream lines
+//! after a request, assembling the gzip body of every target and account, and
+//! inflating it for a scraper that does not take gzip.
 //!
 //! Run with `cargo bench --bench exposition [-- TARGETS]` (default 3,000 targets
 //! of 100 images each, as `benches/fleet.py` has them). Prints milliseconds per
@@ -12,10 +13,11 @@ use std::time::{Duration, Instant};
 use finovy_image_exporter::account::TargetKey;
 use finovy_image_exporter::aggregate::{Aggregator, Options};
 use finovy_image_exporter::config::SizeUnit;
-use finovy_image_exporter::exposition::assemble;
+use finovy_image_exporter::exposition::{assemble, Gzip, Parts};
 use finovy_image_exporter::metrics::Format;
 use finovy_image_exporter::sim::{generate, GenerateOptions};
 use finovy_image_exporter::state::{Lifecycle, Outcome, State};
+use finovy_image_exporter::telemetry::Telemetry;
 use finovy_image_exporter::upstream::wire::decode_page;
 
 const NOW_MS: i64 = 1_790_000_000_000;
@@ -100,10 +102,34 @@ fn main() {
         );
         i += 1;
     });
+    // Every account's upstream lines, as after a few requests each.
+    let telemetry = Telemetry::new();
+    for key in &keys {
+        let upstream = telemetry.upstream(&key.account);
+        upstream.set_concurrency_limit(4);
+        upstream.request("200", 0.021);
+    }
+    let mut i = 0;
+    let account_render = fastest(|| {
+        // One request changes the account's lines; the next call renders them.
+        let upstream = telemetry.upstream(&keys[i % targets].account);
+        upstream.request("200", 0.02);
+        black_box(upstream.pieces());
+        i += 1;
+    });
+    let upstream = telemetry.upstream_pieces(None);
+
     let snap = state.snapshot();
     let mut gzip = None;
     let assembly = fastest(|| {
-        gzip = Some(black_box(assemble(&snap, Format::Text, None, None, 0)));
+        let parts = Parts {
+            snapshot: &snap,
+            account: None,
+            upstream: &upstream,
+            tail: None,
+        };
+        let capacity = gzip.as_ref().map_or(0, |g: &Gzip| g.bytes.len() + 1024);
+        gzip = Some(black_box(assemble(&parts, Format::Text, capacity)));
     });
     let gzip = gzip.unwrap();
 
@@ -114,6 +140,10 @@ fn main() {
     println!(
         "  publish one pass (render + deflate): {:>8.3} ms",
         ms(publish)
+    );
+    println!(
+        "  render an account's upstream lines:  {:>8.3} ms",
+        ms(account_render)
     );
     println!(
         "  assemble the gzip body:              {:>8.3} ms",

@@ -1,13 +1,15 @@
 //! The `/metrics` body: assembled from the pieces every target rendered when it
 //! published ([`crate::render`]), and served to every scraper that asks soon after.
 //!
-//! Assembling copies the deflated pieces of every datacenter series, section by
-//! section, under one gzip header and trailer: a few milliseconds even for
-//! thousands of targets, however many published since the last scrape. A plain
-//! body is that gzip stream inflated (which checks its CRC and length). The
-//! exporter's own metrics (the `prometheus` registry and the `process_*`
-//! collector, which reads `/proc`) are encoded with each assembly and appended as
-//! the last piece. A body is served again while no target publishes, for at most
+//! Assembling copies the deflated pieces of every datacenter series and of every
+//! account's upstream calls, section by section, under one gzip header and
+//! trailer: a few milliseconds even for thousands of targets, however many
+//! published since the last scrape. A plain body is that gzip stream inflated
+//! (which checks its CRC and length). An account whose requests changed since
+//! the last assembly renders its upstream lines again first
+//! ([`crate::telemetry::Upstream::pieces`]). The few process-wide metrics (the
+//! `prometheus` registry and its `process_*` collector, which reads `/proc`) are
+//! encoded with each assembly and appended as the last piece. A body is served again while no target publishes, for at most
 //! [`MAX_AGE`]. Every body is assembled from one snapshot, so a scrape never
 //! mixes two passes of a target.
 
@@ -92,14 +94,21 @@ impl MetricsCache {
                 return Arc::clone(body);
             }
         }
+        let upstream = self.telemetry.upstream_pieces(None);
         let own = Pieces::text(&self.own_metrics(format));
         let capacity = slot
             .as_ref()
             .map_or(16 * 1024, |b| b.gzip.bytes.len() + 1024);
+        let parts = Parts {
+            snapshot: &snapshot,
+            account: None,
+            upstream: &upstream,
+            tail: Some(&own),
+        };
         let body = Arc::new(Encoded {
             generation: snapshot.generation,
             at: started,
-            gzip: assemble(&snapshot, format, None, Some(&own), capacity),
+            gzip: assemble(&parts, format, capacity),
             plain: OnceLock::new(),
         });
         *slot = Some(Arc::clone(&body));
@@ -143,19 +152,26 @@ impl Gzip {
     }
 }
 
-/// The body of `snap` in `format` (only `account`'s series when given), followed
-/// by `tail`, as one gzip member.
+/// What a body is assembled from.
+pub struct Parts<'a> {
+    /// The published target series.
+    pub snapshot: &'a Snapshot,
+    /// Only this account's target series (`/probe`), or every account's.
+    pub account: Option<&'a str>,
+    /// The upstream pieces of the accounts served, in account order
+    /// ([`Telemetry::upstream_pieces`]).
+    pub upstream: &'a [Arc<Pieces>],
+    /// Pieces after every section (the exporter's own metrics).
+    pub tail: Option<&'a Pieces>,
+}
+
+/// The body of `parts` in `format`, as one gzip member.
 ///
 /// The deflated pieces are copied in body order; the gzip trailer's CRC-32 is
 /// combined from theirs (zlib's `crc32_combine_op`, with the shift each piece
 /// computed when it was made), so no text is touched.
-pub fn assemble(
-    snap: &Snapshot,
-    format: Format,
-    account: Option<&str>,
-    tail: Option<&Pieces>,
-    capacity: usize,
-) -> Gzip {
+pub fn assemble(parts: &Parts<'_>, format: Format, capacity: usize) -> Gzip {
+    let snap = parts.snapshot;
     // A gzip header with no name, time or flags; "unknown" operating system.
     let mut out = Vec::with_capacity(capacity);
     out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
@@ -163,40 +179,41 @@ pub fn assemble(
     let mut len = 0usize;
     let mut push = |piece: Piece<'_>| {
         out.extend_from_slice(piece.deflated);
-        crc = zlib_rs::crc32::crc32_combine_op(crc, piece.crc, piece.crc_shift);
+        crc = crc32_combine_op(crc, piece.crc, piece.crc_shift);
         len += piece.len;
     };
-    // Every datacenter series once, in body order, with its image pieces while
-    // they are fresh: decided once, so that a body never has a datacenter's
-    // counts without its sizes.
-    let series: Vec<(&Pieces, Option<&Pieces>)> = snap
-        .targets
-        .iter()
-        .filter(|(key, _)| account.is_none_or(|a| key.account == a))
-        .flat_map(|(_, t)| {
-            t.datacenters.values().map(move |s| {
-                let images = s.images.as_ref().filter(|im| t.is_fresh(im));
-                (&s.pieces, images.map(|im| &im.pieces))
-            })
-        })
-        .collect();
-    for section in Section::ALL {
+    // Every piece of the body, by section. Each datacenter series (with its
+    // image pieces while they are fresh: decided once, so that a body never has a
+    // datacenter's counts without its sizes) and each account is read once, in
+    // body order; looking each section up in every series instead made nine
+    // tenths of an assembly cache misses (measured at 3,000 targets).
+    let mut by_section: [Vec<Piece<'_>>; Section::ALL.len()] =
+        std::array::from_fn(|_| Vec::with_capacity(snap.targets.len() + parts.upstream.len()));
+    let mut sort = |pieces| sort_into(&mut by_section, pieces);
+    for (key, t) in &snap.targets {
+        if parts.account.is_some_and(|a| key.account != a) {
+            continue;
+        }
+        for s in t.datacenters.values() {
+            sort(&s.pieces);
+            if let Some(images) = s.images.as_ref().filter(|im| t.is_fresh(im)) {
+                sort(&images.pieces);
+            }
+        }
+    }
+    for pieces in parts.upstream {
+        sort(pieces);
+    }
+    for (section, pieces) in Section::ALL.iter().zip(&by_section) {
         if !section.in_body(format, &snap.collectors) {
             continue;
         }
         push(section.header(format));
-        for (counters, images) in &series {
-            let pieces = if section.from_images() {
-                *images
-            } else {
-                Some(*counters)
-            };
-            if let Some(piece) = pieces.and_then(|p| p.get(section)) {
-                push(piece);
-            }
+        for piece in pieces {
+            push(*piece);
         }
     }
-    for piece in tail.iter().flat_map(|t| t.iter()) {
+    for piece in parts.tail.iter().flat_map(|t| t.iter()) {
         push(piece);
     }
     // The final block: empty, fixed Huffman codes (BFINAL=1, BTYPE=01, code 256).
@@ -207,6 +224,32 @@ pub fn assemble(
     Gzip {
         bytes: Bytes::from(out),
         len,
+    }
+}
+
+/// The CRC-32 of a text `A` followed by `B`, from the CRC of `A`, the CRC of
+/// `B` and the shift of `B`'s length (zlib's `crc32_combine_op`).
+///
+/// zlib's `multmodp`, which zlib-rs follows, branches on every bit of the shift,
+/// so that the branch predictor misses about half of them: 170 ns a piece, nine
+/// tenths of assembling 55,000 pieces (measured). Masks instead of branches make
+/// it about ten times faster; `crc_combination_is_zlibs` holds it to zlib-rs.
+fn crc32_combine_op(crc1: u32, crc2: u32, shift: u32) -> u32 {
+    // `shift · crc1` modulo the CRC polynomial, both bit-reflected: bit 31 of
+    // `shift` is its x^0 coefficient, and each step multiplies `b` by x.
+    let (mut product, mut b) = (0u32, crc1);
+    for i in 0..32 {
+        let bit = (shift >> (31 - i)) & 1;
+        product ^= b & bit.wrapping_neg();
+        b = (b >> 1) ^ (0xedb8_8320 & (b & 1).wrapping_neg());
+    }
+    product ^ crc2
+}
+
+/// Adds each of `pieces` to the list of its section.
+fn sort_into<'a>(by_section: &mut [Vec<Piece<'a>>], pieces: &'a Pieces) {
+    for (section, piece) in pieces.sections() {
+        by_section[section.index()].push(piece);
     }
 }
 
@@ -303,6 +346,31 @@ mod tests {
         let om = String::from_utf8_lossy(&om);
         assert!(om.ends_with("# EOF\n"), "{om}");
         assert!(om.contains("# TYPE finovy_refresh_failures counter\n"));
+    }
+
+    proptest::proptest! {
+        /// The branch-free combination gives zlib's result for any CRCs and
+        /// lengths, and the CRC of the concatenated texts.
+        #[test]
+        fn crc_combination_is_zlibs(
+            a in proptest::prelude::any::<u32>(),
+            b in proptest::prelude::any::<u32>(),
+            len in 0u64..1 << 40,
+            x in ".{0,200}",
+            y in ".{0,200}",
+        ) {
+            let shift = zlib_rs::crc32::crc32_combine_gen(len);
+            proptest::prop_assert_eq!(
+                crc32_combine_op(a, b, shift),
+                zlib_rs::crc32::crc32_combine_op(a, b, shift)
+            );
+            let crc = zlib_rs::crc32::crc32;
+            let shift = zlib_rs::crc32::crc32_combine_gen(y.len() as u64);
+            proptest::prop_assert_eq!(
+                crc32_combine_op(crc(0, x.as_bytes()), crc(0, y.as_bytes()), shift),
+                crc(0, format!("{x}{y}").as_bytes())
+            );
+        }
     }
 
     #[test]

@@ -2,9 +2,10 @@
 //! labels.
 //!
 //! Two renderers use it. The per-target families (the image series, health,
-//! per-target counters) are rendered from the published state by
-//! [`crate::state`]; the process-wide ones live in a `prometheus` registry
-//! ([`crate::telemetry`]), built from the same entries. A family is defined here
+//! per-target counters) and the per-account upstream families are rendered into
+//! pieces by [`crate::render`], from the published state and from
+//! [`crate::telemetry::Upstream`]; the process-wide ones live in a `prometheus`
+//! registry ([`crate::telemetry`]), built from the same entries. A family is defined here
 //! and nowhere else, so a reader finds what `/metrics` promises in one place, and
 //! the golden file test (`tests/golden.rs`) holds the whole exposition to it.
 

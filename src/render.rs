@@ -27,7 +27,7 @@ use std::time::{Duration, SystemTime};
 use flate2::{Compress, Compression, FlushCompress};
 
 use crate::aggregate::{AgeHistogram, DatacenterImages, NamedImage, AGE_BUCKETS_SECONDS};
-use crate::labels::{Anomaly, Reason};
+use crate::labels::{Anomaly, Field, Reason};
 use crate::lifecycle::LifecycleCounters;
 use crate::metrics::{self, Collectors, Family, Format};
 
@@ -74,11 +74,30 @@ pub enum Section {
     Anomalies,
     /// `finovy_limit_folded_groups`.
     Folded,
+    /// `finovy_api_concurrency_limit`.
+    ApiConcurrency,
+    /// `finovy_api_invalid_items_total`.
+    ApiInvalid,
+    /// `finovy_api_request_duration_seconds`.
+    ApiDuration,
+    /// `finovy_api_requests_total`.
+    ApiRequests,
+}
+
+/// Where a section's samples come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A datacenter's image series, served only while fresh (see [`images`]).
+    Images,
+    /// A datacenter's health and counters, always served (see [`series`]).
+    Series,
+    /// An account's upstream calls (see [`upstream`]).
+    Account,
 }
 
 impl Section {
     /// Every section, in body order.
-    pub const ALL: [Section; 19] = [
+    pub const ALL: [Section; 23] = [
         Section::Images,
         Section::Size,
         Section::Oldest,
@@ -98,7 +117,18 @@ impl Section {
         Section::Failures,
         Section::Anomalies,
         Section::Folded,
+        // The account sections, in the name order the registry's families had
+        // before they were rendered here (the golden files hold it).
+        Section::ApiConcurrency,
+        Section::ApiInvalid,
+        Section::ApiDuration,
+        Section::ApiRequests,
     ];
+
+    /// The position in [`Section::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
 
     /// The family whose header opens the section.
     pub fn family(self) -> &'static Family {
@@ -121,24 +151,30 @@ impl Section {
             Section::Failures => &metrics::REFRESH_FAILURES,
             Section::Anomalies => &metrics::PAGINATION_ANOMALIES,
             Section::Folded => &metrics::LIMIT_FOLDED,
+            Section::ApiConcurrency => &metrics::API_CONCURRENCY_LIMIT,
+            Section::ApiInvalid => &metrics::API_INVALID_ITEMS,
+            Section::ApiDuration => &metrics::API_DURATION,
+            Section::ApiRequests => &metrics::API_REQUESTS,
         }
     }
 
-    /// Whether its samples come from a datacenter's image series, which are
-    /// served only while fresh (see [`images`]); the others come from the
-    /// datacenter's health and counters, always served (see [`series`]).
-    pub fn from_images(self) -> bool {
-        matches!(
-            self,
+    /// Where its samples come from.
+    pub fn source(self) -> Source {
+        match self {
             Section::Images
-                | Section::Size
-                | Section::Oldest
-                | Section::AgeBuckets
-                | Section::AgeCount
-                | Section::AgeSum
-                | Section::AgeGaugeHistogram
-                | Section::Info
-        )
+            | Section::Size
+            | Section::Oldest
+            | Section::AgeBuckets
+            | Section::AgeCount
+            | Section::AgeSum
+            | Section::AgeGaugeHistogram
+            | Section::Info => Source::Images,
+            Section::ApiConcurrency
+            | Section::ApiInvalid
+            | Section::ApiDuration
+            | Section::ApiRequests => Source::Account,
+            _ => Source::Series,
+        }
     }
 
     /// Whether a body in `format` has this section when `collectors` run.
@@ -226,6 +262,13 @@ impl Pieces {
     pub fn get(&self, section: Section) -> Option<Piece<'_>> {
         let entry = self.entries.iter().find(|e| e.section == Some(section))?;
         Some(self.piece(entry))
+    }
+
+    /// The pieces of sections, with their section, in the order they were added.
+    pub fn sections(&self) -> impl Iterator<Item = (Section, Piece<'_>)> {
+        self.entries
+            .iter()
+            .filter_map(|e| Some((e.section?, self.piece(e))))
     }
 
     /// Every piece, in the order they were added.
@@ -553,6 +596,73 @@ pub fn series(account: &str, datacenter: &str, v: &SeriesValues<'_>) -> Pieces {
     pieces.finish()
 }
 
+/// What the upstream sections of one account show.
+pub struct UpstreamValues<'a> {
+    /// Requests by their `code` label, in label order.
+    pub requests: &'a BTreeMap<String, u64>,
+    /// The upper bound of each duration bucket, with the requests that took more
+    /// than the bound before it and at most this one (not cumulative).
+    pub duration_buckets: &'a [(f64, u64)],
+    /// Seconds over all requests.
+    pub duration_sum: f64,
+    /// Requests timed.
+    pub duration_count: u64,
+    /// Items counted although a field was unreadable, per [`Field::index`].
+    pub invalid: &'a [u64; Field::ALL.len()],
+    /// The concurrency limit, once the account's budget has set it.
+    pub concurrency_limit: Option<u32>,
+}
+
+/// The upstream sections of one account: its concurrency limit, unreadable
+/// fields, request durations and requests. Samples are ordered by label value,
+/// as the `prometheus` registry ordered them before these families moved here.
+pub fn upstream(account: &str, v: &UpstreamValues<'_>) -> Pieces {
+    let mut pieces = Builder::default();
+    let mut text = String::new();
+    let mut add = |section: Section, text: &mut String| {
+        pieces.add(Some(section), text);
+        text.clear();
+    };
+    if let Some(limit) = v.concurrency_limit {
+        sample(
+            &mut text,
+            &metrics::API_CONCURRENCY_LIMIT,
+            &[account],
+            limit,
+        );
+    }
+    add(Section::ApiConcurrency, &mut text);
+    let mut fields = Field::ALL.to_vec();
+    fields.sort_by_key(|f| f.label());
+    for field in fields {
+        let labels = [account, field.label()];
+        let n = v.invalid[field.index()];
+        sample(&mut text, &metrics::API_INVALID_ITEMS, &labels, n);
+    }
+    add(Section::ApiInvalid, &mut text);
+    let buckets = Family {
+        labels: &["account", "le"],
+        ..metrics::API_DURATION
+    };
+    let mut cumulative = 0;
+    for (bound, n) in v.duration_buckets {
+        cumulative += n;
+        let le = bound.to_string();
+        sample_named(&mut text, &buckets, "_bucket", &[account, &le], cumulative);
+    }
+    let count = v.duration_count;
+    sample_named(&mut text, &buckets, "_bucket", &[account, "+Inf"], count);
+    let family = &metrics::API_DURATION;
+    sample_named(&mut text, family, "_sum", &[account], v.duration_sum);
+    sample_named(&mut text, family, "_count", &[account], count);
+    add(Section::ApiDuration, &mut text);
+    for (code, n) in v.requests {
+        sample(&mut text, &metrics::API_REQUESTS, &[account, code], n);
+    }
+    add(Section::ApiRequests, &mut text);
+    pieces.finish()
+}
+
 /// The `# HELP` and `# TYPE` lines of `family`. In OpenMetrics a counter's
 /// family is named without its samples' `_total`, and the help escapes quotes.
 fn header(out: &mut String, family: &Family, format: Format) {
@@ -669,6 +779,13 @@ mod tests {
             .read_to_string(&mut inflated)
             .unwrap();
         assert_eq!(inflated, text);
+    }
+
+    #[test]
+    fn a_section_is_at_its_index() {
+        for (i, section) in Section::ALL.iter().enumerate() {
+            assert_eq!(section.index(), i, "{section:?}");
+        }
     }
 
     #[test]

@@ -187,10 +187,14 @@ impl Routes {
             );
         }
         let snap = self.state.snapshot();
-        let mut own = Vec::with_capacity(16 * 1024);
-        self.telemetry.encode_account(account, &mut own);
-        let own = crate::render::Pieces::text(&String::from_utf8_lossy(&own));
-        let body = crate::exposition::assemble(&snap, Format::Text, Some(account), Some(&own), 0);
+        let upstream = self.telemetry.upstream_pieces(Some(account));
+        let parts = crate::exposition::Parts {
+            snapshot: &snap,
+            account: Some(account),
+            upstream: &upstream,
+            tail: None,
+        };
+        let body = crate::exposition::assemble(&parts, Format::Text, 0);
         if gzip {
             return exposition_response(Format::Text, body.bytes, true);
         }

@@ -497,7 +497,13 @@ mod tests {
 
     fn text(state: &State) -> String {
         let snap = state.snapshot();
-        let body = crate::exposition::assemble(&snap, crate::metrics::Format::Text, None, None, 0);
+        let parts = crate::exposition::Parts {
+            snapshot: &snap,
+            account: None,
+            upstream: &[],
+            tail: None,
+        };
+        let body = crate::exposition::assemble(&parts, crate::metrics::Format::Text, 0);
         String::from_utf8(body.inflate().unwrap().to_vec()).unwrap()
     }
 

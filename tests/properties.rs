@@ -482,7 +482,7 @@ impl Upstream {
         let telemetry = Telemetry::new();
         Pager {
             client: Arc::new(ApiClient::new("default", config, 4, telemetry.clone()).unwrap()),
-            budget: Arc::new(Budget::new(4, 0.0, telemetry.concurrency_gauge("default"))),
+            budget: Arc::new(Budget::new(4, 0.0, telemetry.upstream("default"))),
             window: 4,
         }
     }

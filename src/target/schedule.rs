@@ -29,7 +29,7 @@ use crate::account::{Account, Shard, TargetKey};
 use crate::aggregate::Options;
 use crate::lifecycle::{self, Census, Changes};
 use crate::state::{Lifecycle, Outcome, State};
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Telemetry, Upstream};
 use crate::upstream::{ApiClient, Budget, ClientError, FetchError};
 
 /// Cleared when the scheduler's loop ends for any reason (a panic included), so
@@ -107,7 +107,7 @@ impl Scheduler {
         let budget = Budget::new(
             account.concurrency,
             account.requests_per_second,
-            self.telemetry.concurrency_gauge(&account.name),
+            self.telemetry.upstream(&account.name),
         );
         Ok(Arc::new(AccountRuntime {
             pager: Pager {
@@ -189,7 +189,7 @@ impl Scheduler {
                 key: key.clone(),
                 runtime: rt,
                 state: Arc::clone(&self.state),
-                telemetry: self.telemetry.clone(),
+                upstream: self.telemetry.upstream(&key.account),
                 limits: self.limits,
                 probed: AtomicBool::new(false),
                 census: std::sync::Mutex::new(None),
@@ -248,7 +248,8 @@ struct TargetTask {
     key: TargetKey,
     runtime: Arc<AccountRuntime>,
     state: Arc<State>,
-    telemetry: Telemetry,
+    /// Where the account's unreadable fields are counted.
+    upstream: Arc<Upstream>,
     limits: Limits,
     /// Whether this target already looked for the account's datacenter keys
     /// after a pass found nothing (done once per target and process).
@@ -443,10 +444,7 @@ impl TargetTask {
             .collect();
         let (datacenters, folded) = limits::apply(collected.datacenters, &self.limits, discovery);
         for (field, n) in &collected.invalid {
-            self.telemetry
-                .invalid_items
-                .with_label_values(&[account, field.label()])
-                .inc_by(*n);
+            self.upstream.invalid_items(*field, *n);
         }
         if !collected.anomalies.is_empty() {
             let kinds: Vec<&str> = collected.anomalies.iter().map(|a| a.label()).collect();

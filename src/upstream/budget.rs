@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::Notify;
 
+use crate::telemetry::Upstream;
+
 /// The request budget of one account.
 #[derive(Debug)]
 pub struct Budget {
@@ -23,7 +25,8 @@ pub struct Budget {
     /// Set by a 429, cleared when a pass ends; see [`Budget::pass_finished`].
     throttled: AtomicBool,
     rate: Option<DefaultDirectRateLimiter>,
-    gauge: prometheus::IntGauge,
+    /// Where the current limit is shown.
+    shown: Arc<Upstream>,
 }
 
 #[derive(Debug)]
@@ -54,10 +57,10 @@ impl Drop for Permit {
 impl Budget {
     /// A budget of `concurrency` requests in flight and, when `requests_per_second`
     /// is positive, at most that many request attempts per second (bursts of one
-    /// second's worth). `gauge` shows the current concurrency limit.
-    pub fn new(concurrency: u32, requests_per_second: f64, gauge: prometheus::IntGauge) -> Self {
+    /// second's worth). The current concurrency limit is shown in `shown`.
+    pub fn new(concurrency: u32, requests_per_second: f64, shown: Arc<Upstream>) -> Self {
         let concurrency = concurrency.max(1);
-        gauge.set(i64::from(concurrency));
+        shown.set_concurrency_limit(concurrency);
         let rate = (requests_per_second > 0.0).then(|| {
             // governor counts whole cells per period: a fractional rate becomes
             // one request every 1/rate seconds.
@@ -82,7 +85,7 @@ impl Budget {
             freed: Notify::new(),
             throttled: AtomicBool::new(false),
             rate,
-            gauge,
+            shown,
         }
     }
 
@@ -120,7 +123,7 @@ impl Budget {
         self.throttled.store(true, Ordering::Relaxed);
         let mut slots = self.lock();
         slots.limit = (slots.limit / 2).max(1);
-        self.gauge.set(i64::from(slots.limit));
+        self.shown.set_concurrency_limit(slots.limit);
     }
 
     /// A pass of one of the account's targets has ended: with no 429 since the last
@@ -132,7 +135,7 @@ impl Budget {
         let mut slots = self.lock();
         if slots.limit < slots.configured {
             slots.limit += 1;
-            self.gauge.set(i64::from(slots.limit));
+            self.shown.set_concurrency_limit(slots.limit);
             drop(slots);
             self.freed.notify_waiters();
         }
@@ -148,8 +151,8 @@ impl Budget {
 mod tests {
     use super::*;
 
-    fn gauge() -> prometheus::IntGauge {
-        prometheus::IntGauge::new("test_limit", "test").unwrap()
+    fn gauge() -> Arc<Upstream> {
+        crate::telemetry::Telemetry::new().upstream("test")
     }
 
     #[tokio::test]
@@ -175,9 +178,9 @@ mod tests {
     #[test]
     fn a_429_halves_the_limit_and_quiet_passes_grow_it_back() {
         let g = gauge();
-        let budget = Budget::new(8, 0.0, g.clone());
+        let budget = Budget::new(8, 0.0, Arc::clone(&g));
         budget.note_throttled();
-        assert_eq!((budget.limit(), g.get()), (4, 4));
+        assert_eq!((budget.limit(), g.concurrency_limit().unwrap()), (4, 4));
         budget.note_throttled();
         budget.note_throttled();
         budget.note_throttled();
@@ -194,7 +197,7 @@ mod tests {
         }
         budget.pass_finished();
         assert_eq!(
-            (budget.limit(), g.get()),
+            (budget.limit(), g.concurrency_limit().unwrap()),
             (8, 8),
             "not above the configured value"
         );

@@ -25,7 +25,7 @@ use crate::config::{ExtraHeader, SizeUnit};
 use crate::labels::Status;
 use crate::secret::Token;
 pub use crate::secret::TOKEN_HEADER;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{Telemetry, Upstream};
 pub use budget::Budget;
 pub use error::FetchError;
 pub use wire::{Page, WireError};
@@ -126,8 +126,8 @@ pub struct ApiClient {
     http: reqwest::Client,
     config: ClientConfig,
     extra_headers: HeaderMap,
-    telemetry: Telemetry,
-    account: String,
+    /// Where its requests are counted.
+    upstream: Arc<Upstream>,
     /// Statuses whose items keep their names (`finovy_image_info`).
     named: StatusSet,
 }
@@ -149,13 +149,11 @@ impl ApiClient {
         for h in &config.headers {
             extra_headers.append(h.name.clone(), h.value.clone());
         }
-        telemetry.init_account(account);
         Ok(ApiClient {
             http,
             config,
             extra_headers,
-            telemetry,
-            account: account.to_string(),
+            upstream: telemetry.upstream(account),
             named: StatusSet::default(),
         })
     }
@@ -245,15 +243,8 @@ impl ApiClient {
         // afterwards still counts under the status the server sent.
         let mut answered = None;
         let result = self.send(token, datacenter, page, &mut answered).await;
-        self.telemetry
-            .api_duration
-            .with_label_values(&[&self.account])
-            .observe(started.elapsed().as_secs_f64());
         let code = answered.as_ref().map_or("error", StatusCode::as_str);
-        self.telemetry
-            .api_requests
-            .with_label_values(&[&self.account, code])
-            .inc();
+        self.upstream.request(code, started.elapsed().as_secs_f64());
         result
     }
 
