@@ -13,7 +13,8 @@ worth of passes (every target once) after all have finished their first:
     the ratio says how close the scheduler comes to what the latency allows; the
     same at the latency the simulator really added (its timers fire late);
   - the exporter's CPU time per pass (user + system over the window / passes);
-  - its RSS at the end of the window and its peak (VmHWM);
+  - its RSS at the end of the window and its peak (VmHWM), after the paced gzip
+    scrapes, and at the end (after plain scrapes too);
   - the size of /metrics, plain and gzip-compressed;
   - /metrics latency (p50, p99) while the targets keep refreshing: gzip scrapes
     one at a time, two a second, as a Prometheus makes them; then with wrk, one
@@ -25,7 +26,7 @@ simulator's before reporting.
 Usage: python3 benches/fleet.py [--accounts 1000] [--datacenters 3] [--images 100]
        [--latency-ms 20] [--concurrency 4] [--interval 10] [--wrk-seconds 5]
        [--paced-seconds 30]
-Needs cargo and wrk (Debian package `wrk`).
+Needs cargo, curl and wrk (Debian packages `curl`, `wrk`).
 """
 
 import argparse
@@ -70,8 +71,9 @@ def main():
     ap.add_argument("--paced-seconds", type=int, default=30, help="of scrapes two a second")
     ap.add_argument("--json", help="also write the results to this file")
     args = ap.parse_args()
-    if not shutil.which("wrk"):
-        sys.exit("wrk is needed: apt-get install wrk")
+    for tool in ("wrk", "curl"):
+        if not shutil.which(tool):
+            sys.exit("%s is needed: apt-get install %s" % (tool, tool))
     log("building release binaries...")
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bins"], cwd=ROOT, check=True)
 
@@ -171,21 +173,31 @@ def main():
         gzip_header = "Accept-Encoding: gzip"
         # Scrapes as Prometheus makes them: one at a time, paced (here two a second
         # for --paced-seconds), each timed from the request to the last byte.
+        # Timed by curl (its time_total, from the request to the last byte), not
+        # in Python, whose reading of a 10 MB body would be counted too.
         def paced(headers):
             times = []
             end = time.time() + args.paced_seconds
             while time.time() < end:
-                t = time.perf_counter()
-                fetch("http://%s/metrics" % addr, headers=headers)
-                times.append((time.perf_counter() - t) * 1000)
+                cmd = ["curl", "-sS", "-o", "/dev/null", "-w", "%{time_total}"]
+                for k, v in headers.items():
+                    cmd += ["-H", "%s: %s" % (k, v)]
+                out = subprocess.run(cmd + ["http://%s/metrics" % addr], capture_output=True,
+                                     text=True, check=True).stdout
+                times.append(float(out) * 1000)
                 time.sleep(max(0.0, 0.5 - times[-1] / 1000))
             times.sort()
             return times[len(times) // 2], times[min(len(times) - 1, math.ceil(len(times) * 0.99) - 1)], len(times)
 
         paced_p50, paced_p99, paced_n = paced({"Accept-Encoding": "gzip"})
+        # Memory as a Prometheus scraping with gzip leaves it (the body and the
+        # groups it is assembled from exist once a scrape was made), and at the
+        # end, after plain scrapes too (each holds its inflated body while sent).
+        rss_scraped = proc_status(pid, "VmRSS")
         p50, p99, rps, non2xx = run_wrk(1)
         gz_p50, gz_p99, gz_rps, gz_non2xx = run_wrk(1, gzip_header)
         gz4_p50, gz4_p99, gz4_rps, gz4_non2xx = run_wrk(4, gzip_header)
+        rss_end, peak_end = proc_status(pid, "VmRSS"), proc_status(pid, "VmHWM")
         result = {
             "accounts": args.accounts,
             "targets": targets,
@@ -205,6 +217,9 @@ def main():
             "cpu_share_of_one_core": round((cpu1 - cpu0) / (t1 - t0), 3),
             "rss_mib": round(rss / 2**20, 1),
             "peak_rss_mib": round(peak / 2**20, 1),
+            "rss_after_paced_gzip_scrapes_mib": round(rss_scraped / 2**20, 1),
+            "rss_at_end_mib": round(rss_end / 2**20, 1),
+            "peak_rss_at_end_mib": round(peak_end / 2**20, 1),
             "metrics_bytes": len(body),
             "metrics_gzip_bytes": len(zipped),
             "metrics_p50_ms": p50,

@@ -3,13 +3,15 @@
 //!
 //! Assembling copies the deflated pieces of every datacenter series and of every
 //! account's upstream calls, section by section, under one gzip header and
-//! trailer: a few milliseconds even for thousands of targets, however many
-//! published since the last scrape. A plain body is that gzip stream inflated
-//! (which checks its CRC and length). An account whose requests changed since
-//! the last assembly renders its upstream lines again first
-//! ([`crate::telemetry::Upstream::pieces`]). The few process-wide metrics (the
-//! `prometheus` registry and its `process_*` collector, which reads `/proc`) are
-//! encoded with each assembly and appended as the last piece. A body is served again while no target publishes, for at most
+//! trailer. Consecutive pieces are kept concatenated in groups (`Group`), made
+//! again only where a piece changed, so an assembly copies about a thousand runs
+//! at 3,000 targets, plus the pieces of the targets that published since the
+//! last. A plain body is that gzip stream inflated (which checks its CRC and
+//! length). An account whose requests changed since the last assembly renders
+//! its upstream lines again first ([`crate::telemetry::Upstream::pieces`]). The
+//! few process-wide metrics (the `prometheus` registry and its `process_*`
+//! collector, which reads `/proc`) are encoded with each assembly and appended as
+//! the last piece. A body is served again while no target publishes, for at most
 //! [`MAX_AGE`]. Every body is assembled from one snapshot, so a scrape never
 //! mixes two passes of a target.
 
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::metrics::Format;
-use crate::render::{Piece, Pieces, Section};
+use crate::render::{Combined, Piece, Pieces, Section};
 use crate::state::{Snapshot, State};
 use crate::telemetry::Telemetry;
 
@@ -47,6 +49,48 @@ pub struct MetricsCache {
     /// held while a body is assembled, so concurrent scrapers wait for one
     /// assembly instead of each making their own.
     slots: [Mutex<Option<Arc<Encoded>>>; 2],
+    /// The body's pieces in groups, for both formats.
+    groups: Mutex<Vec<Group>>,
+}
+
+/// Consecutive pieces of a body concatenated section by section
+/// ([`Pieces::concat`]), and the ids of the pieces they were made of.
+///
+/// A body copied from 55,000 pieces of a few hundred bytes each, scattered over
+/// the heap, spent most of its assembly on cache misses (3,000 targets and 1,000
+/// accounts: 14 ms). Groups are made again only when one of their pieces
+/// changed, so an assembly copies a thousand runs instead, and the pieces of
+/// the few targets that published since the last one.
+struct Group {
+    ids: Vec<u64>,
+    pieces: Arc<Pieces>,
+}
+
+/// Pieces per [`Group`]: the more, the fewer runs to copy, and the more a group
+/// copies again when one of its targets publishes.
+const GROUP_SIZE: usize = 64;
+
+/// The groups of `items`, made again where their pieces changed.
+fn regroup(groups: &mut Vec<Group>, items: &[&Pieces]) -> Vec<Arc<Pieces>> {
+    let chunks = items.chunks(GROUP_SIZE);
+    groups.truncate(chunks.len());
+    for (i, chunk) in chunks.enumerate() {
+        let same = groups.get(i).is_some_and(|g| {
+            g.ids.len() == chunk.len() && g.ids.iter().zip(chunk).all(|(id, p)| *id == p.id())
+        });
+        if same {
+            continue;
+        }
+        let group = Group {
+            ids: chunk.iter().map(|p| p.id()).collect(),
+            pieces: Arc::new(Pieces::concat(chunk)),
+        };
+        match groups.get_mut(i) {
+            Some(old) => *old = group,
+            None => groups.push(group),
+        }
+    }
+    groups.iter().map(|g| Arc::clone(&g.pieces)).collect()
 }
 
 impl MetricsCache {
@@ -56,6 +100,7 @@ impl MetricsCache {
             state,
             telemetry,
             slots: Default::default(),
+            groups: Mutex::default(),
         }
     }
 
@@ -96,19 +141,22 @@ impl MetricsCache {
         }
         let upstream = self.telemetry.upstream_pieces(None);
         let own = Pieces::text(&self.own_metrics(format));
-        let capacity = slot
-            .as_ref()
-            .map_or(16 * 1024, |b| b.gzip.bytes.len() + 1024);
+        let buffer = slot.take().map_or_else(Vec::new, reclaim);
         let parts = Parts {
             snapshot: &snapshot,
             account: None,
             upstream: &upstream,
             tail: Some(&own),
         };
+        let grouped = {
+            let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+            regroup(&mut groups, &parts.items())
+        };
+        let items: Vec<&Pieces> = grouped.iter().map(|p| &**p).collect();
         let body = Arc::new(Encoded {
             generation: snapshot.generation,
             at: started,
-            gzip: assemble(&parts, format, capacity),
+            gzip: write(&items, &parts, format, buffer),
             plain: OnceLock::new(),
         });
         *slot = Some(Arc::clone(&body));
@@ -152,6 +200,24 @@ impl Gzip {
     }
 }
 
+/// The buffer of a body that is being replaced, cleared, when no response still
+/// holds it, else a new one; with room for a body a little larger.
+///
+/// A body of several megabytes in a new allocation is faulted in page by page as
+/// it is written (with glibc's mmap threshold at 1 MiB, as the deployment files
+/// set it, every one of them), which made a third of an assembly at 3,000
+/// targets.
+fn reclaim(old: Arc<Encoded>) -> Vec<u8> {
+    let room = old.gzip.bytes.len() + 1024;
+    let mut buffer = Arc::try_unwrap(old)
+        .ok()
+        .and_then(|old| old.gzip.bytes.try_into_mut().ok())
+        .map_or_else(Vec::new, Vec::from);
+    buffer.clear();
+    buffer.reserve(room);
+    buffer
+}
+
 /// What a body is assembled from.
 pub struct Parts<'a> {
     /// The published target series.
@@ -165,52 +231,57 @@ pub struct Parts<'a> {
     pub tail: Option<&'a Pieces>,
 }
 
-/// The body of `parts` in `format`, as one gzip member.
+impl<'a> Parts<'a> {
+    /// Every piece of the body, in body order: each datacenter series, with its
+    /// image pieces while they are fresh (decided once, so that a body never has
+    /// a datacenter's counts without its sizes), then the accounts'.
+    pub fn items(&self) -> Vec<&'a Pieces> {
+        let snap = self.snapshot;
+        let mut items = Vec::with_capacity(2 * snap.targets.len() + self.upstream.len());
+        for (key, t) in &snap.targets {
+            if self.account.is_some_and(|a| key.account != a) {
+                continue;
+            }
+            for s in t.datacenters.values() {
+                items.push(&s.pieces);
+                if let Some(images) = s.images.as_ref().filter(|im| t.is_fresh(im)) {
+                    items.push(&images.pieces);
+                }
+            }
+        }
+        items.extend(self.upstream.iter().map(|p| &**p));
+        items
+    }
+}
+
+/// The body of `parts` in `format`, as one gzip member, written into `out`
+/// (cleared first).
+pub fn assemble(parts: &Parts<'_>, format: Format, out: Vec<u8>) -> Gzip {
+    write(&parts.items(), parts, format, out)
+}
+
+/// The body of `items` (the pieces of `parts`, grouped or not) in `format`, with
+/// the header of each section and the tail of `parts`.
 ///
 /// The deflated pieces are copied in body order; the gzip trailer's CRC-32 is
 /// combined from theirs (zlib's `crc32_combine_op`, with the shift each piece
 /// computed when it was made), so no text is touched.
-pub fn assemble(parts: &Parts<'_>, format: Format, capacity: usize) -> Gzip {
-    let snap = parts.snapshot;
+fn write(items: &[&Pieces], parts: &Parts<'_>, format: Format, mut out: Vec<u8>) -> Gzip {
+    out.clear();
     // A gzip header with no name, time or flags; "unknown" operating system.
-    let mut out = Vec::with_capacity(capacity);
     out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
-    let mut crc = 0;
-    let mut len = 0usize;
+    let mut combined = Combined::default();
     let mut push = |piece: Piece<'_>| {
         out.extend_from_slice(piece.deflated);
-        crc = crc32_combine_op(crc, piece.crc, piece.crc_shift);
-        len += piece.len;
+        combined.push(piece);
     };
-    // Every piece of the body, by section. Each datacenter series (with its
-    // image pieces while they are fresh: decided once, so that a body never has a
-    // datacenter's counts without its sizes) and each account is read once, in
-    // body order; looking each section up in every series instead made nine
-    // tenths of an assembly cache misses (measured at 3,000 targets).
-    let mut by_section: [Vec<Piece<'_>>; Section::ALL.len()] =
-        std::array::from_fn(|_| Vec::with_capacity(snap.targets.len() + parts.upstream.len()));
-    let mut sort = |pieces| sort_into(&mut by_section, pieces);
-    for (key, t) in &snap.targets {
-        if parts.account.is_some_and(|a| key.account != a) {
-            continue;
-        }
-        for s in t.datacenters.values() {
-            sort(&s.pieces);
-            if let Some(images) = s.images.as_ref().filter(|im| t.is_fresh(im)) {
-                sort(&images.pieces);
-            }
-        }
-    }
-    for pieces in parts.upstream {
-        sort(pieces);
-    }
-    for (section, pieces) in Section::ALL.iter().zip(&by_section) {
-        if !section.in_body(format, &snap.collectors) {
+    for section in Section::ALL {
+        if !section.in_body(format, &parts.snapshot.collectors) {
             continue;
         }
         push(section.header(format));
-        for piece in pieces {
-            push(*piece);
+        for piece in items.iter().filter_map(|p| p.get(section)) {
+            push(piece);
         }
     }
     for piece in parts.tail.iter().flat_map(|t| t.iter()) {
@@ -218,38 +289,12 @@ pub fn assemble(parts: &Parts<'_>, format: Format, capacity: usize) -> Gzip {
     }
     // The final block: empty, fixed Huffman codes (BFINAL=1, BTYPE=01, code 256).
     out.extend_from_slice(&[0x03, 0x00]);
-    out.extend_from_slice(&crc.to_le_bytes());
+    out.extend_from_slice(&combined.crc.to_le_bytes());
     // ISIZE is the length modulo 2^32 (RFC 1952).
-    out.extend_from_slice(&(len as u32).to_le_bytes());
+    out.extend_from_slice(&(combined.len as u32).to_le_bytes());
     Gzip {
         bytes: Bytes::from(out),
-        len,
-    }
-}
-
-/// The CRC-32 of a text `A` followed by `B`, from the CRC of `A`, the CRC of
-/// `B` and the shift of `B`'s length (zlib's `crc32_combine_op`).
-///
-/// zlib's `multmodp`, which zlib-rs follows, branches on every bit of the shift,
-/// so that the branch predictor misses about half of them: 170 ns a piece, nine
-/// tenths of assembling 55,000 pieces (measured). Masks instead of branches make
-/// it about ten times faster; `crc_combination_is_zlibs` holds it to zlib-rs.
-fn crc32_combine_op(crc1: u32, crc2: u32, shift: u32) -> u32 {
-    // `shift · crc1` modulo the CRC polynomial, both bit-reflected: bit 31 of
-    // `shift` is its x^0 coefficient, and each step multiplies `b` by x.
-    let (mut product, mut b) = (0u32, crc1);
-    for i in 0..32 {
-        let bit = (shift >> (31 - i)) & 1;
-        product ^= b & bit.wrapping_neg();
-        b = (b >> 1) ^ (0xedb8_8320 & (b & 1).wrapping_neg());
-    }
-    product ^ crc2
-}
-
-/// Adds each of `pieces` to the list of its section.
-fn sort_into<'a>(by_section: &mut [Vec<Piece<'a>>], pieces: &'a Pieces) {
-    for (section, piece) in pieces.sections() {
-        by_section[section.index()].push(piece);
+        len: combined.len,
     }
 }
 
@@ -348,29 +393,145 @@ mod tests {
         assert!(om.contains("# TYPE finovy_refresh_failures counter\n"));
     }
 
-    proptest::proptest! {
-        /// The branch-free combination gives zlib's result for any CRCs and
-        /// lengths, and the CRC of the concatenated texts.
-        #[test]
-        fn crc_combination_is_zlibs(
-            a in proptest::prelude::any::<u32>(),
-            b in proptest::prelude::any::<u32>(),
-            len in 0u64..1 << 40,
-            x in ".{0,200}",
-            y in ".{0,200}",
-        ) {
-            let shift = zlib_rs::crc32::crc32_combine_gen(len);
-            proptest::prop_assert_eq!(
-                crc32_combine_op(a, b, shift),
-                zlib_rs::crc32::crc32_combine_op(a, b, shift)
-            );
-            let crc = zlib_rs::crc32::crc32;
-            let shift = zlib_rs::crc32::crc32_combine_gen(y.len() as u64);
-            proptest::prop_assert_eq!(
-                crc32_combine_op(crc(0, x.as_bytes()), crc(0, y.as_bytes()), shift),
-                crc(0, format!("{x}{y}").as_bytes())
-            );
+    fn publish(state: &State, key: &TargetKey, images: u64) {
+        let mut dc = crate::aggregate::DatacenterImages::default();
+        dc.groups.insert(
+            crate::aggregate::GroupKey {
+                status: crate::labels::Status::Available,
+                image_type: "linux".to_string(),
+            },
+            crate::aggregate::GroupStats {
+                count: images,
+                ..Default::default()
+            },
+        );
+        state.publish(
+            key,
+            Duration::ZERO,
+            Outcome::Success {
+                datacenters: [(key.datacenter.clone().unwrap_or_default(), dc)].into(),
+                anomalies: Vec::new(),
+                folded: Default::default(),
+                lifecycle: Default::default(),
+                named: Vec::new(),
+            },
+        );
+    }
+
+    fn inflate(gzip: &[u8]) -> String {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(gzip), &mut text).unwrap();
+        text
+    }
+
+    #[test]
+    fn a_body_no_response_holds_lends_its_buffer_and_one_held_stays_whole() {
+        let state = Arc::new(State::new());
+        let key = TargetKey::datacenter("default", "HZ");
+        state.register(&key, Duration::from_secs(60), Duration::from_secs(300));
+        let cache = MetricsCache::new(Arc::clone(&state), Telemetry::new());
+        publish(&state, &key, 1);
+        let (held, _) = cache.body(true).unwrap();
+        let held_text = inflate(&held);
+        assert!(
+            held_text.contains("image_type=\"linux\"} 1\n"),
+            "{held_text}"
+        );
+
+        // A response still holds the first body: the next one gets a new buffer,
+        // and the held one is left as it was.
+        publish(&state, &key, 2);
+        let (second, _) = cache.body(true).unwrap();
+        assert_ne!(second.as_ptr(), held.as_ptr());
+        assert_eq!(inflate(&held), held_text);
+        assert!(inflate(&second).contains("image_type=\"linux\"} 2\n"));
+
+        // Once no response holds it, its buffer is reused.
+        let at = second.as_ptr();
+        drop(second);
+        publish(&state, &key, 3);
+        let (third, _) = cache.body(true).unwrap();
+        assert_eq!(third.as_ptr(), at, "the buffer was not reused");
+        assert!(inflate(&third).contains("image_type=\"linux\"} 3\n"));
+    }
+
+    /// Bodies made from groups are the bodies made from the pieces themselves,
+    /// whatever publishes, joins or leaves between two scrapes; and a group no
+    /// change touched is not made again.
+    #[test]
+    fn grouped_bodies_are_the_bodies_of_the_pieces() {
+        let state = Arc::new(State::new());
+        let telemetry = Telemetry::new();
+        let cache = MetricsCache::new(Arc::clone(&state), telemetry.clone());
+        let key =
+            |i: usize| TargetKey::datacenter(&format!("acct-{:03}", i / 2), ["HZ", "SH"][i % 2]);
+        // More targets than three groups hold.
+        let targets = 3 * GROUP_SIZE / 2 + 7;
+        for i in 0..targets {
+            state.register(&key(i), Duration::from_secs(60), Duration::from_secs(300));
+            publish(&state, &key(i), i as u64);
+            telemetry.upstream(&key(i).account).request("200", 0.01);
         }
+        let direct = |format| {
+            let snap = state.snapshot();
+            let upstream = telemetry.upstream_pieces(None);
+            let own = Pieces::text(&cache.own_metrics(format));
+            let parts = Parts {
+                snapshot: &snap,
+                account: None,
+                upstream: &upstream,
+                tail: Some(&own),
+            };
+            inflate(&assemble(&parts, format, Vec::new()).bytes)
+        };
+        // Process metrics (CPU seconds, ...) change between two encodings: the
+        // comparison leaves them out.
+        let stable = |text: String| -> String {
+            text.lines()
+                .filter(|l| !l.contains("process_"))
+                .map(|l| format!("{l}\n"))
+                .collect()
+        };
+        let check = |round: &str| {
+            for format in [Format::Text, Format::OpenMetrics] {
+                let (grouped, _) = cache.body_in(format, true).unwrap();
+                let (got, want) = (stable(inflate(&grouped)), stable(direct(format)));
+                let first = got.lines().zip(want.lines()).find(|(g, w)| g != w);
+                assert_eq!(first, None, "{round}, {format:?}");
+                assert_eq!(got.len(), want.len(), "{round}, {format:?}");
+            }
+        };
+        check("first");
+        let before: Vec<Arc<Pieces>> = {
+            let groups = cache.groups.lock().unwrap();
+            groups.iter().map(|g| Arc::clone(&g.pieces)).collect()
+        };
+        assert!(before.len() > 3, "{} groups", before.len());
+
+        // One target of the second group publishes: only that group is made again.
+        publish(&state, &key(GROUP_SIZE / 2 + 1), 1000);
+        check("one publish");
+        {
+            let groups = cache.groups.lock().unwrap();
+            let remade: Vec<usize> = (0..before.len())
+                .filter(|&i| !Arc::ptr_eq(&groups[i].pieces, &before[i]))
+                .collect();
+            assert_eq!(remade, vec![1], "groups made again");
+        }
+
+        // Targets leave and join, an account sends a request: still the same body.
+        state.remove(&key(3));
+        state.remove(&key(targets - 1));
+        let late = TargetKey::datacenter("acct-000a", "SH");
+        state.register(&late, Duration::from_secs(60), Duration::from_secs(300));
+        publish(&state, &late, 7);
+        telemetry.upstream("acct-001").request("503", 0.2);
+        check("leave, join, request");
+        // An account leaves with its targets, as a reload removes it.
+        telemetry.remove_account("acct-002");
+        state.remove(&key(4));
+        state.remove(&key(5));
+        check("account removed");
     }
 
     #[test]

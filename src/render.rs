@@ -125,11 +125,6 @@ impl Section {
         Section::ApiRequests,
     ];
 
-    /// The position in [`Section::ALL`].
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
     /// The family whose header opens the section.
     pub fn family(self) -> &'static Family {
         match self {
@@ -237,6 +232,32 @@ pub struct Piece<'a> {
 pub struct Pieces {
     deflated: Box<[u8]>,
     entries: Box<[Entry]>,
+    /// Unique to what the pieces hold (see [`Pieces::id`]).
+    id: u64,
+}
+
+/// The last id given to [`Pieces`].
+static LAST_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn next_id() -> u64 {
+    LAST_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
+}
+
+/// The CRC-32 and the length of pieces' texts taken one after the other.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Combined {
+    /// CRC-32 of the texts so far.
+    pub crc: u32,
+    /// Their length in bytes.
+    pub len: usize,
+}
+
+impl Combined {
+    /// Takes `piece`'s text after the ones so far.
+    pub fn push(&mut self, piece: Piece<'_>) {
+        self.crc = zlib_rs::crc32::crc32_combine_op(self.crc, piece.crc, piece.crc_shift);
+        self.len += piece.len;
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -251,6 +272,44 @@ struct Entry {
 }
 
 impl Pieces {
+    /// The sections of `items` concatenated: each section's piece is the pieces
+    /// of that section in `items`, in order. Deflated pieces concatenate as they
+    /// are (see the module's documentation), so nothing is compressed again.
+    pub fn concat(items: &[&Pieces]) -> Pieces {
+        let size = items.iter().map(|p| p.deflated.len()).sum();
+        let mut deflated = Vec::with_capacity(size);
+        let mut entries = Vec::with_capacity(Section::ALL.len());
+        for section in Section::ALL {
+            let start = deflated.len();
+            let mut combined = Combined::default();
+            for piece in items.iter().filter_map(|p| p.get(section)) {
+                deflated.extend_from_slice(piece.deflated);
+                combined.push(piece);
+            }
+            if combined.len > 0 {
+                entries.push(Entry {
+                    section: Some(section),
+                    start: start as u32,
+                    end: deflated.len() as u32,
+                    crc: combined.crc,
+                    len: combined.len as u32,
+                    crc_shift: zlib_rs::crc32::crc32_combine_gen(combined.len as u64),
+                });
+            }
+        }
+        Pieces {
+            deflated: deflated.into_boxed_slice(),
+            entries: entries.into_boxed_slice(),
+            id: next_id(),
+        }
+    }
+
+    /// A number no other pieces made in this process have: pieces with the same
+    /// id hold the same text (a clone keeps it).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
     /// A whole text as one piece (the exporter's own metrics, for example).
     pub fn text(text: &str) -> Pieces {
         let mut pieces = Builder::default();
@@ -262,13 +321,6 @@ impl Pieces {
     pub fn get(&self, section: Section) -> Option<Piece<'_>> {
         let entry = self.entries.iter().find(|e| e.section == Some(section))?;
         Some(self.piece(entry))
-    }
-
-    /// The pieces of sections, with their section, in the order they were added.
-    pub fn sections(&self) -> impl Iterator<Item = (Section, Piece<'_>)> {
-        self.entries
-            .iter()
-            .filter_map(|e| Some((e.section?, self.piece(e))))
     }
 
     /// Every piece, in the order they were added.
@@ -352,6 +404,7 @@ impl Builder {
         let pieces = Pieces {
             deflated: Box::from(&self.deflated[..]),
             entries: Box::from(&self.entries[..]),
+            id: next_id(),
         };
         SCRATCH.with_borrow_mut(|scratch| {
             if self.deflated.capacity() > scratch.capacity() {
@@ -767,6 +820,60 @@ mod tests {
     }
 
     #[test]
+    fn concatenated_pieces_hold_each_section_of_their_items_in_order() {
+        let failures = [0; Reason::ALL.len()];
+        let anomalies = [0; Anomaly::ALL.len()];
+        let items: Vec<Pieces> = ["HZ", "SH", "BJ"]
+            .iter()
+            .enumerate()
+            .map(|(i, dc)| {
+                series(
+                    "a",
+                    dc,
+                    &SeriesValues {
+                        up: i != 1,
+                        last_duration: Duration::from_millis(10 * i as u64),
+                        last_success: None,
+                        interval: Duration::from_secs(60),
+                        failures: &failures,
+                        anomalies: &anomalies,
+                        folded: if i == 2 { &[("image_type", 3)] } else { &[] },
+                        lifecycle: None,
+                    },
+                )
+            })
+            .collect();
+        let refs: Vec<&Pieces> = items.iter().collect();
+        let all = Pieces::concat(&refs);
+        assert_ne!(all.id(), items[0].id());
+        let text = |p: Piece<'_>| {
+            let mut inflated = String::new();
+            flate2::read::GzDecoder::new(&gzip([p])[..])
+                .read_to_string(&mut inflated)
+                .unwrap();
+            inflated
+        };
+        let mut sections = 0;
+        for section in Section::ALL {
+            let want: String = items
+                .iter()
+                .filter_map(|p| p.get(section))
+                .map(text)
+                .collect();
+            match all.get(section) {
+                Some(piece) => {
+                    sections += 1;
+                    assert_eq!(text(piece), want, "{section:?}");
+                }
+                None => assert_eq!(want, "", "{section:?}"),
+            }
+        }
+        // Up to Folded, which only the third datacenter has.
+        assert_eq!(sections, 7);
+        assert!(text(all.get(Section::Up).unwrap()).contains("datacenter_key=\"SH\"} 0\n"));
+    }
+
+    #[test]
     fn a_large_piece_keeps_every_byte() {
         // More than the first output buffer holds, with little to compress.
         let text: String = (0..200_000u32)
@@ -779,13 +886,6 @@ mod tests {
             .read_to_string(&mut inflated)
             .unwrap();
         assert_eq!(inflated, text);
-    }
-
-    #[test]
-    fn a_section_is_at_its_index() {
-        for (i, section) in Section::ALL.iter().enumerate() {
-            assert_eq!(section.index(), i, "{section:?}");
-        }
     }
 
     #[test]

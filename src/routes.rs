@@ -194,7 +194,7 @@ impl Routes {
             upstream: &upstream,
             tail: None,
         };
-        let body = crate::exposition::assemble(&parts, Format::Text, 0);
+        let body = crate::exposition::assemble(&parts, Format::Text, Vec::new());
         if gzip {
             return exposition_response(Format::Text, body.bytes, true);
         }
