@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use finovy_image_exporter::account::TargetKey;
 use finovy_image_exporter::aggregate::{Aggregator, Options};
 use finovy_image_exporter::config::SizeUnit;
-use finovy_image_exporter::exposition::{assemble, Gzip, MetricsCache, Parts};
+use finovy_image_exporter::exposition::{assemble, MetricsCache, Parts};
 use finovy_image_exporter::metrics::Format;
 use finovy_image_exporter::sim::{generate, GenerateOptions};
 use finovy_image_exporter::state::{Lifecycle, Outcome, State};
@@ -128,12 +128,7 @@ fn main() {
             upstream: &upstream,
             tail: None,
         };
-        // The previous body's buffer, as the server reuses it.
-        let buffer = gzip
-            .take()
-            .and_then(|g: Gzip| g.bytes.try_into_mut().ok())
-            .map_or_else(Vec::new, Vec::from);
-        gzip = Some(black_box(assemble(&parts, Format::Text, buffer)));
+        gzip = Some(black_box(assemble(&parts, Format::Text)));
     });
     let gzip = gzip.unwrap();
 
@@ -179,7 +174,7 @@ fn main() {
     println!(
         "  body: {} bytes, {} gzip-compressed ({:.1}x)",
         gzip.len,
-        gzip.bytes.len(),
-        gzip.len as f64 / gzip.bytes.len() as f64
+        gzip.to_bytes().len(),
+        gzip.len as f64 / gzip.to_bytes().len() as f64
     );
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::metrics::Format;
-use crate::render::{Combined, Piece, Pieces, Section};
+use crate::render::{self, Combined, Piece, Pieces, Section};
 use crate::state::{Snapshot, State};
 use crate::telemetry::Telemetry;
 
@@ -106,20 +106,20 @@ impl MetricsCache {
 
     /// The text-format body, gzip-compressed when `gzip`; the flag says whether
     /// it is.
-    pub fn body(&self, gzip: bool) -> Result<(Bytes, bool), String> {
+    pub fn body(&self, gzip: bool) -> Result<(Vec<Bytes>, bool), String> {
         self.body_in(Format::Text, gzip)
     }
 
     /// The body in `format`, gzip-compressed when `gzip`; the flag says whether
     /// it is. An error means the exporter assembled a broken stream (a bug),
     /// never anything an upstream or a scraper did.
-    pub fn body_in(&self, format: Format, gzip: bool) -> Result<(Bytes, bool), String> {
+    pub fn body_in(&self, format: Format, gzip: bool) -> Result<(Vec<Bytes>, bool), String> {
         let encoded = self.encoded(format);
         if gzip {
-            return Ok((encoded.gzip.bytes.clone(), true));
+            return Ok((encoded.gzip.chunks.clone(), true));
         }
         let plain = encoded.plain.get_or_init(|| encoded.gzip.inflate());
-        plain.clone().map(|b| (b, false))
+        plain.clone().map(|b| (vec![b], false))
     }
 
     fn encoded(&self, format: Format) -> Arc<Encoded> {
@@ -141,13 +141,17 @@ impl MetricsCache {
         }
         let upstream = self.telemetry.upstream_pieces(None);
         let own = Pieces::text(&self.own_metrics(format));
-        let buffer = slot.take().map_or_else(Vec::new, reclaim);
         let parts = Parts {
             snapshot: &snapshot,
             account: None,
             upstream: &upstream,
             tail: Some(&own),
         };
+        // The last body shares the groups' buffers: let go of it first, so that
+        // a group made again frees the old buffer at once (unless a response still
+        // sends it) instead of every old group living until the new body is done
+        // (measured at 3,000 targets: 74 MiB resident after scraping, against 81).
+        *slot = None;
         let grouped = {
             let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
             regroup(&mut groups, &parts.items())
@@ -156,7 +160,7 @@ impl MetricsCache {
         let body = Arc::new(Encoded {
             generation: snapshot.generation,
             at: started,
-            gzip: write(&items, &parts, format, buffer),
+            gzip: write(&items, &parts, format),
             plain: OnceLock::new(),
         });
         *slot = Some(Arc::clone(&body));
@@ -183,39 +187,30 @@ impl MetricsCache {
 
 /// A gzip-compressed body and the length of its text.
 pub struct Gzip {
-    /// The gzip member.
-    pub bytes: Bytes,
+    /// The gzip member, in chunks that share the buffers of the pieces.
+    pub chunks: Vec<Bytes>,
     /// Bytes of text it holds.
     pub len: usize,
 }
 
 impl Gzip {
+    /// The gzip member in one buffer (a copy).
+    pub fn to_bytes(&self) -> Bytes {
+        let mut out = Vec::with_capacity(self.chunks.iter().map(Bytes::len).sum());
+        for chunk in &self.chunks {
+            out.extend_from_slice(chunk);
+        }
+        Bytes::from(out)
+    }
+
     /// The text, inflated (the gzip trailer's CRC and length checked).
     pub fn inflate(&self) -> Result<Bytes, String> {
         let mut out = Vec::with_capacity(self.len);
-        flate2::read::GzDecoder::new(&self.bytes[..])
+        flate2::read::GzDecoder::new(&self.to_bytes()[..])
             .read_to_end(&mut out)
             .map_err(|e| format!("the assembled body does not inflate: {e}"))?;
         Ok(Bytes::from(out))
     }
-}
-
-/// The buffer of a body that is being replaced, cleared, when no response still
-/// holds it, else a new one; with room for a body a little larger.
-///
-/// A body of several megabytes in a new allocation is faulted in page by page as
-/// it is written (with glibc's mmap threshold at 1 MiB, as the deployment files
-/// set it, every one of them), which made a third of an assembly at 3,000
-/// targets.
-fn reclaim(old: Arc<Encoded>) -> Vec<u8> {
-    let room = old.gzip.bytes.len() + 1024;
-    let mut buffer = Arc::try_unwrap(old)
-        .ok()
-        .and_then(|old| old.gzip.bytes.try_into_mut().ok())
-        .map_or_else(Vec::new, Vec::from);
-    buffer.clear();
-    buffer.reserve(room);
-    buffer
 }
 
 /// What a body is assembled from.
@@ -254,46 +249,51 @@ impl<'a> Parts<'a> {
     }
 }
 
-/// The body of `parts` in `format`, as one gzip member, written into `out`
-/// (cleared first).
-pub fn assemble(parts: &Parts<'_>, format: Format, out: Vec<u8>) -> Gzip {
-    write(&parts.items(), parts, format, out)
+/// The body of `parts` in `format`, as one gzip member.
+pub fn assemble(parts: &Parts<'_>, format: Format) -> Gzip {
+    write(&parts.items(), parts, format)
 }
 
 /// The body of `items` (the pieces of `parts`, grouped or not) in `format`, with
 /// the header of each section and the tail of `parts`.
 ///
-/// The deflated pieces are copied in body order; the gzip trailer's CRC-32 is
+/// The deflated pieces are taken in body order, as chunks sharing their buffers;
+/// the gzip trailer's CRC-32 is
 /// combined from theirs (zlib's `crc32_combine_op`, with the shift each piece
 /// computed when it was made), so no text is touched.
-fn write(items: &[&Pieces], parts: &Parts<'_>, format: Format, mut out: Vec<u8>) -> Gzip {
-    out.clear();
+fn write(items: &[&Pieces], parts: &Parts<'_>, format: Format) -> Gzip {
     // A gzip header with no name, time or flags; "unknown" operating system.
-    out.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff]);
+    let mut chunks = vec![Bytes::from_static(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff])];
     let mut combined = Combined::default();
-    let mut push = |piece: Piece<'_>| {
-        out.extend_from_slice(piece.deflated);
+    let mut push = |pieces: &Pieces, piece: Piece<'_>| {
+        chunks.push(pieces.chunk(&piece));
         combined.push(piece);
     };
+    let headers = render::headers(format);
     for section in Section::ALL {
         if !section.in_body(format, &parts.snapshot.collectors) {
             continue;
         }
-        push(section.header(format));
-        for piece in items.iter().filter_map(|p| p.get(section)) {
-            push(piece);
+        push(headers, section.header(format));
+        for pieces in items {
+            if let Some(piece) = pieces.get(section) {
+                push(pieces, piece);
+            }
         }
     }
-    for piece in parts.tail.iter().flat_map(|t| t.iter()) {
-        push(piece);
+    if let Some(tail) = parts.tail {
+        for piece in tail.iter() {
+            push(tail, piece);
+        }
     }
-    // The final block: empty, fixed Huffman codes (BFINAL=1, BTYPE=01, code 256).
-    out.extend_from_slice(&[0x03, 0x00]);
-    out.extend_from_slice(&combined.crc.to_le_bytes());
-    // ISIZE is the length modulo 2^32 (RFC 1952).
-    out.extend_from_slice(&(combined.len as u32).to_le_bytes());
+    // The final block: empty, fixed Huffman codes (BFINAL=1, BTYPE=01, code 256),
+    // the CRC and ISIZE, the length modulo 2^32 (RFC 1952).
+    let mut trailer = vec![0x03, 0x00];
+    trailer.extend_from_slice(&combined.crc.to_le_bytes());
+    trailer.extend_from_slice(&(combined.len as u32).to_le_bytes());
+    chunks.push(Bytes::from(trailer));
     Gzip {
-        bytes: Bytes::from(out),
+        chunks,
         len: combined.len,
     }
 }
@@ -363,8 +363,8 @@ mod tests {
         let cache = MetricsCache::new(Arc::clone(&state), Telemetry::new());
         let (first, _) = cache.body(false).unwrap();
         assert_eq!(
-            cache.body(false).unwrap().0.as_ptr(),
-            first.as_ptr(),
+            cache.body(false).unwrap().0[0].as_ptr(),
+            first[0].as_ptr(),
             "served again"
         );
         state.publish(
@@ -379,16 +379,13 @@ mod tests {
             },
         );
         let (second, _) = cache.body(false).unwrap();
-        assert!(String::from_utf8_lossy(&second)
-            .contains("finovy_up{account=\"default\",datacenter_key=\"HZ\"} 1"));
+        let second = String::from_utf8(joined(&second)).unwrap();
+        assert!(second.contains("finovy_up{account=\"default\",datacenter_key=\"HZ\"} 1"));
         let (zipped, is_gzip) = cache.body(true).unwrap();
         assert!(is_gzip);
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&zipped[..]), &mut text)
-            .unwrap();
-        assert_eq!(text.as_bytes(), &second[..]);
+        assert_eq!(inflate(&zipped), second);
         let (om, _) = cache.body_in(Format::OpenMetrics, false).unwrap();
-        let om = String::from_utf8_lossy(&om);
+        let om = String::from_utf8(joined(&om)).unwrap();
         assert!(om.ends_with("# EOF\n"), "{om}");
         assert!(om.contains("# TYPE finovy_refresh_failures counter\n"));
     }
@@ -418,14 +415,20 @@ mod tests {
         );
     }
 
-    fn inflate(gzip: &[u8]) -> String {
+    fn joined(chunks: &[Bytes]) -> Vec<u8> {
+        chunks.concat()
+    }
+
+    fn inflate(gzip: &[Bytes]) -> String {
         let mut text = String::new();
-        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(gzip), &mut text).unwrap();
+        let gzip = joined(gzip);
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gzip[..]), &mut text)
+            .unwrap();
         text
     }
 
     #[test]
-    fn a_body_no_response_holds_lends_its_buffer_and_one_held_stays_whole() {
+    fn a_body_a_response_holds_stays_whole_while_the_next_ones_are_made() {
         let state = Arc::new(State::new());
         let key = TargetKey::datacenter("default", "HZ");
         state.register(&key, Duration::from_secs(60), Duration::from_secs(300));
@@ -437,22 +440,14 @@ mod tests {
             held_text.contains("image_type=\"linux\"} 1\n"),
             "{held_text}"
         );
-
-        // A response still holds the first body: the next one gets a new buffer,
-        // and the held one is left as it was.
-        publish(&state, &key, 2);
-        let (second, _) = cache.body(true).unwrap();
-        assert_ne!(second.as_ptr(), held.as_ptr());
-        assert_eq!(inflate(&held), held_text);
-        assert!(inflate(&second).contains("image_type=\"linux\"} 2\n"));
-
-        // Once no response holds it, its buffer is reused.
-        let at = second.as_ptr();
-        drop(second);
-        publish(&state, &key, 3);
-        let (third, _) = cache.body(true).unwrap();
-        assert_eq!(third.as_ptr(), at, "the buffer was not reused");
-        assert!(inflate(&third).contains("image_type=\"linux\"} 3\n"));
+        // The body shares the buffers of the groups: remaking them must not
+        // change a body already handed out.
+        for n in 2..5 {
+            publish(&state, &key, n);
+            let (next, _) = cache.body(true).unwrap();
+            assert!(inflate(&next).contains(&format!("image_type=\"linux\"}} {n}\n")));
+            assert_eq!(inflate(&held), held_text);
+        }
     }
 
     /// Bodies made from groups are the bodies made from the pieces themselves,
@@ -482,7 +477,7 @@ mod tests {
                 upstream: &upstream,
                 tail: Some(&own),
             };
-            inflate(&assemble(&parts, format, Vec::new()).bytes)
+            inflate(&assemble(&parts, format).chunks)
         };
         // Process metrics (CPU seconds, ...) change between two encodings: the
         // comparison leaves them out.

@@ -38,6 +38,7 @@
 pub mod account;
 pub mod aggregate;
 pub mod app;
+pub mod body;
 pub mod config;
 pub mod config_file;
 pub mod exposition;

@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use flate2::{Compress, Compression, FlushCompress};
 
 use crate::aggregate::{AgeHistogram, DatacenterImages, NamedImage, AGE_BUCKETS_SECONDS};
@@ -190,21 +191,28 @@ impl Section {
 
     /// The section's header in `format`, rendered once.
     pub fn header(self, format: Format) -> Piece<'static> {
-        static HEADERS: std::sync::OnceLock<[Pieces; 2]> = std::sync::OnceLock::new();
-        let headers = HEADERS.get_or_init(|| {
-            [Format::Text, Format::OpenMetrics].map(|format| {
-                let mut pieces = Builder::default();
-                for section in Section::ALL {
-                    let mut text = String::new();
-                    header(&mut text, section.family(), format);
-                    pieces.add(Some(section), &text);
-                }
-                pieces.finish()
-            })
-        });
-        let pieces = &headers[usize::from(format == Format::OpenMetrics)];
-        pieces.get(self).expect("every section has a header")
+        headers(format)
+            .get(self)
+            .expect("every section has a header")
     }
+}
+
+/// The headers of every section in `format`, rendered once, as [`Pieces`] (so
+/// that a body can take them as chunks: [`Pieces::chunk`]).
+pub fn headers(format: Format) -> &'static Pieces {
+    static HEADERS: std::sync::OnceLock<[Pieces; 2]> = std::sync::OnceLock::new();
+    let headers = HEADERS.get_or_init(|| {
+        [Format::Text, Format::OpenMetrics].map(|format| {
+            let mut pieces = Builder::default();
+            for section in Section::ALL {
+                let mut text = String::new();
+                header(&mut text, section.family(), format);
+                pieces.add(Some(section), &text);
+            }
+            pieces.finish()
+        })
+    });
+    &headers[usize::from(format == Format::OpenMetrics)]
 }
 
 /// One section's samples (or a header) as a slice of deflate blocks, the last
@@ -230,7 +238,8 @@ pub struct Piece<'a> {
 /// no piece.
 #[derive(Debug, Clone, Default)]
 pub struct Pieces {
-    deflated: Box<[u8]>,
+    /// Shared with the bodies that send them ([`Pieces::chunk`]).
+    deflated: Bytes,
     entries: Box<[Entry]>,
     /// Unique to what the pieces hold (see [`Pieces::id`]).
     id: u64,
@@ -298,7 +307,7 @@ impl Pieces {
             }
         }
         Pieces {
-            deflated: deflated.into_boxed_slice(),
+            deflated: Bytes::from(deflated),
             entries: entries.into_boxed_slice(),
             id: next_id(),
         }
@@ -308,6 +317,12 @@ impl Pieces {
     /// id hold the same text (a clone keeps it).
     pub fn id(&self) -> u64 {
         self.id
+    }
+
+    /// `piece` (one of these pieces) as a chunk of a response body, sharing
+    /// these pieces' buffer.
+    pub fn chunk(&self, piece: &Piece<'_>) -> Bytes {
+        self.deflated.slice_ref(piece.deflated)
     }
 
     /// A whole text as one piece (the exporter's own metrics, for example).
@@ -402,7 +417,7 @@ impl Builder {
 
     fn finish(self) -> Pieces {
         let pieces = Pieces {
-            deflated: Box::from(&self.deflated[..]),
+            deflated: Bytes::copy_from_slice(&self.deflated),
             entries: Box::from(&self.entries[..]),
             id: next_id(),
         };

@@ -9,8 +9,6 @@
 use std::fmt::Write as _;
 use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use hyper::header::{
     HeaderValue, ACCEPT, ACCEPT_ENCODING, ALLOW, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE,
     VARY,
@@ -19,6 +17,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::sync::Semaphore;
 
 use crate::account::AccountNames;
+use crate::body::Body;
 use crate::config_file::{Reloaded, Reloader};
 use crate::exposition::MetricsCache;
 use crate::metrics::Format;
@@ -94,7 +93,7 @@ impl Routes {
     }
 
     /// Answers one request.
-    pub async fn handle<B>(&self, req: Request<B>) -> Response<Full<Bytes>> {
+    pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
         if req.uri().path() == "/-/reload" {
             let Ok(_permit) = self.limiter.try_acquire() else {
                 return text(
@@ -140,12 +139,12 @@ impl Routes {
             }
         };
         if is_head {
-            *resp.body_mut() = Full::new(Bytes::new());
+            *resp.body_mut() = Body::empty();
         }
         resp
     }
 
-    fn metrics(&self, format: Format, gzip: bool) -> Response<Full<Bytes>> {
+    fn metrics(&self, format: Format, gzip: bool) -> Response<Body> {
         // Encoding a large body takes milliseconds of CPU: on the multi-threaded
         // runtime the worker hands its other tasks (health probes, other
         // connections) to the rest while it encodes.
@@ -155,14 +154,14 @@ impl Routes {
             _ => encode(),
         };
         match encoded {
-            Ok((body, gzipped)) => exposition_response(format, body, gzipped),
+            Ok((chunks, gzipped)) => exposition_response(format, Body::chunks(chunks), gzipped),
             Err(err) => broken_body(&err),
         }
     }
 
     /// `/probe?account=NAME`: the series of one account only, from the published
     /// snapshot as `/metrics` serves it, for a scrape job per account.
-    fn probe(&self, query: &str, gzip: bool) -> Response<Full<Bytes>> {
+    fn probe(&self, query: &str, gzip: bool) -> Response<Body> {
         let asked: Vec<String> = url::form_urlencoded::parse(query.as_bytes())
             .filter(|(k, _)| k == "account")
             .map(|(_, v)| v.into_owned())
@@ -194,19 +193,19 @@ impl Routes {
             upstream: &upstream,
             tail: None,
         };
-        let body = crate::exposition::assemble(&parts, Format::Text, Vec::new());
+        let body = crate::exposition::assemble(&parts, Format::Text);
         if gzip {
-            return exposition_response(Format::Text, body.bytes, true);
+            return exposition_response(Format::Text, Body::chunks(body.chunks), true);
         }
         match body.inflate() {
-            Ok(plain) => exposition_response(Format::Text, plain, false),
+            Ok(plain) => exposition_response(Format::Text, Body::from(plain), false),
             Err(err) => broken_body(&err),
         }
     }
 
     /// `POST /-/reload`: answers once the new configuration is checked, with 200
     /// when it was handed to the scheduler, or 500 and its problems.
-    async fn reload(&self, method: &Method) -> Response<Full<Bytes>> {
+    async fn reload(&self, method: &Method) -> Response<Body> {
         if method != Method::POST {
             let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "only POST reloads\n");
             resp.headers_mut()
@@ -236,7 +235,7 @@ impl Routes {
         }
     }
 
-    fn healthz(&self) -> Response<Full<Bytes>> {
+    fn healthz(&self) -> Response<Body> {
         if self.liveness.is_alive() {
             text(StatusCode::OK, "ok\n")
         } else {
@@ -247,7 +246,7 @@ impl Routes {
         }
     }
 
-    fn readyz(&self) -> Response<Full<Bytes>> {
+    fn readyz(&self) -> Response<Body> {
         let snap = self.state.snapshot();
         let mut body = String::new();
         let waiting = snap.targets.values().filter(|t| t.passes == 0).count();
@@ -285,7 +284,7 @@ impl Routes {
         text(status, &body)
     }
 
-    fn landing(&self) -> Response<Full<Bytes>> {
+    fn landing(&self) -> Response<Body> {
         let snap = self.state.snapshot();
         let now = std::time::SystemTime::now();
         let mut rows = String::new();
@@ -384,7 +383,7 @@ impl Routes {
             targets = snap.targets.len(),
             now = rfc3339(now),
         );
-        let mut resp = Response::new(Full::new(Bytes::from(page)));
+        let mut resp = Response::new(Body::from(page));
         resp.headers_mut().insert(
             CONTENT_TYPE,
             HeaderValue::from_static("text/html; charset=utf-8"),
@@ -447,8 +446,8 @@ fn last_error(t: &TargetState) -> Option<String> {
         .map(|e| format!("{} at {}: {}", e.reason.label(), rfc3339(e.at), e.message))
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut resp = Response::new(Body::from(body.to_string()));
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
     headers.insert(
@@ -529,7 +528,7 @@ fn accepts_gzip<B>(req: &Request<B>) -> bool {
 
 /// The answer when an assembled body does not inflate: a bug of the exporter,
 /// logged, and a 500 rather than a wrong body.
-fn broken_body(err: &str) -> Response<Full<Bytes>> {
+fn broken_body(err: &str) -> Response<Body> {
     tracing::error!(error = err, "could not encode the exposition");
     text(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -539,16 +538,14 @@ fn broken_body(err: &str) -> Response<Full<Bytes>> {
 
 /// A `/metrics` or `/probe` answer: its content type, and the headers that let a
 /// cache tell formats and encodings apart.
-fn exposition_response(format: Format, body: Bytes, gzipped: bool) -> Response<Full<Bytes>> {
+fn exposition_response(format: Format, body: Body, gzipped: bool) -> Response<Body> {
     let mut builder = Response::builder()
         .header(CONTENT_TYPE, format.content_type())
         .header(VARY, "Accept, Accept-Encoding");
     if gzipped {
         builder = builder.header(CONTENT_ENCODING, "gzip");
     }
-    builder
-        .body(Full::new(body))
-        .expect("static response parts are valid")
+    builder.body(body).expect("static response parts are valid")
 }
 
 fn rfc3339(t: std::time::SystemTime) -> String {

@@ -26,8 +26,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
+use crate::body::Body;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
 use hyper::service::service_fn;
@@ -335,7 +334,7 @@ struct Handler {
 }
 
 impl Handler {
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
         let web = self.web.as_ref().map(WebConfigHandle::current);
         let limit = web.as_deref().and_then(|web| web.rate_limit());
         let auth = web.as_deref().and_then(|web| web.basic_auth());
@@ -358,8 +357,8 @@ impl Handler {
     }
 }
 
-fn too_many_requests() -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(b"Too Many Requests\n")));
+fn too_many_requests() -> Response<Body> {
+    let mut resp = Response::new(Body::from("Too Many Requests\n"));
     *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
     let headers = resp.headers_mut();
     headers.insert(
@@ -370,8 +369,8 @@ fn too_many_requests() -> Response<Full<Bytes>> {
     resp
 }
 
-fn unauthorized() -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(b"Unauthorized\n")));
+fn unauthorized() -> Response<Body> {
+    let mut resp = Response::new(Body::from("Unauthorized\n"));
     *resp.status_mut() = StatusCode::UNAUTHORIZED;
     let headers = resp.headers_mut();
     headers.insert(

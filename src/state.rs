@@ -503,7 +503,7 @@ mod tests {
             upstream: &[],
             tail: None,
         };
-        let body = crate::exposition::assemble(&parts, crate::metrics::Format::Text, Vec::new());
+        let body = crate::exposition::assemble(&parts, crate::metrics::Format::Text);
         String::from_utf8(body.inflate().unwrap().to_vec()).unwrap()
     }
 

@@ -287,7 +287,7 @@ mod tests {
             upstream: &upstream,
             tail: None,
         };
-        let body = crate::exposition::assemble(&parts, Format::Text, Vec::new());
+        let body = crate::exposition::assemble(&parts, Format::Text);
         let text = String::from_utf8(body.inflate().unwrap().to_vec()).unwrap();
         let at = text.find("# HELP finovy_api_").expect("upstream sections");
         text[at..].to_string()
