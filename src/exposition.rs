@@ -4,9 +4,9 @@
 //! Assembling copies the deflated pieces of every datacenter series and of every
 //! account's upstream calls, section by section, under one gzip header and
 //! trailer. Consecutive pieces are kept concatenated in groups (`Group`), made
-//! again only where a piece changed, so an assembly copies about a thousand runs
-//! at 3,000 targets, plus the pieces of the targets that published since the
-//! last. A plain body is that gzip stream inflated (which checks its CRC and
+//! again only where a piece changed, so an assembly takes a few thousand runs
+//! at 3,000 targets, and copies only the pieces of the groups whose targets
+//! published since the last. A plain body is that gzip stream inflated (which checks its CRC and
 //! length). An account whose requests changed since the last assembly renders
 //! its upstream lines again first ([`crate::telemetry::Upstream::pieces`]). The
 //! few process-wide metrics (the `prometheus` registry and its `process_*`
@@ -59,16 +59,19 @@ pub struct MetricsCache {
 /// A body copied from 55,000 pieces of a few hundred bytes each, scattered over
 /// the heap, spent most of its assembly on cache misses (3,000 targets and 1,000
 /// accounts: 14 ms). Groups are made again only when one of their pieces
-/// changed, so an assembly copies a thousand runs instead, and the pieces of
-/// the few targets that published since the last one.
+/// changed, so an assembly takes a few thousand runs instead, and copies the
+/// pieces of the groups whose targets published since the last one.
 struct Group {
     ids: Vec<u64>,
     pieces: Arc<Pieces>,
 }
 
-/// Pieces per [`Group`]: the more, the fewer runs to copy, and the more a group
-/// copies again when one of its targets publishes.
-const GROUP_SIZE: usize = 64;
+/// Pieces per [`Group`] (eight targets): the more, the fewer runs a body has,
+/// and the more a group copies again when one of its targets publishes. At
+/// 3,000 targets publishing 300 times a second, 16 left 69 MiB resident after
+/// scraping against 74–81 with 64 (fewer groups remade between two scrapes,
+/// fewer old buffers left as holes in the heap), at the same scrape latency.
+const GROUP_SIZE: usize = 16;
 
 /// The groups of `items`, made again where their pieces changed.
 fn regroup(groups: &mut Vec<Group>, items: &[&Pieces]) -> Vec<Arc<Pieces>> {
