@@ -199,11 +199,7 @@ pub struct Gzip {
 impl Gzip {
     /// The gzip member in one buffer (a copy).
     pub fn to_bytes(&self) -> Bytes {
-        let mut out = Vec::with_capacity(self.chunks.iter().map(Bytes::len).sum());
-        for chunk in &self.chunks {
-            out.extend_from_slice(chunk);
-        }
-        Bytes::from(out)
+        Bytes::from(self.chunks.concat())
     }
 
     /// The text, inflated (the gzip trailer's CRC and length checked).

@@ -85,17 +85,6 @@ pub enum Section {
     ApiRequests,
 }
 
-/// Where a section's samples come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// A datacenter's image series, served only while fresh (see [`images`]).
-    Images,
-    /// A datacenter's health and counters, always served (see [`series`]).
-    Series,
-    /// An account's upstream calls (see [`upstream`]).
-    Account,
-}
-
 impl Section {
     /// Every section, in body order.
     pub const ALL: [Section; 23] = [
@@ -151,25 +140,6 @@ impl Section {
             Section::ApiInvalid => &metrics::API_INVALID_ITEMS,
             Section::ApiDuration => &metrics::API_DURATION,
             Section::ApiRequests => &metrics::API_REQUESTS,
-        }
-    }
-
-    /// Where its samples come from.
-    pub fn source(self) -> Source {
-        match self {
-            Section::Images
-            | Section::Size
-            | Section::Oldest
-            | Section::AgeBuckets
-            | Section::AgeCount
-            | Section::AgeSum
-            | Section::AgeGaugeHistogram
-            | Section::Info => Source::Images,
-            Section::ApiConcurrency
-            | Section::ApiInvalid
-            | Section::ApiDuration
-            | Section::ApiRequests => Source::Account,
-            _ => Source::Series,
         }
     }
 
