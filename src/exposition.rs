@@ -6,7 +6,9 @@
 //! trailer. Consecutive pieces are kept concatenated in groups (`Group`), made
 //! again only where a piece changed, so an assembly takes a few thousand runs
 //! at 3,000 targets, and copies only the pieces of the groups whose targets
-//! published since the last. A plain body is that gzip stream inflated (which checks its CRC and
+//! published since the last. Once a group is made, the targets' published
+//! pieces are replaced by views of it ([`State::share`]), so that the deflated
+//! text is held once. A plain body is that gzip stream inflated (which checks its CRC and
 //! length). An account whose requests changed since the last assembly renders
 //! its upstream lines again first ([`crate::telemetry::Upstream::pieces`]). The
 //! few process-wide metrics (the `prometheus` registry and its `process_*`
@@ -73,10 +75,12 @@ struct Group {
 /// fewer old buffers left as holes in the heap), at the same scrape latency.
 const GROUP_SIZE: usize = 16;
 
-/// The groups of `items`, made again where their pieces changed.
-fn regroup(groups: &mut Vec<Group>, items: &[&Pieces]) -> Vec<Arc<Pieces>> {
+/// The groups of `items`, made again where their pieces changed, and the
+/// views of the pieces of the groups made again ([`Pieces::concat`]).
+fn regroup(groups: &mut Vec<Group>, items: &[&Pieces]) -> (Vec<Arc<Pieces>>, Vec<Pieces>) {
     let chunks = items.chunks(GROUP_SIZE);
     groups.truncate(chunks.len());
+    let mut views = Vec::new();
     for (i, chunk) in chunks.enumerate() {
         let same = groups.get(i).is_some_and(|g| {
             g.ids.len() == chunk.len() && g.ids.iter().zip(chunk).all(|(id, p)| *id == p.id())
@@ -84,16 +88,21 @@ fn regroup(groups: &mut Vec<Group>, items: &[&Pieces]) -> Vec<Arc<Pieces>> {
         if same {
             continue;
         }
+        let (pieces, chunk_views) = Pieces::concat(chunk);
+        views.extend(chunk_views);
         let group = Group {
             ids: chunk.iter().map(|p| p.id()).collect(),
-            pieces: Arc::new(Pieces::concat(chunk)),
+            pieces: Arc::new(pieces),
         };
         match groups.get_mut(i) {
             Some(old) => *old = group,
             None => groups.push(group),
         }
     }
-    groups.iter().map(|g| Arc::clone(&g.pieces)).collect()
+    (
+        groups.iter().map(|g| Arc::clone(&g.pieces)).collect(),
+        views,
+    )
 }
 
 impl MetricsCache {
@@ -155,7 +164,7 @@ impl MetricsCache {
         // sends it) instead of every old group living until the new body is done
         // (measured at 3,000 targets: 74 MiB resident after scraping, against 81).
         *slot = None;
-        let grouped = {
+        let (grouped, views) = {
             let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
             regroup(&mut groups, &parts.items())
         };
@@ -166,6 +175,12 @@ impl MetricsCache {
             gzip: write(&items, &parts, format),
             plain: OnceLock::new(),
         });
+        // The published pieces now point into the groups made again, and their
+        // own buffers are freed: the deflated text is held once, not twice
+        // (12 MB at 3,000 targets). The snapshot is let go of first, so that
+        // the state can change its targets in place instead of copying them.
+        drop(snapshot);
+        self.state.share(views);
         *slot = Some(Arc::clone(&body));
         body
     }
@@ -495,7 +510,38 @@ mod tests {
                 assert_eq!(got.len(), want.len(), "{round}, {format:?}");
             }
         };
+        // After a scrape, the published pieces are views of the groups: their
+        // deflate blocks are inside the groups' buffers, not held a second time;
+        // and as nothing a scrape sees changed, the body is served again.
+        let shared = |round: &str| {
+            let generation = state.snapshot().generation;
+            let (body, _) = cache.body(true).unwrap();
+            let snap = state.snapshot();
+            assert_eq!(snap.generation, generation, "{round}");
+            let (again, _) = cache.body(true).unwrap();
+            assert_eq!(again[1].as_ptr(), body[1].as_ptr(), "{round}: served again");
+            let groups = cache.groups.lock().unwrap();
+            let in_a_group = |pieces: &Pieces| {
+                pieces.iter().all(|piece| {
+                    let p = piece.deflated.as_ptr_range();
+                    groups.iter().any(|g| {
+                        g.pieces.iter().any(|run| {
+                            let r = run.deflated.as_ptr_range();
+                            r.start <= p.start && p.end <= r.end
+                        })
+                    })
+                })
+            };
+            for (key, t) in &snap.targets {
+                for series in t.datacenters.values() {
+                    assert!(in_a_group(&series.pieces), "{round}: {key:?}");
+                    let images = series.images.as_ref().unwrap();
+                    assert!(in_a_group(&images.pieces), "{round}: {key:?} images");
+                }
+            }
+        };
         check("first");
+        shared("first");
         let before: Vec<Arc<Pieces>> = {
             let groups = cache.groups.lock().unwrap();
             groups.iter().map(|g| Arc::clone(&g.pieces)).collect()
@@ -512,6 +558,7 @@ mod tests {
                 .collect();
             assert_eq!(remade, vec![1], "groups made again");
         }
+        shared("one publish");
 
         // Targets leave and join, an account sends a request: still the same body.
         state.remove(&key(3));
@@ -526,6 +573,7 @@ mod tests {
         state.remove(&key(4));
         state.remove(&key(5));
         check("account removed");
+        shared("account removed");
     }
 
     #[test]

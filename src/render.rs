@@ -254,16 +254,36 @@ impl Pieces {
     /// The sections of `items` concatenated: each section's piece is the pieces
     /// of that section in `items`, in order. Deflated pieces concatenate as they
     /// are (see the module's documentation), so nothing is compressed again.
-    pub fn concat(items: &[&Pieces]) -> Pieces {
-        let size = items.iter().map(|p| p.deflated.len()).sum();
+    ///
+    /// Also returns each item again as a view of the concatenation: the same id
+    /// and the same pieces, whose deflate blocks are now those inside the
+    /// concatenation's buffer. A view replaces its item wherever the item is
+    /// kept (`State::share`), so that the blocks are held once, in the
+    /// concatenation, instead of twice. A view has what [`Pieces::get`] finds in
+    /// its item, in section order: all a body takes from a target's pieces.
+    pub fn concat(items: &[&Pieces]) -> (Pieces, Vec<Pieces>) {
+        let size = items.iter().map(|p| p.deflated_len()).sum();
         let mut deflated = Vec::with_capacity(size);
         let mut entries = Vec::with_capacity(Section::ALL.len());
+        let mut moved: Vec<Vec<Entry>> = items
+            .iter()
+            .map(|p| Vec::with_capacity(p.entries.len()))
+            .collect();
         for section in Section::ALL {
             let start = deflated.len();
             let mut combined = Combined::default();
-            for piece in items.iter().filter_map(|p| p.get(section)) {
-                deflated.extend_from_slice(piece.deflated);
-                combined.push(piece);
+            for (item, moved) in items.iter().zip(&mut moved) {
+                let Some(entry) = item.entries.iter().find(|e| e.section == Some(section)) else {
+                    continue;
+                };
+                let at = deflated.len();
+                deflated.extend_from_slice(item.piece(entry).deflated);
+                combined.push(item.piece(entry));
+                moved.push(Entry {
+                    start: at as u32,
+                    end: deflated.len() as u32,
+                    ..*entry
+                });
             }
             if combined.len > 0 {
                 entries.push(Entry {
@@ -276,11 +296,30 @@ impl Pieces {
                 });
             }
         }
-        Pieces {
-            deflated: Bytes::from(deflated),
+        let deflated = Bytes::from(deflated);
+        let views = items
+            .iter()
+            .zip(moved)
+            .map(|(item, entries)| Pieces {
+                deflated: deflated.clone(),
+                entries: entries.into_boxed_slice(),
+                id: item.id,
+            })
+            .collect();
+        let all = Pieces {
+            deflated,
             entries: entries.into_boxed_slice(),
             id: next_id(),
-        }
+        };
+        (all, views)
+    }
+
+    /// Bytes of deflate blocks over all pieces (a view's buffer holds more).
+    fn deflated_len(&self) -> usize {
+        self.entries
+            .iter()
+            .map(|e| (e.end - e.start) as usize)
+            .sum()
     }
 
     /// A number no other pieces made in this process have: pieces with the same
@@ -829,8 +868,32 @@ mod tests {
             })
             .collect();
         let refs: Vec<&Pieces> = items.iter().collect();
-        let all = Pieces::concat(&refs);
+        let (all, views) = Pieces::concat(&refs);
         assert_ne!(all.id(), items[0].id());
+        // Each view is its item again, with its deflate blocks inside the
+        // concatenation's buffer.
+        assert_eq!(views.len(), items.len());
+        let buffer = all.deflated.as_ptr_range();
+        for (item, view) in items.iter().zip(&views) {
+            assert_eq!(view.id(), item.id());
+            assert_eq!(view.len(), item.len());
+            assert!(view.deflated_len() < all.deflated_len());
+            for section in Section::ALL {
+                match (item.get(section), view.get(section)) {
+                    (Some(want), Some(got)) => {
+                        assert_eq!(got.deflated, want.deflated, "{section:?}");
+                        assert_eq!(
+                            (got.crc, got.len, got.crc_shift),
+                            (want.crc, want.len, want.crc_shift)
+                        );
+                        let inside = got.deflated.as_ptr_range();
+                        assert!(buffer.start <= inside.start && inside.end <= buffer.end);
+                    }
+                    (None, None) => {}
+                    (want, got) => panic!("{section:?}: {want:?} became {got:?}"),
+                }
+            }
+        }
         let text = |p: Piece<'_>| {
             let mut inflated = String::new();
             flate2::read::GzDecoder::new(&gzip([p])[..])

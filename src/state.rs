@@ -13,7 +13,7 @@
 //! they vanish with the target (removed from the configuration, or a datacenter
 //! gone from discovery for longer than stale-after) and never outlive it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -268,6 +268,42 @@ impl State {
         let next = Arc::make_mut(&mut guard);
         change(next);
         next.generation += 1;
+    }
+
+    /// Replaces published pieces by their views ([`Pieces::concat`]): the same
+    /// text under the same id, in a group's buffer, so that the deflated text is
+    /// held once. A view whose pieces were replaced since (the target published
+    /// again) is dropped. No scrape can tell the difference, so the generation
+    /// stays and the cached body stays current.
+    pub fn share(&self, views: Vec<Pieces>) {
+        if views.is_empty() {
+            return;
+        }
+        let mut views: HashMap<u64, Pieces> = views.into_iter().map(|v| (v.id(), v)).collect();
+        let wanted = |series: &DatacenterSeries, views: &HashMap<u64, Pieces>| {
+            views.contains_key(&series.pieces.id())
+                || series
+                    .images
+                    .as_ref()
+                    .is_some_and(|im| views.contains_key(&im.pieces.id()))
+        };
+        let mut guard = self.current.write().unwrap_or_else(|e| e.into_inner());
+        let snapshot = Arc::make_mut(&mut guard);
+        for target in snapshot.targets.values_mut() {
+            if !target.datacenters.values().any(|s| wanted(s, &views)) {
+                continue;
+            }
+            for series in Arc::make_mut(target).datacenters.values_mut() {
+                if let Some(view) = views.remove(&series.pieces.id()) {
+                    series.pieces = view;
+                }
+                if let Some(images) = series.images.as_mut() {
+                    if let Some(view) = views.remove(&images.pieces.id()) {
+                        Arc::make_mut(images).pieces = view;
+                    }
+                }
+            }
+        }
     }
 
     /// Adds a target before its first pass (not ready until that pass ends), or

@@ -1326,8 +1326,17 @@ fn dockerfile_runs_the_exporter_as_non_root() {
         "{entrypoint:?}"
     );
     assert!(dockerfile.contains("--bin finovy-image-exporter"));
-    assert!(instructions.contains(&"ENV MALLOC_ARENA_MAX=2"));
-    assert!(instructions.contains(&"ENV MALLOC_MMAP_THRESHOLD_=1048576"));
+    // The exporter's allocator is jemalloc, with its settings compiled in: glibc's
+    // malloc variables would do nothing but mislead.
+    assert!(
+        !dockerfile.contains("MALLOC_"),
+        "{DOCKERFILE} sets glibc malloc variables"
+    );
+    // The builder stage has make, which jemalloc's build needs.
+    assert!(
+        dockerfile.contains("apt-get install -y --no-install-recommends make="),
+        "{DOCKERFILE} does not install make in the builder"
+    );
 
     // The health check runs the exporter's own `healthcheck` subcommand (no curl in the
     // image), against the port it exposes.
@@ -1467,6 +1476,11 @@ fn compose_runs_the_demo_with_this_repositorys_prometheus_and_grafana_files() {
 #[test]
 fn systemd_unit_verifies_and_is_hardened() {
     let unit = read(SYSTEMD_UNIT);
+    // jemalloc, with its settings compiled in, ignores glibc's malloc variables.
+    assert!(
+        !unit.contains("MALLOC_"),
+        "{SYSTEMD_UNIT} sets glibc malloc variables"
+    );
     let settings: Vec<(&str, &str)> = unit
         .lines()
         .filter(|line| !line.starts_with('#'))
@@ -1484,10 +1498,6 @@ fn systemd_unit_verifies_and_is_hardened() {
         ("RestartPreventExitStatus", "2"),
         // Room for --web.max-connections (512 by default) and the upstream client.
         ("LimitNOFILE", "65536"),
-        // Fewer glibc arenas, a smaller resident set; the exporter no longer sets it.
-        ("Environment", "MALLOC_ARENA_MAX=2"),
-        // Large freed bodies go back to the system instead of staying in the heap.
-        ("Environment", "MALLOC_MMAP_THRESHOLD_=1048576"),
     ] {
         assert!(has(key, value), "{SYSTEMD_UNIT} lacks {key}={value}");
     }
