@@ -72,7 +72,8 @@ struct Group {
 /// and the more a group copies again when one of its targets publishes. At
 /// 3,000 targets publishing 300 times a second, 16 left 69 MiB resident after
 /// scraping against 74–81 with 64 (fewer groups remade between two scrapes,
-/// fewer old buffers left as holes in the heap), at the same scrape latency.
+/// fewer old buffers left as holes in the heap), at the same scrape latency
+/// (measured under glibc's malloc, before the targets kept views of their group).
 const GROUP_SIZE: usize = 16;
 
 /// The groups of `items`, made again where their pieces changed, and the
@@ -518,8 +519,11 @@ mod tests {
             let (body, _) = cache.body(true).unwrap();
             let snap = state.snapshot();
             assert_eq!(snap.generation, generation, "{round}");
+            // The exporter's own metrics are the last chunk before the trailer,
+            // encoded anew by each assembly: the same buffer means the same body.
+            let own = |chunks: &[Bytes]| chunks[chunks.len() - 2].as_ptr();
             let (again, _) = cache.body(true).unwrap();
-            assert_eq!(again[1].as_ptr(), body[1].as_ptr(), "{round}: served again");
+            assert_eq!(own(&again), own(&body), "{round}: served again");
             let groups = cache.groups.lock().unwrap();
             let in_a_group = |pieces: &Pieces| {
                 pieces.iter().all(|piece| {
