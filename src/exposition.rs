@@ -370,29 +370,25 @@ mod tests {
     use crate::account::TargetKey;
     use crate::state::Outcome;
 
-    #[test]
-    fn a_published_result_invalidates_the_body_at_once() {
+    /// A state with one registered target, its key, and a cache over it.
+    fn one_target() -> (Arc<State>, TargetKey, MetricsCache) {
         let state = Arc::new(State::new());
         let key = TargetKey::datacenter("default", "HZ");
         state.register(&key, Duration::from_secs(60), Duration::from_secs(300));
         let cache = MetricsCache::new(Arc::clone(&state), Telemetry::new());
+        (state, key, cache)
+    }
+
+    #[test]
+    fn a_published_result_invalidates_the_body_at_once() {
+        let (state, key, cache) = one_target();
         let (first, _) = cache.body(false).unwrap();
         assert_eq!(
             cache.body(false).unwrap().0[0].as_ptr(),
             first[0].as_ptr(),
             "served again"
         );
-        state.publish(
-            &key,
-            Duration::ZERO,
-            Outcome::Success {
-                datacenters: [("HZ".to_string(), Default::default())].into(),
-                anomalies: Vec::new(),
-                folded: Default::default(),
-                lifecycle: Default::default(),
-                named: Vec::new(),
-            },
-        );
+        publish(&state, &key, 0);
         let (second, _) = cache.body(false).unwrap();
         let second = String::from_utf8(joined(&second)).unwrap();
         assert!(second.contains("finovy_up{account=\"default\",datacenter_key=\"HZ\"} 1"));
@@ -444,10 +440,7 @@ mod tests {
 
     #[test]
     fn a_body_a_response_holds_stays_whole_while_the_next_ones_are_made() {
-        let state = Arc::new(State::new());
-        let key = TargetKey::datacenter("default", "HZ");
-        state.register(&key, Duration::from_secs(60), Duration::from_secs(300));
-        let cache = MetricsCache::new(Arc::clone(&state), Telemetry::new());
+        let (state, key, cache) = one_target();
         publish(&state, &key, 1);
         let (held, _) = cache.body(true).unwrap();
         let held_text = inflate(&held);
