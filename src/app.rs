@@ -22,7 +22,7 @@ use crate::secret::{Token, TokenError, TokenSource};
 use crate::server::Server;
 use crate::sim::{self, SimAccount, SimServer, Simulator};
 use crate::state::State;
-use crate::target::{Limits, Liveness, Scheduler};
+use crate::refresh::{Limits, Liveness, Scheduler};
 use crate::telemetry::Telemetry;
 use crate::web_config::{WebConfigError, WebConfigWatcher};
 

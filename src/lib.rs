@@ -14,8 +14,8 @@
 //! - [`account`]: an account's settings and the targets it yields.
 //! - [`secret`]: the token type that cannot be printed, and its source.
 //! - [`labels`]: every closed set of label values (statuses, fields, reasons, anomalies).
-//! - [`target`]: one target's schedule ([`target::schedule`]), paging
-//!   ([`target::paging`]) and cardinality bounds ([`target::limits`]).
+//! - [`refresh`]: one target's schedule ([`refresh::schedule`]), paging
+//!   ([`refresh::paging`]) and cardinality bounds ([`refresh::limits`]).
 //! - [`upstream`]: the API client (one request, retries), the request budget,
 //!   the error type and the wire types ([`upstream::wire`]).
 //! - [`aggregate`]: pure aggregation of items into groups.
@@ -53,7 +53,7 @@ pub mod secret;
 pub mod server;
 pub mod sim;
 pub mod state;
-pub mod target;
+pub mod refresh;
 pub mod telemetry;
 pub mod upstream;
 pub mod web_config;

@@ -22,7 +22,7 @@ use crate::config_file::{Reloaded, Reloader};
 use crate::exposition::MetricsCache;
 use crate::metrics::Format;
 use crate::state::{State, TargetState};
-use crate::target::Liveness;
+use crate::refresh::Liveness;
 use crate::telemetry::Telemetry;
 
 /// What the landing page says about the process itself: the effective

@@ -19,7 +19,7 @@ use finovy_image_exporter::routes::Routes;
 use finovy_image_exporter::server::Server;
 use finovy_image_exporter::sim::{self, AuthStyle, Faults, SimOptions, Simulator};
 use finovy_image_exporter::state::State;
-use finovy_image_exporter::target::Liveness;
+use finovy_image_exporter::refresh::Liveness;
 use finovy_image_exporter::telemetry::Telemetry;
 use finovy_image_exporter::web_config::{WebConfigHandle, WebConfigWatcher};
 use http_body_util::Full;

@@ -21,7 +21,7 @@ use finovy_image_exporter::config::ListenAddress;
 use finovy_image_exporter::routes::Routes;
 use finovy_image_exporter::server::Server;
 use finovy_image_exporter::state::State;
-use finovy_image_exporter::target::Liveness;
+use finovy_image_exporter::refresh::Liveness;
 use finovy_image_exporter::telemetry::Telemetry;
 use finovy_image_exporter::web_config::{WebConfig, WebConfigWatcher};
 use rustls::crypto::ring::{cipher_suite, default_provider, kx_group};
