@@ -17,12 +17,12 @@ use tokio::sync::{mpsc, watch};
 use crate::account::{Account, AccountNames, Shard};
 use crate::config::Config;
 use crate::config_file::{ConfigFileError, Reloader};
+use crate::refresh::{Limits, Liveness, Scheduler};
 use crate::routes::Routes;
 use crate::secret::{Token, TokenError, TokenSource};
 use crate::server::Server;
 use crate::sim::{self, SimAccount, SimServer, Simulator};
 use crate::state::State;
-use crate::refresh::{Limits, Liveness, Scheduler};
 use crate::telemetry::Telemetry;
 use crate::web_config::{WebConfigError, WebConfigWatcher};
 

@@ -21,8 +21,8 @@ use crate::body::Body;
 use crate::config_file::{Reloaded, Reloader};
 use crate::exposition::MetricsCache;
 use crate::metrics::Format;
-use crate::state::{State, TargetState};
 use crate::refresh::Liveness;
+use crate::state::{State, TargetState};
 use crate::telemetry::Telemetry;
 
 /// What the landing page says about the process itself: the effective

@@ -19,11 +19,11 @@ use finovy_image_exporter::aggregate::{
 };
 use finovy_image_exporter::config::SizeUnit;
 use finovy_image_exporter::labels::Anomaly;
+use finovy_image_exporter::refresh::paging::Pager;
 use finovy_image_exporter::secret::Token;
 use finovy_image_exporter::sim::{
     self, FaultAction, FaultRule, Faults, SimImage, SimOptions, SimServer, Simulator,
 };
-use finovy_image_exporter::refresh::paging::Pager;
 use finovy_image_exporter::telemetry::Telemetry;
 use finovy_image_exporter::upstream::wire::{decode_page, WireError};
 use finovy_image_exporter::upstream::{ApiClient, Budget, ClientConfig, Filters};

@@ -18,10 +18,10 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use finovy_image_exporter::config::ListenAddress;
+use finovy_image_exporter::refresh::Liveness;
 use finovy_image_exporter::routes::Routes;
 use finovy_image_exporter::server::Server;
 use finovy_image_exporter::state::State;
-use finovy_image_exporter::refresh::Liveness;
 use finovy_image_exporter::telemetry::Telemetry;
 use finovy_image_exporter::web_config::{WebConfig, WebConfigWatcher};
 use rustls::crypto::ring::{cipher_suite, default_provider, kx_group};
