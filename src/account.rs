@@ -1,4 +1,4 @@
-//! An account: one token and its upstream settings, and the targets it yields.
+//! An account: how it authenticates, its upstream settings, and the targets it yields.
 //!
 //! Everything below an account is fixed once it is built: the scheduler compares
 //! accounts of two configurations by value to tell which targets changed, so a
@@ -8,8 +8,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::config::Config;
-use crate::secret::TokenSource;
-use crate::upstream::{ClientConfig, Filters, UpstreamTls};
+use crate::upstream::{Auth, ClientConfig, Filters, UpstreamTls};
 
 /// The name of the one account the flags describe.
 pub const DEFAULT_ACCOUNT: &str = "default";
@@ -21,8 +20,19 @@ pub struct RefreshSettings {
     pub interval: Duration,
     /// A datacenter's image series are dropped after this long without success.
     pub stale_after: Duration,
-    /// A pass that takes longer fails with reason `timeout`.
+    /// A pass that takes longer fails with reason `timeout`: the backstop
+    /// against a pass that never ends ([`RefreshSettings::default_timeout`]).
     pub timeout: Duration,
+}
+
+impl RefreshSettings {
+    /// `refresh.timeout` when none is given: ten intervals, and at least five
+    /// minutes. A pass that outlives its interval is not a failure (the next one
+    /// waits for it, and an upstream asking to wait with `Retry-After` must be
+    /// obeyed, not raced), so the timeout only ends a pass that never would.
+    pub fn default_timeout(interval: Duration) -> Duration {
+        interval.saturating_mul(10).max(Duration::from_secs(300))
+    }
 }
 
 /// One account, ready to refresh.
@@ -30,8 +40,8 @@ pub struct RefreshSettings {
 pub struct Account {
     /// The `account` label.
     pub name: String,
-    /// Where its token comes from.
-    pub token: TokenSource,
+    /// How it authenticates: a static token, or credentials to log in with.
+    pub auth: Auth,
     /// Its upstream client settings.
     pub client: ClientConfig,
     /// Requests in flight at most, over all its datacenters.
@@ -46,10 +56,10 @@ pub struct Account {
 
 impl Account {
     /// The account the command-line flags describe, named [`DEFAULT_ACCOUNT`].
-    pub fn from_flags(config: &Config, token: TokenSource) -> Self {
+    pub fn from_flags(config: &Config, auth: Auth) -> Self {
         Account {
             name: DEFAULT_ACCOUNT.to_string(),
-            token,
+            auth,
             client: ClientConfig {
                 url: config.list_url(),
                 timeout: config.api_timeout,
@@ -77,7 +87,9 @@ impl Account {
             refresh: RefreshSettings {
                 interval: config.refresh_interval,
                 stale_after: config.stale_after,
-                timeout: config.refresh_timeout.unwrap_or(config.refresh_interval),
+                timeout: config
+                    .refresh_timeout
+                    .unwrap_or_else(|| RefreshSettings::default_timeout(config.refresh_interval)),
             },
         }
     }
@@ -94,11 +106,11 @@ impl Account {
         }
     }
 
-    /// Whether `other` would refresh exactly as this one does (the token source
-    /// included), so that its running targets can be kept as they are.
+    /// Whether `other` would refresh exactly as this one does (how it
+    /// authenticates included), so that its running targets can be kept as they are.
     pub fn same_settings(&self, other: &Account) -> bool {
         self.name == other.name
-            && self.token == other.token
+            && self.auth == other.auth
             && self.client == other.client
             && self.concurrency == other.concurrency
             && self.requests_per_second == other.requests_per_second

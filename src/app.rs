@@ -24,6 +24,8 @@ use crate::server::Server;
 use crate::sim::{self, SimAccount, SimServer, Simulator};
 use crate::state::State;
 use crate::telemetry::Telemetry;
+use crate::upstream::login::SECRET_ENV;
+use crate::upstream::{Auth, Credentials};
 use crate::web_config::{WebConfigError, WebConfigWatcher};
 
 /// The longest time between two passes in `--demo`.
@@ -49,6 +51,9 @@ pub enum StartError {
     /// No usable token from the environment (exit status 2).
     #[error("{0}")]
     Token(TokenError),
+    /// The credentials flags cannot be used (exit status 2).
+    #[error("{0}")]
+    Credentials(String),
     /// The listen address cannot be bound.
     #[error("--web.listen-address: cannot listen on {address}: {source}")]
     Bind {
@@ -78,6 +83,7 @@ impl StartError {
             StartError::WebConfig { .. }
             | StartError::TokenFile(_)
             | StartError::Token(_)
+            | StartError::Credentials(_)
             | StartError::Shard(_)
             | StartError::ConfigFile(_)
             | StartError::Client(_) => 2,
@@ -144,21 +150,14 @@ impl Exporter {
             demo = Some(server);
             accounts
         } else {
-            let token =
-                TokenSource::from_config(config.token_file.as_deref()).map_err(|e| match config
-                    .token_file
-                {
-                    Some(_) => StartError::TokenFile(e),
-                    None => StartError::Token(e),
-                })?;
-            let accounts = vec![Account::from_flags(&config, token)];
+            let accounts = vec![Account::from_flags(&config, auth_from_flags(&config)?)];
             // Every client is built once here, so that a setting reqwest refuses
             // stops the start instead of a target (the file's loader does the same).
             for account in &accounts {
                 crate::upstream::ApiClient::new(
                     &account.name,
                     account.client.clone(),
-                    account.concurrency,
+                    &account.auth,
                     telemetry.clone(),
                 )?;
             }
@@ -166,14 +165,16 @@ impl Exporter {
         };
         warn_if_path_twice(&config);
         for account in &accounts {
-            if let (true, TokenSource::File(path)) =
-                (account.token.readable_by_others(), &account.token)
-            {
+            let (source, what) = match &account.auth {
+                Auth::Token { source, .. } => (source, "token"),
+                Auth::Login(c) => (&c.secret, "secret"),
+            };
+            if let (true, TokenSource::File(path)) = (source.readable_by_others(), source) {
                 tracing::warn!(
                     account = %account.name,
                     file = %path.display(),
                     mode = %file_mode(path),
-                    "the token file can be read by other users; restrict it to mode 0600 or 0640 (chmod 600 FILE)"
+                    "the {what} file can be read by other users; restrict it to mode 0600 or 0640 (chmod 600 FILE)"
                 );
             }
             warn_if_cleartext(account, config.demo);
@@ -192,7 +193,7 @@ impl Exporter {
         let shard = Shard::from_flags(&config).map_err(StartError::Shard)?;
         telemetry.set_shard(shard.index, shard.total);
         telemetry.demo_mode.set(i64::from(config.demo));
-        let overview = effective_configuration(&config, shard);
+        let overview = effective_configuration(&config, shard, &accounts);
         let scheduler = Scheduler::new(Arc::clone(&state), telemetry.clone(), limits, shard);
         let names = Arc::new(AccountNames::new(&accounts));
         let (reload_tx, reloads) = mpsc::unbounded_channel();
@@ -314,23 +315,58 @@ fn raise_descriptor_limit() {
 }
 
 /// The effective configuration, logged once at start and shown on the landing
-/// page: where the data comes from and how often, never a secret (the token's
-/// source is named, not its value; a proxy's credentials are dropped).
-fn effective_configuration(config: &Config, shard: Shard) -> crate::routes::Overview {
-    let upstream = config.list_url().to_string();
-    let targets = if config.datacenters.is_empty() {
-        "discovery (every datacenter the account has images in)".to_string()
-    } else {
-        config.datacenters.join(",")
-    };
-    let token = if config.demo {
-        "built in (demo)".to_string()
-    } else {
-        match &config.token_file {
-            Some(path) => format!("file {}", path.display()),
-            None => format!("environment variable {}", crate::secret::TOKEN_ENV),
-        }
-    };
+/// page: per account, where its data comes from, which datacenters, how often
+/// and how it authenticates; then what the process shares. Never a secret (a
+/// token's or secret's source is named, not its value; a proxy's credentials
+/// are dropped).
+fn effective_configuration(
+    config: &Config,
+    shard: Shard,
+    accounts: &[Account],
+) -> crate::routes::Overview {
+    let mut settings: Vec<(String, String)> = Vec::new();
+    for account in accounts.iter().take(MAX_ACCOUNTS_SHOWN) {
+        let a = describe_account(account);
+        tracing::info!(
+            account = %account.name,
+            upstream = %a.upstream,
+            datacenters = %a.datacenters,
+            filters = %a.filters,
+            refresh_interval_seconds = account.refresh.interval.as_secs_f64(),
+            page_size = account.client.page_size,
+            concurrency = account.concurrency,
+            auth = %a.auth,
+            "account"
+        );
+        settings.push((
+            format!("Account {}", account.name),
+            format!(
+                "{}; datacenters {}; every {}; {}{}",
+                a.upstream,
+                a.datacenters,
+                humantime::format_duration(account.refresh.interval),
+                a.auth,
+                if a.filters == "none" {
+                    String::new()
+                } else {
+                    format!("; filters {}", a.filters)
+                }
+            ),
+        ));
+    }
+    if accounts.len() > MAX_ACCOUNTS_SHOWN {
+        settings.push((
+            "More accounts".into(),
+            format!(
+                "{} more (the start-up log lists every one)",
+                accounts.len() - MAX_ACCOUNTS_SHOWN
+            ),
+        ));
+    }
+    for account in accounts.iter().skip(MAX_ACCOUNTS_SHOWN) {
+        let a = describe_account(account);
+        tracing::info!(account = %account.name, upstream = %a.upstream, datacenters = %a.datacenters, auth = %a.auth, "account");
+    }
     let proxy = match &config.proxy_url {
         Some(url) => format!("{} (--api.proxy-url)", without_credentials(url)),
         None => [
@@ -350,70 +386,136 @@ fn effective_configuration(config: &Config, shard: Shard) -> crate::routes::Over
         })
         .unwrap_or_else(|| "none".to_string()),
     };
-    let filters: Vec<String> = [
-        config
-            .filter_image_type
-            .as_ref()
-            .map(|t| format!("imageType={t}")),
-        config
-            .filter_image_name
-            .as_ref()
-            .map(|n| format!("imageName={n}")),
-        config
-            .filter_status
-            .map(|s| format!("status={}", s.label())),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    let filters = if filters.is_empty() {
-        "none".to_string()
-    } else {
-        filters.join(",")
-    };
-    // The demo refreshes faster than the flag says (see `start_demo`).
-    let refresh_interval = if config.demo {
-        config.refresh_interval.min(DEMO_MAX_INTERVAL)
-    } else {
-        config.refresh_interval
-    };
-    let interval = humantime::format_duration(refresh_interval).to_string();
     let shard_text = format!("{} of {}", shard.index, shard.total);
+    let source = match &config.config_file {
+        Some(path) => format!("--config.file {}", path.display()),
+        None if config.demo => "--demo (a built-in simulated upstream)".to_string(),
+        None => "flags".to_string(),
+    };
     tracing::info!(
-        upstream = %upstream,
-        datacenters = %targets,
-        filters = %filters,
-        refresh_interval_seconds = refresh_interval.as_secs_f64(),
-        page_size = config.page_size,
-        concurrency = config.api_concurrency,
-        token = %token,
+        configuration = %source,
+        accounts = accounts.len(),
         proxy = %proxy,
         demo = config.demo,
         shard = %shard_text,
         "configuration"
     );
+    settings.push(("Configuration".into(), source));
+    settings.push(("Proxy".into(), proxy));
+    settings.push((
+        "Demo mode".into(),
+        if config.demo { "on" } else { "off" }.to_string(),
+    ));
+    settings.push(("Shard".into(), shard_text));
     crate::routes::Overview {
         demo: config.demo,
-        settings: vec![
-            ("Upstream", upstream),
-            ("Datacenters", targets),
-            ("Filters", filters),
-            ("Refresh interval", interval),
-            (
-                "Stale after",
-                humantime::format_duration(config.stale_after).to_string(),
-            ),
-            ("Page size", config.page_size.to_string()),
-            ("Concurrency", config.api_concurrency.to_string()),
-            ("Token", token),
-            ("Proxy", proxy),
-            (
-                "Demo mode",
-                if config.demo { "on" } else { "off" }.to_string(),
-            ),
-            ("Shard", shard_text),
-        ],
+        settings,
     }
+}
+
+/// Accounts the landing page lists one by one; the log lists every one.
+const MAX_ACCOUNTS_SHOWN: usize = 20;
+
+/// One account's settings as people read them.
+struct AccountText {
+    upstream: String,
+    datacenters: String,
+    filters: String,
+    auth: String,
+}
+
+fn describe_account(account: &Account) -> AccountText {
+    let datacenters = if account.datacenters.is_empty() {
+        "discovered (every datacenter the account has images in)".to_string()
+    } else {
+        account.datacenters.join(",")
+    };
+    let f = &account.client.filters;
+    let filters: Vec<String> = [
+        f.image_type.as_ref().map(|t| format!("imageType={t}")),
+        f.image_name.as_ref().map(|n| format!("imageName={n}")),
+        f.status.map(|s| format!("status={}", s.label())),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    AccountText {
+        upstream: without_credentials(&account.client.url),
+        datacenters,
+        filters: if filters.is_empty() {
+            "none".to_string()
+        } else {
+            filters.join(",")
+        },
+        auth: account.auth.describe(),
+    }
+}
+
+/// How the account of the flags authenticates: credentials with `--api.uuid`
+/// (the secret from `--api.secret-file`, else `FINOVY_API_SECRET`), else the
+/// static token (`--api.token-file`, else `FINOVY_ACCESS_TOKEN`). Both kinds at
+/// once is an error naming both.
+fn auth_from_flags(config: &Config) -> Result<Auth, StartError> {
+    let Some(uuid) = &config.uuid else {
+        let source = TokenSource::from_config(config.token_file.as_deref()).map_err(|e| {
+            match (&config.token_file, e) {
+                (Some(_), e) => StartError::TokenFile(e),
+                (None, TokenError::Missing) => StartError::Credentials(format!(
+                    "no token and no credentials: log in with --api.uuid and its secret (--api.secret-file or {SECRET_ENV}), or give a token with --api.token-file or {}",
+                    crate::secret::TOKEN_ENV
+                )),
+                (None, e) => StartError::Token(e),
+            }
+        })?;
+        let from = match &config.token_file {
+            Some(path) => format!("file {}", path.display()),
+            None => format!("${}", crate::secret::TOKEN_ENV),
+        };
+        return Ok(Auth::Token { source, from });
+    };
+    if std::env::var_os(crate::secret::TOKEN_ENV).is_some() {
+        return Err(StartError::Credentials(format!(
+            "--api.uuid and {}: an account logs in with credentials or uses a static token, not both; unset {} or leave out --api.uuid",
+            crate::secret::TOKEN_ENV,
+            crate::secret::TOKEN_ENV
+        )));
+    }
+    let (secret, secret_from) = match &config.secret_file {
+        Some(path) => {
+            let source = TokenSource::File(path.clone());
+            source.current().map_err(|e| {
+                StartError::Credentials(format!(
+                    "--api.secret-file: {}",
+                    e.to_string()
+                        .replace("token file", "secret file")
+                        .replace("--api.token-file", "--api.secret-file")
+                ))
+            })?;
+            (source, format!("file {}", path.display()))
+        }
+        None => match std::env::var(SECRET_ENV) {
+            Ok(raw) => (
+                TokenSource::Fixed(Token::new(&raw).map_err(|e| {
+                    StartError::Credentials(format!(
+                        "{SECRET_ENV}: {}",
+                        e.to_string().replace("token", "secret")
+                    ))
+                })?),
+                format!("${SECRET_ENV}"),
+            ),
+            Err(_) => {
+                return Err(StartError::Credentials(format!(
+                    "--api.uuid {uuid} needs its secret: give --api.secret-file or set {SECRET_ENV}"
+                )))
+            }
+        },
+    };
+    Ok(Auth::Login(Credentials {
+        uuid: uuid.clone(),
+        secret,
+        secret_from,
+        url: config.auth_url(),
+    }))
 }
 
 /// A URL without its user and password, for logs and pages.
@@ -488,13 +590,17 @@ pub fn check_config(config: &Config) -> i32 {
 async fn start_demo(config: &mut Config) -> Result<(SimServer, Vec<Account>), StartError> {
     let token = |name: &str| format!("demo-{name}-{:016x}", crate::random_u64());
     let (prod_token, staging_token) = (token("prod"), token("staging"));
+    // The prod account logs in as a real one does, with a uuid and a secret;
+    // staging keeps a static token, the other way to authenticate.
+    let prod_secret = format!("demo-secret-{:016x}", crate::random_u64());
     let simulator = Simulator::with_accounts(
         vec![
             SimAccount::new(
                 "prod",
                 &prod_token,
                 sim::generate(&sim::GenerateOptions::default()),
-            ),
+            )
+            .with_login(DEMO_UUID, &prod_secret),
             SimAccount::new(
                 "staging",
                 &staging_token,
@@ -509,6 +615,8 @@ async fn start_demo(config: &mut Config) -> Result<(SimServer, Vec<Account>), St
         sim::AuthStyle::default(),
     )
     .expect("two named accounts with distinct tokens");
+    // Short-lived tokens, so that a renewal shows within the first minute.
+    simulator.set_token_lifetime(DEMO_TOKEN_LIFETIME);
     let server = SimServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), simulator)
         .await
         .map_err(StartError::Demo)?;
@@ -516,26 +624,38 @@ async fn start_demo(config: &mut Config) -> Result<(SimServer, Vec<Account>), St
         .parse()
         .expect("a socket address makes a valid URL");
     tracing::info!(upstream = %config.api_url, accounts = "prod,staging", "demo mode: serving a simulated upstream");
-    let fixed = |raw: &str| {
-        Token::new(raw)
-            .map(TokenSource::Fixed)
-            .map_err(StartError::Token)
-    };
-    let mut prod = Account::from_flags(config, fixed(&prod_token)?);
+    let fixed = |raw: &str| Token::new(raw).map_err(StartError::Token);
+    let mut prod = Account::from_flags(
+        config,
+        Auth::Login(Credentials {
+            uuid: DEMO_UUID.into(),
+            secret: TokenSource::Fixed(fixed(&prod_secret)?),
+            secret_from: "the demo".into(),
+            url: config.auth_url(),
+        }),
+    );
     prod.name = "prod".into();
     // The demo's images change every few seconds and a first look should not
     // wait a minute for the first pass: it refreshes every 10 s at most.
     if prod.refresh.interval > DEMO_MAX_INTERVAL {
         prod.refresh.interval = DEMO_MAX_INTERVAL;
-        prod.refresh.timeout = prod.refresh.timeout.min(DEMO_MAX_INTERVAL);
     }
     let mut staging = prod.clone();
     staging.name = "staging".into();
-    staging.token = fixed(&staging_token)?;
+    staging.auth = Auth::Token {
+        source: TokenSource::Fixed(fixed(&staging_token)?),
+        from: "the demo".into(),
+    };
     staging.datacenters = Vec::new();
     staging.concurrency = staging.concurrency.min(2);
     Ok((server, vec![prod, staging]))
 }
+
+/// The account ID the demo's prod account logs in as.
+const DEMO_UUID: &str = "A10000001";
+
+/// How long the demo simulator's tokens last.
+const DEMO_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Warns when an account's token would travel unencrypted: an `http://` API
 /// URL, or an `http://` proxy for an `http://` URL.

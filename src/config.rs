@@ -61,6 +61,25 @@ pub struct Config {
     #[arg(long = "api.token-file", env = "FINOVY_API_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
 
+    /// Account ID to log in as, with its secret: the exporter then gets its own tokens and renews them.
+    #[arg(help_heading = "API")]
+    #[arg(long = "api.uuid", env = "FINOVY_API_UUID", conflicts_with = "token_file", value_parser = parse_uuid)]
+    pub uuid: Option<String>,
+
+    /// File holding the secret of --api.uuid, read again at each login; else env FINOVY_API_SECRET.
+    #[arg(help_heading = "API")]
+    #[arg(
+        long = "api.secret-file",
+        env = "FINOVY_API_SECRET_FILE",
+        requires = "uuid"
+    )]
+    pub secret_file: Option<PathBuf>,
+
+    /// Path of the login endpoint, appended to --api.url (used with --api.uuid).
+    #[arg(help_heading = "API")]
+    #[arg(long = "api.auth-path", env = "FINOVY_API_AUTH_PATH", default_value = crate::upstream::login::DEFAULT_AUTH_PATH, value_parser = parse_api_path)]
+    pub auth_path: String,
+
     /// Timeout of one upstream request, body included.
     #[arg(help_heading = "API")]
     #[arg(long = "api.timeout", env = "FINOVY_API_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
@@ -160,7 +179,7 @@ pub struct Config {
     #[arg(long = "refresh.stale-after", env = "FINOVY_REFRESH_STALE_AFTER", default_value = "5m", value_parser = parse_positive_duration)]
     pub stale_after: Duration,
 
-    /// Longest a pass may take before it fails with reason timeout [default: the interval].
+    /// Longest a pass may take before it fails with reason timeout, a backstop [default: ten intervals, at least 5m].
     #[arg(help_heading = "Refresh")]
     #[arg(long = "refresh.timeout", env = "FINOVY_REFRESH_TIMEOUT", value_parser = parse_positive_duration)]
     pub refresh_timeout: Option<Duration>,
@@ -322,10 +341,13 @@ impl Config {
 /// `--refresh.*`): with `--config.file` the file describes every account, so
 /// giving one of them too (on the command line or through its environment twin)
 /// is an error naming it.
-pub const ACCOUNT_FLAGS: [&str; 22] = [
+pub const ACCOUNT_FLAGS: [&str; 25] = [
     "api_url",
     "api_path",
     "token_file",
+    "uuid",
+    "secret_file",
+    "auth_path",
     "api_timeout",
     "page_size",
     "api_concurrency",
@@ -360,15 +382,42 @@ impl Config {
 
     /// The full URL of the image list endpoint.
     pub fn list_url(&self) -> Url {
-        let mut url = self.api_url.clone();
-        let base = url.path().trim_end_matches('/').to_string();
-        url.set_path(&format!("{base}{}", self.api_path));
-        url
+        join_path(&self.api_url, &self.api_path)
+    }
+
+    /// The full URL of the login endpoint.
+    pub fn auth_url(&self) -> Url {
+        join_path(&self.api_url, &self.auth_path)
     }
 }
 
+/// `base` with `path` appended to its own path (a base URL may have a prefix).
+pub fn join_path(base: &Url, path: &str) -> Url {
+    let mut url = base.clone();
+    let prefix = url.path().trim_end_matches('/').to_string();
+    url.set_path(&format!("{prefix}{path}"));
+    url
+}
+
+/// An account ID: printable, without spaces, at most 128 bytes. It is shown in
+/// logs and on the landing page, so it may not be a secret pasted by mistake
+/// into the wrong flag (a secret would be caught by nothing here, but a value
+/// with spaces or control characters is no account ID).
+pub fn parse_uuid(s: &str) -> Result<String, String> {
+    let t = s.trim();
+    if t.is_empty() {
+        return Err("the account ID is empty; it is on the account page of the console".into());
+    }
+    if t.len() > 128 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(
+            "an account ID has no spaces or control characters and at most 128 characters".into(),
+        );
+    }
+    Ok(t.to_string())
+}
+
 /// Printed after `--help`: what is read from the environment without a flag.
-const AFTER_HELP: &str = "Environment:\n  FINOVY_ACCESS_TOKEN  The access token, when --api.token-file is not given (never logged)\n  HTTPS_PROXY, HTTP_PROXY, NO_PROXY  Proxy for upstream requests, unless --api.proxy-url is given\n\nEvery flag can also be set from the environment variable shown beside it.";
+const AFTER_HELP: &str = "Environment:\n  FINOVY_ACCESS_TOKEN  The access token, when --api.token-file is not given (never logged)\n  FINOVY_API_SECRET  The secret of --api.uuid, when --api.secret-file is not given (never logged)\n  HTTPS_PROXY, HTTP_PROXY, NO_PROXY  Proxy for upstream requests, unless --api.proxy-url is given\n\nEvery flag can also be set from the environment variable shown beside it.";
 
 fn exit_with(err: clap::Error) -> ! {
     use clap::error::ErrorKind;

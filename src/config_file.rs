@@ -26,7 +26,7 @@ use crate::aggregate::Status;
 use crate::config::{self, Config, ExtraHeader, SizeUnit};
 use crate::secret::{Token, TokenSource};
 use crate::telemetry::Telemetry;
-use crate::upstream::{ApiClient, ClientError};
+use crate::upstream::{ApiClient, Auth, ClientError, Credentials};
 
 /// One problem with the file, where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,6 +105,24 @@ pub enum TokenRef {
     File(PathBuf),
     /// `token_env`: the name of an environment variable.
     Env(String),
+    /// `uuid` with `secret_file` or `secret_env`: log in for tokens.
+    Login {
+        /// The account ID.
+        uuid: String,
+        /// Where the secret is.
+        secret: SecretRef,
+        /// The login URL (`api.url` and `api.auth_path`).
+        url: Url,
+    },
+}
+
+/// Where a drafted account's secret comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    /// `secret_file`, resolved against the file's directory.
+    File(PathBuf),
+    /// `secret_env`: the name of an environment variable.
+    Env(String),
 }
 
 /// Parses the text of a configuration file (named `path` in errors) into
@@ -123,9 +141,10 @@ pub fn parse(text: &str, path: &Path, flags: &Config) -> Result<Vec<Draft>, Prob
     }
     let context = Context {
         defaults: &defaults,
-        base: Account::from_flags(flags, TokenSource::Fixed(placeholder_token())),
+        base: Account::from_flags(flags, placeholder_auth()),
         flags_url: flags.api_url.clone(),
         flags_path: flags.api_path.clone(),
+        flags_auth_path: flags.auth_path.clone(),
         dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
         stop_at: None,
     };
@@ -160,24 +179,73 @@ fn resolve(
             TokenRef::File(file) => {
                 let source = TokenSource::File(file.clone());
                 match source.current() {
-                    Ok(_) => account.token = source,
+                    Ok(_) => {
+                        account.auth = Auth::Token {
+                            source,
+                            from: format!("file {}", file.display()),
+                        }
+                    }
                     Err(e) => trouble.push(format!("token_file: {e}")),
                 }
             }
             TokenRef::Env(name) => match std::env::var(name) {
                 Ok(raw) => match Token::new(&raw) {
-                    Ok(token) => account.token = TokenSource::Fixed(token),
+                    Ok(token) => {
+                        account.auth = Auth::Token {
+                            source: TokenSource::Fixed(token),
+                            from: format!("${name}"),
+                        }
+                    }
                     Err(e) => trouble.push(format!("token_env: ${name}: {e}")),
                 },
                 Err(_) => trouble.push(format!(
                     "token_env: the environment variable {name} is not set"
                 )),
             },
+            TokenRef::Login { uuid, secret, url } => {
+                let (secret, secret_from) = match secret {
+                    SecretRef::File(file) => {
+                        let source = TokenSource::File(file.clone());
+                        match source.current() {
+                            Ok(_) => (Some(source), format!("file {}", file.display())),
+                            Err(e) => {
+                                let e = e.to_string().replace("token file", "secret file");
+                                trouble.push(format!("secret_file: {e}"));
+                                (None, String::new())
+                            }
+                        }
+                    }
+                    SecretRef::Env(name) => match std::env::var(name).map(|raw| Token::new(&raw)) {
+                        Ok(Ok(secret)) => (Some(TokenSource::Fixed(secret)), format!("${name}")),
+                        Ok(Err(e)) => {
+                            trouble.push(format!(
+                                "secret_env: ${name}: {}",
+                                e.to_string().replace("token", "secret")
+                            ));
+                            (None, String::new())
+                        }
+                        Err(_) => {
+                            trouble.push(format!(
+                                "secret_env: the environment variable {name} is not set"
+                            ));
+                            (None, String::new())
+                        }
+                    },
+                };
+                if let Some(secret) = secret {
+                    account.auth = Auth::Login(Credentials {
+                        uuid: uuid.clone(),
+                        secret,
+                        secret_from,
+                        url: url.clone(),
+                    });
+                }
+            }
         }
         if let Err(e) = ApiClient::new(
             &account.name,
             account.client.clone(),
-            account.concurrency,
+            &account.auth,
             scratch.clone(),
         ) {
             trouble.push(client_problem(&e));
@@ -214,9 +282,10 @@ fn account_position(
     let defaults = first.defaults.unwrap_or_default();
     let context = Context {
         defaults: &defaults,
-        base: Account::from_flags(flags, TokenSource::Fixed(placeholder_token())),
+        base: Account::from_flags(flags, placeholder_auth()),
         flags_url: flags.api_url.clone(),
         flags_path: flags.api_path.clone(),
+        flags_auth_path: flags.auth_path.clone(),
         dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
         stop_at: Some(index),
     };
@@ -226,8 +295,13 @@ fn account_position(
     err.location().map(|l| (l.line(), l.column()))
 }
 
-fn placeholder_token() -> Token {
-    Token::new("unresolved").expect("a fixed word is a valid token")
+fn placeholder_auth() -> Auth {
+    Auth::Token {
+        source: TokenSource::Fixed(
+            Token::new("unresolved").expect("a fixed word is a valid token"),
+        ),
+        from: "unresolved".into(),
+    }
 }
 
 /// The message of a client that cannot be built, with the file's key names.
@@ -286,6 +360,12 @@ struct Entry {
     token_file: Option<PathBuf>,
     #[serde(default, deserialize_with = "token_env")]
     token_env: Option<String>,
+    #[serde(default, deserialize_with = "uuid")]
+    uuid: Option<String>,
+    #[serde(default)]
+    secret_file: Option<PathBuf>,
+    #[serde(default, deserialize_with = "token_env")]
+    secret_env: Option<String>,
     #[serde(default, deserialize_with = "datacenters")]
     datacenters: Option<Vec<String>>,
     #[serde(default)]
@@ -303,6 +383,8 @@ struct Api {
     url: Option<Url>,
     #[serde(default, deserialize_with = "api_path")]
     path: Option<String>,
+    #[serde(default, deserialize_with = "api_path")]
+    auth_path: Option<String>,
     #[serde(default, deserialize_with = "positive_duration")]
     timeout: Option<Duration>,
     #[serde(default, deserialize_with = "page_size")]
@@ -461,6 +543,10 @@ fn proxy_url<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<Url>, D::Erro
     checked(d, "a proxy URL", config::parse_proxy_url)
 }
 
+fn uuid<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    checked(d, "an account ID", config::parse_uuid)
+}
+
 fn api_path<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     checked(d, "a path", config::parse_api_path)
 }
@@ -567,6 +653,7 @@ struct Context<'a> {
     /// `--api.url` and `--api.path` (their defaults), joined with the file's.
     flags_url: Url,
     flags_path: String,
+    flags_auth_path: String,
     dir: PathBuf,
     /// Fail at this account with its position (see [`account_position`]).
     stop_at: Option<usize>,
@@ -681,34 +768,35 @@ impl<'de> Visitor<'de> for AccountSeed<'_> {
 fn complete(name: &str, entry: &Entry, context: &Context<'_>) -> Result<Draft, String> {
     let defaults = context.defaults;
     let resolve = |p: &PathBuf| context.dir.join(p);
-    let token = match (&entry.token_file, &entry.token_env) {
-        (Some(_), Some(_)) => {
-            return Err("give token_file or token_env, not both".into());
-        }
-        (Some(file), None) => TokenRef::File(resolve(file)),
-        (None, Some(env)) => TokenRef::Env(env.clone()),
-        (None, None) => match (&defaults.token_file, &defaults.token_env) {
-            (Some(_), Some(_)) => {
-                return Err("defaults: give token_file or token_env, not both".into())
-            }
-            (Some(file), None) => TokenRef::File(resolve(file)),
-            (None, Some(env)) => TokenRef::Env(env.clone()),
-            (None, None) => {
-                return Err(format!(
-                    "account '{name}' has no token: give token_file or token_env"
-                ))
-            }
-        },
-    };
     let (a, d) = (&entry.api, &defaults.api);
-    let mut account = context.base.clone();
-    account.name = name.to_string();
-    let client = &mut account.client;
     let url = a
         .url
         .as_ref()
         .or(d.url.as_ref())
         .unwrap_or(&context.flags_url);
+    let auth_path = a
+        .auth_path
+        .as_ref()
+        .or(d.auth_path.as_ref())
+        .unwrap_or(&context.flags_auth_path);
+    // The account's own keys win; the defaults' only when it names no way at all
+    // to authenticate, so a default token never mixes with an account's uuid.
+    let token = match authentication(entry, &resolve, url, auth_path)? {
+        Some(token) => token,
+        None => match authentication(defaults, &resolve, url, auth_path)
+            .map_err(|e| format!("defaults: {e}"))?
+        {
+            Some(token) => token,
+            None => {
+                return Err(format!(
+                    "account '{name}' has no way to authenticate: give uuid with secret_file or secret_env (credentials), or token_file or token_env (a static token)"
+                ))
+            }
+        },
+    };
+    let mut account = context.base.clone();
+    account.name = name.to_string();
+    let client = &mut account.client;
     let path = a
         .path
         .as_ref()
@@ -758,9 +846,49 @@ fn complete(name: &str, entry: &Entry, context: &Context<'_>) -> Result<Draft, S
     let refresh = &mut account.refresh;
     pick(&mut refresh.interval, r.interval, dr.interval);
     pick(&mut refresh.stale_after, r.stale_after, dr.stale_after);
-    // A pass may take the whole interval unless told otherwise.
-    refresh.timeout = r.timeout.or(dr.timeout).unwrap_or(refresh.interval);
+    // A backstop against a pass that never ends, not a bound on a slow one.
+    refresh.timeout = r
+        .timeout
+        .or(dr.timeout)
+        .unwrap_or_else(|| crate::account::RefreshSettings::default_timeout(refresh.interval));
     Ok(Draft { account, token })
+}
+
+/// How `entry` says to authenticate: `None` when it names no way at all; an
+/// error naming the keys when it names two, or half of the credentials.
+fn authentication(
+    entry: &Entry,
+    resolve: &dyn Fn(&PathBuf) -> PathBuf,
+    url: &Url,
+    auth_path: &str,
+) -> Result<Option<TokenRef>, String> {
+    let secret = match (&entry.secret_file, &entry.secret_env) {
+        (Some(_), Some(_)) => return Err("give secret_file or secret_env, not both".into()),
+        (Some(file), None) => Some(SecretRef::File(resolve(file))),
+        (None, Some(env)) => Some(SecretRef::Env(env.clone())),
+        (None, None) => None,
+    };
+    let token = match (&entry.token_file, &entry.token_env) {
+        (Some(_), Some(_)) => return Err("give token_file or token_env, not both".into()),
+        (Some(file), None) => Some(TokenRef::File(resolve(file))),
+        (None, Some(env)) => Some(TokenRef::Env(env.clone())),
+        (None, None) => None,
+    };
+    match (&entry.uuid, secret, token) {
+        (Some(_), _, Some(_)) => {
+            Err("give uuid (credentials) or token_file/token_env (a static token), not both".into())
+        }
+        (Some(uuid), Some(secret), None) => Ok(Some(TokenRef::Login {
+            uuid: uuid.clone(),
+            secret,
+            url: join(url, auth_path),
+        })),
+        (Some(_), None, None) => {
+            Err("uuid needs its secret: give secret_file or secret_env".into())
+        }
+        (None, Some(_), _) => Err("secret_file/secret_env need the account's uuid".into()),
+        (None, None, token) => Ok(token),
+    }
 }
 
 fn pick<T: Copy>(slot: &mut T, own: Option<T>, default: Option<T>) {
@@ -770,10 +898,7 @@ fn pick<T: Copy>(slot: &mut T, own: Option<T>, default: Option<T>) {
 }
 
 fn join(base: &Url, path: &str) -> Url {
-    let mut url = base.clone();
-    let prefix = url.path().trim_end_matches('/').to_string();
-    url.set_path(&format!("{prefix}{path}"));
-    url
+    config::join_path(base, path)
 }
 
 /// Reloads `--config.file` on SIGHUP and `POST /-/reload`: the new file is

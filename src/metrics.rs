@@ -295,6 +295,22 @@ pub const API_DURATION: Family = Family {
     labels: &["account"],
 };
 
+/// `finovy_auth_requests_total`.
+pub const AUTH_REQUESTS: Family = Family {
+    name: "finovy_auth_requests_total",
+    kind: Kind::Counter,
+    help: "Logins sent to the Finovy API by accounts with credentials, by account and code: the answer's envelope code (0 is success), else its HTTP status, else error.",
+    labels: &["account", "code"],
+};
+
+/// `finovy_auth_token_expiry_timestamp_seconds`.
+pub const AUTH_TOKEN_EXPIRY: Family = Family {
+    name: "finovy_auth_token_expiry_timestamp_seconds",
+    kind: Kind::Gauge,
+    help: "When the token of an account's last login expires, in seconds since the Unix epoch (absent without a token whose lifetime is known).",
+    labels: &["account"],
+};
+
 /// `finovy_api_invalid_items_total`.
 pub const API_INVALID_ITEMS: Family = Family {
     name: "finovy_api_invalid_items_total",
@@ -384,6 +400,8 @@ pub const ALL: &[Family] = &[
     API_DURATION,
     API_INVALID_ITEMS,
     API_CONCURRENCY_LIMIT,
+    AUTH_REQUESTS,
+    AUTH_TOKEN_EXPIRY,
     SHARD_INFO,
     WEB_CONFIG_RELOAD,
     CONFIG_RELOAD,

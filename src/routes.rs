@@ -32,7 +32,7 @@ pub struct Overview {
     /// `--demo`: the data comes from the built-in simulator.
     pub demo: bool,
     /// Setting name and effective value, in the order shown.
-    pub settings: Vec<(&'static str, String)>,
+    pub settings: Vec<(String, String)>,
 }
 
 /// The request handler and what it reads from.

@@ -149,6 +149,10 @@ pub struct Telemetry {
     /// The upstream calls of every account, by name.
     accounts: Arc<Mutex<BTreeMap<String, Arc<Upstream>>>>,
     shard_info: IntGaugeVec,
+    /// `finovy_auth_requests_total{account,code}`.
+    auth_requests: prometheus::IntCounterVec,
+    /// `finovy_auth_token_expiry_timestamp_seconds{account}`.
+    auth_token_expiry: prometheus::GaugeVec,
     /// `finovy_web_config_last_reload_successful`: 0 while the last change of
     /// `--web.config.file` could not be loaded, else 1.
     pub web_config_last_reload_successful: IntGauge,
@@ -182,8 +186,20 @@ impl Telemetry {
         let config_last_reload_success_timestamp =
             Gauge::with_opts(metrics::CONFIG_RELOAD_TIMESTAMP.opts()).expect("valid metric");
 
+        let auth_requests = prometheus::IntCounterVec::new(
+            metrics::AUTH_REQUESTS.opts(),
+            metrics::AUTH_REQUESTS.labels,
+        )
+        .expect("valid metric");
+        let auth_token_expiry = prometheus::GaugeVec::new(
+            metrics::AUTH_TOKEN_EXPIRY.opts(),
+            metrics::AUTH_TOKEN_EXPIRY.labels,
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(shard_info.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(auth_requests.clone()),
+            Box::new(auth_token_expiry.clone()),
             Box::new(build_info),
             Box::new(web_config_last_reload_successful.clone()),
             Box::new(demo_mode.clone()),
@@ -204,6 +220,8 @@ impl Telemetry {
             registry,
             accounts: Arc::default(),
             shard_info,
+            auth_requests,
+            auth_token_expiry,
             web_config_last_reload_successful,
             demo_mode,
             config_last_reload_successful,
@@ -241,6 +259,42 @@ impl Telemetry {
     pub fn remove_account(&self, account: &str) {
         let mut accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
         accounts.remove(account);
+        let _ = self.auth_token_expiry.remove_label_values(&[account]);
+        for m in prometheus::core::Collector::collect(&self.auth_requests) {
+            for metric in m.get_metric() {
+                let labels = metric.get_label();
+                if labels
+                    .iter()
+                    .any(|l| l.name() == "account" && l.value() == account)
+                {
+                    if let Some(code) = labels.iter().find(|l| l.name() == "code") {
+                        let _ = self
+                            .auth_requests
+                            .remove_label_values(&[account, code.value()]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts one login of `account`, answered with `code` (the envelope's
+    /// code, else the HTTP status, else `error`).
+    pub fn record_auth_request(&self, account: &str, code: &str) {
+        self.auth_requests.with_label_values(&[account, code]).inc();
+    }
+
+    /// Sets when the token of `account`'s last login expires; `None` removes
+    /// the series (no token, or its lifetime is unknown).
+    pub fn set_auth_token_expiry(&self, account: &str, expiry: Option<std::time::SystemTime>) {
+        match expiry {
+            Some(at) => self
+                .auth_token_expiry
+                .with_label_values(&[account])
+                .set(crate::unix_seconds(at)),
+            None => {
+                let _ = self.auth_token_expiry.remove_label_values(&[account]);
+            }
+        }
     }
 
     /// The upstream lines of every account, or of `only`, in account order.

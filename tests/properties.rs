@@ -20,13 +20,13 @@ use finovy_image_exporter::aggregate::{
 use finovy_image_exporter::config::SizeUnit;
 use finovy_image_exporter::labels::Anomaly;
 use finovy_image_exporter::refresh::paging::Pager;
-use finovy_image_exporter::secret::Token;
+use finovy_image_exporter::secret::{Token, TokenSource};
 use finovy_image_exporter::sim::{
     self, FaultAction, FaultRule, Faults, SimImage, SimOptions, SimServer, Simulator,
 };
 use finovy_image_exporter::telemetry::Telemetry;
 use finovy_image_exporter::upstream::wire::{decode_page, WireError};
-use finovy_image_exporter::upstream::{ApiClient, Budget, ClientConfig, Filters};
+use finovy_image_exporter::upstream::{ApiClient, Auth, Budget, ClientConfig, Filters};
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestRunner};
 use serde_json::{json, Value};
@@ -481,7 +481,18 @@ impl Upstream {
         };
         let telemetry = Telemetry::new();
         Pager {
-            client: Arc::new(ApiClient::new("default", config, 4, telemetry.clone()).unwrap()),
+            client: Arc::new(
+                ApiClient::new(
+                    "default",
+                    config,
+                    &Auth::Token {
+                        source: TokenSource::Fixed(Token::new("t0ken").unwrap()),
+                        from: "a test".into(),
+                    },
+                    telemetry.clone(),
+                )
+                .unwrap(),
+            ),
             budget: Arc::new(Budget::new(4, 0.0, telemetry.upstream("default"))),
             window: 4,
         }
@@ -558,7 +569,6 @@ fn aggregate_at_once(
 
 fn paging_equals_reading_at_once(scope: Option<&str>, cases: u32) {
     let upstream = Upstream::start();
-    let token = Token::new("t0ken").unwrap();
     let mut runner = TestRunner::new(ProptestConfig::with_cases(cases));
     let result = runner.run(&(dataset(), paging()), |(images, paging)| {
         // A page that repeats only items seen before ends the pass (the bound on
@@ -582,7 +592,7 @@ fn paging_equals_reading_at_once(scope: Option<&str>, cases: u32) {
         let pager = upstream.pager(paging.page_size);
         let collected = upstream
             .runtime
-            .block_on(pager.collect(&token, scope))
+            .block_on(pager.collect(scope))
             .map_err(|e| TestCaseError::fail(e.to_string()))?;
         let want = aggregate_at_once(&images, scope);
         let count: u64 = want.values().map(DatacenterImages::total_images).sum();

@@ -27,7 +27,6 @@ use tokio::task::JoinSet;
 use crate::aggregate::{Added, Aggregator, DatacenterImages, Field, NamedImage, Options};
 use crate::labels::Anomaly;
 use crate::lifecycle::Census;
-use crate::secret::Token;
 use crate::upstream::{ApiClient, Budget, FetchError, Page};
 
 /// Pages one pass reads at most, whatever `totalCounts` claims (10 million images
@@ -241,23 +240,17 @@ pub struct Pager {
 impl Pager {
     /// Pages through the list of `datacenter` (all of them when `None`) and
     /// aggregates it.
-    pub async fn collect(
-        &self,
-        token: &Token,
-        datacenter: Option<&str>,
-    ) -> Result<Collected, FetchError> {
-        self.collect_with(token, datacenter, Options::default())
-            .await
+    pub async fn collect(&self, datacenter: Option<&str>) -> Result<Collected, FetchError> {
+        self.collect_with(datacenter, Options::default()).await
     }
 
     /// [`Pager::collect`], gathering also what `options` ask for.
     pub async fn collect_with(
         &self,
-        token: &Token,
         datacenter: Option<&str>,
         options: Options,
     ) -> Result<Collected, FetchError> {
-        let first = self.fetch(token, datacenter, 1).await?;
+        let first = self.fetch(datacenter, 1).await?;
         let mut pass = Pass::new(datacenter, &first, options);
         pass.absorb(&first);
         let served = first.items.len() as u64;
@@ -288,10 +281,9 @@ impl Pager {
         while next <= planned || !in_flight.is_empty() {
             while in_flight.len() < self.window.max(1) && next <= planned {
                 let pager = self.clone();
-                let token = token.clone();
                 let dc = datacenter.map(str::to_string);
                 let page_no = next;
-                in_flight.spawn(async move { pager.fetch(&token, dc.as_deref(), page_no).await });
+                in_flight.spawn(async move { pager.fetch(dc.as_deref(), page_no).await });
                 next += 1;
             }
             let Some(joined) = in_flight.join_next().await else {
@@ -340,7 +332,7 @@ impl Pager {
             if page_no > limit {
                 return Ok(pass.finish(true));
             }
-            let page = self.fetch(token, datacenter, page_no).await?;
+            let page = self.fetch(datacenter, page_no).await?;
             page_no += 1;
             match pass.news(&page) {
                 PageNews::New => {
@@ -355,15 +347,8 @@ impl Pager {
         }
     }
 
-    async fn fetch(
-        &self,
-        token: &Token,
-        datacenter: Option<&str>,
-        page: u32,
-    ) -> Result<Page, FetchError> {
-        self.client
-            .fetch_page(&self.budget, token, datacenter, page)
-            .await
+    async fn fetch(&self, datacenter: Option<&str>, page: u32) -> Result<Page, FetchError> {
+        self.client.fetch_page(&self.budget, datacenter, page).await
     }
 }
 

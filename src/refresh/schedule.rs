@@ -1,8 +1,9 @@
 //! Every target on its own schedule.
 //!
 //! Each target runs as a task of its own: its first pass at a random offset within
-//! the first interval (so that targets do not fire together), then one pass every
-//! interval. A target's passes never overlap: the next tick waits for the pass to
+//! the first [`FIRST_PASS_WINDOW`] (or the interval, if shorter), so that targets
+//! do not fire together and yet the first numbers come within seconds; then one
+//! pass every interval. A target's passes never overlap: the next tick waits for the pass to
 //! end (a late pass delays that target's schedule instead of piling up), and a pass
 //! has a deadline, `refresh.timeout`. Nothing one target does (a hang, a flood of
 //! pages, a lie) delays another: they share only the account's request
@@ -31,6 +32,10 @@ use crate::lifecycle::{self, Census, Changes};
 use crate::state::{Lifecycle, Outcome, State};
 use crate::telemetry::{Telemetry, Upstream};
 use crate::upstream::{ApiClient, Budget, ClientError, FetchError};
+
+/// The window in which every target's first pass starts, after a start or a
+/// reload.
+pub const FIRST_PASS_WINDOW: Duration = Duration::from_secs(10);
 
 /// Cleared when the scheduler's loop ends for any reason (a panic included), so
 /// `/healthz` can tell.
@@ -100,7 +105,7 @@ impl Scheduler {
         let client = ApiClient::new(
             &account.name,
             account.client.clone(),
-            account.concurrency,
+            &account.auth,
             self.telemetry.clone(),
         )?
         .naming(named.unwrap_or_default());
@@ -263,7 +268,13 @@ struct TargetTask {
 impl TargetTask {
     async fn run(self) {
         let interval = self.runtime.account.refresh.interval;
-        let offset = interval.mul_f64(crate::random_fraction());
+        // The first pass within the first few seconds, whatever the interval, so
+        // that `/readyz` and the first numbers never wait for a random part of a
+        // long interval; spread over that window so that targets do not fire
+        // together. Later passes follow every interval.
+        let offset = interval
+            .min(FIRST_PASS_WINDOW)
+            .mul_f64(crate::random_fraction());
         self.state
             .set_next_pass(&self.key, SystemTime::now() + offset);
         tokio::time::sleep(offset).await;
@@ -286,35 +297,31 @@ impl TargetTask {
         let account = &self.runtime.account;
         let started = Instant::now();
         let mut elsewhere = None;
-        let result = match account.token.current() {
-            Err(err) => Err(FetchError::Token(err)),
-            Ok(token) => {
-                let timeout = account.refresh.timeout;
-                let collectors = self.state.collectors();
-                let options = Options {
-                    census: collectors.lifecycle,
-                    ages_at_ms: collectors
-                        .age
-                        .then(|| crate::state::unix_seconds(SystemTime::now()) * 1000.0)
-                        .map(|ms| ms as i64),
-                    named: collectors.image_info.map_or(0, |i| i.limit),
-                };
-                let pass = self.runtime.pager.collect_with(
-                    &token,
-                    self.key.datacenter.as_deref(),
-                    options,
-                );
-                let result = match tokio::time::timeout(timeout, pass).await {
-                    Ok(result) => result,
-                    Err(_) => Err(FetchError::PassTimeout(timeout)),
-                };
-                if let Ok(collected) = &result {
-                    if collected.items == 0 && collected.foreign == 0 {
-                        elsewhere = self.keys_elsewhere(&token).await;
-                    }
+        let result = {
+            let timeout = account.refresh.timeout;
+            let collectors = self.state.collectors();
+            let options = Options {
+                census: collectors.lifecycle,
+                ages_at_ms: collectors
+                    .age
+                    .then(|| crate::state::unix_seconds(SystemTime::now()) * 1000.0)
+                    .map(|ms| ms as i64),
+                named: collectors.image_info.map_or(0, |i| i.limit),
+            };
+            let pass = self
+                .runtime
+                .pager
+                .collect_with(self.key.datacenter.as_deref(), options);
+            let result = match tokio::time::timeout(timeout, pass).await {
+                Ok(result) => result,
+                Err(_) => Err(FetchError::PassTimeout(timeout)),
+            };
+            if let Ok(collected) = &result {
+                if collected.items == 0 && collected.foreign == 0 {
+                    elsewhere = self.keys_elsewhere().await;
                 }
-                result
             }
+            result
         };
         self.runtime.pager.budget.pass_finished();
         let duration = started.elapsed();
@@ -333,17 +340,13 @@ impl TargetTask {
     /// of the account's images on one unfiltered-by-datacenter first page, once
     /// per target and process (a typo such as `hz` for `HZ` otherwise looks
     /// healthy: up, with no image). `None` when already asked, or on an error.
-    async fn keys_elsewhere(&self, token: &crate::secret::Token) -> Option<Vec<String>> {
+    async fn keys_elsewhere(&self) -> Option<Vec<String>> {
         self.key.datacenter.as_ref()?;
         if self.probed.swap(true, Ordering::Relaxed) {
             return None;
         }
         let pager = &self.runtime.pager;
-        let page = pager
-            .client
-            .fetch_page(&pager.budget, token, None, 1)
-            .await
-            .ok()?;
+        let page = pager.client.fetch_page(&pager.budget, None, 1).await.ok()?;
         let mut keys: Vec<String> = page
             .items
             .iter()

@@ -29,6 +29,7 @@
 mod data;
 mod evolve;
 pub mod faults;
+mod login;
 mod page;
 mod server;
 
@@ -119,6 +120,8 @@ pub struct SimAccount {
     pub token: String,
     /// Its images.
     pub images: Vec<SimImage>,
+    /// A uuid and secret that log in to it (`POST /v1/auth/getToken`), if any.
+    pub credentials: Option<(String, String)>,
 }
 
 impl SimAccount {
@@ -128,7 +131,14 @@ impl SimAccount {
             name: name.to_string(),
             token: token.to_string(),
             images,
+            credentials: None,
         }
+    }
+
+    /// The account, which `uuid` with `secret` can also log in to.
+    pub fn with_login(mut self, uuid: &str, secret: &str) -> Self {
+        self.credentials = Some((uuid.to_string(), secret.to_string()));
+        self
     }
 }
 
@@ -195,14 +205,20 @@ struct SimState {
     /// List requests so far, which numbers them for [`FaultAction::KeyChurn`].
     sequence: u64,
     rng: SplitMix,
+    logins: login::Logins,
 }
 
 impl SimState {
-    /// The account `token` opens: the one it is the token of, else the one
-    /// that takes any token.
+    /// The account `token` opens: the one it is the token of, else the one a
+    /// login issued it for (while it is valid), else the one that takes any token.
     fn account_of(&self, token: &str) -> Option<usize> {
         if token.is_empty() {
             return None;
+        }
+        match self.logins.account_of(token) {
+            Some(Some(name)) => return self.accounts.iter().position(|a| a.name == name),
+            Some(None) => return None,
+            None => {}
         }
         let exact = self
             .accounts
@@ -277,11 +293,19 @@ impl Simulator {
                 return Err(AccountError::DuplicateToken(b.name.clone(), a.name.clone()));
             }
         }
+        let mut logins = login::Logins::default();
+        for a in &accounts {
+            if let Some((uuid, secret)) = &a.credentials {
+                logins.add(&a.name, uuid, secret);
+            }
+        }
         let accounts = accounts
             .into_iter()
             .map(|a| Account::new(&a.name, Some(a.token), a.images))
             .collect();
-        Ok(Simulator::serving(accounts, auth_style))
+        let sim = Simulator::serving(accounts, auth_style);
+        sim.lock().logins = logins;
+        Ok(sim)
     }
 
     fn serving(accounts: Vec<Account>, auth_style: AuthStyle) -> Self {
@@ -294,6 +318,7 @@ impl Simulator {
                 counts: BTreeMap::new(),
                 sequence: 0,
                 rng: SplitMix::new(0x5eed),
+                logins: login::Logins::default(),
             })),
             held: Arc::default(),
         }
@@ -410,6 +435,48 @@ impl Simulator {
     /// never cut short.
     pub fn request_counts(&self) -> BTreeMap<(String, String), u64> {
         self.lock().counts.clone()
+    }
+
+    /// Lets `uuid` with `secret` log in to account `name`.
+    pub fn add_login(&self, name: &str, uuid: &str, secret: &str) -> Result<(), AccountError> {
+        let mut state = self.lock();
+        state.account_mut(name)?;
+        state.logins.add(name, uuid, secret);
+        Ok(())
+    }
+
+    /// The lifetime (`effectiveTime`) of the tokens logins issue from now on.
+    pub fn set_token_lifetime(&self, lifetime: Duration) {
+        self.lock().logins.set_lifetime(lifetime);
+    }
+
+    /// Makes every token issued by a login so far invalid at once (an early
+    /// revocation): the requests that carry one are refused.
+    pub fn revoke_tokens(&self) {
+        self.lock().logins.revoke_all();
+    }
+
+    /// The next logins answer with these envelope codes, in order, whatever
+    /// their credentials.
+    pub fn fail_next_logins(&self, codes: &[i64]) {
+        self.lock().logins.fail_next(codes);
+    }
+
+    /// Successful logins per account name.
+    pub fn logins(&self) -> BTreeMap<String, u64> {
+        self.lock().logins.successes()
+    }
+
+    /// Login requests received, whatever their answer.
+    pub fn login_attempts(&self) -> u64 {
+        self.lock().logins.attempts()
+    }
+
+    /// Answers a login request's body (see [`login`]).
+    pub(crate) fn login(&self, body: &[u8], trace_id: &str) -> (serde_json::Value, bool) {
+        let mut state = self.lock();
+        let random = state.rng.next_u64();
+        state.logins.answer(body, random, trace_id)
     }
 
     /// Forgets the requests received so far, and their counts.

@@ -163,6 +163,9 @@ async fn handle(sim: &Simulator, req: Request<Incoming>) -> Response<SimBody> {
     if let Some(control) = path.strip_prefix("/_sim/") {
         return control_api(sim, control.to_string(), req).await;
     }
+    if path.ends_with("/auth/getToken") {
+        return login(sim, req).await;
+    }
     let query = ListQuery::parse(req.uri().query().unwrap_or(""));
     let token = req
         .headers()
@@ -255,6 +258,32 @@ fn answer(sim: &Simulator, plan: &Plan, query: &ListQuery) -> Response<SimBody> 
     };
     let body = page::write(inventory, query, effects, &trace_id());
     frame(body, effects.replace.as_ref())
+}
+
+/// `POST …/auth/getToken`: the envelope of [`Simulator::login`], refusals in the
+/// simulator's [`AuthStyle`].
+async fn login(sim: &Simulator, req: Request<Incoming>) -> Response<SimBody> {
+    if req.method() != Method::POST {
+        return json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"code": 405, "success": false, "msg": "POST only"}),
+        );
+    }
+    let body = match Limited::new(req.into_body(), 64 << 10).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return json_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &json!({"code": 413, "success": false, "msg": "body too large"}),
+            )
+        }
+    };
+    let (answer, refused) = sim.login(&body, &trace_id());
+    let status = match (refused, sim.auth_style) {
+        (true, AuthStyle::Http) => StatusCode::UNAUTHORIZED,
+        _ => StatusCode::OK,
+    };
+    json_response(status, &answer)
 }
 
 fn auth_failure(style: AuthStyle) -> Response<SimBody> {

@@ -75,6 +75,69 @@ pub enum FetchError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// The account could not log in (credentials), so no token could be had.
+    #[error(transparent)]
+    Login(LoginError),
+}
+
+/// Why a login failed. Cloned to every pass that waited for it; it never holds
+/// the secret or a token (the upstream's text is redacted of both).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("login as {uuid} failed{}: {message}", describe_answer(*status, *api_code))]
+pub struct LoginError {
+    /// The account ID that tried.
+    pub uuid: String,
+    /// The login URL.
+    pub url: String,
+    /// The HTTP status, if an answer came.
+    pub status: Option<u16>,
+    /// The envelope's `code`, if the answer had one.
+    pub api_code: Option<i64>,
+    /// The `reason` label of the passes it fails.
+    pub reason: Reason,
+    /// What went wrong (the upstream's `msg`, redacted, or the transport error).
+    pub message: String,
+    /// Upstream `traceId`.
+    pub trace_id: Option<String>,
+    /// Whether trying again may help (timeouts, 5xx, 429, codes 500, 503, 1005).
+    pub transient: bool,
+    /// Whether the upstream refused the credentials (HTTP 401/403, code 401/1001).
+    pub refused: bool,
+}
+
+fn describe_answer(status: Option<u16>, code: Option<i64>) -> String {
+    match (status, code) {
+        (Some(s), Some(c)) => format!(" (HTTP {s}, code {c})"),
+        (Some(s), None) => format!(" (HTTP {s})"),
+        _ => String::new(),
+    }
+}
+
+impl LoginError {
+    /// What to do about it.
+    pub fn hint(&self) -> Option<&'static str> {
+        match (self.refused, self.api_code, self.status) {
+            (true, Some(1001), _) => Some(
+                "code 1001: the account has no permission for this API; ask the provider to grant it",
+            ),
+            (true, _, _) => Some(
+                "the login was refused: check the uuid (--api.uuid, uuid:) and the secret (--api.secret-file / FINOVY_API_SECRET, secret_file: / secret_env:), and that they belong to this environment (sandbox or production)",
+            ),
+            (false, _, Some(404)) => Some(
+                "no login endpoint at this URL: --api.url should be the base URL and --api.auth-path the login path (default /v1/auth/getToken)",
+            ),
+            (false, Some(1007), _) => Some(
+                "code 1007: a required parameter is missing; the provider's common parameters go in --api.param",
+            ),
+            _ if self.status.is_none() && self.message.contains("dns error") => {
+                Some("the host of --api.url does not resolve")
+            }
+            _ if self.status.is_none() && self.message.contains("refused") => {
+                Some("nothing listens at the host and port of --api.url (or of the proxy)")
+            }
+            _ => None,
+        }
+    }
 }
 
 impl FetchError {
@@ -88,6 +151,7 @@ impl FetchError {
             FetchError::Http { .. } => Reason::Http,
             FetchError::Api { .. } => Reason::Api,
             FetchError::Decode { .. } | FetchError::TooLarge { .. } => Reason::Decode,
+            FetchError::Login(e) => e.reason,
         }
     }
 
@@ -98,6 +162,7 @@ impl FetchError {
             | FetchError::Http { status, .. }
             | FetchError::Api { status, .. }
             | FetchError::Decode { status, .. } => Some(*status),
+            FetchError::Login(e) => e.status,
             _ => None,
         }
     }
@@ -108,6 +173,7 @@ impl FetchError {
             FetchError::Auth { trace_id, .. } | FetchError::Api { trace_id, .. } => {
                 trace_id.as_deref()
             }
+            FetchError::Login(e) => e.trace_id.as_deref(),
             _ => None,
         }
     }
@@ -126,9 +192,17 @@ impl FetchError {
     pub fn hint(&self, url: &url::Url) -> Option<&'static str> {
         match self {
             FetchError::Token(_) => None,
+            FetchError::Login(e) => e.hint(),
+            FetchError::Auth {
+                api_code: Some(1001),
+                ..
+            } => Some("code 1001: the account has no permission for this API; ask the provider to grant it"),
             FetchError::Auth { .. } => {
-                Some("the token was refused: check --api.token-file / FINOVY_ACCESS_TOKEN")
+                Some("the token was refused: check --api.token-file / FINOVY_ACCESS_TOKEN (the token alone, without a `Bearer ` prefix), or log in with --api.uuid and a secret")
             }
+            FetchError::Api { code: 1007, .. } => Some(
+                "code 1007: a required parameter is missing; the provider's common parameters go in --api.param",
+            ),
             FetchError::Http { status: 404, .. } if path_repeats(url.path()) => Some(
                 "the path is given twice: --api.url should be the base URL; the path goes in --api.path",
             ),
@@ -177,6 +251,9 @@ impl FetchError {
         match self {
             FetchError::Timeout(_) | FetchError::Connect(_) => true,
             FetchError::Http { status, .. } => *status == 429 || *status >= 500,
+            // "Still being processed", "system error", "interface error": the
+            // provider's transient codes, retried like an HTTP 5xx.
+            FetchError::Api { code, .. } => matches!(code, 500 | 503 | 1005),
             _ => false,
         }
     }

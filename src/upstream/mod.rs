@@ -10,6 +10,7 @@
 
 pub mod budget;
 pub mod error;
+pub mod login;
 pub mod wire;
 
 use std::sync::Arc;
@@ -28,11 +29,12 @@ pub use crate::secret::TOKEN_HEADER;
 use crate::telemetry::{Telemetry, Upstream};
 pub use budget::Budget;
 pub use error::FetchError;
+pub use login::{Auth, Credentials};
 pub use wire::{Page, WireError};
 
 /// Largest wait between two tries that the client accepts, `Retry-After` included;
 /// a server asking for longer fails the refresh, and the next one tries again.
-const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
+pub(crate) const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
 const BACKOFF_CAP: Duration = Duration::from_secs(5);
 
@@ -124,6 +126,8 @@ impl ClientConfig {
 /// Client of one account's image list endpoint.
 pub struct ApiClient {
     http: reqwest::Client,
+    /// Where its requests get their token.
+    session: login::Session,
     config: ClientConfig,
     extra_headers: HeaderMap,
     /// Where its requests are counted.
@@ -141,16 +145,18 @@ impl ApiClient {
     pub fn new(
         account: &str,
         config: ClientConfig,
-        _idle_connections: u32,
+        auth: &Auth,
         telemetry: Telemetry,
     ) -> Result<Self, ClientError> {
         let http = shared_http(&config)?;
+        let session = login::Session::new(account, auth, http.clone(), &config, telemetry.clone());
         let mut extra_headers = HeaderMap::new();
         for h in &config.headers {
             extra_headers.append(h.name.clone(), h.value.clone());
         }
         Ok(ApiClient {
             http,
+            session,
             config,
             extra_headers,
             upstream: telemetry.upstream(account),
@@ -176,9 +182,38 @@ impl ApiClient {
         &self.config.url
     }
 
+    /// The account's session: where its token comes from.
+    pub fn session(&self) -> &login::Session {
+        &self.session
+    }
+
     /// Fetches one page of `datacenter` (all datacenters when `None`), retrying
-    /// what may pass.
+    /// what may pass. A token from a login that the upstream refuses is renewed
+    /// once and the request repeated, so an expired or revoked token never fails
+    /// a pass; a fresh token refused again does.
     pub async fn fetch_page(
+        &self,
+        budget: &Arc<Budget>,
+        datacenter: Option<&str>,
+        page: u32,
+    ) -> Result<Page, FetchError> {
+        let token = self.session.token().await?;
+        match self.fetch_with(budget, &token, datacenter, page).await {
+            Err(FetchError::Auth {
+                status,
+                api_code: None | Some(401),
+                ..
+            }) if self.session.logs_in() && (status == 401 || status == 200) => {
+                self.session.refused(&token).await;
+                let fresh = self.session.token().await?;
+                self.fetch_with(budget, &fresh, datacenter, page).await
+            }
+            result => result,
+        }
+    }
+
+    /// One page with this token.
+    async fn fetch_with(
         &self,
         budget: &Arc<Budget>,
         token: &Token,
@@ -335,25 +370,32 @@ impl ApiClient {
     }
 
     fn transport_error(&self, err: reqwest::Error) -> FetchError {
-        if err.is_timeout() {
-            return FetchError::Timeout(self.config.timeout);
-        }
-        // The URL carries the extra parameters, which may be secrets: leave it out.
-        let err = err.without_url();
-        let mut msg = err.to_string();
-        let mut tls = false;
-        let mut source = std::error::Error::source(&err);
-        while let Some(s) = source {
-            msg.push_str(": ");
-            msg.push_str(&s.to_string());
-            tls |= is_tls_error(s);
-            source = s.source();
-        }
-        if tls {
-            FetchError::Tls(msg)
-        } else {
-            FetchError::Connect(msg)
-        }
+        transport_error(err, self.config.timeout)
+    }
+}
+
+/// What a transport error means: a timeout, a TLS failure or a connection
+/// failure, with its whole chain of causes (and never the URL, whose query may
+/// hold secrets).
+fn transport_error(err: reqwest::Error, timeout: Duration) -> FetchError {
+    if err.is_timeout() {
+        return FetchError::Timeout(timeout);
+    }
+    // The URL carries the extra parameters, which may be secrets: leave it out.
+    let err = err.without_url();
+    let mut msg = err.to_string();
+    let mut tls = false;
+    let mut source = std::error::Error::source(&err);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        tls |= is_tls_error(s);
+        source = s.source();
+    }
+    if tls {
+        FetchError::Tls(msg)
+    } else {
+        FetchError::Connect(msg)
     }
 }
 
@@ -524,13 +566,14 @@ fn decode(
     token: &Token,
 ) -> Result<Page, FetchError> {
     wire::decode_page_naming(body, unit, named).map_err(|err| match err {
+        // 401: not authenticated; 1001: authenticated, but not allowed this API.
         WireError::Api {
-            code: 401,
+            code: code @ (401 | 1001),
             trace_id,
             ..
         } => FetchError::Auth {
             status: status.as_u16(),
-            api_code: Some(401),
+            api_code: Some(code),
             trace_id: trace_id.map(|t| token.redact(&t)),
         },
         WireError::Api {
@@ -562,7 +605,7 @@ fn looks_like_json(body: &[u8]) -> bool {
         .is_some_and(|b| matches!(b, b'{' | b'['))
 }
 
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     if let Ok(secs) = value.parse::<u64>() {
         return Some(Duration::from_secs(secs));
@@ -575,7 +618,7 @@ fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// Exponential backoff with jitter: half to all of `base * 2^attempt`, capped.
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     let full = BACKOFF_BASE
         .saturating_mul(1 << attempt.min(16))
         .min(BACKOFF_CAP);
