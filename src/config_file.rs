@@ -1018,9 +1018,23 @@ accounts:
     token_env: FINOVY_STAGING_TOKEN
     api: {url: https://staging.example/base, concurrency: 2, headers: {X-Team: b}}
     refresh: {interval: 2m, timeout: 30s}
+  - name: sandbox
+    uuid: A27550582
+    secret_file: secrets/sandbox-secret
+    api: {url: https://client-sandbox.xuandashi.com, auth_path: /v1/auth/getToken}
 "#;
         let drafts = parse_text(text).unwrap();
-        assert_eq!(drafts.len(), 2);
+        assert_eq!(drafts.len(), 3);
+        assert_eq!(
+            drafts[2].token,
+            TokenRef::Login {
+                uuid: "A27550582".into(),
+                secret: SecretRef::File(PathBuf::from("/etc/finovy/secrets/sandbox-secret")),
+                url: "https://client-sandbox.xuandashi.com/v1/auth/getToken"
+                    .parse()
+                    .unwrap(),
+            }
+        );
         let (prod, staging) = (&drafts[0], &drafts[1]);
         assert_eq!(
             prod.token,
@@ -1035,7 +1049,8 @@ accounts:
             Some(Path::new("/etc/finovy/ca.pem"))
         );
         assert_eq!(prod.account.client.filters.status, Some(Status::Available));
-        assert_eq!(prod.account.refresh.timeout, Duration::from_secs(60));
+        // Ten intervals, and at least five minutes: a backstop, not a bound.
+        assert_eq!(prod.account.refresh.timeout, Duration::from_secs(600));
         assert_eq!(staging.token, TokenRef::Env("FINOVY_STAGING_TOKEN".into()));
         assert_eq!(
             staging.account.client.url.as_str(),
@@ -1079,7 +1094,7 @@ accounts:
             (
                 "accounts:\n  - name: a\n",
                 2,
-                "accounts[0]: account 'a' has no token",
+                "accounts[0]: account 'a' has no way to authenticate: give uuid with secret_file or secret_env",
             ),
             (
                 "accounts:\n  - name: a\n    token_env: T\n    refresh: {interval: 500ms}\n",
@@ -1097,6 +1112,26 @@ accounts:
                 "accounts[0].api.headers: duplicate key 'X-A'",
             ),
             ("acounts: []\n", 1, "unknown field `acounts`"),
+            (
+                "accounts:\n  - name: a\n    uuid: A1\n    token_env: T\n",
+                2,
+                "accounts[0]: give uuid (credentials) or token_file/token_env (a static token), not both",
+            ),
+            (
+                "accounts:\n  - name: a\n    uuid: A1\n",
+                2,
+                "accounts[0]: uuid needs its secret: give secret_file or secret_env",
+            ),
+            (
+                "accounts:\n  - name: a\n    token_env: T\n    secret_env: S\n",
+                2,
+                "accounts[0]: secret_file/secret_env need the account's uuid",
+            ),
+            (
+                "accounts:\n  - name: a\n    uuid: 'A 1'\n    secret_env: S\n",
+                3,
+                "accounts[0].uuid: an account ID has no spaces",
+            ),
         ] {
             let problem = parse_text(text).expect_err(wanted);
             assert!(problem.message.starts_with(wanted), "{problem}");

@@ -220,27 +220,20 @@ impl ApiClient {
         datacenter: Option<&str>,
         page: u32,
     ) -> Result<Page, FetchError> {
-        let (status, body) = self.fetch_body(budget, token, datacenter, page).await?;
-        decode(status, &body, self.config.size_unit, self.named, token)
-    }
-
-    /// One page's answer body, retrying what may pass.
-    async fn fetch_body(
-        &self,
-        budget: &Arc<Budget>,
-        token: &Token,
-        datacenter: Option<&str>,
-        page: u32,
-    ) -> Result<(StatusCode, BytesMut), FetchError> {
         let mut attempt = 0;
         loop {
             // One permit per attempt: a retry waiting out its backoff holds none.
-            let result = {
+            let answer = {
                 let _permit = budget.acquire().await;
                 self.receive(token, datacenter, page).await
             };
+            // Decoded before deciding on a retry: the provider's transient codes
+            // (1005, 500, 503) come in an HTTP 200 answer.
+            let result = answer.and_then(|(status, body)| {
+                decode(status, &body, self.config.size_unit, self.named, token)
+            });
             let err = match result {
-                Ok(answer) => return Ok(answer),
+                Ok(page) => return Ok(page),
                 Err(err) => err,
             };
             if matches!(err, FetchError::Http { status: 429, .. }) {

@@ -1,0 +1,642 @@
+//! Logging in as a real Finovy account does (SPEC v3, "Logging in"): a uuid and
+//! a secret exchanged for tokens that expire, renewed by the exporter itself,
+//! against the simulator's `getToken`; the provider's error codes; the first
+//! numbers within seconds of start, whatever the interval; and each account's
+//! own settings on the landing page and in the start-up log.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{get, parse_metrics, status_label, wait_for, ExporterProcess, LoopbackSim};
+use finovy_image_exporter::sim::{
+    self, AuthStyle, FaultAction, FaultRule, Faults, SimAccount, SimImage, Simulator,
+};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+const DATACENTERS: [&str; 3] = ["HZ", "SH", "HK"];
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("finovy-login-test-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn images(seed: u64, count: usize) -> Vec<SimImage> {
+    sim::generate(&sim::GenerateOptions {
+        images: count,
+        datacenters: DATACENTERS.iter().map(|d| d.to_string()).collect(),
+        seed,
+        now_ms: 1_790_000_000_000,
+        ..Default::default()
+    })
+}
+
+/// The accounts `acct0..acctN`, each with its own images, static token (never
+/// used here) and credentials `U0..UN` / `secret-N`.
+fn accounts(n: usize) -> Vec<(SimAccount, Vec<SimImage>)> {
+    (0..n)
+        .map(|i| {
+            let ims = images(i as u64 + 1, 120 + 40 * i);
+            let account = SimAccount::new(&format!("acct{i}"), &format!("static-{i}"), ims.clone())
+                .with_login(&format!("U{i}"), &format!("secret-{i}-Zq9"));
+            (account, ims)
+        })
+        .collect()
+}
+
+/// A `--config.file` where each account logs in with its uuid and a secret
+/// file (`wrong` names the accounts given a wrong secret).
+fn config_file(
+    dir: &Path,
+    addr: std::net::SocketAddr,
+    n: usize,
+    wrong: &[usize],
+    extra: &str,
+) -> PathBuf {
+    let mut text = format!(
+        "defaults:\n  api: {{url: http://{addr}, max_retries: 6}}\n  refresh: {{interval: 1s}}\naccounts:\n"
+    );
+    for i in 0..n {
+        let secret = dir.join(format!("acct{i}.secret"));
+        let value = if wrong.contains(&i) {
+            "not-the-secret".to_string()
+        } else {
+            format!("secret-{i}-Zq9")
+        };
+        std::fs::write(&secret, format!("{value}\n")).unwrap();
+        set_private(&secret);
+        text.push_str(&format!(
+            "  - name: acct{i}\n    uuid: U{i}\n    secret_file: {}\n    datacenters: [HZ, SH, HK]\n{extra}",
+            secret.display()
+        ));
+    }
+    let path = dir.join("accounts.yml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn set_private(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+fn expected(account: &str, images: &[SimImage]) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for im in images {
+        *out.entry(format!(
+            "finovy_images{{account=\"{account}\",datacenter_key=\"{}\",status=\"{}\",image_type=\"{}\"}}",
+            im.datacenter_key,
+            status_label(im.status),
+            im.image_type
+        ))
+        .or_insert(0.0) += 1.0;
+    }
+    out
+}
+
+fn counts(metrics: &BTreeMap<String, f64>, account: &str) -> BTreeMap<String, f64> {
+    let prefix = format!("finovy_images{{account=\"{account}\",");
+    metrics
+        .iter()
+        .filter(|(k, _)| k.starts_with(&prefix))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
+
+fn ups(metrics: &BTreeMap<String, f64>) -> Vec<(String, f64)> {
+    metrics
+        .iter()
+        .filter(|(k, _)| k.starts_with("finovy_up{"))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
+
+fn failures(metrics: &BTreeMap<String, f64>, reason: &str) -> f64 {
+    metrics
+        .iter()
+        .filter(|(k, _)| {
+            k.starts_with("finovy_refresh_failures_total{")
+                && k.contains(&format!("reason=\"{reason}\""))
+        })
+        .map(|(_, v)| v)
+        .sum()
+}
+
+async fn scrape(exporter: &ExporterProcess) -> BTreeMap<String, f64> {
+    let (status, body) = get(&exporter.url("/metrics")).await;
+    assert_eq!(status, 200);
+    parse_metrics(&body)
+}
+
+/// Waits until every target of `n` accounts × 3 datacenters is up.
+async fn all_up(exporter: &ExporterProcess, n: usize) -> BTreeMap<String, f64> {
+    wait_for("every target up", DEADLINE, || async {
+        let m = scrape(exporter).await;
+        let ups = ups(&m);
+        (ups.len() == n * DATACENTERS.len() && ups.iter().all(|(_, v)| *v == 1.0)).then_some(m)
+    })
+    .await
+}
+
+/// Every token the simulator saw, and the secrets: none may appear anywhere.
+fn assert_no_secret(sim: &Simulator, n: usize, texts: &[(&str, String)]) {
+    let mut secrets: Vec<String> = (0..n).map(|i| format!("secret-{i}-Zq9")).collect();
+    for r in sim.requests() {
+        if let Some((_, token)) = r.headers.iter().find(|(k, _)| k == "finovy-access-token") {
+            secrets.push(token.clone());
+        }
+    }
+    assert!(
+        secrets.iter().any(|s| s.starts_with("sim-")),
+        "no issued token was seen"
+    );
+    for (what, text) in texts {
+        for secret in &secrets {
+            assert!(
+                !text.contains(secret.as_str()),
+                "{what} holds a secret or token"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_second_tokens_over_twenty_seconds_never_fail_a_pass_and_cost_one_or_two_logins_per_lifetime(
+) {
+    let n = 3;
+    let accounts = accounts(n);
+    let sim = Simulator::with_accounts(
+        accounts.iter().map(|(a, _)| a.clone()).collect(),
+        AuthStyle::Body,
+    )
+    .unwrap();
+    let lifetime = Duration::from_secs(2);
+    sim.set_token_lifetime(lifetime);
+    let upstream = LoopbackSim::start(sim).await;
+    let dir = scratch("renewal");
+    let file = config_file(&dir, upstream.addr, n, &[], "");
+    let exporter = ExporterProcess::spawn(&["--config.file", file.to_str().unwrap()], &[]);
+    all_up(&exporter, n).await;
+    let before = upstream.sim.logins();
+    let started = Instant::now();
+    let window = Duration::from_secs(20);
+    let mut last = BTreeMap::new();
+    while started.elapsed() < window {
+        let m = scrape(&exporter).await;
+        for (key, up) in ups(&m) {
+            assert_eq!(up, 1.0, "{key} went down");
+        }
+        assert_eq!(failures(&m, "auth"), 0.0, "a pass failed with auth");
+        assert_eq!(failures(&m, "http") + failures(&m, "api"), 0.0);
+        last = m;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let observed = started.elapsed().as_secs_f64();
+    let after = upstream.sim.logins();
+    let lifetimes = observed / lifetime.as_secs_f64();
+    for i in 0..n {
+        let name = format!("acct{i}");
+        let logins = (after[&name] - before[&name]) as f64;
+        // One login per lifetime at the least (a renewal at 80 % of it), two at
+        // the most; a unit either way for the edges of the window.
+        assert!(
+            logins >= lifetimes - 1.0 && logins <= 2.0 * lifetimes + 1.0,
+            "{name}: {logins} logins in {observed:.1} s of {lifetime:?} tokens"
+        );
+        assert_eq!(counts(&last, &name), expected(&name, &accounts[i].1));
+        let ok = last
+            .get(&format!(
+                "finovy_auth_requests_total{{account=\"{name}\",code=\"0\"}}"
+            ))
+            .copied()
+            .unwrap_or(0.0);
+        assert!(
+            ok >= logins,
+            "{name}: finovy_auth_requests_total code 0 is {ok}"
+        );
+        assert!(
+            last.contains_key(&format!(
+                "finovy_auth_token_expiry_timestamp_seconds{{account=\"{name}\"}}"
+            )),
+            "no token expiry for {name}"
+        );
+    }
+    let (_, landing) = get(&exporter.url("/")).await;
+    let (_, readyz) = get(&exporter.url("/readyz")).await;
+    let (_, metrics) = get(&exporter.url("/metrics")).await;
+    assert_no_secret(
+        &upstream.sim,
+        n,
+        &[
+            ("the log", exporter.output().join("\n")),
+            ("the landing page", landing),
+            ("/readyz", readyz),
+            ("/metrics", metrics),
+        ],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_revocation_costs_one_login_per_account_and_no_failed_pass() {
+    let n = 3;
+    let accounts = accounts(n);
+    let sim = Simulator::with_accounts(
+        accounts.iter().map(|(a, _)| a.clone()).collect(),
+        AuthStyle::Http,
+    )
+    .unwrap();
+    let upstream = LoopbackSim::start(sim).await;
+    let dir = scratch("revocation");
+    let file = config_file(&dir, upstream.addr, n, &[], "");
+    let exporter = ExporterProcess::spawn(&["--config.file", file.to_str().unwrap()], &[]);
+    all_up(&exporter, n).await;
+    let before = upstream.sim.logins();
+    assert!(
+        before.values().all(|&v| v == 1),
+        "one login each: {before:?}"
+    );
+    let first = scrape(&exporter).await;
+    upstream.sim.revoke_tokens();
+    let revoked = finovy_image_exporter::unix_seconds(std::time::SystemTime::now());
+    // Every target passes again after the revocation.
+    let m = wait_for(
+        "every target passed after the revocation",
+        DEADLINE,
+        || async {
+            let m = scrape(&exporter).await;
+            let passed = m
+                .iter()
+                .filter(|(k, v)| {
+                    k.starts_with("finovy_refresh_last_success_timestamp_seconds{")
+                        && **v > revoked + 0.5
+                })
+                .count();
+            (passed == n * DATACENTERS.len()).then_some(m)
+        },
+    )
+    .await;
+    let after = upstream.sim.logins();
+    for i in 0..n {
+        let name = format!("acct{i}");
+        assert_eq!(after[&name], before[&name] + 1, "{name}: one new login");
+    }
+    let all_failures = |m: &BTreeMap<String, f64>| -> f64 {
+        m.iter()
+            .filter(|(k, _)| k.starts_with("finovy_refresh_failures_total{"))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    assert_eq!(all_failures(&m), all_failures(&first), "a pass failed");
+    for (key, up) in ups(&m) {
+        assert_eq!(up, 1.0, "{key}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_fails_only_its_account_with_auth_names_the_uuid_and_waits_30s_between_logins(
+) {
+    let n = 2;
+    let accounts = accounts(n);
+    let sim = Simulator::with_accounts(
+        accounts.iter().map(|(a, _)| a.clone()).collect(),
+        AuthStyle::Body,
+    )
+    .unwrap();
+    let upstream = LoopbackSim::start(sim).await;
+    let dir = scratch("wrong");
+    let file = config_file(&dir, upstream.addr, n, &[1], "");
+    let exporter = ExporterProcess::spawn(&["--config.file", file.to_str().unwrap()], &[]);
+    // The wrong account fails every pass (one a second) for a while.
+    let m = wait_for("acct1 failed six times", DEADLINE, || async {
+        let m = scrape(&exporter).await;
+        let failed: f64 = m
+            .iter()
+            .filter(|(k, _)| {
+                k.starts_with("finovy_refresh_failures_total{account=\"acct1\"")
+                    && k.contains("reason=\"auth\"")
+            })
+            .map(|(_, v)| v)
+            .sum();
+        (failed >= 6.0 * DATACENTERS.len() as f64).then_some(m)
+    })
+    .await;
+    for dc in DATACENTERS {
+        assert_eq!(
+            m.get(&format!(
+                "finovy_up{{account=\"acct0\",datacenter_key=\"{dc}\"}}"
+            )),
+            Some(&1.0)
+        );
+        assert_eq!(
+            m.get(&format!(
+                "finovy_up{{account=\"acct1\",datacenter_key=\"{dc}\"}}"
+            )),
+            Some(&0.0)
+        );
+    }
+    assert_eq!(counts(&m, "acct0"), expected("acct0", &accounts[0].1));
+    // Six seconds and eighteen failed passes: one login of the good account,
+    // one of the wrong one.
+    assert_eq!(upstream.sim.login_attempts(), 2, "logins were not held off");
+    assert_eq!(
+        m.get("finovy_auth_requests_total{account=\"acct1\",code=\"401\"}"),
+        Some(&1.0)
+    );
+    let log = exporter.output();
+    let warnings: Vec<&String> = log.iter().filter(|l| l.contains("login failed")).collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("uuid=U1"), "{}", warnings[0]);
+    assert!(warnings[0].contains("account=acct1"), "{}", warnings[0]);
+    assert!(warnings[0].contains("/v1/auth/getToken"), "{}", warnings[0]);
+    // A fixed secret is tried at once, not after the 30 s.
+    std::fs::write(dir.join("acct1.secret"), "secret-1-Zq9\n").unwrap();
+    wait_for(
+        "acct1 up after its secret was fixed",
+        Duration::from_secs(10),
+        || async {
+            let m = scrape(&exporter).await;
+            DATACENTERS
+                .iter()
+                .all(|dc| {
+                    m.get(&format!(
+                        "finovy_up{{account=\"acct1\",datacenter_key=\"{dc}\"}}"
+                    )) == Some(&1.0)
+                })
+                .then_some(())
+        },
+    )
+    .await;
+    let (_, landing) = get(&exporter.url("/")).await;
+    let (_, readyz) = get(&exporter.url("/readyz")).await;
+    assert_no_secret(
+        &upstream.sim,
+        n,
+        &[
+            ("the log", exporter.output().join("\n")),
+            ("the landing page", landing),
+            ("/readyz", readyz),
+        ],
+    );
+    assert!(
+        !exporter.output().join("\n").contains("not-the-secret"),
+        "the wrong secret was printed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_codes_on_one_page_in_four_and_at_login_are_retried_to_exact_numbers() {
+    let n = 1;
+    let accounts = accounts(n);
+    let sim = Simulator::with_accounts(
+        accounts.iter().map(|(a, _)| a.clone()).collect(),
+        AuthStyle::Body,
+    )
+    .unwrap();
+    // The first logins answer "still processing" and "interface error".
+    sim.fail_next_logins(&[1005, 503, 500]);
+    let mut rules = Vec::new();
+    for code in [1005, 503] {
+        rules.push(
+            FaultRule::always(FaultAction::ApiError {
+                code,
+                msg: String::new(),
+            })
+            .rate(0.125),
+        );
+    }
+    sim.set_faults(Faults {
+        rules,
+        ..Faults::default()
+    });
+    let upstream = LoopbackSim::start(sim).await;
+    let dir = scratch("transient");
+    let file = config_file(&dir, upstream.addr, n, &[], "    api: {page_size: 10}\n");
+    let exporter = ExporterProcess::spawn(&["--config.file", file.to_str().unwrap()], &[]);
+    let m = all_up(&exporter, n).await;
+    assert_eq!(counts(&m, "acct0"), expected("acct0", &accounts[0].1));
+    assert_eq!(failures(&m, "api"), 0.0);
+    assert_eq!(
+        upstream.sim.login_attempts(),
+        4,
+        "three transient answers, then a token"
+    );
+    for code in ["1005", "503", "500", "0"] {
+        assert_eq!(
+            m.get(&format!(
+                "finovy_auth_requests_total{{account=\"acct0\",code=\"{code}\"}}"
+            )),
+            Some(&1.0),
+            "code {code}"
+        );
+    }
+    let retried = upstream
+        .sim
+        .requests()
+        .iter()
+        .filter(|r| r.faults.iter().any(|f| f.starts_with("api_error")))
+        .count();
+    assert!(retried > 0, "no page was answered with a transient code");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_1001_on_a_page_or_at_login_fails_with_auth() {
+    let n = 2;
+    let accounts = accounts(n);
+    let sim = Simulator::with_accounts(
+        accounts.iter().map(|(a, _)| a.clone()).collect(),
+        AuthStyle::Body,
+    )
+    .unwrap();
+    // acct0 (a static token) is refused every page with 1001; acct1's login is.
+    sim.set_faults(Faults {
+        rules: vec![FaultRule::always(FaultAction::ApiError {
+            code: 1001,
+            msg: "无权限".into(),
+        })
+        .account("acct0")],
+        ..Faults::default()
+    });
+    sim.fail_next_logins(&[1001]);
+    let upstream = LoopbackSim::start(sim).await;
+    let dir = scratch("1001");
+    let token = dir.join("acct0.token");
+    std::fs::write(&token, "static-0\n").unwrap();
+    set_private(&token);
+    let secret = dir.join("acct1.secret");
+    std::fs::write(&secret, "secret-1-Zq9\n").unwrap();
+    set_private(&secret);
+    let file = dir.join("accounts.yml");
+    std::fs::write(
+        &file,
+        format!(
+            "defaults:\n  api: {{url: http://{}}}\n  refresh: {{interval: 1s}}\n  datacenters: [HZ, SH, HK]\naccounts:\n  - name: acct0\n    token_file: {}\n  - name: acct1\n    uuid: U1\n    secret_file: {}\n",
+            upstream.addr,
+            token.display(),
+            secret.display()
+        ),
+    )
+    .unwrap();
+    let exporter = ExporterProcess::spawn(&["--config.file", file.to_str().unwrap()], &[]);
+    let m = wait_for("both accounts failed with auth", DEADLINE, || async {
+        let m = scrape(&exporter).await;
+        let failed = |account: &str| {
+            m.iter()
+                .filter(|(k, _)| {
+                    k.starts_with(&format!(
+                        "finovy_refresh_failures_total{{account=\"{account}\""
+                    )) && k.contains("reason=\"auth\"")
+                })
+                .map(|(_, v)| *v)
+                .sum::<f64>()
+        };
+        (failed("acct0") > 0.0 && failed("acct1") > 0.0).then_some(m)
+    })
+    .await;
+    assert_eq!(failures(&m, "api"), 0.0, "1001 is not an api failure");
+    assert_eq!(
+        m.get("finovy_auth_requests_total{account=\"acct1\",code=\"1001\"}"),
+        Some(&1.0)
+    );
+    let log = exporter.output().join("\n");
+    assert!(
+        log.contains("no permission for this API"),
+        "the hint of 1001 is missing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_hour_s_interval_every_target_publishes_within_twelve_seconds_of_start() {
+    let n = 2;
+    let accounts = accounts(n);
+    let sim = Simulator::with_accounts(
+        accounts.iter().map(|(a, _)| a.clone()).collect(),
+        AuthStyle::Body,
+    )
+    .unwrap();
+    let upstream = LoopbackSim::start(sim).await;
+    let dir = scratch("hour");
+    let file = config_file(&dir, upstream.addr, n, &[], "    refresh: {interval: 1h}\n");
+    let started = Instant::now();
+    let exporter = ExporterProcess::spawn(&["--config.file", file.to_str().unwrap()], &[]);
+    wait_for(
+        "every target published",
+        Duration::from_secs(12).saturating_sub(started.elapsed()),
+        || async {
+            let (status, _) = get(&exporter.url("/readyz")).await;
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+    let m = scrape(&exporter).await;
+    for (i, (_, ims)) in accounts.iter().enumerate() {
+        let name = format!("acct{i}");
+        assert_eq!(counts(&m, &name), expected(&name, ims));
+        assert_eq!(
+            m.get(&format!(
+                "finovy_refresh_interval_seconds{{account=\"{name}\",datacenter_key=\"HZ\"}}"
+            )),
+            Some(&3600.0)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_429_asking_to_wait_longer_than_the_interval_is_obeyed_not_failed_as_a_timeout() {
+    let n = 1;
+    let accounts = accounts(n);
+    let sim = Simulator::with_accounts(
+        accounts.iter().map(|(a, _)| a.clone()).collect(),
+        AuthStyle::Body,
+    )
+    .unwrap();
+    sim.set_faults(Faults {
+        rules: vec![FaultRule::always(FaultAction::Status {
+            status: 429,
+            retry_after_secs: Some(2),
+        })
+        .datacenter("HZ")
+        .times(2)],
+        ..Faults::default()
+    });
+    let upstream = LoopbackSim::start(sim).await;
+    let dir = scratch("429");
+    let file = config_file(&dir, upstream.addr, n, &[], "");
+    let exporter = ExporterProcess::spawn(&["--config.file", file.to_str().unwrap()], &[]);
+    let m = all_up(&exporter, n).await;
+    assert_eq!(
+        failures(&m, "timeout"),
+        0.0,
+        "the pass was cut at its 1 s interval"
+    );
+    assert_eq!(failures(&m, "http"), 0.0);
+    assert_eq!(counts(&m, "acct0"), expected("acct0", &accounts[0].1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_config_file_the_landing_page_and_log_show_each_account_s_own_settings() {
+    let accounts = accounts(1);
+    let sim = Simulator::with_accounts(vec![accounts[0].0.clone()], AuthStyle::Body).unwrap();
+    let upstream = LoopbackSim::start(sim).await;
+    let dir = scratch("overview");
+    let secret = dir.join("login.secret");
+    std::fs::write(&secret, "secret-0-Zq9\n").unwrap();
+    set_private(&secret);
+    let token = dir.join("static.token");
+    std::fs::write(&token, "static-0\n").unwrap();
+    set_private(&token);
+    let file = dir.join("accounts.yml");
+    std::fs::write(
+        &file,
+        format!(
+            "accounts:\n  - name: logs-in\n    uuid: U0\n    secret_file: {}\n    api: {{url: http://{addr}}}\n    datacenters: [HZ, SH]\n    refresh: {{interval: 45s}}\n  - name: static\n    token_file: {}\n    api: {{url: http://localhost:{port}/prefix}}\n    refresh: {{interval: 2m}}\n",
+            secret.display(),
+            token.display(),
+            addr = upstream.addr,
+            port = upstream.addr.port(),
+        ),
+    )
+    .unwrap();
+    let exporter = ExporterProcess::spawn(&["--config.file", file.to_str().unwrap()], &[]);
+    let (_, landing) = get(&exporter.url("/")).await;
+    let log = exporter.output().join("\n");
+    for (what, text) in [("landing page", &landing), ("start-up log", &log)] {
+        assert!(
+            text.contains(&format!(
+                "http://{}/v1/open/image/personal/getList",
+                upstream.addr
+            )),
+            "{what} lacks the first account's URL"
+        );
+        assert!(
+            text.contains(&format!(
+                "http://localhost:{}/prefix/v1/open/image/personal/getList",
+                upstream.addr.port()
+            )),
+            "{what} lacks the second account's URL"
+        );
+        assert!(text.contains("login as U0"), "{what}");
+        assert!(
+            text.contains(&format!("static token from file {}", token.display())),
+            "{what}"
+        );
+        assert!(text.contains("HZ,SH"), "{what}");
+        // Nothing from the flags' defaults, which no account uses.
+        assert!(
+            !text.contains("client.xuandashi.com"),
+            "{what} shows the default URL"
+        );
+        assert!(
+            !text.contains("FINOVY_ACCESS_TOKEN"),
+            "{what} shows the default token source"
+        );
+    }
+    assert!(
+        landing.contains("every 45s") && landing.contains("every 2m"),
+        "intervals"
+    );
+    assert!(!landing.contains("secret-0-Zq9") && !log.contains("secret-0-Zq9"));
+    assert!(!landing.contains("static-0") && !log.contains("static-0\n"));
+}
