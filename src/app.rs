@@ -150,18 +150,7 @@ impl Exporter {
             demo = Some(server);
             accounts
         } else {
-            let accounts = vec![Account::from_flags(&config, auth_from_flags(&config)?)];
-            // Every client is built once here, so that a setting reqwest refuses
-            // stops the start instead of a target (the file's loader does the same).
-            for account in &accounts {
-                crate::upstream::ApiClient::new(
-                    &account.name,
-                    account.client.clone(),
-                    &account.auth,
-                    telemetry.clone(),
-                )?;
-            }
-            accounts
+            flag_accounts(&config)?
         };
         warn_if_path_twice(&config);
         for account in &accounts {
@@ -449,6 +438,20 @@ fn describe_account(account: &Account) -> AccountText {
         },
         auth: account.auth.describe(),
     }
+}
+
+/// The one account the flags describe, its client built once so that a setting
+/// reqwest refuses stops the start instead of a target (the file's loader does
+/// the same).
+pub fn flag_accounts(config: &Config) -> Result<Vec<Account>, StartError> {
+    let account = Account::from_flags(config, auth_from_flags(config)?);
+    crate::upstream::ApiClient::new(
+        &account.name,
+        account.client.clone(),
+        &account.auth,
+        Telemetry::new(),
+    )?;
+    Ok(vec![account])
 }
 
 /// How the account of the flags authenticates: credentials with `--api.uuid`

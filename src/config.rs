@@ -250,7 +250,7 @@ pub struct Config {
     #[arg(long = "config.file", env = "FINOVY_CONFIG_FILE", conflicts_with_all = ACCOUNT_FLAGS, conflicts_with = "demo")]
     pub config_file: Option<PathBuf>,
 
-    /// Load and check --config.file (tokens, TLS files), print the problems and exit 0 or 2.
+    /// Check --config.file offline (keys, values, token and secret files, TLS files), print every problem, exit 0 or 2; `check` also asks the API.
     #[arg(help_heading = "Configuration file")]
     #[arg(
         long = "config.check",
@@ -374,7 +374,16 @@ impl Config {
     /// (naming the flag, with its suggestion) once and exits with status 2
     /// (`--help` and `--version` exit 0).
     pub fn parse_or_exit() -> Self {
-        match Self::try_parse() {
+        Self::parse_from_or_exit(std::env::args_os())
+    }
+
+    /// [`Config::parse_or_exit`] from these arguments (the first is the program).
+    pub fn parse_from_or_exit<I, T>(args: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        match Self::try_parse_from(args) {
             Ok(config) => config,
             Err(err) => exit_with(err),
         }
@@ -417,7 +426,7 @@ pub fn parse_uuid(s: &str) -> Result<String, String> {
 }
 
 /// Printed after `--help`: what is read from the environment without a flag.
-const AFTER_HELP: &str = "Environment:\n  FINOVY_ACCESS_TOKEN  The access token, when --api.token-file is not given (never logged)\n  FINOVY_API_SECRET  The secret of --api.uuid, when --api.secret-file is not given (never logged)\n  HTTPS_PROXY, HTTP_PROXY, NO_PROXY  Proxy for upstream requests, unless --api.proxy-url is given\n\nEvery flag can also be set from the environment variable shown beside it.";
+const AFTER_HELP: &str = "Commands:\n  check [FLAGS]  Log in and ask page 1 of every target once; one line per target; exit 0 (all answered), 1 (some failed) or 2 (bad configuration)\n  healthcheck [--url URL]  Exit 0 when a running exporter's /healthz answers 200 (for container health checks)\n\nEnvironment:\n  FINOVY_ACCESS_TOKEN  The access token, when --api.token-file is not given (never logged)\n  FINOVY_API_SECRET  The secret of --api.uuid, when --api.secret-file is not given (never logged)\n  HTTPS_PROXY, HTTP_PROXY, NO_PROXY  Proxy for upstream requests, unless --api.proxy-url is given\n\nEvery flag can also be set from the environment variable shown beside it.";
 
 fn exit_with(err: clap::Error) -> ! {
     use clap::error::ErrorKind;

@@ -17,7 +17,8 @@
 //! - [`refresh`]: one target's schedule ([`refresh::schedule`]), paging
 //!   ([`refresh::paging`]) and cardinality bounds ([`refresh::limits`]).
 //! - [`upstream`]: the API client (one request, retries), the request budget,
-//!   the error type and the wire types ([`upstream::wire`]).
+//!   the error type, the login and token renewal ([`upstream::login`]) and the
+//!   wire types ([`upstream::wire`]).
 //! - [`aggregate`]: pure aggregation of items into groups.
 //! - [`lifecycle`]: the census of a pass's ids and the pure diff of two (creations,
 //!   deletions, status transitions).
@@ -29,6 +30,7 @@
 //! - [`routes`] and [`server`]: what each path answers, and the listener.
 //! - [`web_config`]: `--web.config.file` (TLS, basic auth, headers, rate limit) and its reloading.
 //! - [`healthcheck`]: the `healthcheck` subcommand, for container health checks.
+//! - [`check`]: the `check` subcommand: log in and ask page 1 of every target once.
 //! - [`app`]: wiring a [`config::Config`] into a running exporter.
 //! - [`sim`]: a simulator of the upstream API, for `--demo` and tests.
 //! - [`logging`]: log set-up.
@@ -39,6 +41,7 @@ pub mod account;
 pub mod aggregate;
 pub mod app;
 pub mod body;
+pub mod check;
 pub mod config;
 pub mod config_file;
 pub mod exposition;

@@ -2,7 +2,8 @@
 //!
 //! `finovy-image-exporter healthcheck [--url URL]` instead asks a running exporter's
 //! `/healthz` and exits 0 when it answers 200, for container health checks in an
-//! image without curl.
+//! image without curl; `finovy-image-exporter check [FLAGS]` logs in and asks
+//! page 1 of every target once, and says which work.
 
 use finovy_image_exporter::app::{shutdown_signal, Exporter};
 use finovy_image_exporter::config::Config;
@@ -25,6 +26,14 @@ fn main() {
         .is_some_and(|a| a == "healthcheck")
     {
         std::process::exit(healthcheck::run(std::env::args_os().skip(1)));
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "check") {
+        // The daemon's own flags, without the subcommand's name.
+        let args = std::env::args_os()
+            .take(1)
+            .chain(std::env::args_os().skip(2));
+        let config = Config::parse_from_or_exit(args);
+        std::process::exit(finovy_image_exporter::check::run(&config));
     }
     let config = Config::parse_or_exit();
     if config.config_check {

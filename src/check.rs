@@ -1,0 +1,163 @@
+//! `finovy-image-exporter check`: does this set-up work, in one command?
+//!
+//! It takes the daemon's flags, or `--config.file`, and does what the first pass
+//! of every target would do, once: it validates the configuration, logs in where
+//! an account has credentials, and asks page 1 of every target (the discovery
+//! pass's page 1 for an account without datacenters). It prints one line per
+//! target, `ok` with the images the upstream reports, or `failed` with the
+//! reason and the hint the log would give, and exits 0 when every target
+//! answered, 1 when some failed upstream, 2 when the configuration is invalid.
+//! It starts no server and writes nothing: `--config.check` is the offline
+//! check of the file alone.
+
+use std::sync::Arc;
+
+use crate::account::{Account, TargetKey};
+use crate::config::Config;
+use crate::telemetry::Telemetry;
+use crate::upstream::{ApiClient, Budget, FetchError};
+
+/// Targets asked at once: enough that a set-up of many accounts is checked in
+/// seconds, few enough not to look like a flood to the upstream.
+const AT_ONCE: usize = 8;
+
+/// What one target answered.
+#[derive(Debug)]
+pub struct Outcome {
+    /// The target.
+    pub key: TargetKey,
+    /// `totalCounts` of page 1, or why it failed (with its hint).
+    pub result: Result<u64, (FetchError, Option<&'static str>)>,
+}
+
+impl Outcome {
+    /// The line printed for it.
+    pub fn line(&self) -> String {
+        let target = match &self.key.datacenter {
+            Some(dc) => format!("{}/{dc}", self.key.account),
+            None => format!("{} (every datacenter)", self.key.account),
+        };
+        match &self.result {
+            Ok(images) => format!("ok      {target}: {images} images"),
+            Err((err, hint)) => {
+                let mut line = format!("failed  {target}: {}: {err}", err.reason().label());
+                if let Some(hint) = hint {
+                    line.push_str("; hint: ");
+                    line.push_str(hint);
+                }
+                line
+            }
+        }
+    }
+}
+
+/// Checks the set-up the flags describe and returns the exit status, having
+/// printed one line per target (stdout) or the configuration's problems (stderr).
+pub fn run(config: &Config) -> i32 {
+    let accounts = match &config.config_file {
+        Some(path) => match crate::config_file::load(path, config) {
+            Ok(accounts) => accounts,
+            Err(err) => {
+                for problem in &err.0 {
+                    eprintln!("{problem}");
+                }
+                return 2;
+            }
+        },
+        None => match crate::app::flag_accounts(config) {
+            Ok(accounts) => accounts,
+            Err(err) => {
+                eprintln!("{err}");
+                return err.exit_code();
+            }
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start the async runtime: {err}");
+            return 1;
+        }
+    };
+    let outcomes = runtime.block_on(check(accounts));
+    let mut failed = 0;
+    for outcome in &outcomes {
+        println!("{}", outcome.line());
+        failed += usize::from(outcome.result.is_err());
+    }
+    if failed == 0 {
+        println!("every target answered ({} targets)", outcomes.len());
+        0
+    } else {
+        println!("{failed} of {} targets failed", outcomes.len());
+        1
+    }
+}
+
+/// Page 1 of every target of `accounts`, in target order.
+pub async fn check(accounts: Vec<Account>) -> Vec<Outcome> {
+    // Counted into a registry nobody serves.
+    let telemetry = Telemetry::new();
+    let mut jobs = Vec::new();
+    for account in accounts {
+        let client = match ApiClient::new(
+            &account.name,
+            account.client.clone(),
+            &account.auth,
+            telemetry.clone(),
+        ) {
+            Ok(client) => Arc::new(client),
+            // Built once by the loader already; should it fail now, say so per target.
+            Err(err) => {
+                for key in account.targets() {
+                    jobs.push((key, None, Some(err.to_string())));
+                }
+                continue;
+            }
+        };
+        let budget = Arc::new(Budget::new(
+            account.concurrency,
+            account.requests_per_second,
+            telemetry.upstream(&account.name),
+        ));
+        for key in account.targets() {
+            jobs.push((key, Some((Arc::clone(&client), Arc::clone(&budget))), None));
+        }
+    }
+    let limit = Arc::new(tokio::sync::Semaphore::new(AT_ONCE));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, (key, client, broken)) in jobs.into_iter().enumerate() {
+        let limit = Arc::clone(&limit);
+        tasks.spawn(async move {
+            let _slot = limit.acquire().await;
+            let result = match (client, broken) {
+                (Some((client, budget)), _) => {
+                    match client
+                        .fetch_page(&budget, key.datacenter.as_deref(), 1)
+                        .await
+                    {
+                        Ok(page) => Ok(page.total),
+                        Err(err) => {
+                            let hint = err.hint(client.url());
+                            Err((err, hint))
+                        }
+                    }
+                }
+                (None, broken) => Err((FetchError::Connect(broken.unwrap_or_default()), None)),
+            };
+            (index, Outcome { key, result })
+        });
+    }
+    let mut outcomes: Vec<(usize, Outcome)> = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(outcome) = joined {
+            outcomes.push(outcome);
+        }
+    }
+    outcomes.sort_by_key(|(index, _)| *index);
+    outcomes.into_iter().map(|(_, o)| o).collect()
+}
