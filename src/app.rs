@@ -51,9 +51,9 @@ pub enum StartError {
     /// No usable token from the environment (exit status 2).
     #[error("{0}")]
     Token(TokenError),
-    /// The credentials flags cannot be used (exit status 2).
+    /// A flag, or the flags together, cannot be used (exit status 2).
     #[error("{0}")]
-    Credentials(String),
+    Flags(String),
     /// The listen address cannot be bound.
     #[error("--web.listen-address: cannot listen on {address}: {source}")]
     Bind {
@@ -83,7 +83,7 @@ impl StartError {
             StartError::WebConfig { .. }
             | StartError::TokenFile(_)
             | StartError::Token(_)
-            | StartError::Credentials(_)
+            | StartError::Flags(_)
             | StartError::Shard(_)
             | StartError::ConfigFile(_)
             | StartError::Client(_) => 2,
@@ -444,6 +444,14 @@ fn describe_account(account: &Account) -> AccountText {
 /// reqwest refuses stops the start instead of a target (the file's loader does
 /// the same).
 pub fn flag_accounts(config: &Config) -> Result<Vec<Account>, StartError> {
+    // As in the file: a key given twice is a mistake to name, not to drop.
+    for (i, dc) in config.datacenters.iter().enumerate() {
+        if config.datacenters[..i].contains(dc) {
+            return Err(StartError::Flags(format!(
+                "--datacenters: '{dc}' is listed twice"
+            )));
+        }
+    }
     let account = Account::from_flags(config, auth_from_flags(config)?);
     crate::upstream::ApiClient::new(
         &account.name,
@@ -463,7 +471,7 @@ fn auth_from_flags(config: &Config) -> Result<Auth, StartError> {
         let source = TokenSource::from_config(config.token_file.as_deref()).map_err(|e| {
             match (&config.token_file, e) {
                 (Some(_), e) => StartError::TokenFile(e),
-                (None, TokenError::Missing) => StartError::Credentials(format!(
+                (None, TokenError::Missing) => StartError::Flags(format!(
                     "no token and no credentials: log in with --api.uuid and its secret (--api.secret-file or {SECRET_ENV}), or give a token with --api.token-file or {}",
                     crate::secret::TOKEN_ENV
                 )),
@@ -477,7 +485,7 @@ fn auth_from_flags(config: &Config) -> Result<Auth, StartError> {
         return Ok(Auth::Token { source, from });
     };
     if std::env::var_os(crate::secret::TOKEN_ENV).is_some() {
-        return Err(StartError::Credentials(format!(
+        return Err(StartError::Flags(format!(
             "--api.uuid and {}: an account logs in with credentials or uses a static token, not both; unset {} or leave out --api.uuid",
             crate::secret::TOKEN_ENV,
             crate::secret::TOKEN_ENV
@@ -487,7 +495,7 @@ fn auth_from_flags(config: &Config) -> Result<Auth, StartError> {
         Some(path) => {
             let source = TokenSource::File(path.clone());
             source.current().map_err(|e| {
-                StartError::Credentials(format!(
+                StartError::Flags(format!(
                     "--api.secret-file: {}",
                     e.to_string()
                         .replace("token file", "secret file")
@@ -499,7 +507,7 @@ fn auth_from_flags(config: &Config) -> Result<Auth, StartError> {
         None => match std::env::var(SECRET_ENV) {
             Ok(raw) => (
                 TokenSource::Fixed(Token::new(&raw).map_err(|e| {
-                    StartError::Credentials(format!(
+                    StartError::Flags(format!(
                         "{SECRET_ENV}: {}",
                         e.to_string().replace("token", "secret")
                     ))
@@ -507,7 +515,7 @@ fn auth_from_flags(config: &Config) -> Result<Auth, StartError> {
                 format!("${SECRET_ENV}"),
             ),
             Err(_) => {
-                return Err(StartError::Credentials(format!(
+                return Err(StartError::Flags(format!(
                     "--api.uuid {uuid} needs its secret: give --api.secret-file or set {SECRET_ENV}"
                 )))
             }

@@ -383,9 +383,16 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        match Self::try_parse_from(args) {
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        match Self::try_parse_from(&args) {
             Ok(config) => config,
-            Err(err) => exit_with(err),
+            Err(err) => {
+                if let Some(message) = env_conflict(&err, &args) {
+                    eprintln!("error: {message}");
+                    std::process::exit(2);
+                }
+                exit_with(err)
+            }
         }
     }
 
@@ -427,6 +434,60 @@ pub fn parse_uuid(s: &str) -> Result<String, String> {
 
 /// Printed after `--help`: what is read from the environment without a flag.
 const AFTER_HELP: &str = "Commands:\n  check [FLAGS]  Log in and ask page 1 of every target once; one line per target; exit 0 (all answered), 1 (some failed) or 2 (bad configuration)\n  healthcheck [--url URL]  Exit 0 when a running exporter's /healthz answers 200 (for container health checks)\n\nEnvironment:\n  FINOVY_ACCESS_TOKEN  The access token, when --api.token-file is not given (never logged)\n  FINOVY_API_SECRET  The secret of --api.uuid, when --api.secret-file is not given (never logged)\n  HTTPS_PROXY, HTTP_PROXY, NO_PROXY  Proxy for upstream requests, unless --api.proxy-url is given\n\nEvery flag can also be set from the environment variable shown beside it.";
+
+/// For a conflict between two flags of which one was not typed but set
+/// through its environment twin, the message that names the variable: clap's
+/// own ("'--config.file' cannot be used with '--api.url'") names a flag the user
+/// never wrote.
+pub fn env_conflict(err: &clap::Error, args: &[std::ffi::OsString]) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::CommandFactory;
+    if err.kind() != ErrorKind::ArgumentConflict {
+        return None;
+    }
+    let flag_of = |value: Option<&ContextValue>| -> Option<String> {
+        let text = match value? {
+            ContextValue::String(s) => s.clone(),
+            ContextValue::Strings(v) => v.first()?.clone(),
+            _ => return None,
+        };
+        Some(text.split([' ', '=']).next()?.to_string())
+    };
+    let first = flag_of(err.get(ContextKind::InvalidArg))?;
+    let second = flag_of(err.get(ContextKind::PriorArg))?;
+    let typed = |flag: &str| {
+        args.iter().skip(1).any(|a| {
+            let a = a.to_string_lossy();
+            a == flag || a.starts_with(&format!("{flag}="))
+        })
+    };
+    let command = Config::command();
+    let env_of = |flag: &str| -> Option<String> {
+        let long = flag.strip_prefix("--")?;
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long))?;
+        let var = arg.get_env()?.to_string_lossy().into_owned();
+        std::env::var_os(&var).is_some().then_some(var)
+    };
+    let named = |flag: &str| match (typed(flag), env_of(flag)) {
+        (false, Some(var)) => Some(format!("{var} (the environment twin of {flag})")),
+        _ => None,
+    };
+    let why = if first == "--config.file" || second == "--config.file" {
+        "with --config.file the file describes every account; unset the variable or move its value into the file"
+    } else {
+        "unset the variable, or leave out the other flag"
+    };
+    match (named(&first), named(&second)) {
+        (None, None) => None,
+        (a, b) => Some(format!(
+            "{} cannot be used with {}: {why}",
+            a.unwrap_or_else(|| format!("'{first}'")),
+            b.unwrap_or_else(|| format!("'{second}'"))
+        )),
+    }
+}
 
 fn exit_with(err: clap::Error) -> ! {
     use clap::error::ErrorKind;
@@ -472,6 +533,11 @@ impl fmt::Display for ListenAddress {
 }
 
 fn parse_listen_address(s: &str) -> Result<ListenAddress, String> {
+    if s.parse::<u16>().is_ok() {
+        return Err(format!(
+            "'{s}' is a port alone: write ':{s}' to listen on every interface, or 'HOST:{s}'"
+        ));
+    }
     let candidates: Vec<SocketAddr> = if let Some(port) = s.strip_prefix(':') {
         let port: u16 = port
             .parse()
@@ -547,8 +613,17 @@ pub(crate) fn parse_api_path(s: &str) -> Result<String, String> {
 }
 
 pub(crate) fn parse_positive_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s)
-        .map_err(|e| format!("'{s}' is not a duration such as 30s or 5m ({e})"))?;
+    let d = humantime::parse_duration(s).map_err(|e| {
+        // `1m30` is a unit short, which humantime's own suggestion misses.
+        let hint = if s.trim().ends_with(|c: char| c.is_ascii_digit())
+            && s.trim().contains(|c: char| c.is_ascii_alphabetic())
+        {
+            format!("; did you mean '{}s'?", s.trim())
+        } else {
+            String::new()
+        };
+        format!("'{s}' is not a duration such as 30s, 5m or 1m30s ({e}){hint}")
+    })?;
     if d.is_zero() {
         return Err("must be greater than zero".to_string());
     }
@@ -653,6 +728,12 @@ pub(crate) fn parse_status_filter(s: &str) -> Result<Status, String> {
 
 pub(crate) fn parse_datacenter(s: &str) -> Result<String, String> {
     let s = s.trim();
+    if !s.is_empty() && s.split_whitespace().count() > 1 && !s.chars().any(char::is_control) {
+        return Err(format!(
+            "'{s}' is not a datacenter key; separate keys with commas: '{}'",
+            s.split_whitespace().collect::<Vec<_>>().join(",")
+        ));
+    }
     if s.is_empty() || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(format!("'{s}' is not a datacenter key"));
     }

@@ -80,7 +80,7 @@ pub fn load(path: &Path, flags: &Config) -> Result<Vec<Account>, ConfigFileError
             message: format!("cannot read the file: {e}"),
         }])
     })?;
-    let drafts = parse(&text, path, flags).map_err(|p| ConfigFileError(vec![p]))?;
+    let drafts = parse(&text, path, flags)?;
     resolve(drafts, &text, path, flags)
 }
 
@@ -125,40 +125,70 @@ pub enum SecretRef {
     Env(String),
 }
 
+/// Problems a check reports at most: enough for every account's first problem
+/// in any file a person wrote, and a bound on the re-reading each costs.
+pub const MAX_PROBLEMS: usize = 50;
+
 /// Parses the text of a configuration file (named `path` in errors) into
-/// account drafts; the first schema error stops it.
-pub fn parse(text: &str, path: &Path, flags: &Config) -> Result<Vec<Draft>, Problem> {
+/// account drafts. A schema error in an account stops the reading of that
+/// account only: the file is read again from the next account on, so that one
+/// run reports every account's first problem (up to [`MAX_PROBLEMS`]), each
+/// with its line and key path. An error outside the accounts stops it.
+pub fn parse(text: &str, path: &Path, flags: &Config) -> Result<Vec<Draft>, ConfigFileError> {
+    let one = |message: String| {
+        ConfigFileError(vec![Problem {
+            file: path.to_path_buf(),
+            position: None,
+            message,
+        }])
+    };
     // The defaults are read first, so that each account can be completed (and
     // checked) while it is being read, where its position is still known.
-    let first: DefaultsOnly = serde_yaml_ng::from_str(text).map_err(|e| yaml_problem(path, &e))?;
+    let first: DefaultsOnly =
+        serde_yaml_ng::from_str(text).map_err(|e| ConfigFileError(vec![yaml_problem(path, &e)]))?;
     let defaults = first.defaults.unwrap_or_default();
     if defaults.name.is_some() {
-        return Err(Problem {
-            file: path.to_path_buf(),
-            position: None,
-            message: "defaults.name: an account's name cannot have a default".into(),
-        });
+        return Err(one(
+            "defaults.name: an account's name cannot have a default".into(),
+        ));
     }
-    let context = Context {
-        defaults: &defaults,
-        base: Account::from_flags(flags, placeholder_auth()),
-        flags_url: flags.api_url.clone(),
-        flags_path: flags.api_path.clone(),
-        flags_auth_path: flags.auth_path.clone(),
-        dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
-        stop_at: None,
-    };
-    let drafts = Document(&context)
-        .deserialize(serde_yaml_ng::Deserializer::from_str(text))
-        .map_err(|e| yaml_problem(path, &e))?;
-    if drafts.is_empty() {
-        return Err(Problem {
-            file: path.to_path_buf(),
-            position: None,
-            message: "accounts: the list is empty; describe at least one account".into(),
-        });
+    let mut problems = Vec::new();
+    let mut skip_through = None;
+    loop {
+        let context = Context {
+            defaults: &defaults,
+            base: Account::from_flags(flags, placeholder_auth()),
+            flags_url: flags.api_url.clone(),
+            flags_path: flags.api_path.clone(),
+            flags_auth_path: flags.auth_path.clone(),
+            dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+            stop_at: None,
+            skip_through,
+            reached: std::cell::Cell::new(None),
+        };
+        match Document(&context).deserialize(serde_yaml_ng::Deserializer::from_str(text)) {
+            Ok(drafts) if problems.is_empty() => {
+                if drafts.is_empty() {
+                    return Err(one(
+                        "accounts: the list is empty; describe at least one account".into(),
+                    ));
+                }
+                return Ok(drafts);
+            }
+            Ok(_) => return Err(ConfigFileError(problems)),
+            Err(e) => {
+                problems.push(yaml_problem(path, &e));
+                // Go on after the account that failed, unless the error was not
+                // in a new account (nothing more could be learnt).
+                match context.reached.get() {
+                    Some(at) if Some(at) != skip_through && problems.len() < MAX_PROBLEMS => {
+                        skip_through = Some(at);
+                    }
+                    _ => return Err(ConfigFileError(problems)),
+                }
+            }
+        }
     }
-    Ok(drafts)
 }
 
 /// Reads every draft's token and builds its client once, collecting every problem.
@@ -288,6 +318,8 @@ fn account_position(
         flags_auth_path: flags.auth_path.clone(),
         dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
         stop_at: Some(index),
+        skip_through: None,
+        reached: std::cell::Cell::new(None),
     };
     let err = Document(&context)
         .deserialize(serde_yaml_ng::Deserializer::from_str(text))
@@ -657,6 +689,10 @@ struct Context<'a> {
     dir: PathBuf,
     /// Fail at this account with its position (see [`account_position`]).
     stop_at: Option<usize>,
+    /// Skip the accounts up to this one (already reported by an earlier read).
+    skip_through: Option<usize>,
+    /// The account being read, to know where an error was.
+    reached: std::cell::Cell<Option<usize>>,
 }
 
 /// The second pass over the whole document.
@@ -710,17 +746,19 @@ impl<'de> Visitor<'de> for Accounts<'_> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
         let mut drafts: Vec<Draft> = Vec::new();
-        loop {
+        for index in 0.. {
             let seed = AccountSeed {
                 context: self.0,
-                index: drafts.len(),
+                index,
                 before: &drafts,
             };
             match seq.next_element_seed(seed)? {
-                Some(draft) => drafts.push(draft),
-                None => return Ok(drafts),
+                Some(Some(draft)) => drafts.push(draft),
+                Some(None) => {}
+                None => break,
             }
         }
+        Ok(drafts)
     }
 }
 
@@ -731,15 +769,25 @@ struct AccountSeed<'a> {
 }
 
 impl<'de> DeserializeSeed<'de> for AccountSeed<'_> {
-    type Value = Draft;
+    /// `None` for an account skipped (see [`Context::skip_through`]).
+    type Value = Option<Draft>;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        if self
+            .context
+            .skip_through
+            .is_some_and(|last| self.index <= last)
+        {
+            IgnoredAny::deserialize(d)?;
+            return Ok(None);
+        }
+        self.context.reached.set(Some(self.index));
         d.deserialize_map(self)
     }
 }
 
 impl<'de> Visitor<'de> for AccountSeed<'_> {
-    type Value = Draft;
+    type Value = Option<Draft>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an account")
@@ -760,7 +808,9 @@ impl<'de> Visitor<'de> for AccountSeed<'_> {
                 "account name '{name}' is already used by accounts[{i}]"
             )));
         }
-        complete(&name, &entry, self.context).map_err(de::Error::custom)
+        complete(&name, &entry, self.context)
+            .map(Some)
+            .map_err(de::Error::custom)
     }
 }
 
@@ -991,8 +1041,37 @@ mod tests {
         Config::try_parse_from(["finovy-image-exporter"]).unwrap()
     }
 
+    /// The drafts, or the first problem.
     fn parse_text(text: &str) -> Result<Vec<Draft>, Problem> {
-        parse(text, Path::new("/etc/finovy/config.yaml"), &flags())
+        parse(text, Path::new("/etc/finovy/config.yaml"), &flags()).map_err(|e| e.0[0].clone())
+    }
+
+    #[test]
+    fn three_typos_in_three_accounts_are_three_problems_in_one_read() {
+        let text = "accounts:\n  - name: a\n    token_env: T\n    refresh: {intervall: 1m}\n  - name: b\n    token_env: T\n  - name: c\n    tokne_env: T\n  - name: d\n    token_env: T\n    datacenters: [HZ, HZ]\n";
+        let err = parse(text, Path::new("/etc/finovy/config.yaml"), &flags()).unwrap_err();
+        let found: Vec<(Option<usize>, &str)> = err
+            .0
+            .iter()
+            .map(|p| (p.position.map(|p| p.0), p.message.as_str()))
+            .collect();
+        assert_eq!(found.len(), 3, "{err}");
+        assert_eq!(found[0].0, Some(4), "{err}");
+        assert!(
+            found[0]
+                .1
+                .starts_with("accounts[0].refresh: unknown field `intervall`"),
+            "{err}"
+        );
+        assert_eq!(found[1].0, Some(8), "{err}");
+        assert!(
+            found[1]
+                .1
+                .starts_with("accounts[2]: unknown field `tokne_env`"),
+            "{err}"
+        );
+        assert_eq!(found[2].0, Some(11), "{err}");
+        assert!(found[2].1.contains("'HZ' is listed twice"), "{err}");
     }
 
     #[test]

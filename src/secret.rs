@@ -32,6 +32,10 @@ impl Token {
         if trimmed.chars().any(|c| c.is_control()) {
             return Err(TokenError::Invalid);
         }
+        // Copied from an `Authorization` header: the API wants the token alone.
+        if trimmed.len() > 7 && trimmed[..7].eq_ignore_ascii_case("bearer ") {
+            return Err(TokenError::Bearer);
+        }
         Ok(Token(trimmed.to_string()))
     }
 
@@ -65,6 +69,9 @@ pub enum TokenError {
     /// The token has characters a header cannot carry.
     #[error("the token contains control characters")]
     Invalid,
+    /// The value starts with `Bearer `, as an `Authorization` header does.
+    #[error("the value starts with 'Bearer ': give the token alone (it is sent in the Finovy-Access-Token header, not as a bearer token)")]
+    Bearer,
     /// Neither a token file nor the environment variable is set.
     #[error("no token: set {TOKEN_ENV} or --api.token-file")]
     Missing,

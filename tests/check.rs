@@ -184,3 +184,93 @@ fn check_of_a_broken_file_exits_2_and_asks_nothing() {
     assert!(err.contains("tokne_file"), "{err}");
     assert!(!out.contains("ok") && !out.contains("failed"), "{out}");
 }
+
+#[test]
+fn config_check_reports_three_typos_in_three_accounts_in_one_run() {
+    let dir = scratch("typos");
+    let file = dir.join("accounts.yml");
+    std::fs::write(
+        &file,
+        "accounts:\n  - name: a\n    token_env: T\n    refresh: {intervall: 1m}\n  - name: b\n    tokne_file: x\n  - name: c\n    token_env: T\n    api: {page_sise: 10}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_finovy-image-exporter"))
+        .args(["--config.file", file.to_str().unwrap(), "--config.check"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("accounts.yml:"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{err}");
+    for (line, (at, key)) in lines.iter().zip([
+        (4, "accounts[0].refresh: unknown field `intervall`"),
+        (6, "accounts[1]: unknown field `tokne_file`"),
+        (9, "accounts[2].api: unknown field `page_sise`"),
+    ]) {
+        assert!(line.contains(&format!("accounts.yml:{at}:")), "{line}");
+        assert!(line.contains(key), "{line}");
+    }
+}
+
+#[test]
+fn a_conflict_with_an_environment_twin_names_the_variable() {
+    let dir = scratch("twin");
+    let file = dir.join("accounts.yml");
+    std::fs::write(&file, "accounts:\n  - name: a\n    token_env: T\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_finovy-image-exporter"))
+        .args(["--config.file", file.to_str().unwrap(), "--config.check"])
+        .env("FINOVY_API_URL", "https://client.xuandashi.com")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("FINOVY_API_URL (the environment twin of --api.url)"),
+        "{err}"
+    );
+    assert!(!err.contains("cannot be used with '--api.url"), "{err}");
+}
+
+#[test]
+fn value_mistakes_get_the_fix_in_their_message() {
+    for (args, wanted) in [
+        (&["--refresh.interval", "1m30"][..], "did you mean '1m30s'?"),
+        (&["--web.listen-address", "9929"][..], "write ':9929'"),
+        (
+            &["--datacenters", "HZ SH"][..],
+            "separate keys with commas: 'HZ,SH'",
+        ),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_finovy-image-exporter"))
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(wanted), "{args:?}: {err}");
+    }
+    let dir = scratch("bearer");
+    let token = dir.join("token");
+    write_secret(&token, "Bearer abc.def");
+    for (args, wanted) in [
+        (
+            vec!["--api.token-file", token.to_str().unwrap()],
+            "starts with 'Bearer '",
+        ),
+        (vec!["--datacenters", "HZ,HZ"], "'HZ' is listed twice"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_finovy-image-exporter"))
+            .args(&args)
+            .args(["--web.listen-address", "127.0.0.1:0"])
+            .env("FINOVY_ACCESS_TOKEN", "t0ken")
+            .env_remove("FINOVY_API_SECRET")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(wanted), "{args:?}: {err}");
+    }
+}

@@ -506,12 +506,19 @@ impl TargetTask {
 
     fn failed(&self, err: &FetchError, duration: Duration) {
         let reason = err.reason();
+        let url = self.runtime.pager.client.url();
+        // The landing page and `/readyz` show what the log line says, hint
+        // included: whoever looks there should not need the log to know the fix.
+        let message = match err.hint(url) {
+            Some(hint) => format!("{err} (hint: {hint})"),
+            None => err.to_string(),
+        };
         self.state.publish(
             &self.key,
             duration,
             Outcome::Failure {
                 reason,
-                message: err.to_string(),
+                message,
                 trace_id: err.trace_id().map(str::to_string),
             },
         );
@@ -519,7 +526,6 @@ impl TargetTask {
         // the URL has no query (so neither the extra parameters nor the token),
         // the answer's start is redacted, and a field that does not apply
         // (no status on a network error, no trace id) is left out, not empty.
-        let url = self.runtime.pager.client.url();
         tracing::warn!(
             account = %self.key.account,
             datacenter_key = %self.key.datacenter.as_deref().unwrap_or(""),

@@ -542,6 +542,10 @@ fn read_secret(credentials: &Credentials) -> Result<Token, String> {
             credentials.secret_from
         ),
         TokenError::Missing => format!("no secret: set {SECRET_ENV} or --api.secret-file"),
+        TokenError::Bearer => format!(
+            "the secret from {} starts with 'Bearer ': give the secret alone",
+            credentials.secret_from
+        ),
     })
 }
 
