@@ -1109,7 +1109,10 @@ fn kustomize_fails_clearly_without_the_token_file() {
         assert!(output.stdout.is_empty(), "{dir}: nothing is printed");
         let expected = if dir == KUSTOMIZE_MULTI_ACCOUNT {
             // kustomize stops at the first missing file of the secretGenerator.
-            format!("credentials/{}: no such file or directory", ACCOUNT_CREDENTIALS[0].0)
+            format!(
+                "credentials/{}: no such file or directory",
+                ACCOUNT_CREDENTIALS[0].0
+            )
         } else {
             format!("base/{TOKEN_FILE}: no such file or directory")
         };
@@ -1255,7 +1258,9 @@ fn kustomize_multi_account_overlay_runs_one_statefulset_pod_per_shard() {
         "{args:?}"
     );
     let pod_files = PodFiles::of(&docs, set);
-    assert!(pod_files.config_file.starts_with("/etc/finovy-image-exporter/"));
+    assert!(pod_files
+        .config_file
+        .starts_with("/etc/finovy-image-exporter/"));
 
     // One Secret per account, every one of them mounted.
     let secrets = of_kind(&docs, "Secret");
@@ -1333,9 +1338,17 @@ impl PodFiles {
             if volume["secret"].is_object() {
                 sources.push(("Secret", &volume["secret"]));
             }
-            for source in volume["projected"]["sources"].as_array().into_iter().flatten() {
+            for source in volume["projected"]["sources"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
                 for kind in ["ConfigMap", "Secret"] {
-                    let key = if kind == "Secret" { "secret" } else { "configMap" };
+                    let key = if kind == "Secret" {
+                        "secret"
+                    } else {
+                        "configMap"
+                    };
                     if source[key].is_object() {
                         sources.push((kind, &source[key]));
                     }
@@ -1404,9 +1417,11 @@ impl PodFiles {
 /// FNV-1a of 64 bits, written out here as the contract says it so that the test does not
 /// borrow the code it checks.
 fn shard_of(target: &str, total: u64) -> u64 {
-    let hash = target.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
-    });
+    let hash = target
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
     hash % total
 }
 
@@ -1438,7 +1453,10 @@ fn multi_account_overlay_accounts_pass_config_check_and_give_every_shard_work() 
     for account in &accounts {
         let name = account["name"].as_str().expect("account name");
         let (key, file) = if let Some(file) = account["secret_file"].as_str() {
-            assert!(account["uuid"].is_string(), "{name}: secret_file without uuid");
+            assert!(
+                account["uuid"].is_string(),
+                "{name}: secret_file without uuid"
+            );
             logins += 1;
             ("secret", file)
         } else {
@@ -1461,7 +1479,10 @@ fn multi_account_overlay_accounts_pass_config_check_and_give_every_shard_work() 
             .expect("a credentials file of the account");
         assert_eq!(content, written.1.as_bytes());
     }
-    assert!(logins >= 1 && tokens >= 1, "{logins} logins, {tokens} tokens");
+    assert!(
+        logins >= 1 && tokens >= 1,
+        "{logins} logins, {tokens} tokens"
+    );
 
     // Every shard has targets: a discovery account would be one target, for one shard.
     let total = 3;
@@ -1469,7 +1490,9 @@ fn multi_account_overlay_accounts_pass_config_check_and_give_every_shard_work() 
     let mut targets = 0;
     for account in &accounts {
         let name = account["name"].as_str().unwrap();
-        let datacenters = account["datacenters"].as_array().expect("datacenters listed");
+        let datacenters = account["datacenters"]
+            .as_array()
+            .expect("datacenters listed");
         for datacenter in datacenters {
             let datacenter = datacenter.as_str().expect("datacenter key");
             per_shard[shard_of(&format!("{name}/{datacenter}"), total) as usize] += 1;
@@ -1568,7 +1591,9 @@ fn kustomize_sidecar_overlay_adds_the_exporter_without_readiness_on_readyz() {
     let selector = &monitors[0]["spec"]["selector"]["matchLabels"];
     assert!(selects(selector, pod_labels));
     assert!(
-        !serde_json::to_string(selector).unwrap().contains("example-app"),
+        !serde_json::to_string(selector)
+            .unwrap()
+            .contains("example-app"),
         "the PodMonitor names the app: {selector}"
     );
     let endpoint = &monitors[0]["spec"]["podMetricsEndpoints"][0];
@@ -1619,7 +1644,11 @@ fn sidecar_component_adds_the_exporter_to_the_deployment_it_names_and_renders_no
             })
             .collect()
     };
-    assert_eq!(names(&docs), names(&plain), "the component renders nothing else");
+    assert_eq!(
+        names(&docs),
+        names(&plain),
+        "the component renders nothing else"
+    );
     assert_eq!(
         names(&docs),
         [
@@ -1641,7 +1670,11 @@ fn sidecar_component_adds_the_exporter_to_the_deployment_it_names_and_renders_no
         .as_array()
         .expect("containers");
     assert_eq!(containers.len(), own.len() + 1);
-    assert_eq!(&containers[..own.len()], &own[..], "the app's containers first");
+    assert_eq!(
+        &containers[..own.len()],
+        &own[..],
+        "the app's containers first"
+    );
     let exporter = &containers[own.len()];
     assert_eq!(exporter["name"], "finovy-image-exporter");
     check_exporter_container(pod, exporter, "finovy-image-exporter-token");
@@ -1672,7 +1705,10 @@ fn generated_prometheusrule_and_dashboard_configmap_are_up_to_date_and_deployed(
         return;
     };
     // The committed resources are exactly what the generator makes of the sources today.
-    for (what, committed) in [("rule", PROMETHEUS_RULE), ("dashboard", DASHBOARD_CONFIGMAP)] {
+    for (what, committed) in [
+        ("rule", PROMETHEUS_RULE),
+        ("dashboard", DASHBOARD_CONFIGMAP),
+    ] {
         let generated = run_ok(Command::new("sh").args([GENERATOR, what, "-"]));
         assert!(
             generated.stdout == read(committed).into_bytes(),
@@ -1701,7 +1737,10 @@ fn generated_prometheusrule_and_dashboard_configmap_are_up_to_date_and_deployed(
         assert_eq!(data.len(), 1, "{dir}: one dashboard");
         let json = data["finovy-images.json"].as_str().expect("the dashboard");
         let deployed: Value = serde_json::from_str(json).expect("the ConfigMap holds JSON");
-        assert_eq!(deployed, dashboard, "{dir}: the ConfigMap's dashboard differs");
+        assert_eq!(
+            deployed, dashboard,
+            "{dir}: the ConfigMap's dashboard differs"
+        );
 
         // The rules as deployed, through promtool: checked, and passing the same unit tests.
         let extracted = scratch.write(
@@ -2230,9 +2269,7 @@ fn dashboard_and_alerts_use_only_documented_metrics() {
             .map(str::to_owned),
     );
     let records = record_names(&yaml_file(&python, RULES));
-    let is_series = |name: &str| {
-        common::is_exporter_series(name) || LOGIN_FAMILIES.contains(&name)
-    };
+    let is_series = |name: &str| common::is_exporter_series(name) || LOGIN_FAMILIES.contains(&name);
     let mut seen = BTreeSet::new();
     let mut recorded_used = BTreeSet::new();
     for expr in &exprs {
@@ -2256,7 +2293,10 @@ fn dashboard_and_alerts_use_only_documented_metrics() {
         }
     }
     assert!(seen.len() >= 10, "found only {seen:?}");
-    assert_eq!(recorded_used, records, "every recording rule is defined and used");
+    assert_eq!(
+        recorded_used, records,
+        "every recording rule is defined and used"
+    );
 }
 
 /// The dashboard counts each account once, whatever the number of exporters of it: every

@@ -753,7 +753,10 @@ async fn prometheus_scrapes_the_exporter_and_answers_every_dashboard_query_and_a
     .await;
     let rules_now = rules(&client, &prometheus).await.expect("rules");
     let group = rule(&rules_now, "FinovyImagesStuckCreating");
-    assert_eq!(group["state"], "inactive", "a second alert for one image: {group}");
+    assert_eq!(
+        group["state"], "inactive",
+        "a second alert for one image: {group}"
+    );
 
     // The landing page and /readyz, as a browser renders them.
     let profile = temp.0.join("chromium-profile");
@@ -1056,8 +1059,12 @@ async fn two_exporters_of_one_account_give_the_single_exporter_numbers() {
         .collect();
     assert!(records.len() >= 5, "{records:?}");
     for record in records {
-        let over_both = query(&client, &both, record, Some(at)).await.expect("answer");
-        let over_one = query(&client, &one, record, Some(at)).await.expect("answer");
+        let over_both = query(&client, &both, record, Some(at))
+            .await
+            .expect("answer");
+        let over_one = query(&client, &one, record, Some(at))
+            .await
+            .expect("answer");
         assert!(!over_one.is_empty(), "{record} has no data");
         assert_eq!(samples(&over_both), samples(&over_one), "{record}");
     }
