@@ -8,16 +8,22 @@
 //! - requires every alert rule to evaluate with health `ok`, the healthy-exporter alerts to
 //!   stay inactive and the expired-images alert to go pending on the simulator's data;
 //! - adds an image stuck in `creating` to the simulator and waits for
-//!   FinovyImagesStuckCreating to go pending for exactly that group;
+//!   FinovyImageCreatingTooLong to go pending for exactly that image, while the group alert
+//!   FinovyImagesStuckCreating stays quiet (one alert per stuck image);
 //! - renders the exporter's landing page and `/readyz` in headless Chromium and checks the
 //!   datacenter table.
+//!
+//! A second test runs two exporters of the same account, as sidecar replicas or an HA pair
+//! do, and two Prometheus servers with the shipped rules: one scrapes both exporters, the other
+//! one of them. Every dashboard query and every recording rule must give the same numbers in
+//! both, and each alert fires once, not once per exporter.
 //!
 //! Prometheus and Chromium come from `scripts/test`; without them the test is skipped
 //! outside CI and fails under `CI=true`.
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -35,15 +41,24 @@ const IMAGE_TYPES: [&str; 2] = ["Windows", "Ubuntu"];
 /// know (`unknown`).
 const STATUSES: [u8; 5] = [0, 1, 2, 3, 7];
 /// Alerts that must stay quiet while the exporter and the simulator are healthy.
-const QUIET_WHEN_HEALTHY: [&str; 7] = [
+const QUIET_WHEN_HEALTHY: [&str; 8] = [
     "FinovyExporterDown",
     "FinovyExporterAbsent",
     "FinovyRefreshFailing",
     "FinovyDataStale",
     "FinovyAuthenticationFailing",
+    "FinovyLoginFailing",
     "FinovyImagesStuckCreating",
     "FinovyImageCreationFailuresRising",
 ];
+/// Families only an account that logs in (uuid and secret) exports; the exporters here use a
+/// static token, so the dashboard's Login row has no data, and FinovyLoginFailing's promtool
+/// tests cover them.
+const LOGIN_FAMILIES: [&str; 2] = [
+    "finovy_auth_requests_total",
+    "finovy_auth_token_expiry_timestamp_seconds",
+];
+const RULES: &str = "deploy/prometheus/rules/finovy-alerts.yml";
 const DEADLINE: Duration = Duration::from_secs(60);
 
 fn repo() -> PathBuf {
@@ -333,6 +348,40 @@ async fn query_with_data(
     finite.then_some(result)
 }
 
+/// An instant query's result vector at `time` (else now), empty or not, or None when
+/// Prometheus does not answer. A query that Prometheus rejects fails the test.
+async fn query(
+    client: &reqwest::Client,
+    prometheus: &str,
+    expr: &str,
+    time: Option<f64>,
+) -> Option<Vec<Value>> {
+    let mut params = vec![("query", expr.to_owned())];
+    if let Some(time) = time {
+        params.push(("time", format!("{time:.3}")));
+    }
+    let response = client
+        .get(format!("{prometheus}/api/v1/query"))
+        .query(&params)
+        .send()
+        .await
+        .ok()?;
+    let status = response.status();
+    let body: Value = serde_json::from_str(&response.text().await.ok()?).ok()?;
+    assert!(
+        !status.is_client_error(),
+        "Prometheus rejects {expr}: {}",
+        body["error"]
+    );
+    (body["status"] == "success").then(|| body["data"]["result"].as_array().cloned())?
+}
+
+/// The number of rules, alerting and recording, of the shipped rules file.
+fn rule_count() -> usize {
+    let rules = std::fs::read_to_string(repo().join(RULES)).unwrap();
+    rules.matches("- alert:").count() + rules.matches("- record:").count()
+}
+
 /// Rules of every group from /api/v1/rules.
 async fn rules(client: &reqwest::Client, prometheus: &str) -> Option<Vec<Value>> {
     let body = get_json(client, &format!("{prometheus}/api/v1/rules"), &[]).await?;
@@ -444,6 +493,26 @@ fn start_exporter(args: &[&str], token: Option<&str>) -> (Running, SocketAddr) {
     (process, addr)
 }
 
+/// The simulator binary holding the test's inventory: the process (killed on drop) and its
+/// URL.
+async fn start_simulator(client: &reqwest::Client) -> (Running, String) {
+    let (mut sim_process, sim_lines) = start(
+        "finovy-api-sim",
+        Command::new(env!("CARGO_BIN_EXE_finovy-api-sim")).args([
+            "--listen",
+            "127.0.0.1:0",
+            "--token",
+            TOKEN,
+        ]),
+    );
+    let sim_addr: SocketAddr = wait_for_line(&mut sim_process, &sim_lines, |line| {
+        line.strip_prefix("listening on ")?.trim().parse().ok()
+    });
+    let sim = format!("http://{sim_addr}");
+    send_images(client, reqwest::Method::PUT, &sim, &inventory()).await;
+    (sim_process, sim)
+}
+
 /// Prometheus with `config` (YAML), its data under `dir`, once it is ready: the
 /// process (killed on drop) and its base URL.
 async fn start_prometheus(
@@ -490,22 +559,7 @@ async fn prometheus_scrapes_the_exporter_and_answers_every_dashboard_query_and_a
     finovy_image_exporter::install_crypto_provider();
     let client = reqwest::Client::new();
     let temp = TempDir::new("dashboard");
-
-    // The simulator, holding a known inventory.
-    let (mut sim_process, sim_lines) = start(
-        "finovy-api-sim",
-        Command::new(env!("CARGO_BIN_EXE_finovy-api-sim")).args([
-            "--listen",
-            "127.0.0.1:0",
-            "--token",
-            TOKEN,
-        ]),
-    );
-    let sim_addr: SocketAddr = wait_for_line(&mut sim_process, &sim_lines, |line| {
-        line.strip_prefix("listening on ")?.trim().parse().ok()
-    });
-    let sim = format!("http://{sim_addr}");
-    send_images(&client, reqwest::Method::PUT, &sim, &inventory()).await;
+    let (_sim_process, sim) = start_simulator(&client).await;
 
     // The exporter, refreshing every second.
     let (_exporter_process, exporter_addr) = start_exporter(
@@ -566,7 +620,8 @@ async fn prometheus_scrapes_the_exporter_and_answers_every_dashboard_query_and_a
         .await;
     }
 
-    // Every dashboard expression, for both selections, returns data.
+    // Every dashboard expression, for both selections, returns data (but the login's, with a
+    // static token: Prometheus must accept them).
     let (exprs, variable_queries) = dashboard_queries();
     assert!(
         exprs.len() >= 20,
@@ -576,6 +631,13 @@ async fn prometheus_scrapes_the_exporter_and_answers_every_dashboard_query_and_a
     for selection in [ALL, ONE] {
         for (panel, expr) in &exprs {
             let expr = substitute(expr, selection);
+            if LOGIN_FAMILIES.iter().any(|family| expr.contains(family)) {
+                assert!(
+                    query(&client, &prometheus, &expr, None).await.is_some(),
+                    "Prometheus rejects {panel}: {expr}"
+                );
+                continue;
+            }
             common::wait_for(&format!("data for {panel}: {expr}"), DEADLINE, || {
                 query_with_data(&client, &prometheus, &expr)
             })
@@ -632,10 +694,7 @@ async fn prometheus_scrapes_the_exporter_and_answers_every_dashboard_query_and_a
 
     // Every rule evaluates cleanly; with the inventory's expired images that alert is pending,
     // and none of the alerts about an unhealthy exporter or stuck images is active.
-    let rule_count = std::fs::read_to_string(&rules_file)
-        .unwrap()
-        .matches("- alert:")
-        .count();
+    let rule_count = rule_count();
     let evaluated = common::wait_for("every rule evaluated with health ok", DEADLINE, || async {
         let rules = rules(&client, &prometheus).await?;
         let all_ok = rules.len() == rule_count && rules.iter().all(|rule| rule["health"] == "ok");
@@ -655,41 +714,49 @@ async fn prometheus_scrapes_the_exporter_and_answers_every_dashboard_query_and_a
         .len();
     assert_eq!(expired_alerts, DATACENTERS.len() * IMAGE_TYPES.len());
 
-    // An image that has been creating for two hours makes the stuck-in-creating alert pending
-    // (its `for:` keeps it from firing within the test) for its group alone.
+    // An image that has been creating for two hours: finovy_image_info names it (the oldest
+    // creating image), and the named alert pends (its `for:` keeps it from firing within the
+    // test) for that image alone.
     let stuck = image(10_000, "SH", "Ubuntu", 0, now_ms() - 2 * 3600 * 1000);
     send_images(&client, reqwest::Method::POST, &sim, &[stuck]).await;
-    let alerts = common::wait_for("FinovyImagesStuckCreating pending", DEADLINE, || async {
-        let rules = rules(&client, &prometheus).await?;
-        let rule = rule(&rules, "FinovyImagesStuckCreating");
-        let alerts = rule["alerts"].as_array()?.clone();
-        let active = alerts.iter().any(|alert| {
-            ["pending", "firing"].contains(&alert["state"].as_str().unwrap_or_default())
-        });
-        active.then_some(alerts)
-    })
-    .await;
-    assert_eq!(alerts.len(), 1, "only the stuck group alerts: {alerts:?}");
-    let labels = &alerts[0]["labels"];
-    assert_eq!(labels["datacenter_key"], "SH");
-    assert_eq!(labels["image_type"], "Ubuntu");
-    assert_eq!(labels["status"], "creating");
-    assert_eq!(labels["job"], JOB);
-    // finovy_image_info names it (the oldest creating image), and the named alert pends.
-    common::wait_for(
+    let alerts = common::wait_for(
         "FinovyImageCreatingTooLong pending for e2e-10000",
         DEADLINE,
         || async {
             let rules = rules(&client, &prometheus).await?;
-            let rule = rule(&rules, "FinovyImageCreatingTooLong");
-            rule["alerts"]
+            let alerts = rule(&rules, "FinovyImageCreatingTooLong")["alerts"]
                 .as_array()?
+                .clone();
+            alerts
                 .iter()
                 .any(|alert| alert["labels"]["id"] == "e2e-10000")
-                .then_some(())
+                .then_some(alerts)
         },
     )
     .await;
+    let stuck: Vec<&Value> = alerts
+        .iter()
+        .filter(|alert| alert["labels"]["id"] == "e2e-10000")
+        .collect();
+    assert_eq!(stuck.len(), 1, "one alert for the stuck image: {alerts:?}");
+    let labels = &stuck[0]["labels"];
+    assert_eq!(labels["datacenter_key"], "SH");
+    assert_eq!(labels["image_type"], "Ubuntu");
+    assert_eq!(labels["status"], "creating");
+    // The group is stuck too, but with the image named, the group alert stays quiet: one
+    // stuck image, one alert.
+    let group_stuck = "time() - finovy_images_oldest_created_timestamp_seconds\
+        {status=\"creating\", datacenter_key=\"SH\", image_type=\"Ubuntu\"} > 3600";
+    common::wait_for("the SH/Ubuntu group older than an hour", DEADLINE, || {
+        query_with_data(&client, &prometheus, group_stuck)
+    })
+    .await;
+    let rules_now = rules(&client, &prometheus).await.expect("rules");
+    let group = rule(&rules_now, "FinovyImagesStuckCreating");
+    assert_eq!(
+        group["state"], "inactive",
+        "a second alert for one image: {group}"
+    );
 
     // The landing page and /readyz, as a browser renders them.
     let profile = temp.0.join("chromium-profile");
@@ -804,4 +871,239 @@ async fn prometheus_ingests_the_text_format_from_probe() {
         Some(0),
         "/probe?account=prod carries no other account"
     );
+}
+
+/// A query result as label set (without `__name__`) -> value.
+fn samples(result: &[Value]) -> BTreeMap<BTreeMap<String, String>, f64> {
+    result
+        .iter()
+        .map(|sample| {
+            let labels = sample["metric"]
+                .as_object()
+                .expect("metric labels")
+                .iter()
+                .filter(|(name, _)| *name != "__name__")
+                .map(|(name, value)| (name.clone(), value.as_str().unwrap().to_owned()))
+                .collect();
+            let value = sample["value"][1]
+                .as_str()
+                .and_then(|v| v.parse().ok())
+                .expect("a sample value");
+            (labels, value)
+        })
+        .collect()
+}
+
+/// How closely a dashboard expression over two replicas must match the same over one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Match {
+    /// Gauges of the same upstream data: the same number.
+    Exact,
+    /// `time()` minus a pass's timestamp: the replicas refresh a second or two apart.
+    Seconds(f64),
+    /// Rates of the replicas' own requests and passes: close, never double (a doubled count
+    /// would be 100 % off).
+    Within(f64),
+    /// Latencies and durations: each exporter's own; the same series, any values.
+    SeriesOnly,
+}
+
+fn match_for(expr: &str) -> Match {
+    if expr.contains("histogram_quantile(") || expr.contains("finovy_refresh_duration_seconds") {
+        Match::SeriesOnly
+    } else if expr.contains("time()") {
+        Match::Seconds(5.0)
+    } else if expr.contains("rate(") || expr.contains("increase(") {
+        Match::Within(0.3)
+    } else {
+        Match::Exact
+    }
+}
+
+/// Two exporters of the same account (sidecar replicas, an HA pair) scraped by one Prometheus,
+/// and one of them by another, both with the shipped rules: every dashboard query and every
+/// recording rule gives the single exporter's numbers, and an alert fires once, not once per
+/// exporter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_exporters_of_one_account_give_the_single_exporter_numbers() {
+    let Some(prometheus_bin) = common::require_tool("prometheus") else {
+        return;
+    };
+    finovy_image_exporter::install_crypto_provider();
+    let client = reqwest::Client::new();
+    let temp = TempDir::new("replicas");
+    let (_sim_process, sim) = start_simulator(&client).await;
+    // With --collector.image-info, so that the dashboard's stuck-image table has rows.
+    let args = [
+        "--api.url",
+        &sim,
+        "--refresh.interval",
+        "1s",
+        "--collector.image-info",
+    ];
+    let (_exporter_a, a) = start_exporter(&args, Some(TOKEN));
+    let (_exporter_b, b) = start_exporter(&args, Some(TOKEN));
+
+    let rules_file = repo().join(RULES);
+    let config = |targets: &[SocketAddr]| {
+        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - {}\n\
+             scrape_configs:\n  - job_name: {JOB}\n    static_configs:\n      - targets: [{}]\n",
+            rules_file.display(),
+            targets.join(", ")
+        )
+    };
+    let (both_dir, one_dir) = (temp.0.join("both"), temp.0.join("one"));
+    std::fs::create_dir_all(&both_dir).unwrap();
+    std::fs::create_dir_all(&one_dir).unwrap();
+    let (_both_process, both) =
+        start_prometheus(&client, &prometheus_bin, &config(&[a, b]), &both_dir).await;
+    let (_one_process, one) =
+        start_prometheus(&client, &prometheus_bin, &config(&[a]), &one_dir).await;
+
+    // Every datacenter up on every exporter each Prometheus scrapes.
+    for (prometheus, exporters) in [(&both, 2), (&one, 1)] {
+        let expected = (exporters * DATACENTERS.len()).to_string();
+        common::wait_for("finovy_up of every exporter", DEADLINE, || async {
+            let result = query(&client, prometheus, "count(finovy_up == 1)", None).await?;
+            (result.first()?["value"][1] == expected.as_str()).then_some(())
+        })
+        .await;
+    }
+    // Every dashboard expression has data in both (but the login's: a static token), so that
+    // the comparison below compares numbers, not two empty answers.
+    let (exprs, _) = dashboard_queries();
+    let exprs: Vec<(String, String)> = exprs
+        .into_iter()
+        .map(|(panel, expr)| (panel, substitute(&expr, ALL)))
+        .collect();
+    for (panel, expr) in &exprs {
+        if LOGIN_FAMILIES.iter().any(|family| expr.contains(family)) {
+            continue;
+        }
+        for prometheus in [&both, &one] {
+            common::wait_for(&format!("data for {panel}: {expr}"), DEADLINE, || {
+                query_with_data(&client, prometheus, expr)
+            })
+            .await;
+        }
+    }
+
+    // Ten scrapes of every exporter in both, so that the rates have a window to go by. Every
+    // query below is then asked at one moment, after all of that: what had data has it then.
+    for prometheus in [&both, &one] {
+        common::wait_for("ten scrapes of every exporter", DEADLINE, || async {
+            let expr = format!("min(count_over_time(up{{job=\"{JOB}\"}}[1m])) >= 10");
+            query_with_data(&client, prometheus, &expr).await
+        })
+        .await;
+    }
+    let at = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+
+    // The setup has the problem to solve: Prometheus holds each series twice.
+    let naive = "sum(finovy_images)";
+    let value = |result: Option<Vec<Value>>| -> f64 {
+        let result = result.expect("Prometheus answers");
+        result[0]["value"][1].as_str().unwrap().parse().unwrap()
+    };
+    let doubled = value(query(&client, &both, naive, Some(at)).await);
+    let single = value(query(&client, &one, naive, Some(at)).await);
+    assert_eq!(doubled, 2.0 * single, "two exporters, each series twice");
+    assert!(single > 0.0);
+
+    // Every dashboard expression: the same series, and the single exporter's numbers. Series
+    // with an `instance` label are the exporters' own (memory, CPU, up): one per exporter.
+    for (panel, expr) in &exprs {
+        let over_both = query(&client, &both, expr, Some(at)).await.expect("answer");
+        let over_one = query(&client, &one, expr, Some(at)).await.expect("answer");
+        let per_account = |result: &[Value]| {
+            let mut all = samples(result);
+            all.retain(|labels, _| !labels.contains_key("instance"));
+            all
+        };
+        let login = LOGIN_FAMILIES.iter().any(|family| expr.contains(family));
+        assert!(login || !over_one.is_empty(), "{panel} has no data: {expr}");
+        let (over_both, over_one) = (per_account(&over_both), per_account(&over_one));
+        assert_eq!(
+            over_both.keys().collect::<Vec<_>>(),
+            over_one.keys().collect::<Vec<_>>(),
+            "{panel}: other series over two exporters than over one: {expr}"
+        );
+        let rule = match_for(expr);
+        for (labels, &two) in &over_both {
+            let single = over_one[labels];
+            let close = match rule {
+                Match::Exact => (two - single).abs() <= 1e-9 * single.abs().max(1.0),
+                Match::Seconds(slack) => (two - single).abs() <= slack,
+                Match::Within(ratio) => (two - single).abs() <= ratio * single.abs().max(1e-9),
+                Match::SeriesOnly => true,
+            };
+            assert!(
+                close,
+                "{panel} {labels:?}: {two} over two exporters, {single} over one ({rule:?}): {expr}"
+            );
+        }
+    }
+
+    // Every recording rule: the single exporter's numbers, exactly.
+    let rules_text = std::fs::read_to_string(&rules_file).unwrap();
+    let records: Vec<&str> = rules_text
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("- record:"))
+        .map(str::trim)
+        .collect();
+    assert!(records.len() >= 5, "{records:?}");
+    for record in records {
+        let over_both = query(&client, &both, record, Some(at))
+            .await
+            .expect("answer");
+        let over_one = query(&client, &one, record, Some(at))
+            .await
+            .expect("answer");
+        assert!(!over_one.is_empty(), "{record} has no data");
+        assert_eq!(samples(&over_both), samples(&over_one), "{record}");
+    }
+
+    // Alerts: once per group or image, not once per exporter. The inventory's expired images
+    // pend one alert per datacenter and image type; an image stuck in creating for two hours,
+    // which both exporters name, one alert.
+    let stuck = image(10_000, "SH", "Ubuntu", 0, now_ms() - 2 * 3600 * 1000);
+    send_images(&client, reqwest::Method::POST, &sim, &[stuck]).await;
+    let alerts_of = |name: &'static str| {
+        let client = &client;
+        let both = &both;
+        async move {
+            let rules = rules(client, both).await?;
+            let alerts = rule(&rules, name)["alerts"].as_array()?.clone();
+            (!alerts.is_empty()).then_some(alerts)
+        }
+    };
+    let expired = common::wait_for("FinovyExpiredImagesPresent pending", DEADLINE, || {
+        alerts_of("FinovyExpiredImagesPresent")
+    })
+    .await;
+    assert_eq!(
+        expired.len(),
+        DATACENTERS.len() * IMAGE_TYPES.len(),
+        "{expired:#?}"
+    );
+    let stuck = common::wait_for("FinovyImageCreatingTooLong pending", DEADLINE, || async {
+        let alerts = alerts_of("FinovyImageCreatingTooLong").await?;
+        let named: Vec<Value> = alerts
+            .into_iter()
+            .filter(|alert| alert["labels"]["id"] == "e2e-10000")
+            .collect();
+        (!named.is_empty()).then_some(named)
+    })
+    .await;
+    assert_eq!(stuck.len(), 1, "one alert for the stuck image: {stuck:#?}");
+    let labels = &stuck[0]["labels"];
+    assert_eq!(labels["datacenter_key"], "SH");
+    assert_eq!(labels["image_type"], "Ubuntu");
+    assert!(labels.get("instance").is_none(), "{labels}");
 }
