@@ -2226,14 +2226,6 @@ fn collect_strings<'a>(value: &'a Value, out: &mut Vec<&'a str>) {
     }
 }
 
-/// Families of SPEC v3 ("Logging in") that the exporter's login adds: the dashboard's Login
-/// row and FinovyLoginFailing read them. Checked against the SPEC's names here until the
-/// exporter's table (`metrics::ALL`) holds them.
-const LOGIN_FAMILIES: [&str; 2] = [
-    "finovy_auth_requests_total",
-    "finovy_auth_token_expiry_timestamp_seconds",
-];
-
 /// The identifiers of a PromQL expression that name the exporter's series or a recording rule
 /// on them: `finovy_*`, and `level:finovy_*:operation`.
 fn finovy_metrics(expr: &str) -> Vec<String> {
@@ -2269,7 +2261,7 @@ fn dashboard_and_alerts_use_only_documented_metrics() {
             .map(str::to_owned),
     );
     let records = record_names(&yaml_file(&python, RULES));
-    let is_series = |name: &str| common::is_exporter_series(name) || LOGIN_FAMILIES.contains(&name);
+    let is_series = common::is_exporter_series;
     let mut seen = BTreeSet::new();
     let mut recorded_used = BTreeSet::new();
     for expr in &exprs {
