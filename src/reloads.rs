@@ -128,9 +128,16 @@ impl ReloadQueue {
                 if counters.wanted <= counters.started {
                     continue;
                 }
+                if counters.closed {
+                    break;
+                }
                 counters.started = counters.wanted;
                 counters.started
             };
+            tracing::info!(
+                reload = number,
+                "reload started: requests made from now on wait for the next one"
+            );
             let reloader = Arc::clone(&reloader);
             // Loading reads files and builds clients: off the async workers.
             let reload = tokio::task::spawn_blocking(move || reloader.reload());

@@ -84,6 +84,11 @@ pub struct Server {
 struct Connections {
     held: Mutex<BTreeMap<u64, Held>>,
     next: std::sync::atomic::AtomicU64,
+    /// Connections whose task has not ended yet, closed ones included: a
+    /// closed connection gives its descriptor back only when its task ends.
+    alive: AtomicUsize,
+    /// Woken when a connection's task ends.
+    released: tokio::sync::Notify,
 }
 
 struct Held {
@@ -221,9 +226,49 @@ struct Registered {
     id: u64,
 }
 
+impl Registered {
+    fn new(connections: &Arc<Connections>, id: u64) -> Self {
+        connections.alive.fetch_add(1, Ordering::AcqRel);
+        Registered {
+            connections: Arc::clone(connections),
+            id,
+        }
+    }
+}
+
 impl Drop for Registered {
     fn drop(&mut self) {
         self.connections.remove(self.id);
+        self.connections.alive.fetch_sub(1, Ordering::AcqRel);
+        self.connections.released.notify_one();
+    }
+}
+
+/// How long the accept loop waits for a closed idle connection to give its
+/// descriptor back before it accepts all the same.
+const RELEASE_WAIT: Duration = Duration::from_millis(200);
+
+impl Connections {
+    /// At the cap, before accepting: closes the oldest idle connection and
+    /// waits until its descriptor is released, so that the new connection's
+    /// `accept` does not find the process out of descriptors. Returns at once
+    /// when under the cap or when every connection is busy (the new one is then
+    /// refused after it is accepted).
+    async fn make_room_before_accept(&self, max: usize) {
+        while self.alive.load(Ordering::Acquire) >= max && self.close_oldest_idle() {
+            let waited = tokio::time::sleep(RELEASE_WAIT);
+            tokio::pin!(waited);
+            loop {
+                tokio::select! {
+                    _ = &mut waited => return,
+                    _ = self.released.notified() => {
+                        if self.alive.load(Ordering::Acquire) < max {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -347,7 +392,10 @@ impl Server {
         loop {
             let accepted = tokio::select! {
                 _ = &mut shutdown => break,
-                accepted = accept_any(&self.listeners, &mut next) => accepted,
+                accepted = async {
+                    connections.make_room_before_accept(self.max_connections).await;
+                    accept_any(&self.listeners, &mut next).await
+                } => accepted,
             };
             let stream = match accepted {
                 Ok(stream) => {
@@ -399,10 +447,7 @@ impl Server {
             let conn = Conn {
                 handler,
                 in_flight: Arc::clone(&in_flight),
-                _registered: Registered {
-                    connections: Arc::clone(&connections),
-                    id,
-                },
+                _registered: Registered::new(&connections, id),
             };
             // Registered under the lock, so the task cannot end and remove
             // itself before it is inserted.
@@ -562,4 +607,26 @@ fn unauthorized() -> Response<Body> {
     );
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_accepts_back_off_up_to_a_second_and_start_again_after_a_success() {
+        let mut failures = AcceptFailures::new();
+        let err = std::io::Error::other("Too many open files");
+        let pauses: Vec<Duration> = (0..10).map(|_| failures.failed(&err, false)).collect();
+        assert_eq!(pauses[0], ACCEPT_BACKOFF_MIN);
+        assert_eq!(pauses[1], ACCEPT_BACKOFF_MIN * 2);
+        assert!(pauses.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(pauses[9], ACCEPT_BACKOFF_MAX);
+        failures.succeeded();
+        assert_eq!(failures.failed(&err, false), ACCEPT_BACKOFF_MIN);
+        assert!(!concerns_one_connection(&err));
+        assert!(concerns_one_connection(&std::io::Error::from(
+            std::io::ErrorKind::ConnectionAborted
+        )));
+    }
 }
