@@ -398,21 +398,6 @@ fn connection_cap(max_connections: usize, limit: Option<u64>, reserved: usize) -
     fits
 }
 
-#[cfg(test)]
-mod descriptor_tests {
-    use super::connection_cap;
-
-    #[test]
-    fn the_connection_cap_fits_the_descriptor_limit() {
-        assert_eq!(connection_cap(512, None, 37), 512);
-        assert_eq!(connection_cap(512, Some(1_048_576), 37), 512);
-        assert_eq!(connection_cap(512, Some(64), 37), 27);
-        // Below the reserve, a quarter of the limit still serves.
-        assert_eq!(connection_cap(512, Some(40), 37), 10);
-        assert_eq!(connection_cap(5, Some(64), 37), 5);
-    }
-}
-
 /// The effective configuration, logged once at start and shown on the landing
 /// page: where the data comes from and how often, never a secret (the token's
 /// source is named, not its value; a proxy's credentials are dropped).
@@ -721,5 +706,20 @@ fn spawn_refresher(task: impl Future<Output = ()> + Send + 'static) -> impl Futu
                 let _ = done_rx.await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod descriptor_tests {
+    use super::connection_cap;
+
+    #[test]
+    fn the_connection_cap_fits_the_descriptor_limit() {
+        assert_eq!(connection_cap(512, None, 37), 512);
+        assert_eq!(connection_cap(512, Some(1_048_576), 37), 512);
+        assert_eq!(connection_cap(512, Some(64), 37), 27);
+        // Below the reserve, a quarter of the limit still serves.
+        assert_eq!(connection_cap(512, Some(40), 37), 10);
+        assert_eq!(connection_cap(5, Some(64), 37), 5);
     }
 }

@@ -255,16 +255,17 @@ impl Connections {
     /// when under the cap or when every connection is busy (the new one is then
     /// refused after it is accepted).
     async fn make_room_before_accept(&self, max: usize) {
-        while self.alive.load(Ordering::Acquire) >= max && self.close_oldest_idle() {
-            let waited = tokio::time::sleep(RELEASE_WAIT);
-            tokio::pin!(waited);
-            loop {
-                tokio::select! {
-                    _ = &mut waited => return,
-                    _ = self.released.notified() => {
-                        if self.alive.load(Ordering::Acquire) < max {
-                            return;
-                        }
+        if self.alive.load(Ordering::Acquire) < max || !self.close_oldest_idle() {
+            return;
+        }
+        let waited = tokio::time::sleep(RELEASE_WAIT);
+        tokio::pin!(waited);
+        loop {
+            tokio::select! {
+                _ = &mut waited => return,
+                _ = self.released.notified() => {
+                    if self.alive.load(Ordering::Acquire) < max {
+                        return;
                     }
                 }
             }
