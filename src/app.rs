@@ -354,7 +354,7 @@ impl Exporter {
 /// Descriptors kept for everything but client connections and the upstream
 /// client's: standard streams, the runtime's and the refresh thread's event
 /// loops, the signal pipe, file notifications, token and configuration files
-/// being read, DNS. An idle exporter holds about 20.
+/// being read, DNS. An idle exporter holds about 16.
 const DESCRIPTORS_RESERVED: usize = 32;
 
 /// Raises the soft limit of open descriptors to the hard limit and returns it:
