@@ -18,9 +18,11 @@ use crate::account::{Account, AccountNames, Shard};
 use crate::config::Config;
 use crate::config_file::{ConfigFileError, Reloader};
 use crate::refresh::{Limits, Liveness, Scheduler};
+use crate::reloads::ReloadQueue;
 use crate::routes::Routes;
 use crate::secret::{Token, TokenError, TokenSource};
 use crate::server::Server;
+use crate::signals::Signals;
 use crate::sim::{self, SimAccount, SimServer, Simulator};
 use crate::state::State;
 use crate::telemetry::Telemetry;
@@ -62,6 +64,9 @@ pub enum StartError {
         /// Why.
         source: std::io::Error,
     },
+    /// `--web.systemd-socket` was given but systemd passed no usable socket.
+    #[error("--web.systemd-socket: {0}")]
+    SystemdSocket(String),
     /// The upstream client cannot be built from its settings (exit status 2).
     #[error("{0}")]
     Client(#[from] crate::upstream::ClientError),
@@ -102,6 +107,7 @@ pub struct Exporter {
     demo: Option<SimServer>,
     web_config: Option<WebConfigWatcher>,
     reloader: Arc<Reloader>,
+    reload_queue: ReloadQueue,
     reloads: mpsc::UnboundedReceiver<Vec<Account>>,
     state: Arc<State>,
 }
@@ -110,7 +116,7 @@ impl Exporter {
     /// Loads the web config, reads the token, binds the listener and, with
     /// `--demo`, starts the simulator.
     pub async fn start(mut config: Config) -> Result<Self, StartError> {
-        raise_descriptor_limit();
+        let descriptor_limit = raise_descriptor_limit();
         // An empty path means no web configuration, as in exporter-toolkit.
         let web_config_file = config
             .web_config_file
@@ -193,6 +199,7 @@ impl Exporter {
             telemetry.clone(),
             reload_tx,
         ));
+        let reload_queue = ReloadQueue::new();
         let routes = Arc::new(
             Routes::new(
                 Arc::clone(&state),
@@ -203,15 +210,27 @@ impl Exporter {
             )
             .with_overview(overview)
             .with_accounts(names)
-            .with_lifecycle(Arc::clone(&reloader), config.enable_lifecycle),
+            .with_lifecycle(reload_queue.clone(), config.enable_lifecycle)
+            .with_prefixes(config.route_prefix(), config.link_prefix()),
         );
-        let mut server = Server::bind(&config.listen_address)
-            .await
-            .map_err(|source| StartError::Bind {
-                address: config.listen_address.to_string(),
-                source,
-            })?;
-        server = server.with_max_connections(config.max_connections as usize);
+        let mut server = if config.systemd_socket {
+            Server::from_systemd().map_err(StartError::SystemdSocket)?
+        } else {
+            Server::bind_all(&config.listen_address)
+                .await
+                .map_err(|(address, source)| StartError::Bind { address, source })?
+        };
+        let reserved = DESCRIPTORS_RESERVED
+            + server.listener_count()
+            + accounts
+                .iter()
+                .map(|a| a.concurrency as usize)
+                .sum::<usize>();
+        server = server.with_max_connections(connection_cap(
+            config.max_connections as usize,
+            descriptor_limit,
+            reserved,
+        ));
         if let Some(watcher) = &web_config {
             server = server.with_web_config(watcher.handle());
         }
@@ -224,6 +243,7 @@ impl Exporter {
             demo,
             web_config,
             reloader,
+            reload_queue,
             reloads,
             state,
         })
@@ -239,9 +259,20 @@ impl Exporter {
         self.server.local_addr()
     }
 
+    /// Every address the exporter serves on.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.server.local_addrs()
+    }
+
     /// Refreshes and serves until `shutdown` completes; then stops accepting,
-    /// lets scrapes in flight finish and stops the scheduler.
+    /// lets scrapes in flight finish and stops the scheduler. Installs the
+    /// signal handlers first (see [`Exporter::run_with_signals`]).
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        self.run_with_signals(Signals::install(), shutdown).await;
+    }
+
+    /// As [`Exporter::run`], with handlers `main` installed before anything else.
+    pub async fn run_with_signals(self, signals: Signals, shutdown: impl Future<Output = ()>) {
         let (stop_tx, stop_rx) = watch::channel(());
         let stopped = move || {
             let mut rx = stop_rx.clone();
@@ -257,18 +288,34 @@ impl Exporter {
         let demo = self.demo.map(|sim| tokio::spawn(sim.serve(stopped())));
         // SIGHUP reads --config.file again (when there is one) and the web
         // configuration; the token file is read again at every pass anyway.
-        let reloader = self.reloader;
+        // Both coalesce: however many signals arrive, one reload runs and at
+        // most one waits.
+        let queue = self.reload_queue;
         let web_reload = self.web_config.as_ref().map(WebConfigWatcher::reloader);
-        ignore_other_signals(move || {
-            if let Some(reload) = &web_reload {
-                reload.notify_one();
+        let hangups = {
+            let (queue, stopped) = (queue.clone(), stopped());
+            async move {
+                tokio::pin!(stopped);
+                loop {
+                    tokio::select! {
+                        _ = &mut stopped => return,
+                        _ = signals.hangup() => {}
+                    }
+                    if let Some(reload) = &web_reload {
+                        reload.notify_one();
+                    }
+                    queue.request();
+                }
             }
-            let reloader = Arc::clone(&reloader);
-            // Loading reads files and builds clients: off the async workers.
-            tokio::task::spawn_blocking(move || {
-                let _ = reloader.reload();
-            });
-        });
+        };
+        tokio::spawn(hangups);
+        tokio::spawn(queue.clone().run(self.reloader, stopped()));
+        // Reload requests waiting over HTTP are answered as soon as shutdown
+        // starts, rather than holding the drain.
+        let shutdown = async move {
+            shutdown.await;
+            queue.close();
+        };
         let scheduler = spawn_refresher(self.scheduler.run(
             self.accounts,
             self.liveness,
@@ -278,7 +325,9 @@ impl Exporter {
         if let Some(watcher) = self.web_config {
             tokio::spawn(watcher.run(stopped()));
         }
-        tracing::info!(address = %self.server.local_addr(), tls = self.server.is_tls(), "listening");
+        for address in self.server.local_addrs() {
+            tracing::info!(address = %address, tls = self.server.is_tls(), "listening");
+        }
         self.server.serve(self.routes, shutdown).await;
         drop(stop_tx);
         let _ = tokio::time::timeout(Duration::from_secs(2), scheduler).await;
@@ -292,15 +341,51 @@ impl Exporter {
     }
 }
 
-/// Raises the soft limit of open descriptors to the hard limit: the default soft
-/// limit of 1,024 is what a thousand idle clients exhaust, and with it the
-/// scrapes and the upstream client (`--web.max-connections` bounds what clients
-/// can hold; this leaves room for everything else).
-fn raise_descriptor_limit() {
+/// Descriptors kept for everything but client connections and the upstream
+/// client's: standard streams, the runtime's and the refresh thread's event
+/// loops, the signal pipe, file notifications, token and configuration files
+/// being read, DNS. An idle exporter holds about 16.
+const DESCRIPTORS_RESERVED: usize = 32;
+
+/// Raises the soft limit of open descriptors to the hard limit and returns it:
+/// the default soft limit of 1,024 is what a thousand idle clients exhaust, and
+/// with it the scrapes and the upstream client. `None` when it cannot be read.
+fn raise_descriptor_limit() -> Option<u64> {
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::debug!(limit, "open descriptor limit"),
-        Err(err) => tracing::warn!(error = %err, "cannot raise the open descriptor limit"),
+        Ok(limit) => {
+            tracing::debug!(limit, "open descriptor limit");
+            Some(limit)
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot raise the open descriptor limit");
+            None
+        }
     }
+}
+
+/// The connections held at most: `--web.max-connections`, or fewer when the
+/// descriptor limit cannot hold that many beside the `reserved` ones (the
+/// upstream client's connections, files, listeners), so that idle clients can
+/// never take the descriptors a scrape or a refresh needs. Says so once.
+fn connection_cap(max_connections: usize, limit: Option<u64>, reserved: usize) -> usize {
+    let Some(limit) = limit else {
+        return max_connections;
+    };
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    // A limit below the reserve still leaves a few connections: serving
+    // nothing would be worse than running short.
+    let fits = limit.saturating_sub(reserved).max((limit / 4).max(1));
+    if fits >= max_connections {
+        return max_connections;
+    }
+    tracing::warn!(
+        descriptor_limit = limit,
+        max_connections,
+        cap = fits,
+        reserved,
+        "the open descriptor limit is too low for --web.max-connections: holding at most {fits} client connections; raise the hard limit (LimitNOFILE= in systemd, ulimit -Hn) or lower --web.max-connections"
+    );
+    fits
 }
 
 /// The effective configuration, logged once at start and shown on the landing
@@ -755,66 +840,17 @@ fn spawn_refresher(task: impl Future<Output = ()> + Send + 'static) -> impl Futu
     }
 }
 
-/// Logs and otherwise ignores every signal whose default action would end the
-/// process, but SIGTERM and SIGINT (which [`shutdown_signal`] handles) and those
-/// no program can catch. SIGHUP calls `on_hangup` (re-read what can be re-read).
-pub fn ignore_other_signals(on_hangup: impl Fn() + Send + Sync + 'static) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let on_hangup = Arc::new(on_hangup);
-        let kinds = [
-            ("SIGHUP", SignalKind::hangup()),
-            ("SIGUSR1", SignalKind::user_defined1()),
-            ("SIGUSR2", SignalKind::user_defined2()),
-            ("SIGQUIT", SignalKind::quit()),
-            ("SIGALRM", SignalKind::alarm()),
-            ("SIGPIPE", SignalKind::pipe()),
-        ];
-        for (name, kind) in kinds {
-            let Ok(mut stream) = signal(kind) else {
-                tracing::debug!(signal = name, "cannot handle signal");
-                continue;
-            };
-            let on_hangup = Arc::clone(&on_hangup);
-            tokio::spawn(async move {
-                while stream.recv().await.is_some() {
-                    if name == "SIGHUP" {
-                        tracing::info!(
-                            signal = name,
-                            "signal received: reloading --config.file, if there is one (the token file is read at every pass, the web configuration by its watcher)"
-                        );
-                        on_hangup();
-                    } else {
-                        tracing::info!(signal = name, "signal received and ignored (only SIGTERM and SIGINT stop the exporter)");
-                    }
-                }
-            });
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = on_hangup;
-}
+#[cfg(test)]
+mod descriptor_tests {
+    use super::connection_cap;
 
-/// Completes on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    #[test]
+    fn the_connection_cap_fits_the_descriptor_limit() {
+        assert_eq!(connection_cap(512, None, 37), 512);
+        assert_eq!(connection_cap(512, Some(1_048_576), 37), 512);
+        assert_eq!(connection_cap(512, Some(64), 37), 27);
+        // Below the reserve, a quarter of the limit still serves.
+        assert_eq!(connection_cap(512, Some(40), 37), 10);
+        assert_eq!(connection_cap(5, Some(64), 37), 5);
     }
-    tracing::info!("shutdown signal received");
 }

@@ -21,10 +21,25 @@ use crate::labels::Status;
 #[command(name = "finovy-image-exporter", version, about, long_about = None, args_override_self = true)]
 #[command(long_version = crate::LONG_VERSION, after_help = AFTER_HELP)]
 pub struct Config {
-    /// Address to serve on: `host:port`, or `:port` for every interface.
+    /// Address to serve on: `host:port`, or `:port` for every interface; repeat the flag to serve on several.
     #[arg(help_heading = "Web")]
-    #[arg(long = "web.listen-address", env = "FINOVY_WEB_LISTEN_ADDRESS", default_value = ":9929", value_parser = parse_listen_address)]
-    pub listen_address: ListenAddress,
+    #[arg(long = "web.listen-address", env = "FINOVY_WEB_LISTEN_ADDRESS", default_value = ":9929", value_parser = parse_listen_address, action = clap::ArgAction::Append)]
+    pub listen_address: Vec<ListenAddress>,
+
+    /// Serve on the listening sockets systemd passes (socket activation) instead of --web.listen-address.
+    #[arg(help_heading = "Web")]
+    #[arg(long = "web.systemd-socket", env = "FINOVY_WEB_SYSTEMD_SOCKET")]
+    pub systemd_socket: bool,
+
+    /// URL the exporter is reached at from outside, e.g. behind a reverse proxy; the landing page's links use its path.
+    #[arg(help_heading = "Web")]
+    #[arg(long = "web.external-url", env = "FINOVY_WEB_EXTERNAL_URL", value_parser = parse_external_url)]
+    pub external_url: Option<Url>,
+
+    /// Path prefix of every route (`/finovy`: `/finovy/metrics`); defaults to the path of --web.external-url.
+    #[arg(help_heading = "Web")]
+    #[arg(long = "web.route-prefix", env = "FINOVY_WEB_ROUTE_PREFIX", value_parser = parse_route_prefix)]
+    pub route_prefix: Option<String>,
 
     /// Path under which to expose metrics.
     #[arg(help_heading = "Web")]
@@ -560,6 +575,53 @@ fn parse_listen_address(s: &str) -> Result<ListenAddress, String> {
     })
 }
 
+/// `--web.route-prefix`: an absolute path, kept without its trailing slash
+/// (`/` and `/finovy/` become `` and `/finovy`).
+fn parse_route_prefix(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') || s.contains(['?', '#', ' ']) {
+        return Err(format!(
+            "'{s}' must be an absolute path such as /finovy (or / for none)"
+        ));
+    }
+    Ok(s.trim_end_matches('/').to_string())
+}
+
+/// `--web.external-url`: an absolute `http://` or `https://` URL.
+fn parse_external_url(s: &str) -> Result<Url, String> {
+    let url = Url::parse(s).map_err(|e| {
+        format!("'{s}' is not an absolute URL such as https://proxy.example/finovy/ ({e})")
+    })?;
+    if !matches!(url.scheme(), "http" | "https") || url.query().is_some() {
+        return Err(format!(
+            "'{s}' must be an http:// or https:// URL without a query, such as https://proxy.example/finovy/"
+        ));
+    }
+    Ok(url)
+}
+
+impl Config {
+    /// The prefix every route is served under (`--web.route-prefix`, else the
+    /// path of `--web.external-url`): empty for none, else a path without its
+    /// trailing slash.
+    pub fn route_prefix(&self) -> String {
+        match (&self.route_prefix, &self.external_url) {
+            (Some(prefix), _) => prefix.clone(),
+            (None, Some(url)) => url.path().trim_end_matches('/').to_string(),
+            (None, None) => String::new(),
+        }
+    }
+
+    /// The prefix of the links the landing page gives: the path of
+    /// `--web.external-url` (a reverse proxy may strip it before the exporter
+    /// sees the request), else the route prefix.
+    pub fn link_prefix(&self) -> String {
+        match &self.external_url {
+            Some(url) => url.path().trim_end_matches('/').to_string(),
+            None => self.route_prefix(),
+        }
+    }
+}
+
 fn parse_telemetry_path(s: &str) -> Result<String, String> {
     let reserved = ["/", "/healthz", "/readyz"];
     if !s.starts_with('/') || s.contains(['?', '#', ' ']) {
@@ -831,7 +893,8 @@ mod tests {
     #[test]
     fn defaults_match_the_spec() {
         let c = parse(&[]).unwrap();
-        assert_eq!(c.listen_address.text, ":9929");
+        assert_eq!(c.listen_address.len(), 1);
+        assert_eq!(c.listen_address[0].text, ":9929");
         assert_eq!(c.telemetry_path, "/metrics");
         assert_eq!(c.max_requests, 40);
         assert_eq!(c.api_timeout, Duration::from_secs(10));
@@ -903,7 +966,7 @@ mod tests {
         assert_eq!(c.api_params, [("lang".to_string(), "zh".to_string())]);
         assert_eq!(c.image_size_unit, SizeUnit::Mib);
         assert_eq!(c.filter_status, Some(Status::Creating));
-        assert_eq!(c.listen_address.candidates.len(), 1);
+        assert_eq!(c.listen_address[0].candidates.len(), 1);
     }
 
     #[test]
@@ -943,6 +1006,60 @@ mod tests {
                 .collectors()
                 .oldest
         );
+    }
+
+    #[test]
+    fn listen_addresses_add_up_and_prefixes_follow_the_external_url() {
+        let c = parse(&[
+            "--web.listen-address",
+            "127.0.0.1:1",
+            "--web.listen-address",
+            "127.0.0.1:2",
+        ])
+        .unwrap();
+        let texts: Vec<&str> = c.listen_address.iter().map(|a| a.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            ["127.0.0.1:1", "127.0.0.1:2"],
+            "a repeated flag serves on each"
+        );
+        let none = parse(&[]).unwrap();
+        assert_eq!(
+            (none.route_prefix(), none.link_prefix()),
+            (String::new(), String::new())
+        );
+        let external = parse(&["--web.external-url", "https://proxy.example/finovy/"]).unwrap();
+        assert_eq!(external.route_prefix(), "/finovy");
+        assert_eq!(external.link_prefix(), "/finovy");
+        // A proxy that strips the prefix: routes at the root, links under it.
+        let stripped = parse(&[
+            "--web.external-url",
+            "https://proxy.example/finovy",
+            "--web.route-prefix",
+            "/",
+        ])
+        .unwrap();
+        assert_eq!(stripped.route_prefix(), "");
+        assert_eq!(stripped.link_prefix(), "/finovy");
+        let prefixed = parse(&["--web.route-prefix", "/a/b/"]).unwrap();
+        assert_eq!(
+            (prefixed.route_prefix(), prefixed.link_prefix()),
+            ("/a/b".into(), "/a/b".into())
+        );
+        for (args, flag) in [
+            (&["--web.route-prefix", "finovy"][..], "--web.route-prefix"),
+            (
+                &["--web.external-url", "proxy/finovy"][..],
+                "--web.external-url",
+            ),
+            (
+                &["--web.external-url", "ftp://proxy/"][..],
+                "--web.external-url",
+            ),
+        ] {
+            let err = parse(args).expect_err(flag).render().to_string();
+            assert!(err.lines().next().unwrap().contains(flag), "{flag}: {err}");
+        }
     }
 
     #[test]

@@ -4,7 +4,14 @@
 //! Every answer is built from the published snapshot and the exporter's own
 //! metrics; nothing here waits on the upstream. Only `GET` and `HEAD` are served
 //! (405 otherwise), but `POST` on `/-/reload`; request bodies are never read, and
-//! at most `--web.max-requests` requests are handled at once (503 beyond).
+//! at most `--web.max-requests` requests are handled at once (503 beyond), a
+//! reload request apart: it waits for a coalesced reload (see
+//! [`crate::reloads`]) holding nothing a scrape needs.
+//!
+//! With a route prefix (`--web.route-prefix`, or the path of
+//! `--web.external-url`), every path above is served under it, `/` redirects to
+//! the prefix, and anything else outside it is 404; the landing page's links
+//! follow the external URL's path.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -18,10 +25,11 @@ use tokio::sync::Semaphore;
 
 use crate::account::AccountNames;
 use crate::body::Body;
-use crate::config_file::{Reloaded, Reloader};
+use crate::config_file::Reloaded;
 use crate::exposition::MetricsCache;
 use crate::metrics::Format;
 use crate::refresh::Liveness;
+use crate::reloads::{Answer, ReloadQueue};
 use crate::state::{State, TargetState};
 use crate::telemetry::Telemetry;
 
@@ -45,8 +53,12 @@ pub struct Routes {
     overview: Overview,
     telemetry: Telemetry,
     accounts: Arc<AccountNames>,
-    reloader: Option<Arc<Reloader>>,
+    reloads: Option<ReloadQueue>,
     lifecycle: bool,
+    /// Every route is under it: empty, or a path without its trailing slash.
+    prefix: String,
+    /// The landing page's links start with it (the external URL's path).
+    links: String,
 }
 
 impl Routes {
@@ -67,9 +79,19 @@ impl Routes {
             overview: Overview::default(),
             telemetry,
             accounts: Arc::default(),
-            reloader: None,
+            reloads: None,
             lifecycle: false,
+            prefix: String::new(),
+            links: String::new(),
         }
+    }
+
+    /// Serves every route under `prefix` and starts the landing page's links
+    /// with `links` (both empty, or paths without a trailing slash).
+    pub fn with_prefixes(mut self, prefix: String, links: String) -> Self {
+        self.prefix = prefix;
+        self.links = links;
+        self
     }
 
     /// The configured accounts, which `/probe?account=` may name.
@@ -78,10 +100,10 @@ impl Routes {
         self
     }
 
-    /// What `POST /-/reload` runs; it answers 403 unless `enabled`
-    /// (`--web.enable-lifecycle`).
-    pub fn with_lifecycle(mut self, reloader: Arc<Reloader>, enabled: bool) -> Self {
-        self.reloader = Some(reloader);
+    /// Where `POST /-/reload` asks for a reload; it answers 403 unless
+    /// `enabled` (`--web.enable-lifecycle`).
+    pub fn with_lifecycle(mut self, reloads: ReloadQueue, enabled: bool) -> Self {
+        self.reloads = Some(reloads);
         self.lifecycle = enabled;
         self
     }
@@ -94,13 +116,13 @@ impl Routes {
 
     /// Answers one request.
     pub async fn handle<B>(&self, req: Request<B>) -> Response<Body> {
-        if req.uri().path() == "/-/reload" {
-            let Ok(_permit) = self.limiter.try_acquire() else {
-                return text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "too many concurrent requests, see --web.max-requests\n",
-                );
-            };
+        let Some(path) = self.local_path(req.uri().path()) else {
+            return self.outside_prefix(req.uri().path());
+        };
+        if path == "/-/reload" {
+            // No request slot: 50 clients asking for reloads in a loop would
+            // otherwise take every slot and scrapes would answer 503. Waiting
+            // for the coalesced reload holds only this connection.
             return self.reload(req.method()).await;
         }
         let is_head = req.method() == Method::HEAD;
@@ -113,7 +135,6 @@ impl Routes {
                 .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
             return resp;
         }
-        let path = req.uri().path();
         // Health probes never queue behind scrapes: probes time out in seconds,
         // and a refused /healthz would restart a healthy exporter.
         let _permit = if matches!(path, "/healthz" | "/readyz") {
@@ -203,8 +224,37 @@ impl Routes {
         }
     }
 
-    /// `POST /-/reload`: answers once the new configuration is checked, with 200
-    /// when it was handed to the scheduler, or 500 and its problems.
+    /// The path below the route prefix (`/` for the prefix itself), or `None`
+    /// for a path outside it.
+    fn local_path<'a>(&self, path: &'a str) -> Option<&'a str> {
+        if self.prefix.is_empty() {
+            return Some(path);
+        }
+        match path.strip_prefix(self.prefix.as_str())? {
+            "" => Some("/"),
+            rest if rest.starts_with('/') => Some(rest),
+            _ => None,
+        }
+    }
+
+    /// Outside the route prefix: `/` redirects to the landing page (as
+    /// Prometheus does), anything else is not found.
+    fn outside_prefix(&self, path: &str) -> Response<Body> {
+        if path != "/" {
+            return text(StatusCode::NOT_FOUND, "not found\n");
+        }
+        let location = format!("{}/", self.links);
+        let mut resp = text(StatusCode::FOUND, &format!("see {location}\n"));
+        if let Ok(value) = HeaderValue::from_str(&location) {
+            resp.headers_mut().insert(hyper::header::LOCATION, value);
+        }
+        resp
+    }
+
+    /// `POST /-/reload`: answers once a reload that started after the request
+    /// has checked the configuration, with 200 when it was handed to the
+    /// scheduler, 500 and its problems, or 503 when the exporter is stopping.
+    /// Requests made while a reload runs share the next one.
     async fn reload(&self, method: &Method) -> Response<Body> {
         if method != Method::POST {
             let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "only POST reloads\n");
@@ -212,26 +262,31 @@ impl Routes {
                 .insert(ALLOW, HeaderValue::from_static("POST"));
             return resp;
         }
-        let Some(reloader) = self.reloader.clone().filter(|_| self.lifecycle) else {
+        let Some(reloads) = self.reloads.as_ref().filter(|_| self.lifecycle) else {
             return text(
                 StatusCode::FORBIDDEN,
                 "lifecycle endpoints are disabled: start the exporter with --web.enable-lifecycle\n",
             );
         };
-        match tokio::task::spawn_blocking(move || reloader.reload()).await {
-            Ok(Ok(Reloaded::Applied { accounts, targets })) => text(
+        let outcome = match reloads.request_and_wait().await {
+            Answer::Done(outcome) => outcome,
+            Answer::ShuttingDown => {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the exporter is shutting down; nothing was reloaded\n",
+                )
+            }
+        };
+        match &*outcome {
+            Ok(Reloaded::Applied { accounts, targets }) => text(
                 StatusCode::OK,
                 &format!("configuration reloaded: {accounts} accounts, {targets} targets\n"),
             ),
-            Ok(Ok(Reloaded::NoFile)) => text(
+            Ok(Reloaded::NoFile) => text(
                 StatusCode::OK,
                 "no --config.file to reload; the token file is read at every pass\n",
             ),
-            Ok(Err(err)) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{err}\n")),
-            Err(_) => text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the reload stopped unexpectedly; the running configuration stays\n",
-            ),
+            Err(problems) => text(StatusCode::INTERNAL_SERVER_ERROR, &format!("{problems}\n")),
         }
     }
 
@@ -374,7 +429,8 @@ impl Routes {
             include_str!("landing.html"),
             version = crate::VERSION,
             revision = crate::REVISION,
-            metrics = html(&self.telemetry_path),
+            metrics = html(&format!("{}{}", self.links, self.telemetry_path)),
+            prefix = html(&self.links),
             banner = banner,
             warnings = warnings,
             settings = settings,

@@ -16,7 +16,14 @@
 //! At most `--web.max-connections` connections are held: when a new one would go
 //! beyond, the oldest idle one (no request in flight) is closed, and if none is
 //! idle the new one is. Idle clients can then never take every descriptor from
-//! the scrapes and the upstream client.
+//! the scrapes and the upstream client. The exporter fits that cap under the
+//! process's descriptor limit at start (see `app`). Should `accept` fail all
+//! the same (out of descriptors), the oldest idle connection is closed, the
+//! loop backs off, and the failure is logged once per [`ACCEPT_LOG_EVERY`].
+//!
+//! A server listens on one socket or several (`--web.listen-address` given more
+//! than once, or the sockets systemd passes with `--web.systemd-socket`), all
+//! served alike.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -24,6 +31,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use crate::body::Body;
@@ -34,11 +42,12 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::config::ListenAddress;
 use crate::routes::Routes;
+use crate::signals::RateLimitedLog;
 use crate::web_config::{WebConfigHandle, REALM};
 
 /// Time a client has to complete its TLS handshake, and to send a request head.
@@ -51,9 +60,19 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connections held at most when not configured (`--web.max-connections`).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 
-/// A bound listener; [`Server::local_addr`] is known before serving starts.
+/// At most one "accept failed" line per this time; the others are counted in it.
+pub const ACCEPT_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The pause after a failed `accept`, doubled at each failure in a row up to
+/// [`ACCEPT_BACKOFF_MAX`]: a listener out of descriptors stays readable, and
+/// accepting again at once would spin.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Bound listeners; [`Server::local_addr`] is known before serving starts.
 pub struct Server {
-    listener: TcpListener,
+    /// At least one.
+    listeners: Vec<TcpListener>,
     web: Option<WebConfigHandle>,
     header_read_timeout: Duration,
     max_connections: usize,
@@ -65,6 +84,11 @@ pub struct Server {
 struct Connections {
     held: Mutex<BTreeMap<u64, Held>>,
     next: std::sync::atomic::AtomicU64,
+    /// Connections whose task has not ended yet, closed ones included: a
+    /// closed connection gives its descriptor back only when its task ends.
+    alive: AtomicUsize,
+    /// Woken when a connection's task ends.
+    released: tokio::sync::Notify,
 }
 
 struct Held {
@@ -97,9 +121,103 @@ impl Connections {
         }
     }
 
+    /// Closes the oldest idle connection, if any: what `accept` needs when the
+    /// process is out of descriptors. Returns whether one was closed.
+    fn close_oldest_idle(&self) -> bool {
+        let mut held = self.lock();
+        let idle = held
+            .iter()
+            .find(|(_, h)| h.in_flight.load(Ordering::Acquire) == 0)
+            .map(|(id, _)| *id);
+        match idle.and_then(|id| held.remove(&id)) {
+            Some(oldest) => {
+                oldest.task.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
     fn remove(&self, id: u64) {
         self.lock().remove(&id);
     }
+}
+
+/// Failed `accept`s in a row: the back-off, and the log that says so without
+/// flooding.
+struct AcceptFailures {
+    in_a_row: u32,
+    log: RateLimitedLog,
+}
+
+impl AcceptFailures {
+    fn new() -> Self {
+        AcceptFailures {
+            in_a_row: 0,
+            log: RateLimitedLog::new(ACCEPT_LOG_EVERY),
+        }
+    }
+
+    /// Records a failure and returns how long to wait before accepting again.
+    fn failed(&mut self, err: &std::io::Error, closed_idle: bool) -> Duration {
+        self.in_a_row = self.in_a_row.saturating_add(1);
+        if let Some(left_out) = self.log.admit() {
+            tracing::warn!(
+                error = %err,
+                closed_idle_connection = closed_idle,
+                failures_not_logged = left_out,
+                "accept failed; backing off (out of descriptors? raise the hard limit, LimitNOFILE= in systemd, or lower --web.max-connections)"
+            );
+        }
+        let doublings = self.in_a_row.saturating_sub(1).min(7);
+        (ACCEPT_BACKOFF_MIN * 2u32.pow(doublings)).min(ACCEPT_BACKOFF_MAX)
+    }
+
+    fn succeeded(&mut self) {
+        self.in_a_row = 0;
+    }
+}
+
+/// Binds the first candidate of `address` that can be bound.
+async fn bind_one(address: &ListenAddress) -> std::io::Result<TcpListener> {
+    let mut last_err = None;
+    for candidate in &address.candidates {
+        match TcpListener::bind(candidate).await {
+            Ok(listener) => return Ok(listener),
+            Err(err) => last_err = Some(err),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| std::io::Error::other("no address to bind")))
+}
+
+/// Errors of one connection that the client gave up on before it was accepted:
+/// they say nothing about the listener, which goes on at once.
+fn concerns_one_connection(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        err.kind(),
+        ErrorKind::ConnectionAborted
+            | ErrorKind::ConnectionReset
+            | ErrorKind::Interrupted
+            | ErrorKind::WouldBlock
+    )
+}
+
+/// The next connection on any of `listeners`, taking them in turn from `next`
+/// so that a busy one cannot starve the others.
+async fn accept_any(listeners: &[TcpListener], next: &mut usize) -> std::io::Result<TcpStream> {
+    std::future::poll_fn(|cx| {
+        let count = listeners.len();
+        for i in 0..count {
+            let index = (*next + i) % count;
+            if let Poll::Ready(accepted) = listeners[index].poll_accept(cx) {
+                *next = (index + 1) % count;
+                return Poll::Ready(accepted.map(|(stream, _)| stream));
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Removes a connection from [`Connections`] when its task ends, however it ends.
@@ -108,30 +226,112 @@ struct Registered {
     id: u64,
 }
 
+impl Registered {
+    fn new(connections: &Arc<Connections>, id: u64) -> Self {
+        connections.alive.fetch_add(1, Ordering::AcqRel);
+        Registered {
+            connections: Arc::clone(connections),
+            id,
+        }
+    }
+}
+
 impl Drop for Registered {
     fn drop(&mut self) {
         self.connections.remove(self.id);
+        self.connections.alive.fetch_sub(1, Ordering::AcqRel);
+        self.connections.released.notify_one();
+    }
+}
+
+/// How long the accept loop waits for a closed idle connection to give its
+/// descriptor back before it accepts all the same.
+const RELEASE_WAIT: Duration = Duration::from_millis(200);
+
+impl Connections {
+    /// At the cap, before accepting: closes the oldest idle connection and
+    /// waits until its descriptor is released, so that the new connection's
+    /// `accept` does not find the process out of descriptors. Returns at once
+    /// when under the cap or when every connection is busy (the new one is then
+    /// refused after it is accepted).
+    async fn make_room_before_accept(&self, max: usize) {
+        if self.alive.load(Ordering::Acquire) < max || !self.close_oldest_idle() {
+            return;
+        }
+        let waited = tokio::time::sleep(RELEASE_WAIT);
+        tokio::pin!(waited);
+        loop {
+            tokio::select! {
+                _ = &mut waited => return,
+                _ = self.released.notified() => {
+                    if self.alive.load(Ordering::Acquire) < max {
+                        return;
+                    }
+                }
+            }
+        }
     }
 }
 
 impl Server {
     /// Binds the first address of `address` that can be bound.
     pub async fn bind(address: &ListenAddress) -> std::io::Result<Self> {
-        let mut last_err = None;
-        for candidate in &address.candidates {
-            match TcpListener::bind(candidate).await {
-                Ok(listener) => {
-                    return Ok(Server {
-                        listener,
-                        web: None,
-                        header_read_timeout: HEADER_READ_TIMEOUT,
-                        max_connections: DEFAULT_MAX_CONNECTIONS,
-                    })
-                }
-                Err(err) => last_err = Some(err),
-            }
+        Ok(Self::from_listeners(vec![bind_one(address).await?]))
+    }
+
+    /// Binds every address (each to the first of its candidates that can be
+    /// bound); an error names the address that failed.
+    pub async fn bind_all(addresses: &[ListenAddress]) -> Result<Self, (String, std::io::Error)> {
+        let mut listeners = Vec::with_capacity(addresses.len());
+        for address in addresses {
+            listeners.push(
+                bind_one(address)
+                    .await
+                    .map_err(|err| (address.to_string(), err))?,
+            );
         }
-        Err(last_err.unwrap_or_else(|| std::io::Error::other("no address to bind")))
+        if listeners.is_empty() {
+            return Err((String::new(), std::io::Error::other("no address to bind")));
+        }
+        Ok(Self::from_listeners(listeners))
+    }
+
+    /// Serves on the listening TCP sockets systemd passed (`LISTEN_FDS`, for
+    /// this process by `LISTEN_PID`), every one of them.
+    pub fn from_systemd() -> Result<Self, String> {
+        let mut passed = listenfd::ListenFd::from_env();
+        let mut listeners = Vec::new();
+        for index in 0..passed.len() {
+            let listener = passed
+                .take_tcp_listener(index)
+                .map_err(|err| {
+                    format!("socket {index} from systemd is not a listening TCP socket: {err}")
+                })?
+                .ok_or_else(|| format!("socket {index} from systemd was already taken"))?;
+            let listener = listener
+                .set_nonblocking(true)
+                .and_then(|()| TcpListener::from_std(listener))
+                .map_err(|err| format!("cannot serve on socket {index} from systemd: {err}"))?;
+            listeners.push(listener);
+        }
+        if listeners.is_empty() {
+            return Err("systemd passed no socket (LISTEN_FDS is unset, or LISTEN_PID names another process): start the exporter from a .socket unit, or drop the flag and give --web.listen-address".into());
+        }
+        Ok(Self::from_listeners(listeners))
+    }
+
+    fn from_listeners(listeners: Vec<TcpListener>) -> Self {
+        Server {
+            listeners,
+            web: None,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+        }
+    }
+
+    /// How many sockets the server listens on.
+    pub fn listener_count(&self) -> usize {
+        self.listeners.len()
     }
 
     /// Serves with TLS, basic auth and headers as `web` says (`--web.config.file`).
@@ -153,11 +353,21 @@ impl Server {
         self
     }
 
-    /// The address actually bound (useful with port 0).
+    /// The address actually bound (useful with port 0); with several, the first.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("bound listener has an address")
+        self.local_addrs()[0]
+    }
+
+    /// Every address listened on, in the order given.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .map(|listener| {
+                listener
+                    .local_addr()
+                    .expect("a bound listener has an address")
+            })
+            .collect()
     }
 
     /// Whether connections are served over TLS (decided at start).
@@ -176,25 +386,42 @@ impl Server {
             web: self.web.clone(),
         });
         let connections = Arc::new(Connections::default());
+        let mut failures = AcceptFailures::new();
+        let mut refusals = RateLimitedLog::new(ACCEPT_LOG_EVERY);
+        let mut next = 0;
         tokio::pin!(shutdown);
         loop {
-            let stream = tokio::select! {
+            let accepted = tokio::select! {
                 _ = &mut shutdown => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _)) => stream,
-                    Err(err) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(error = %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
+                accepted = async {
+                    connections.make_room_before_accept(self.max_connections).await;
+                    accept_any(&self.listeners, &mut next).await
+                } => accepted,
+            };
+            let stream = match accepted {
+                Ok(stream) => {
+                    failures.succeeded();
+                    stream
+                }
+                Err(err) if concerns_one_connection(&err) => continue,
+                Err(err) => {
+                    // Out of descriptors and the like: free one, back off, keep serving.
+                    let closed = connections.close_oldest_idle();
+                    let pause = failures.failed(&err, closed);
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = tokio::time::sleep(pause) => continue,
                     }
-                },
+                }
             };
             if !connections.make_room(self.max_connections) {
-                tracing::warn!(
-                    max = self.max_connections,
-                    "every connection is busy; refusing a new one (see --web.max-connections)"
-                );
+                if let Some(left_out) = refusals.admit() {
+                    tracing::warn!(
+                        max = self.max_connections,
+                        refusals_not_logged = left_out,
+                        "every connection is busy; refusing a new one (see --web.max-connections)"
+                    );
+                }
                 continue;
             }
             let _ = stream.set_nodelay(true);
@@ -221,10 +448,7 @@ impl Server {
             let conn = Conn {
                 handler,
                 in_flight: Arc::clone(&in_flight),
-                _registered: Registered {
-                    connections: Arc::clone(&connections),
-                    id,
-                },
+                _registered: Registered::new(&connections, id),
             };
             // Registered under the lock, so the task cannot end and remove
             // itself before it is inserted.
@@ -267,7 +491,7 @@ impl Server {
                 },
             );
         }
-        drop(self.listener);
+        drop(self.listeners);
         let _ = closing_tx.send(true);
         if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
             .await
@@ -384,4 +608,26 @@ fn unauthorized() -> Response<Body> {
     );
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_accepts_back_off_up_to_a_second_and_start_again_after_a_success() {
+        let mut failures = AcceptFailures::new();
+        let err = std::io::Error::other("Too many open files");
+        let pauses: Vec<Duration> = (0..10).map(|_| failures.failed(&err, false)).collect();
+        assert_eq!(pauses[0], ACCEPT_BACKOFF_MIN);
+        assert_eq!(pauses[1], ACCEPT_BACKOFF_MIN * 2);
+        assert!(pauses.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(pauses[9], ACCEPT_BACKOFF_MAX);
+        failures.succeeded();
+        assert_eq!(failures.failed(&err, false), ACCEPT_BACKOFF_MIN);
+        assert!(!concerns_one_connection(&err));
+        assert!(concerns_one_connection(&std::io::Error::from(
+            std::io::ErrorKind::ConnectionAborted
+        )));
+    }
 }

@@ -5,10 +5,18 @@
 //! image without curl; `finovy-image-exporter check [FLAGS]` logs in and asks
 //! page 1 of every target once, and says which work.
 
-use finovy_image_exporter::app::{shutdown_signal, Exporter};
+use std::time::Duration;
+
+use finovy_image_exporter::app::Exporter;
 use finovy_image_exporter::config::Config;
 use finovy_image_exporter::healthcheck;
 use finovy_image_exporter::logging;
+use finovy_image_exporter::signals::{shutdown_signal, Signals};
+
+/// How long the end of `main` waits for blocking work still running (a reload
+/// reading thousands of files): the process is exiting, and nothing that work
+/// could still do would be served.
+const BLOCKING_WORK_GRACE: Duration = Duration::from_millis(500);
 
 /// jemalloc instead of glibc's malloc. The exporter keeps the deflated lines of
 /// every target in groups that are made again as targets publish (at 3,000
@@ -35,10 +43,9 @@ fn main() {
         let config = Config::parse_from_or_exit(args);
         std::process::exit(finovy_image_exporter::check::run(&config));
     }
-    let config = Config::parse_or_exit();
-    if config.config_check {
-        std::process::exit(finovy_image_exporter::app::check_config(&config));
-    }
+    // The runtime comes first, for the signal handlers: from here on SIGHUP and
+    // the signals to ignore cannot end the process, however long the flags and
+    // the accounts file take (see `signals`).
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -49,10 +56,21 @@ fn main() {
             std::process::exit(1);
         }
     };
-    runtime.block_on(run(config));
+    let signals = {
+        let _in_runtime = runtime.enter();
+        Signals::install()
+    };
+    let config = Config::parse_or_exit();
+    if config.config_check {
+        std::process::exit(finovy_image_exporter::app::check_config(&config));
+    }
+    runtime.block_on(run(config, signals));
+    // Dropping the runtime would wait for every blocking task, a reload of
+    // thousands of accounts included: SIGTERM must end the process in seconds.
+    runtime.shutdown_timeout(BLOCKING_WORK_GRACE);
 }
 
-async fn run(config: Config) {
+async fn run(config: Config, signals: Signals) {
     logging::init(config.log_level, config.log_format);
     tracing::info!(
         version = finovy_image_exporter::VERSION,
@@ -69,7 +87,7 @@ async fn run(config: Config) {
             std::process::exit(err.exit_code());
         }
     };
-    exporter.run(shutdown_signal()).await;
+    exporter.run_with_signals(signals, shutdown_signal()).await;
 }
 
 #[cfg(test)]

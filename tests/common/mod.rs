@@ -84,9 +84,24 @@ impl ExporterProcess {
     /// Starts the binary with `args` (plus `--web.listen-address 127.0.0.1:0`) and
     /// extra environment, and waits until it logs the address it listens on.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::launch(&[], args, env).listening()
+    }
+
+    /// As [`ExporterProcess::spawn`], run by `wrapper` (a command that execs the
+    /// rest of its line: `prlimit --nofile=64:64 --`), without waiting: the test
+    /// can act on the process while it starts.
+    pub fn launch(wrapper: &[&str], args: &[&str], env: &[(&str, &str)]) -> Launched {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_finovy-image-exporter"));
+        let exe = env!("CARGO_BIN_EXE_finovy-image-exporter");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut cmd = Command::new(program);
+                cmd.args(rest).arg(exe);
+                cmd
+            }
+            None => Command::new(exe),
+        };
         cmd.args(["--web.listen-address", "127.0.0.1:0"])
             .args(args)
             .env_remove("FINOVY_ACCESS_TOKEN")
@@ -117,20 +132,10 @@ impl ExporterProcess {
                 }
             });
         }
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                panic!(
-                    "exporter did not log its address; output:\n{}",
-                    output.lock().unwrap().join("\n")
-                );
-            }
-        };
-        ExporterProcess {
-            child,
-            addr,
+        Launched {
+            child: Some(child),
             output,
+            addresses: rx,
         }
     }
 
@@ -149,6 +154,55 @@ impl Drop for ExporterProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// An exporter process started by [`ExporterProcess::launch`], not yet known to
+/// listen; killed on drop.
+pub struct Launched {
+    child: Option<std::process::Child>,
+    output: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    addresses: std::sync::mpsc::Receiver<std::net::SocketAddr>,
+}
+
+impl Launched {
+    /// The process id (the wrapper's, which execs the exporter).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("not yet handed over").id()
+    }
+
+    /// Everything the process wrote so far, stdout and stderr, line by line.
+    pub fn output(&self) -> Vec<String> {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Waits (30 s at most) until the process logs the address it listens on.
+    pub fn listening(mut self) -> ExporterProcess {
+        let mut child = self.child.take().expect("not yet handed over");
+        match self.addresses.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => ExporterProcess {
+                child,
+                addr,
+                output: std::sync::Arc::clone(&self.output),
+            },
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "exporter did not log its address; output:\n{}",
+                    self.output.lock().unwrap().join("\n")
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
