@@ -201,8 +201,9 @@ pub fn snippet(body: &[u8], token: &crate::secret::Token) -> Option<String> {
         return None;
     }
     // Redact before cutting, over a window long enough to hold a token that
-    // starts inside the kept part: a cut token would not be recognised.
-    let window = body.len().min(SNIPPET_BYTES + token.expose().len());
+    // starts inside the kept part, in its longest spelling: a cut token would
+    // not be recognised.
+    let window = body.len().min(SNIPPET_BYTES + token.longest_spelling());
     let text = token.redact(&String::from_utf8_lossy(&body[..window]));
     let text = text.trim();
     let mut out = String::with_capacity(SNIPPET_BYTES + 8);
