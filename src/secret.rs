@@ -593,7 +593,10 @@ mod redaction_tests {
             unicode_escaped(SECRET, true),
             percent_encoded(SECRET, true),
             percent_encoded(SECRET, false),
-            SECRET.replace('/', "%2F").replace('+', "%2b").replace('=', "%3D"),
+            SECRET
+                .replace('/', "%2F")
+                .replace('+', "%2b")
+                .replace('=', "%3D"),
             SECRET.replace('=', "&#61;").replace('/', "&#x2F;"),
             // A JSON string inside a JSON string, and a JSON escape inside a URL.
             unicode_escaped(SECRET, false).replace('\\', "\\\\"),
@@ -631,18 +634,27 @@ mod redaction_tests {
             percent_encoded(secret, true),
             secret.to_string(),
         ] {
-            assert_eq!(redact_all(&format!("[{spelled}]"), &[secret]), "[**hidden**]");
+            assert_eq!(
+                redact_all(&format!("[{spelled}]"), &[secret]),
+                "[**hidden**]"
+            );
         }
     }
 
     #[test]
     fn a_secret_cut_off_at_the_end_of_a_text_is_hidden() {
         let cut = &SECRET[..10];
-        assert_eq!(redact_all(&format!("token {cut}"), &[SECRET]), "token **hidden**");
+        assert_eq!(
+            redact_all(&format!("token {cut}"), &[SECRET]),
+            "token **hidden**"
+        );
         // Escaped, and cut inside an escape.
         let escaped = unicode_escaped(SECRET, false);
         let cut = &escaped[..escaped.len() / 2 + 3];
-        assert_eq!(redact_all(&format!("token {cut}"), &[SECRET]), "token **hidden**");
+        assert_eq!(
+            redact_all(&format!("token {cut}"), &[SECRET]),
+            "token **hidden**"
+        );
         // A few bytes of the secret's start are a coincidence, not a secret.
         assert_eq!(redact_all("ends with aB3/", &[SECRET]), "ends with aB3/");
     }
