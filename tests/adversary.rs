@@ -254,3 +254,215 @@ async fn timing_a_wrong_password_does_not_tell_an_unknown_name_from_the_costlies
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A pager of `page_size` against the upstream at `addr`, four pages at a time.
+fn pager(
+    addr: std::net::SocketAddr,
+    page_size: u32,
+) -> finovy_image_exporter::refresh::paging::Pager {
+    use finovy_image_exporter::config::SizeUnit;
+    use finovy_image_exporter::telemetry::Telemetry;
+    use finovy_image_exporter::upstream::{ApiClient, Budget, ClientConfig, Filters};
+    use std::sync::Arc;
+    let config = ClientConfig {
+        url: format!("http://{addr}/v1/open/image/personal/getList")
+            .parse()
+            .unwrap(),
+        timeout: Duration::from_secs(10),
+        page_size,
+        headers: Vec::new(),
+        params: Vec::new(),
+        filters: Filters::default(),
+        size_unit: SizeUnit::Gib,
+        max_retries: 0,
+        tls: Default::default(),
+        proxy_url: None,
+    };
+    let telemetry = Telemetry::new();
+    finovy_image_exporter::refresh::paging::Pager {
+        client: Arc::new(ApiClient::new("default", config, 4, telemetry.clone()).unwrap()),
+        budget: Arc::new(Budget::new(4, 0.0, telemetry.upstream("default"))),
+        window: 4,
+    }
+}
+
+fn token() -> finovy_image_exporter::secret::Token {
+    finovy_image_exporter::secret::Token::new("t0ken").unwrap()
+}
+
+/// An upstream claiming 10^12 images, with new ones on every page for ever.
+async fn endless_upstream() -> LoopbackSim {
+    let sim = Simulator::new(
+        finovy_image_exporter::sim::generate(&finovy_image_exporter::sim::GenerateOptions {
+            images: 30,
+            datacenters: vec!["HZ".into()],
+            ..Default::default()
+        }),
+        SimOptions::default(),
+    );
+    sim.set_faults(Faults {
+        rules: vec![
+            FaultRule::always(FaultAction::ClaimTotal {
+                total: 1_000_000_000_000,
+            }),
+            FaultRule::always(FaultAction::Invent),
+        ],
+        ..Faults::default()
+    });
+    LoopbackSim::start(sim).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_total_of_ten_to_the_twelve_with_new_ids_on_every_page_stops_at_the_image_bound() {
+    use finovy_image_exporter::labels::{Anomaly, Reason};
+    use finovy_image_exporter::refresh::paging::{Bounds, MAX_IMAGES, MAX_PAGES};
+    use finovy_image_exporter::upstream::FetchError;
+    let upstream = endless_upstream().await;
+    // The default bound, scaled down a hundredfold so that the test reads
+    // 10,000 images instead of a million: the rule is the same.
+    let bounds = Bounds {
+        max_images: MAX_IMAGES / 100,
+        max_pages: MAX_PAGES,
+    };
+    let err = pager(upstream.addr, 100)
+        .collect_bounded(&token(), Some("HZ"), Default::default(), bounds)
+        .await
+        .expect_err("a list that does not end fails the pass");
+    assert!(
+        matches!(
+            err,
+            FetchError::Unbounded {
+                what: "images",
+                limit: 10_000,
+                total: 1_000_000_000_000
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.reason(), Reason::Limit);
+    assert_eq!(err.reason().anomaly(), Some(Anomaly::PageLimit));
+    // 10,000 images are 100 pages of 100; the 101st passes the bound, and at
+    // most the window of four more were asked for meanwhile.
+    let requests = upstream.sim.requests().len();
+    assert!((101..=105).contains(&requests), "{requests} requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_ids_on_every_small_page_stop_at_the_page_bound() {
+    use finovy_image_exporter::refresh::paging::{Bounds, MAX_IMAGES};
+    use finovy_image_exporter::upstream::FetchError;
+    let upstream = endless_upstream().await;
+    let bounds = Bounds {
+        max_images: MAX_IMAGES,
+        max_pages: 40,
+    };
+    let err = pager(upstream.addr, 5)
+        .collect_bounded(&token(), Some("HZ"), Default::default(), bounds)
+        .await
+        .expect_err("a list that does not end fails the pass");
+    assert!(
+        matches!(
+            err,
+            FetchError::Unbounded {
+                what: "pages",
+                limit: 40,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(upstream.sim.requests().len(), 40);
+}
+
+#[test]
+fn a_pass_stopped_at_its_bound_shows_as_a_failure_and_an_anomaly() {
+    use finovy_image_exporter::account::TargetKey;
+    use finovy_image_exporter::labels::{Anomaly, Reason};
+    use finovy_image_exporter::state::{Outcome, State};
+    let state = State::new();
+    let key = TargetKey::datacenter("default", "HZ");
+    state.register(&key, Duration::from_secs(60), Duration::from_secs(300));
+    state.publish(
+        &key,
+        Duration::from_secs(1),
+        Outcome::Failure {
+            reason: Reason::Limit,
+            message: "the pass read more than 1000000 images".into(),
+            trace_id: None,
+        },
+    );
+    let snap = state.snapshot();
+    let target = &snap.targets[&key];
+    assert!(!target.up);
+    let series = &target.datacenters["HZ"];
+    assert_eq!(series.failures[Reason::Limit.index()], 1);
+    assert_eq!(series.anomalies[Anomaly::PageLimit.index()], 1);
+}
+
+/// An upstream that answers every request with `body`, written by hand (a
+/// JSON writer cannot give a key twice).
+async fn fixed_upstream(body: String) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                // One request per connection: read its head, answer, close.
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_item_of_fifty_with_status_given_twice_fails_only_that_field() {
+    use finovy_image_exporter::labels::Field;
+    let item = |n: u32, status: &str| {
+        format!(
+            r#"{{"id":"i{n}","imageId":{n},"imageType":"Linux","imageName":"n{n}","imageSize":"2.00","datacenterKey":"HZ",{status},"createTime":1708330251000}}"#
+        )
+    };
+    let items: Vec<String> = (0..50)
+        .map(|n| match n {
+            23 => item(n, r#""status":1,"status":2"#),
+            _ => item(n, r#""status":1"#),
+        })
+        .collect();
+    let body = format!(
+        r#"{{"code":0,"success":true,"msg":"success","data":{{"totalCounts":50,"data":[{}]}}}}"#,
+        items.join(",")
+    );
+    let addr = fixed_upstream(body).await;
+    let collected = pager(addr, 100)
+        .collect(&token(), Some("HZ"))
+        .await
+        .expect("the datacenter is read, not failed with decode");
+    assert_eq!(collected.items, 50, "every item counts");
+    assert_eq!(collected.invalid, vec![(Field::Status, 1)]);
+    let hz = &collected.datacenters["HZ"];
+    assert_eq!(hz.total_images(), 50);
+    let by_status: std::collections::BTreeMap<&str, u64> = hz
+        .groups
+        .iter()
+        .map(|(k, g)| (k.status.label(), g.count))
+        .collect();
+    assert_eq!(
+        by_status,
+        [("available", 49), ("unknown", 1)].into_iter().collect()
+    );
+}

@@ -75,6 +75,17 @@ pub enum FetchError {
         /// The limit in bytes.
         limit: usize,
     },
+    /// A pass went past a bound on what one pass may read (docs/bounds.md):
+    /// an upstream whose list never ends, or an inventory no account has.
+    #[error("the pass read more than {limit} {what} (totalCounts {total}) and was stopped: the upstream's list does not end, or is larger than one pass may read")]
+    Unbounded {
+        /// What was counted: `images` or `pages`.
+        what: &'static str,
+        /// The bound.
+        limit: u64,
+        /// The largest `totalCounts` the pages claimed.
+        total: u64,
+    },
 }
 
 impl FetchError {
@@ -88,6 +99,7 @@ impl FetchError {
             FetchError::Http { .. } => Reason::Http,
             FetchError::Api { .. } => Reason::Api,
             FetchError::Decode { .. } | FetchError::TooLarge { .. } => Reason::Decode,
+            FetchError::Unbounded { .. } => Reason::Limit,
         }
     }
 
@@ -167,6 +179,9 @@ impl FetchError {
             ),
             FetchError::PassTimeout(_) => Some(
                 "raise --refresh.timeout, or --api.page-size so that fewer pages are needed",
+            ),
+            FetchError::Unbounded { .. } => Some(
+                "the upstream kept sending images never seen before: check that --api.url is the image list and that it pages as documented",
             ),
             _ => None,
         }
