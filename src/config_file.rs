@@ -81,7 +81,7 @@ pub fn load(path: &Path, flags: &Config) -> Result<Vec<Account>, ConfigFileError
         }])
     })?;
     let drafts = parse(&text, path, flags).map_err(|p| ConfigFileError(vec![p]))?;
-    resolve(drafts, &text, path, flags)
+    resolve(drafts, &text, path)
 }
 
 /// The number of targets of `accounts` (a discovery account has one).
@@ -110,6 +110,7 @@ pub enum TokenRef {
 /// Parses the text of a configuration file (named `path` in errors) into
 /// account drafts; the first schema error stops it.
 pub fn parse(text: &str, path: &Path, flags: &Config) -> Result<Vec<Draft>, Problem> {
+    crate::yaml_limits::check(text).map_err(|e| e.into_problem(path))?;
     // The defaults are read first, so that each account can be completed (and
     // checked) while it is being read, where its position is still known.
     let first: DefaultsOnly = serde_yaml_ng::from_str(text).map_err(|e| yaml_problem(path, &e))?;
@@ -143,16 +144,12 @@ pub fn parse(text: &str, path: &Path, flags: &Config) -> Result<Vec<Draft>, Prob
 }
 
 /// Reads every draft's token and builds its client once, collecting every problem.
-fn resolve(
-    drafts: Vec<Draft>,
-    text: &str,
-    path: &Path,
-    flags: &Config,
-) -> Result<Vec<Account>, ConfigFileError> {
+fn resolve(drafts: Vec<Draft>, text: &str, path: &Path) -> Result<Vec<Account>, ConfigFileError> {
     // Clients built only to be checked count into a registry nobody serves.
     let scratch = Telemetry::new();
     let mut accounts = Vec::with_capacity(drafts.len());
     let mut problems = Vec::new();
+    let mut positions = None;
     for (index, draft) in drafts.into_iter().enumerate() {
         let mut account = draft.account;
         let mut trouble = Vec::new();
@@ -186,7 +183,7 @@ fn resolve(
             accounts.push(account);
             continue;
         }
-        let position = account_position(text, path, flags, index);
+        let position = account_position(&mut positions, text, index);
         for message in trouble {
             problems.push(Problem {
                 file: path.to_path_buf(),
@@ -203,27 +200,18 @@ fn resolve(
 }
 
 /// The position of the `index`-th account. `serde_yaml_ng` tells positions only
-/// with errors, so a second parse stops at that account with one.
+/// with errors, so the positions of every account are found in one pass over
+/// the file's events, the first time one is needed (once per file, however many
+/// accounts fail).
 fn account_position(
+    positions: &mut Option<Vec<(usize, usize)>>,
     text: &str,
-    path: &Path,
-    flags: &Config,
     index: usize,
 ) -> Option<(usize, usize)> {
-    let first: DefaultsOnly = serde_yaml_ng::from_str(text).ok()?;
-    let defaults = first.defaults.unwrap_or_default();
-    let context = Context {
-        defaults: &defaults,
-        base: Account::from_flags(flags, TokenSource::Fixed(placeholder_token())),
-        flags_url: flags.api_url.clone(),
-        flags_path: flags.api_path.clone(),
-        dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
-        stop_at: Some(index),
-    };
-    let err = Document(&context)
-        .deserialize(serde_yaml_ng::Deserializer::from_str(text))
-        .err()?;
-    err.location().map(|l| (l.line(), l.column()))
+    positions
+        .get_or_insert_with(|| crate::yaml_limits::sequence_item_positions(text, "accounts"))
+        .get(index)
+        .copied()
 }
 
 fn placeholder_token() -> Token {

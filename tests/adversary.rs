@@ -466,3 +466,84 @@ async fn one_item_of_fifty_with_status_given_twice_fails_only_that_field() {
         [("available", 49), ("unknown", 1)].into_iter().collect()
     );
 }
+
+/// Runs `--config.check` on `text` written to a file named `name`: the exit
+/// code, stderr and how long it took.
+fn config_check(name: &str, text: &str) -> (Option<i32>, String, Duration) {
+    let dir = scratch(name);
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_finovy-image-exporter"))
+        .args(["--config.file", path.to_str().unwrap(), "--config.check"])
+        .env_remove("FINOVY_ACCESS_TOKEN")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    std::fs::remove_dir_all(&dir).unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        took,
+    )
+}
+
+#[test]
+fn an_accounts_file_whose_aliases_repeat_a_256_kib_string_300_times_is_refused_quickly() {
+    let pad = "x".repeat(256 << 10);
+    let mut text = format!("defaults:\n  api:\n    headers: {{X-Pad: &pad {pad}}}\naccounts:\n");
+    for i in 0..300 {
+        text.push_str(&format!(
+            "  - {{name: a{i}, token_env: T{i}, api: {{headers: {{X-Pad: *pad}}}}}}\n"
+        ));
+    }
+    assert!(text.len() < 300_000, "a file of {} bytes", text.len());
+    let (code, stderr, took) = config_check("alias-bomb", &text);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("alias-bomb.yaml") && stderr.contains("more than 16777216 bytes"),
+        "the error names the file and the limit: {stderr}"
+    );
+    assert!(took < Duration::from_secs(5), "refused in {took:?}");
+}
+
+#[test]
+fn an_accounts_file_nested_45000_levels_deep_is_refused_quickly() {
+    let flow = format!("accounts: {}{}\n", "[".repeat(45_000), "]".repeat(45_000));
+    // 400 KB of block nesting: each "- " opens a sequence inside the last.
+    let block = format!("accounts:\n{}x\n", "- ".repeat(200_000));
+    for (name, text) in [("deep-flow", flow), ("deep-block", block)] {
+        let (code, stderr, took) = config_check(name, &text);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(
+            stderr.contains(&format!("{name}.yaml")) && stderr.contains("more than 32 levels"),
+            "{name}: the error names the file and the limit: {stderr}"
+        );
+        assert!(took < Duration::from_secs(5), "{name}: refused in {took:?}");
+    }
+}
+
+#[test]
+fn two_thousand_accounts_whose_token_files_are_missing_are_checked_in_seconds() {
+    let mut text = String::from("accounts:\n");
+    for i in 0..2000 {
+        text.push_str(&format!(
+            "  - name: a{i}\n    token_file: missing-{i}.token\n"
+        ));
+    }
+    let (code, stderr, took) = config_check("missing-tokens", &text);
+    assert_eq!(code, Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("token_file"))
+        .collect();
+    assert_eq!(lines.len(), 2000, "one problem per account");
+    // Each problem has its own account's line: account i starts on line 2 + 2i.
+    for i in [0, 1, 999, 1999] {
+        let at = format!("missing-tokens.yaml:{}:5: accounts[{i}] (a{i})", 2 + 2 * i);
+        assert!(lines[i].contains(&at), "{} lacks {at}", lines[i]);
+    }
+    // One parse per failing account made 2,000 take 23 s.
+    assert!(took < Duration::from_secs(5), "checked in {took:?}");
+    eprintln!("2,000 accounts with missing token files checked in {took:?}");
+}
