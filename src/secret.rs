@@ -329,7 +329,8 @@ impl Layer {
                 Some(value) => {
                     decoded = true;
                     let span = self.span(i, i + used);
-                    for byte in value.bytes() {
+                    let (buf, len) = value.encoded();
+                    for &byte in &buf[..len] {
                         out.bytes.push(byte);
                         out.spans.push(span);
                     }
@@ -352,16 +353,17 @@ enum Decoded {
 }
 
 impl Decoded {
-    fn bytes(&self) -> impl Iterator<Item = u8> {
+    /// The decoded bytes, in a buffer, and how many of them there are.
+    fn encoded(&self) -> ([u8; 4], usize) {
         let mut buf = [0u8; 4];
-        let slice: &[u8] = match self {
-            Decoded::Char(c) => c.encode_utf8(&mut buf).as_bytes(),
+        let len = match self {
+            Decoded::Char(c) => c.encode_utf8(&mut buf).len(),
             Decoded::Byte(b) => {
                 buf[0] = *b;
-                &buf[..1]
+                1
             }
         };
-        slice.to_vec().into_iter()
+        (buf, len)
     }
 }
 
