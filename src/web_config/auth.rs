@@ -28,8 +28,9 @@ const AUTH_CACHE_CAPACITY: usize = 1024;
 
 /// Attempts of one name (or of unknown names together) waiting for bcrypt at
 /// most; one more is refused at once. Prometheus sends one scrape at a time
-/// per target, so a real client never has more than a few waiting.
-pub const WAITING_PER_NAME: usize = 16;
+/// per target, so a real client never has more than a few waiting; a flood
+/// waits its turn here rather than coming back at once to try again.
+pub const WAITING_PER_NAME: usize = 64;
 
 /// The salt and digest of the hash unknown names are checked against: any
 /// well-formed pair does, since no password is meant to match it and bcrypt
