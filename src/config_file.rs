@@ -110,7 +110,11 @@ pub enum TokenRef {
 /// Parses the text of a configuration file (named `path` in errors) into
 /// account drafts; the first schema error stops it.
 pub fn parse(text: &str, path: &Path, flags: &Config) -> Result<Vec<Draft>, Problem> {
-    crate::yaml_limits::check(text).map_err(|e| e.into_problem(path))?;
+    crate::yaml_limits::check(text).map_err(|e| Problem {
+        file: path.to_path_buf(),
+        position: e.position(),
+        message: e.to_string(),
+    })?;
     // The defaults are read first, so that each account can be completed (and
     // checked) while it is being read, where its position is still known.
     let first: DefaultsOnly = serde_yaml_ng::from_str(text).map_err(|e| yaml_problem(path, &e))?;

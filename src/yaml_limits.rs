@@ -71,15 +71,6 @@ impl YamlLimitError {
             }
         }
     }
-
-    /// The problem of the configuration file at `path`.
-    pub fn into_problem(self, path: &std::path::Path) -> crate::config_file::Problem {
-        crate::config_file::Problem {
-            file: path.to_path_buf(),
-            position: self.position(),
-            message: self.to_string(),
-        }
-    }
 }
 
 /// Checks `text` against [`MAX_FILE_BYTES`], [`MAX_DEPTH`] and
