@@ -21,8 +21,8 @@ use std::collections::HashMap;
 
 use saphyr_parser::{Event, Parser, Span};
 
-/// Bytes a configuration file may have: a file of 2,000 accounts is some
-/// 200 KB.
+/// Bytes a configuration file (`--config.file`, `--web.config.file`) may
+/// have: a file of 2,000 accounts is some 200 KB.
 pub const MAX_FILE_BYTES: usize = 4 << 20;
 
 /// Levels of nesting a file may have: the accounts file needs five.
@@ -44,7 +44,7 @@ pub enum YamlLimitError {
         limit: usize,
     },
     /// The file nests deeper than [`MAX_DEPTH`].
-    #[error("nested more than {limit} levels deep (the limit for a configuration file); an accounts file needs five")]
+    #[error("nested more than {limit} levels deep (the limit for a configuration file; the accounts file needs five)")]
     TooDeep {
         /// The bound.
         limit: usize,

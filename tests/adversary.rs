@@ -512,6 +512,30 @@ fn an_accounts_file_whose_aliases_repeat_a_256_kib_string_300_times_is_refused_q
 }
 
 #[test]
+fn a_web_config_file_whose_aliases_expand_to_75_mb_is_refused_quickly() {
+    let dir = scratch("web-alias-bomb");
+    let pad = "x".repeat(256 << 10);
+    let aliases = vec!["*pad"; 300].join(", ");
+    let web = dir.join("web.yml");
+    std::fs::write(
+        &web,
+        format!("http_server_config:\n  headers: {{X-Frame-Options: &pad {pad}}}\nunused: [{aliases}]\n"),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let err = finovy_image_exporter::web_config::WebConfig::load(&web)
+        .err()
+        .expect("refused");
+    let took = started.elapsed();
+    assert!(
+        err.to_string().contains("more than 16777216 bytes"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(5), "refused in {took:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn an_accounts_file_nested_45000_levels_deep_is_refused_quickly() {
     let flow = format!("accounts: {}{}\n", "[".repeat(45_000), "]".repeat(45_000));
     // 400 KB of block nesting: each "- " opens a sequence inside the last.
