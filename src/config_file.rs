@@ -81,7 +81,7 @@ pub fn load(path: &Path, flags: &Config) -> Result<Vec<Account>, ConfigFileError
         }])
     })?;
     let drafts = parse(&text, path, flags)?;
-    resolve(drafts, &text, path, flags)
+    resolve(drafts, &text, path)
 }
 
 /// The number of targets of `accounts` (a discovery account has one).
@@ -142,6 +142,13 @@ pub fn parse(text: &str, path: &Path, flags: &Config) -> Result<Vec<Draft>, Conf
             message,
         }])
     };
+    crate::yaml_limits::check(text).map_err(|e| {
+        ConfigFileError(vec![Problem {
+            file: path.to_path_buf(),
+            position: e.position(),
+            message: e.to_string(),
+        }])
+    })?;
     // The defaults are read first, so that each account can be completed (and
     // checked) while it is being read, where its position is still known.
     let first: DefaultsOnly =
@@ -192,16 +199,12 @@ pub fn parse(text: &str, path: &Path, flags: &Config) -> Result<Vec<Draft>, Conf
 }
 
 /// Reads every draft's token and builds its client once, collecting every problem.
-fn resolve(
-    drafts: Vec<Draft>,
-    text: &str,
-    path: &Path,
-    flags: &Config,
-) -> Result<Vec<Account>, ConfigFileError> {
+fn resolve(drafts: Vec<Draft>, text: &str, path: &Path) -> Result<Vec<Account>, ConfigFileError> {
     // Clients built only to be checked count into a registry nobody serves.
     let scratch = Telemetry::new();
     let mut accounts = Vec::with_capacity(drafts.len());
     let mut problems = Vec::new();
+    let mut positions = None;
     for (index, draft) in drafts.into_iter().enumerate() {
         let mut account = draft.account;
         let mut trouble = Vec::new();
@@ -284,7 +287,7 @@ fn resolve(
             accounts.push(account);
             continue;
         }
-        let position = account_position(text, path, flags, index);
+        let position = account_position(&mut positions, text, index);
         for message in trouble {
             problems.push(Problem {
                 file: path.to_path_buf(),
@@ -301,30 +304,18 @@ fn resolve(
 }
 
 /// The position of the `index`-th account. `serde_yaml_ng` tells positions only
-/// with errors, so a second parse stops at that account with one.
+/// with errors, so the positions of every account are found in one pass over
+/// the file's events, the first time one is needed (once per file, however many
+/// accounts fail).
 fn account_position(
+    positions: &mut Option<Vec<(usize, usize)>>,
     text: &str,
-    path: &Path,
-    flags: &Config,
     index: usize,
 ) -> Option<(usize, usize)> {
-    let first: DefaultsOnly = serde_yaml_ng::from_str(text).ok()?;
-    let defaults = first.defaults.unwrap_or_default();
-    let context = Context {
-        defaults: &defaults,
-        base: Account::from_flags(flags, placeholder_auth()),
-        flags_url: flags.api_url.clone(),
-        flags_path: flags.api_path.clone(),
-        flags_auth_path: flags.auth_path.clone(),
-        dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
-        stop_at: Some(index),
-        skip_through: None,
-        reached: std::cell::Cell::new(None),
-    };
-    let err = Document(&context)
-        .deserialize(serde_yaml_ng::Deserializer::from_str(text))
-        .err()?;
-    err.location().map(|l| (l.line(), l.column()))
+    positions
+        .get_or_insert_with(|| crate::yaml_limits::sequence_item_positions(text, "accounts"))
+        .get(index)
+        .copied()
 }
 
 fn placeholder_auth() -> Auth {

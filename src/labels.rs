@@ -152,6 +152,20 @@ label_enum! {
         Api => "api",
         /// The answer could not be read, was too large, or is not a page.
         Decode => "decode",
+        /// The pass went past the bound on the images or pages one pass may
+        /// read (docs/bounds.md): the upstream's list does not end.
+        Limit => "limit",
+    }
+}
+
+impl Reason {
+    /// The pagination anomaly a failure of this reason is also counted as:
+    /// a pass stopped at its bound is a paging that did not add up.
+    pub fn anomaly(self) -> Option<Anomaly> {
+        match self {
+            Reason::Limit => Some(Anomaly::PageLimit),
+            _ => None,
+        }
     }
 }
 
@@ -167,7 +181,8 @@ label_enum! {
         /// The unique items seen differ from `totalCounts` at the end.
         TotalMismatch => "total_mismatch",
         /// Paging was cut off: a page brought nothing new before the planned end,
-        /// or the page bound was hit.
+        /// or the page bound was hit (with reason `limit` when the pass failed
+        /// at the bound on images or pages of docs/bounds.md).
         PageLimit => "page_limit",
         /// Items of another datacenter came back when one was asked for: the
         /// upstream seems to ignore `datacenterKey`.

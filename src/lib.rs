@@ -11,6 +11,7 @@
 //!
 //! - [`config`]: flags, their `FINOVY_*` environment twins, validation.
 //! - [`config_file`]: `--config.file`, the YAML file of several accounts.
+//! - [`yaml_limits`]: bounds on a YAML file's size, nesting and alias expansion.
 //! - [`account`]: an account's settings and the targets it yields.
 //! - [`secret`]: the token type that cannot be printed, and its source.
 //! - [`labels`]: every closed set of label values (statuses, fields, reasons, anomalies).
@@ -62,6 +63,7 @@ pub mod state;
 pub mod telemetry;
 pub mod upstream;
 pub mod web_config;
+pub mod yaml_limits;
 
 /// The crate version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

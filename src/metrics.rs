@@ -259,7 +259,7 @@ pub const REFRESH_INTERVAL: Family = Family {
 pub const REFRESH_FAILURES: Family = Family {
     name: "finovy_refresh_failures_total",
     kind: Kind::Counter,
-    help: "Failed refreshes of the datacenter, by reason (auth, timeout, connect, tls, http, api, decode).",
+    help: "Failed refreshes of the datacenter, by reason (auth, timeout, connect, tls, http, api, decode, limit).",
     labels: &["account", "datacenter_key", "reason"],
 };
 

@@ -474,6 +474,9 @@ impl State {
                     });
                     for series in t.datacenters.values_mut() {
                         series.failures[reason.index()] += 1;
+                        if let Some(anomaly) = reason.anomaly() {
+                            series.anomalies[anomaly.index()] += 1;
+                        }
                         if collectors.lifecycle {
                             series.lifecycle.skipped += 1;
                         }

@@ -18,6 +18,13 @@
 //! back full (the end of the list was never seen), paging goes on one page at a
 //! time under the same rule, up to a bound derived from `totalCounts`. Whatever
 //! looked inconsistent is reported as an [`Anomaly`].
+//!
+//! An upstream that claims 10^12 images and sends new ids on every page would
+//! pass every rule above, so [`Bounds`] caps a pass whatever the upstream says:
+//! at most [`MAX_IMAGES`] distinct ids held and [`MAX_PAGES`] pages read. A pass
+//! that reaches either fails with [`FetchError::Unbounded`] (reason `limit`,
+//! anomaly `page_limit`) instead of publishing a part of a list that does not
+//! end; docs/bounds.md says why these numbers.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -30,8 +37,30 @@ use crate::lifecycle::Census;
 use crate::upstream::{ApiClient, Budget, FetchError, Page};
 
 /// Pages one pass reads at most, whatever `totalCounts` claims (10 million images
-/// at the default page size).
+/// at the default page size, or [`MAX_IMAGES`] at pages of 10).
 pub const MAX_PAGES: u32 = 100_000;
+
+/// Distinct image ids one pass holds at most, whatever the upstream claims: far
+/// more than one account's images, and still only tens of MB of ids.
+pub const MAX_IMAGES: u64 = 1_000_000;
+
+/// What one pass may read at most; past either bound it fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bounds {
+    /// Distinct image ids held (of the datacenter asked for and foreign ones).
+    pub max_images: u64,
+    /// Pages read, the first one included.
+    pub max_pages: u32,
+}
+
+impl Default for Bounds {
+    fn default() -> Self {
+        Bounds {
+            max_images: MAX_IMAGES,
+            max_pages: MAX_PAGES,
+        }
+    }
+}
 
 /// Label used for items without a readable `datacenterKey` when discovering.
 pub const UNKNOWN_DATACENTER: &str = "unknown";
@@ -172,6 +201,20 @@ impl<'a> Pass<'a> {
         }
     }
 
+    /// Distinct ids held by the pass.
+    fn held(&self) -> u64 {
+        self.aggregator.unique() + self.foreign
+    }
+
+    /// The error of a pass stopped at one of its bounds.
+    fn unbounded(&self, what: &'static str, limit: u64) -> FetchError {
+        FetchError::Unbounded {
+            what,
+            limit,
+            total: self.total,
+        }
+    }
+
     /// Notes a page that ended the pass: fetched, but not counted.
     fn note_end(&mut self, page: &Page) {
         self.pages += 1;
@@ -250,9 +293,24 @@ impl Pager {
         datacenter: Option<&str>,
         options: Options,
     ) -> Result<Collected, FetchError> {
+        self.collect_bounded(datacenter, options, Bounds::default())
+            .await
+    }
+
+    /// [`Pager::collect_with`] within `bounds` rather than the default ones.
+    pub async fn collect_bounded(
+        &self,
+        datacenter: Option<&str>,
+        options: Options,
+        bounds: Bounds,
+    ) -> Result<Collected, FetchError> {
+        let max_pages = bounds.max_pages.max(1);
         let first = self.fetch(datacenter, 1).await?;
         let mut pass = Pass::new(datacenter, &first, options);
         pass.absorb(&first);
+        if pass.held() > bounds.max_images {
+            return Err(pass.unbounded("images", bounds.max_images));
+        }
         let served = first.items.len() as u64;
         if served == 0 {
             return Ok(pass.finish(false));
@@ -267,8 +325,8 @@ impl Pager {
         };
         let planned = u32::try_from(first.total.div_ceil(per_page).max(1))
             .unwrap_or(u32::MAX)
-            .min(MAX_PAGES);
-        let limit = planned.saturating_mul(2).saturating_add(1).min(MAX_PAGES);
+            .min(max_pages);
+        let limit = planned.saturating_mul(2).saturating_add(1).min(max_pages);
         // Whether a page shorter than the server's page size was seen: only then
         // is the end of the list known (see the probe below).
         let mut saw_short = served < per_page;
@@ -301,6 +359,10 @@ impl Pager {
                 PageNews::New => {
                     saw_short |= (page.items.len() as u64) < per_page;
                     pass.absorb(&page);
+                    if pass.held() > bounds.max_images {
+                        in_flight.abort_all();
+                        return Err(pass.unbounded("images", bounds.max_images));
+                    }
                 }
                 news => {
                     // The end, earlier than planned: what is still in flight is
@@ -330,6 +392,11 @@ impl Pager {
                 return Ok(pass.finish(false));
             }
             if page_no > limit {
+                // Cut off by the plan (twice the planned pages) the pass still
+                // publishes, with an anomaly; cut off by the bound it fails.
+                if limit >= max_pages {
+                    return Err(pass.unbounded("pages", u64::from(max_pages)));
+                }
                 return Ok(pass.finish(true));
             }
             let page = self.fetch(datacenter, page_no).await?;
@@ -338,6 +405,9 @@ impl Pager {
                 PageNews::New => {
                     saw_short |= (page.items.len() as u64) < per_page;
                     pass.absorb(&page);
+                    if pass.held() > bounds.max_images {
+                        return Err(pass.unbounded("images", bounds.max_images));
+                    }
                 }
                 news => {
                     pass.note_end(&page);

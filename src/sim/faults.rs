@@ -271,6 +271,130 @@ pub enum FaultAction {
     },
     /// A page whose item list never ends (chunked, no `Content-Length`).
     Endless,
+    /// An error that repeats the token the request carried, in `spelling`, in
+    /// `place`: an upstream that echoes what it was sent.
+    EchoToken {
+        /// How the token is written.
+        spelling: Spelling,
+        /// Where it is written.
+        place: EchoPlace,
+    },
+    /// Pages past the end are made-up items never served before, with the
+    /// claimed `totalCounts` of another rule if any: a list that never ends.
+    Invent,
+}
+
+/// How [`FaultAction::EchoToken`] writes the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Spelling {
+    /// As it was sent.
+    Literal,
+    /// `/` written `\/`, as JSON allows.
+    JsonSolidus,
+    /// Every character as a JSON `\uXXXX` escape, lower-case hex.
+    JsonUnicode,
+    /// Every character as a JSON `\uXXXX` escape, hex in alternating case.
+    JsonUnicodeMixedCase,
+    /// Every byte percent-encoded, upper-case hex.
+    PercentUpper,
+    /// Every byte percent-encoded, lower-case hex.
+    PercentLower,
+}
+
+impl Spelling {
+    /// `token` written this way. Every spelling but `Literal` can stand inside
+    /// a JSON string as it is.
+    pub fn spell(self, token: &str) -> String {
+        let units = || token.encode_utf16();
+        match self {
+            Spelling::Literal => token.to_string(),
+            Spelling::JsonSolidus => token.replace('/', "\\/"),
+            Spelling::JsonUnicode => units().map(|u| format!("\\u{u:04x}")).collect(),
+            Spelling::JsonUnicodeMixedCase => units()
+                .enumerate()
+                .map(|(i, u)| match i % 2 {
+                    0 => format!("\\u{u:04X}"),
+                    _ => format!("\\u{u:04x}"),
+                })
+                .collect(),
+            Spelling::PercentUpper => token.bytes().map(|b| format!("%{b:02X}")).collect(),
+            Spelling::PercentLower => token.bytes().map(|b| format!("%{b:02x}")).collect(),
+        }
+    }
+}
+
+/// Where [`FaultAction::EchoToken`] writes the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EchoPlace {
+    /// The `msg` of an API error (HTTP 200, `"success":false`).
+    Msg,
+    /// The `traceId` of an API error.
+    TraceId,
+    /// The plain-text body of an HTTP 500.
+    Body,
+}
+
+/// A page of [`FaultAction::Invent`]: `per_page` items whose ids belong to
+/// this page number alone, in the datacenter asked for (`INV` when none was).
+pub(crate) fn invented_page(
+    query: &super::page::ListQuery,
+    per_page: usize,
+    total_counts: i64,
+    trace_id: &str,
+) -> Vec<u8> {
+    use std::io::Write as _;
+    let dc = query.datacenter().unwrap_or("INV");
+    let dc = serde_json::to_string(dc).unwrap_or_else(|_| "\"INV\"".into());
+    let mut body = Vec::with_capacity(200 * per_page + 200);
+    let _ = write!(
+        body,
+        r#"{{"code":0,"success":true,"msg":"success","traceId":"{trace_id}","data":{{"totalCounts":{total_counts},"data":["#
+    );
+    for k in 0..per_page {
+        if k > 0 {
+            body.push(b',');
+        }
+        let n = u64::from(query.page) * per_page as u64 + k as u64;
+        let _ = write!(
+            body,
+            r#"{{"id":"invented-{n}","imageId":{n},"imageType":"Invented","imageName":"invented-{n}","imageSize":"1.00","datacenterKey":{dc},"status":1,"createTime":1700000000000}}"#
+        );
+    }
+    body.extend_from_slice(b"]}}");
+    body
+}
+
+/// The answer of [`FaultAction::EchoToken`]: status, content type and body,
+/// written by hand so that the escapes reach the wire as they are.
+pub(crate) fn echo(
+    token: &str,
+    spelling: Spelling,
+    place: EchoPlace,
+) -> (u16, &'static str, String) {
+    let spelled = spelling.spell(token);
+    match place {
+        EchoPlace::Msg => (
+            200,
+            "application/json",
+            format!(
+                r#"{{"code":500,"success":false,"data":null,"msg":"token {spelled} is not valid here","traceId":"echo-1"}}"#
+            ),
+        ),
+        EchoPlace::TraceId => (
+            200,
+            "application/json",
+            format!(
+                r#"{{"code":500,"success":false,"data":null,"msg":"refused","traceId":"t-{spelled}"}}"#
+            ),
+        ),
+        EchoPlace::Body => (
+            500,
+            "text/plain",
+            format!("upstream error: request with token {spelled} was refused\n"),
+        ),
+    }
 }
 
 impl FaultAction {
@@ -306,6 +430,10 @@ impl FaultAction {
             FaultAction::Bom => "bom".into(),
             FaultAction::Oversized { bytes } => format!("oversized {bytes}"),
             FaultAction::Endless => "endless".into(),
+            FaultAction::EchoToken { spelling, place } => {
+                format!("echo_token {spelling:?} in {place:?}")
+            }
+            FaultAction::Invent => "invent".into(),
         }
     }
 }
@@ -404,6 +532,8 @@ pub(crate) struct Effects {
     pub bom: bool,
     /// Whether [`FaultAction::KeyChurn`] changes keys on every request.
     pub churn_per_request: bool,
+    /// [`FaultAction::Invent`]: pages past the end are made up.
+    pub invent: bool,
 }
 
 /// A request as the rules see it.
@@ -468,6 +598,7 @@ impl Faults {
                 FaultAction::RenameArray { to } => effects.array = ArrayKey::Renamed(to.clone()),
                 FaultAction::NoArray => effects.array = ArrayKey::Missing,
                 FaultAction::Bom => effects.bom = true,
+                FaultAction::Invent => effects.invent = true,
                 other => effects.replace = Some(other.clone()),
             }
         }
@@ -490,6 +621,7 @@ fn replaces_answer(action: &FaultAction) -> bool {
             | FaultAction::Unauthorized { .. }
             | FaultAction::Oversized { .. }
             | FaultAction::Endless
+            | FaultAction::EchoToken { .. }
     )
 }
 
@@ -598,6 +730,11 @@ mod tests {
             FaultAction::Bom,
             FaultAction::Oversized { bytes: 10 },
             FaultAction::Endless,
+            FaultAction::EchoToken {
+                spelling: Spelling::JsonUnicodeMixedCase,
+                place: EchoPlace::TraceId,
+            },
+            FaultAction::Invent,
         ];
         for action in actions {
             let json = serde_json::to_string(&action).unwrap();

@@ -40,7 +40,9 @@ use std::time::Duration;
 
 pub use data::{generate, GenerateOptions, SimImage, SplitMix};
 pub use evolve::Evolution;
-pub use faults::{BadName, Corruption, FaultAction, FaultRule, Faults, TimeBend};
+pub use faults::{
+    BadName, Corruption, EchoPlace, FaultAction, FaultRule, Faults, Spelling, TimeBend,
+};
 pub use server::SimServer;
 
 use faults::{Effects, Scope};

@@ -235,6 +235,9 @@ pub(crate) fn write(
         .claim_total
         .unwrap_or_else(|| (len as i64).saturating_add(effects.total_offset))
         .max(0);
+    if effects.invent && start >= len {
+        return super::faults::invented_page(query, per_page, total_counts, trace_id);
+    }
     let envelope = Envelope {
         code: 0,
         success: true,

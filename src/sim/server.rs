@@ -208,7 +208,17 @@ async fn handle(sim: &Simulator, req: Request<Incoming>) -> Response<SimBody> {
         tokio::time::sleep(HANG).await;
         return json_response(StatusCode::GATEWAY_TIMEOUT, &json!({"msg": "hung"}));
     }
-    let response = answer(sim, &plan, &query);
+    let response = match &plan.effects.replace {
+        Some(FaultAction::EchoToken { spelling, place }) => {
+            let (status, content_type, body) = super::faults::echo(token, *spelling, *place);
+            response(
+                StatusCode::from_u16(status).unwrap_or(StatusCode::OK),
+                content_type,
+                body,
+            )
+        }
+        _ => answer(sim, &plan, &query),
+    };
     tokio::time::sleep_until(deadline).await;
     sim.note_held(arrived.elapsed());
     response

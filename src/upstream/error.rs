@@ -78,6 +78,17 @@ pub enum FetchError {
     /// The account could not log in (credentials), so no token could be had.
     #[error(transparent)]
     Login(LoginError),
+    /// A pass went past a bound on what one pass may read (docs/bounds.md):
+    /// an upstream whose list never ends, or an inventory no account has.
+    #[error("the pass read more than {limit} {what} (totalCounts {total}) and was stopped: the upstream's list does not end, or is larger than one pass may read")]
+    Unbounded {
+        /// What was counted: `images` or `pages`.
+        what: &'static str,
+        /// The bound.
+        limit: u64,
+        /// The largest `totalCounts` the pages claimed.
+        total: u64,
+    },
 }
 
 /// Why a login failed. Cloned to every pass that waited for it; it never holds
@@ -152,6 +163,7 @@ impl FetchError {
             FetchError::Api { .. } => Reason::Api,
             FetchError::Decode { .. } | FetchError::TooLarge { .. } => Reason::Decode,
             FetchError::Login(e) => e.reason,
+            FetchError::Unbounded { .. } => Reason::Limit,
         }
     }
 
@@ -242,6 +254,9 @@ impl FetchError {
             FetchError::PassTimeout(_) => Some(
                 "raise --refresh.timeout, or --api.page-size so that fewer pages are needed",
             ),
+            FetchError::Unbounded { .. } => Some(
+                "the upstream kept sending images never seen before: check that --api.url is the image list and that it pages as documented",
+            ),
             _ => None,
         }
     }
@@ -278,8 +293,9 @@ pub fn snippet(body: &[u8], token: &crate::secret::Token) -> Option<String> {
         return None;
     }
     // Redact before cutting, over a window long enough to hold a token that
-    // starts inside the kept part: a cut token would not be recognised.
-    let window = body.len().min(SNIPPET_BYTES + token.expose().len());
+    // starts inside the kept part, in its longest spelling: a cut token would
+    // not be recognised.
+    let window = body.len().min(SNIPPET_BYTES + token.longest_spelling());
     let text = token.redact(&String::from_utf8_lossy(&body[..window]));
     let text = text.trim();
     let mut out = String::with_capacity(SNIPPET_BYTES + 8);

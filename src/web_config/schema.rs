@@ -295,6 +295,7 @@ fn parse_yaml(text: &[u8]) -> Result<RawConfig, WebConfigError> {
     {
         return Ok(RawConfig::default());
     }
+    crate::yaml_limits::check(text).map_err(|e| WebConfigError::Yaml(e.to_string()))?;
     serde_yaml_ng::from_str(text).map_err(|e| WebConfigError::Yaml(one_line(&e.to_string())))
 }
 

@@ -98,25 +98,104 @@ struct PageData<'a> {
 }
 
 /// One element of `data.data`: the fields the aggregates use, each as its JSON text.
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+///
+/// A field given twice (`"status":1,"status":2`) is read as missing, whatever
+/// the two values: which one the upstream meant cannot be known, so the field
+/// is unreadable and marked like any other ([`Item::mark_invalid`]), and the
+/// item still counts. serde's derived reader would fail the whole page instead.
+#[derive(Default)]
 struct WireItem<'a> {
-    #[serde(borrow)]
     id: Option<&'a RawValue>,
-    #[serde(borrow)]
     image_type: Option<&'a RawValue>,
-    #[serde(borrow)]
     image_size: Option<&'a RawValue>,
-    #[serde(borrow)]
     datacenter_key: Option<&'a RawValue>,
-    #[serde(borrow)]
     status: Option<&'a RawValue>,
-    #[serde(borrow)]
     create_time: Option<&'a RawValue>,
-    #[serde(borrow)]
     image_id: Option<&'a RawValue>,
-    #[serde(borrow)]
     image_name: Option<&'a RawValue>,
+}
+
+/// The keys of an item that are read, and every other key.
+enum ItemKey {
+    Id,
+    ImageType,
+    ImageSize,
+    DatacenterKey,
+    Status,
+    CreateTime,
+    ImageId,
+    ImageName,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for ItemKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl Visitor<'_> for KeyVisitor {
+            type Value = ItemKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<ItemKey, E> {
+                Ok(match key {
+                    "id" => ItemKey::Id,
+                    "imageType" => ItemKey::ImageType,
+                    "imageSize" => ItemKey::ImageSize,
+                    "datacenterKey" => ItemKey::DatacenterKey,
+                    "status" => ItemKey::Status,
+                    "createTime" => ItemKey::CreateTime,
+                    "imageId" => ItemKey::ImageId,
+                    "imageName" => ItemKey::ImageName,
+                    _ => ItemKey::Other,
+                })
+            }
+        }
+        d.deserialize_identifier(KeyVisitor)
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for WireItem<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ItemVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for ItemVisitor<'a> {
+            type Value = WireItem<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an image object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<WireItem<'a>, A::Error> {
+                let mut item = WireItem::default();
+                // The keys seen, one bit each: a second one empties its field.
+                let mut seen = 0u8;
+                while let Some(key) = map.next_key::<ItemKey>()? {
+                    let (bit, field) = match key {
+                        ItemKey::Id => (0, &mut item.id),
+                        ItemKey::ImageType => (1, &mut item.image_type),
+                        ItemKey::ImageSize => (2, &mut item.image_size),
+                        ItemKey::DatacenterKey => (3, &mut item.datacenter_key),
+                        ItemKey::Status => (4, &mut item.status),
+                        ItemKey::CreateTime => (5, &mut item.create_time),
+                        ItemKey::ImageId => (6, &mut item.image_id),
+                        ItemKey::ImageName => (7, &mut item.image_name),
+                        ItemKey::Other => {
+                            map.next_value::<IgnoredAny>()?;
+                            continue;
+                        }
+                    };
+                    let value = map.next_value::<Option<&'de RawValue>>()?;
+                    *field = match seen & (1 << bit) {
+                        0 => value,
+                        _ => None,
+                    };
+                    seen |= 1 << bit;
+                }
+                Ok(item)
+            }
+        }
+        d.deserialize_map(ItemVisitor(std::marker::PhantomData))
+    }
 }
 
 /// Reads a field that is present, so that a missing field (left to `default`) and
@@ -947,5 +1026,33 @@ mod tests {
         assert!(decode_error(body.as_bytes()).len() < 100);
         let body = format!(r#"{{"code":0,"data":{{"data":"{long}","totalCounts":1}}}}"#);
         assert!(decode_error(body.as_bytes()).len() <= 300 * 4);
+    }
+
+    #[test]
+    fn a_key_given_twice_makes_that_field_unreadable_not_the_page() {
+        let item = |n: u32, extra: &str| {
+            format!(
+                r#"{{"id":"i{n}","imageType":"Linux","imageSize":"1.00","datacenterKey":"HZ","status":1,"createTime":1708330251000{extra}}}"#
+            )
+        };
+        let mut items: Vec<String> = (0..50).map(|n| item(n, "")).collect();
+        items[17] = item(17, r#","status":2"#);
+        items[18] = item(18, r#","id":"other","id":"third","unknown":1,"unknown":2"#);
+        let body = format!(
+            r#"{{"code":0,"success":true,"data":{{"totalCounts":50,"data":[{}]}}}}"#,
+            items.join(",")
+        );
+        let page = decode_page(body.as_bytes(), SizeUnit::Gib).expect("the page is read");
+        assert_eq!(page.items.len(), 50);
+        let fields = |i: usize| page.items[i].invalid_fields().collect::<Vec<_>>();
+        assert_eq!(page.items[17].status, Status::Unknown);
+        assert_eq!(fields(17), [Field::Status]);
+        assert!(page.items[17].id.is_some());
+        assert_eq!(page.items[18].id, None);
+        assert_eq!(fields(18), [Field::Id]);
+        assert_eq!(page.items[18].status, Status::Available);
+        assert!((0..50)
+            .filter(|i| ![17, 18].contains(i))
+            .all(|i| fields(i).is_empty()));
     }
 }
