@@ -184,14 +184,22 @@ fn readme_opens_with_the_demo_and_the_test_command() {
         .split("```")
         .nth(1)
         .expect("a code block near the top");
-    assert!(first_block.contains("cargo run --release -- --demo"), "{first_block}");
+    assert!(
+        first_block.contains("cargo run --release -- --demo"),
+        "{first_block}"
+    );
     // CI runs exactly this command (.ci/run).
     assert!(
-        first_block.lines().any(|line| line.trim() == "./scripts/test"),
+        first_block
+            .lines()
+            .any(|line| line.trim() == "./scripts/test"),
         "{first_block}"
     );
     let ci = read(&root().join(".ci/run"));
-    assert!(ci.lines().any(|line| line.trim() == "./scripts/test"), "{ci}");
+    assert!(
+        ci.lines().any(|line| line.trim() == "./scripts/test"),
+        "{ci}"
+    );
 }
 
 #[test]
@@ -202,11 +210,17 @@ fn every_link_of_the_documentation_resolves() {
 
 #[test]
 fn slugs_follow_github() {
-    assert_eq!(slug("Testing credentials: `check`"), "testing-credentials-check");
+    assert_eq!(
+        slug("Testing credentials: `check`"),
+        "testing-credentials-check"
+    );
     assert_eq!(slug("The API path"), "the-api-path");
     assert_eq!(slug("`benches/fleet.py`"), "benchesfleetpy");
     assert_eq!(slug("A [link](x.md) in it"), "a-link-in-it");
-    assert_eq!(slug("Many exporters for one fleet"), "many-exporters-for-one-fleet");
+    assert_eq!(
+        slug("Many exporters for one fleet"),
+        "many-exporters-for-one-fleet"
+    );
     let repeated = anchors("# Notes\n## Notes\n```\n# not a heading\n```\n#hashtag\n");
     let expected: HashSet<String> = ["notes", "notes-1"].map(String::from).into();
     assert_eq!(repeated, expected);
