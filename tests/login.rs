@@ -197,7 +197,7 @@ async fn two_second_tokens_over_twenty_seconds_never_fail_a_pass_and_cost_one_or
     let observed = started.elapsed().as_secs_f64();
     let after = upstream.sim.logins();
     let lifetimes = observed / lifetime.as_secs_f64();
-    for i in 0..n {
+    for (i, (_, images)) in accounts.iter().enumerate() {
         let name = format!("acct{i}");
         let logins = (after[&name] - before[&name]) as f64;
         // One login per lifetime at the least (a renewal at 80 % of it), two at
@@ -206,7 +206,7 @@ async fn two_second_tokens_over_twenty_seconds_never_fail_a_pass_and_cost_one_or
             logins >= lifetimes - 1.0 && logins <= 2.0 * lifetimes + 1.0,
             "{name}: {logins} logins in {observed:.1} s of {lifetime:?} tokens"
         );
-        assert_eq!(counts(&last, &name), expected(&name, &accounts[i].1));
+        assert_eq!(counts(&last, &name), expected(&name, images));
         let ok = last
             .get(&format!(
                 "finovy_auth_requests_total{{account=\"{name}\",code=\"0\"}}"

@@ -320,11 +320,11 @@ impl Session {
                 Err(failed) => failed,
             };
             if !error.transient || attempt >= login.max_retries {
-                return Err(error);
+                return Err(*error);
             }
             let wait = retry_after.unwrap_or_else(|| super::backoff(attempt));
             if wait > super::MAX_RETRY_WAIT {
-                return Err(error);
+                return Err(*error);
             }
             tracing::debug!(account = %self.account, attempt = attempt + 1, error = %error, "retrying login");
             tokio::time::sleep(wait).await;
@@ -334,7 +334,7 @@ impl Session {
 }
 
 /// A failed attempt and the wait the server asked for.
-type Attempt = Result<Issued, (LoginError, Option<Duration>)>;
+type Attempt = Result<Issued, (Box<LoginError>, Option<Duration>)>;
 
 impl Login {
     /// One login request: the `code` label it counts under, and its outcome.
@@ -360,7 +360,7 @@ impl Login {
                 let err = super::transport_error(err, self.timeout);
                 let mut error = self.error(None, None, err.reason(), err.to_string(), None);
                 error.transient = err.retryable();
-                return ("error".into(), Err((error, None)));
+                return ("error".into(), Err((Box::new(error), None)));
             }
         };
         let status = response.status();
@@ -388,7 +388,7 @@ impl Login {
                         None,
                     );
                     error.transient = err.retryable();
-                    return (status.as_str().to_string(), Err((error, None)));
+                    return (status.as_str().to_string(), Err((Box::new(error), None)));
                 }
             }
         }
@@ -404,7 +404,7 @@ impl Login {
         let msg = answer
             .as_ref()
             .and_then(|a| a.msg.as_deref())
-            .map(|m| redact(m))
+            .map(&redact)
             .unwrap_or_default();
         let trace_id = answer
             .as_ref()
@@ -423,7 +423,7 @@ impl Login {
             );
             error.transient = transient;
             error.refused = reason == Reason::Auth;
-            Err((error, retry_after))
+            Err((Box::new(error), retry_after))
         };
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
             return (label, fail(Reason::Auth, false, non_empty(msg, "refused")));
