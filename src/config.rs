@@ -92,7 +92,7 @@ pub struct Config {
 
     /// Path of the login endpoint, appended to --api.url (used with --api.uuid).
     #[arg(help_heading = "API")]
-    #[arg(long = "api.auth-path", env = "FINOVY_API_AUTH_PATH", default_value = crate::upstream::login::DEFAULT_AUTH_PATH, value_parser = parse_api_path)]
+    #[arg(long = "api.auth-path", env = "FINOVY_API_AUTH_PATH", default_value = DEFAULT_AUTH_PATH, value_parser = parse_api_path)]
     pub auth_path: String,
 
     /// Timeout of one upstream request, body included.
@@ -421,6 +421,9 @@ impl Config {
         join_path(&self.api_url, &self.auth_path)
     }
 }
+
+/// The login path the provider documents, appended to the account's base URL.
+pub const DEFAULT_AUTH_PATH: &str = "/v1/auth/getToken";
 
 /// `base` with `path` appended to its own path (a base URL may have a prefix).
 pub fn join_path(base: &Url, path: &str) -> Url {

@@ -663,18 +663,27 @@ async fn start_up_logs_the_effective_configuration_once_and_never_the_token() {
     let config = lines_with(&process, "configuration");
     assert_eq!(config.len(), 1, "{config:?}");
     let c = &config[0];
-    assert_eq!(
-        c["upstream"],
-        format!("{api_url}/v1/open/image/personal/getList")
-    );
-    assert_eq!(c["datacenters"], "HZ,SH");
-    assert_eq!(c["page_size"], "50");
-    assert_eq!(c["concurrency"], "4");
-    assert_eq!(c["refresh_interval_seconds"], "60.0");
-    assert_eq!(c["token"], format!("file {}", token_file.display()));
     assert_eq!(c["demo"], "false");
     assert_eq!(c["shard"], "0 of 1");
+    assert_eq!(c["configuration"], "flags");
     assert!(c["proxy"].starts_with("http://127.0.0.1:9"), "{c:?}");
+    // One line per account, with the account's own settings.
+    let accounts = lines_with(&process, "account");
+    assert_eq!(accounts.len(), 1, "{accounts:?}");
+    let a = &accounts[0];
+    assert_eq!(a["account"], "default");
+    assert_eq!(
+        a["upstream"],
+        format!("{api_url}/v1/open/image/personal/getList")
+    );
+    assert_eq!(a["datacenters"], "HZ,SH");
+    assert_eq!(a["page_size"], "50");
+    assert_eq!(a["concurrency"], "4");
+    assert_eq!(a["refresh_interval_seconds"], "60.0");
+    assert_eq!(
+        a["auth"],
+        format!("static token from file {}", token_file.display())
+    );
     let output = process.output().join("\n");
     assert!(!output.contains(TOKEN) && !output.contains("proxypass"));
     #[cfg(unix)]
@@ -691,7 +700,7 @@ async fn start_up_logs_the_effective_configuration_once_and_never_the_token() {
     let (_, landing) = get(&process.url("/")).await;
     assert!(landing.contains("id=\"configuration\""), "{landing}");
     assert!(
-        landing.contains("<th>Page size</th><td>50</td>"),
+        landing.contains("<th>Account default</th>") && landing.contains("datacenters HZ,SH"),
         "{landing}"
     );
     assert!(!landing.contains("id=\"demo\""), "{landing}");
@@ -716,6 +725,12 @@ async fn demo_mode_shows_a_banner_and_a_gauge() {
     assert!(landing.contains(" ago"), "ages are shown: {landing}");
     let config = lines_with(&process, "configuration");
     assert_eq!(config[0]["demo"], "true");
-    assert_eq!(config[0]["token"], "built in (demo)");
+    let accounts = lines_with(&process, "account");
+    assert!(
+        accounts
+            .iter()
+            .any(|a| a["auth"].starts_with("login as A10000001")),
+        "{accounts:?}"
+    );
     assert_promslog_shape(&process);
 }

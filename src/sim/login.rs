@@ -66,8 +66,11 @@ impl Logins {
 
     /// Makes every token issued so far invalid at once.
     pub fn revoke_all(&mut self) {
-        self.issued.clear();
-        self.order.clear();
+        // Kept, expired: a revoked token is refused, never taken for another.
+        let now = Instant::now();
+        for (_, expiry) in self.issued.values_mut() {
+            *expiry = now;
+        }
     }
 
     /// The next logins answer with these envelope codes, in order.
@@ -88,14 +91,9 @@ impl Logins {
     /// The account an issued token opens: `Some(None)` for a token that was
     /// issued but expired or revoked, `None` for one never issued.
     pub fn account_of(&self, token: &str) -> Option<Option<&str>> {
-        if !token.starts_with("sim-") {
-            return None;
-        }
-        match self.issued.get(token) {
-            Some((account, expiry)) if Instant::now() < *expiry => Some(Some(account)),
-            Some(_) => Some(None),
-            // Issued by this simulator's naming but unknown: expired and forgotten.
-            None => Some(None),
+        match self.issued.get(token)? {
+            (account, expiry) if Instant::now() < *expiry => Some(Some(account)),
+            _ => Some(None),
         }
     }
 

@@ -38,8 +38,7 @@ use crate::labels::Reason;
 use crate::secret::{Token, TokenError, TokenSource};
 use crate::telemetry::Telemetry;
 
-/// The login path the provider documents, appended to the account's base URL.
-pub const DEFAULT_AUTH_PATH: &str = "/v1/auth/getToken";
+pub use crate::config::DEFAULT_AUTH_PATH;
 
 /// Environment variable holding the secret when no secret file is given.
 pub const SECRET_ENV: &str = "FINOVY_API_SECRET";
