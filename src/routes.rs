@@ -425,6 +425,7 @@ impl Routes {
             );
         }
         let finished = snap.targets.values().filter(|t| t.passes > 0).count();
+        let rows_count = rows.matches("<tr>").count();
         let page = format!(
             include_str!("landing.html"),
             version = crate::VERSION,
@@ -437,6 +438,7 @@ impl Routes {
             rows = rows,
             finished = finished,
             targets = snap.targets.len(),
+            rows_count = rows_count,
             now = rfc3339(now),
         );
         let mut resp = Response::new(Body::from(page));

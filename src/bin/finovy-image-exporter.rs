@@ -80,10 +80,12 @@ async fn run(config: Config, signals: Signals) {
     let exporter = match Exporter::start(config).await {
         Ok(exporter) => exporter,
         Err(err) => {
-            // Once, as plain text, like clap's errors: a start-up error is read
-            // by whoever just ran the command, and a log line around it (the
-            // logger writes to stderr too) would only say it a second time.
-            eprintln!("{err}");
+            // In the log's own format, like every other line on stderr, so that
+            // a collector that parses logfmt or JSON reads it too; a file with
+            // several problems gives one line each.
+            for line in err.to_string().lines() {
+                tracing::error!(error = %line, "cannot start");
+            }
             std::process::exit(err.exit_code());
         }
     };
