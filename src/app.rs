@@ -751,7 +751,7 @@ async fn start_demo(config: &mut Config) -> Result<(SimServer, Vec<Account>), St
 const DEMO_UUID: &str = "A10000001";
 
 /// How long the demo simulator's tokens last.
-const DEMO_TOKEN_LIFETIME: Duration = Duration::from_secs(60);
+const DEMO_TOKEN_LIFETIME: Duration = Duration::from_secs(30);
 
 /// Warns when an account's token would travel unencrypted: an `http://` API
 /// URL, or an `http://` proxy for an `http://` URL.

@@ -640,3 +640,39 @@ async fn under_config_file_the_landing_page_and_log_show_each_account_s_own_sett
     assert!(!landing.contains("secret-0-Zq9") && !log.contains("secret-0-Zq9"));
     assert!(!landing.contains("static-0") && !log.contains("static-0\n"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_logs_in_with_credentials_and_renews_its_short_lived_token() {
+    let exporter = ExporterProcess::spawn(&["--demo"], &[]);
+    let logins = |m: &BTreeMap<String, f64>| {
+        m.get("finovy_auth_requests_total{account=\"prod\",code=\"0\"}")
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let first = wait_for("the demo's first login", DEADLINE, || async {
+        let m = scrape(&exporter).await;
+        let expiry = m
+            .get("finovy_auth_token_expiry_timestamp_seconds{account=\"prod\"}")
+            .copied()?;
+        (logins(&m) >= 1.0).then_some(expiry)
+    })
+    .await;
+    // A renewal within the token's short lifetime, and a later expiry with it.
+    wait_for(
+        "the demo's token renewed",
+        Duration::from_secs(60),
+        || async {
+            let m = scrape(&exporter).await;
+            let expiry = m
+                .get("finovy_auth_token_expiry_timestamp_seconds{account=\"prod\"}")
+                .copied()?;
+            (logins(&m) >= 2.0 && expiry > first).then_some(())
+        },
+    )
+    .await;
+    let (_, landing) = get(&exporter.url("/")).await;
+    assert!(
+        landing.contains("login as A10000001"),
+        "the landing page names the login"
+    );
+}

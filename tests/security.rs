@@ -928,9 +928,10 @@ fn an_invalid_file_at_start_exits_2_with_one_line_naming_the_flag() {
         };
         let (code, stdout, stderr) = run_to_exit(&["--web.config.file", path.to_str().unwrap()]);
         assert_eq!(code, 2, "{what}: exit status; stderr:\n{stderr}");
+        // One log line, in the log's format, whose error names the flag.
         let named: Vec<&str> = stderr
             .lines()
-            .filter(|l| l.starts_with("--web.config.file: "))
+            .filter(|l| l.contains("msg=\"cannot start\" error=\"--web.config.file: "))
             .collect();
         assert_eq!(
             named.len(),
