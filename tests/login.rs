@@ -200,6 +200,7 @@ async fn two_second_tokens_over_twenty_seconds_never_fail_a_pass_and_cost_one_or
     for (i, (_, images)) in accounts.iter().enumerate() {
         let name = format!("acct{i}");
         let logins = (after[&name] - before[&name]) as f64;
+        eprintln!("{name}: {logins} logins in {observed:.1} s of {lifetime:?} tokens");
         // One login per lifetime at the least (a renewal at 80 % of it), two at
         // the most; a unit either way for the edges of the window.
         assert!(
