@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 use crate::account::AccountNames;
 use crate::body::Body;
 use crate::config_file::{Reloaded, Reloader};
-use crate::exposition::MetricsCache;
+use crate::metrics::writer::MetricsCache;
 use crate::metrics::Format;
 use crate::refresh::Liveness;
 use crate::state::{State, TargetState};
@@ -41,9 +41,8 @@ pub struct Routes {
     metrics: MetricsCache,
     liveness: Arc<Liveness>,
     telemetry_path: String,
-    limiter: Semaphore,
+    limiter: Arc<Semaphore>,
     overview: Overview,
-    telemetry: Telemetry,
     accounts: Arc<AccountNames>,
     reloader: Option<Arc<Reloader>>,
     lifecycle: bool,
@@ -59,13 +58,12 @@ impl Routes {
         max_requests: usize,
     ) -> Self {
         Routes {
-            metrics: MetricsCache::new(Arc::clone(&state), telemetry.clone()),
+            metrics: MetricsCache::new(Arc::clone(&state), telemetry),
             state,
             liveness,
             telemetry_path,
-            limiter: Semaphore::new(max_requests),
+            limiter: Arc::new(Semaphore::new(max_requests)),
             overview: Overview::default(),
-            telemetry,
             accounts: Arc::default(),
             reloader: None,
             lifecycle: false,
@@ -116,10 +114,11 @@ impl Routes {
         let path = req.uri().path();
         // Health probes never queue behind scrapes: probes time out in seconds,
         // and a refused /healthz would restart a healthy exporter.
-        let _permit = if matches!(path, "/healthz" | "/readyz") {
+        // A scrape's slot goes with its body, and is held until the body is sent.
+        let permit = if matches!(path, "/healthz" | "/readyz") {
             None
         } else {
-            let Ok(permit) = self.limiter.try_acquire() else {
+            let Ok(permit) = Arc::clone(&self.limiter).try_acquire_owned() else {
                 return text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "too many concurrent requests, see --web.max-requests\n",
@@ -128,40 +127,44 @@ impl Routes {
             Some(permit)
         };
         let mut resp = if path == self.telemetry_path {
-            self.metrics(negotiate_format(&req), accepts_gzip(&req))
+            self.metrics(negotiate(&req), accepts_gzip(&req))
         } else {
             match path {
                 "/" => self.landing(),
                 "/healthz" => self.healthz(),
                 "/readyz" => self.readyz(),
-                "/probe" => self.probe(req.uri().query().unwrap_or(""), accepts_gzip(&req)),
+                "/probe" => {
+                    let query = req.uri().query().unwrap_or("");
+                    self.probe(query, negotiate(&req), accepts_gzip(&req))
+                }
                 _ => text(StatusCode::NOT_FOUND, "not found\n"),
             }
         };
         if is_head {
             *resp.body_mut() = Body::empty();
         }
+        if let Some(permit) = permit {
+            let body = std::mem::take(resp.body_mut());
+            *resp.body_mut() = body.with_slot(permit);
+        }
         resp
     }
 
-    fn metrics(&self, format: Format, gzip: bool) -> Response<Body> {
-        // Encoding a large body takes milliseconds of CPU: on the multi-threaded
+    fn metrics(&self, negotiated: Negotiated, gzip: bool) -> Response<Body> {
+        // Writing a large body takes milliseconds of CPU: on the multi-threaded
         // runtime the worker hands its other tasks (health probes, other
-        // connections) to the rest while it encodes.
-        let encode = || self.metrics.body_in(format, gzip);
-        let encoded = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(encode),
-            _ => encode(),
+        // connections) to the rest while it writes.
+        let write = || self.metrics.body(negotiated.format, gzip);
+        let body = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(write),
+            _ => write(),
         };
-        match encoded {
-            Ok((chunks, gzipped)) => exposition_response(format, Body::chunks(chunks), gzipped),
-            Err(err) => broken_body(&err),
-        }
+        exposition_response(negotiated, body, gzip)
     }
 
     /// `/probe?account=NAME`: the series of one account only, from the published
     /// snapshot as `/metrics` serves it, for a scrape job per account.
-    fn probe(&self, query: &str, gzip: bool) -> Response<Body> {
+    fn probe(&self, query: &str, negotiated: Negotiated, gzip: bool) -> Response<Body> {
         let asked: Vec<String> = url::form_urlencoded::parse(query.as_bytes())
             .filter(|(k, _)| k == "account")
             .map(|(_, v)| v.into_owned())
@@ -185,22 +188,8 @@ impl Routes {
                 ),
             );
         }
-        let snap = self.state.snapshot();
-        let upstream = self.telemetry.upstream_pieces(Some(account));
-        let parts = crate::exposition::Parts {
-            snapshot: &snap,
-            account: Some(account),
-            upstream: &upstream,
-            tail: None,
-        };
-        let body = crate::exposition::assemble(&parts, Format::Text);
-        if gzip {
-            return exposition_response(Format::Text, Body::chunks(body.chunks), true);
-        }
-        match body.inflate() {
-            Ok(plain) => exposition_response(Format::Text, Body::from(plain), false),
-            Err(err) => broken_body(&err),
-        }
+        let body = self.metrics.probe(account, negotiated.format, gzip);
+        exposition_response(negotiated, body, gzip)
     }
 
     /// `POST /-/reload`: answers once the new configuration is checked, with 200
@@ -458,40 +447,94 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
     resp
 }
 
-/// OpenMetrics 1.0.0 when `Accept` lists `application/openmetrics-text` with
-/// a weight above 0 and no other version than 1.0.0 (Prometheus sends
-/// `application/openmetrics-text;version=1.0.0;q=0.5,...;text/plain;version=0.0.4;q=0.3`);
-/// otherwise the text format. Weights are not compared beyond that: a scraper
-/// that names OpenMetrics at all prefers it (as client_golang decides).
-fn negotiate_format<B>(req: &Request<B>) -> Format {
-    let accepts_openmetrics = req
+/// The format a scraper gets, and the name escaping it asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Negotiated {
+    format: Format,
+    /// The `escaping` parameter of the chosen media range, when it names a
+    /// scheme: every name the exporter writes is valid in the legacy character
+    /// set, so each scheme leaves them as they are, and the `Content-Type` says
+    /// which one the body was written under.
+    escaping: Option<&'static str>,
+}
+
+/// The escaping schemes of Prometheus 3 (`model.EscapingScheme`).
+const ESCAPING: [&str; 4] = ["allow-utf-8", "underscores", "dots", "values"];
+
+/// Chooses the format as client_golang's `NegotiateIncludingOpenMetrics` does:
+/// media ranges in order of their weight (`q`, 1 when absent; the more specific
+/// first at equal weight, then in the order given; weight 0 refuses), the first
+/// one served wins: `application/openmetrics-text` with version 1.0.0 or none
+/// gets OpenMetrics 1.0.0, `text/plain` with version 0.0.4 or none the text
+/// format. Nothing served (OpenMetrics 0.0.1, text 1.0.0, `*/*`, no `Accept`):
+/// the text format.
+///
+/// Prometheus 3 sends `application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,
+/// application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,
+/// text/plain;version=0.0.4;q=0.3,*/*;q=0.2` and gets OpenMetrics 1.0.0.
+fn negotiate<B>(req: &Request<B>) -> Negotiated {
+    struct Range<'a> {
+        media: &'a str,
+        version: Option<&'a str>,
+        escaping: Option<&'a str>,
+        q: f32,
+        wildcard: bool,
+    }
+    let mut ranges: Vec<Range<'_>> = req
         .headers()
         .get_all(ACCEPT)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|range| {
+        .filter_map(|range| {
             let mut parts = range.split(';').map(str::trim);
-            let media = parts.next().unwrap_or_default();
-            if !media.eq_ignore_ascii_case("application/openmetrics-text") {
-                return false;
-            }
-            let mut ok = true;
+            let media = parts.next().filter(|m| !m.is_empty())?;
+            let mut r = Range {
+                media,
+                version: None,
+                escaping: None,
+                q: 1.0,
+                wildcard: media.contains('*'),
+            };
             for param in parts {
                 let (k, v) = param.split_once('=').unwrap_or((param, ""));
                 let v = v.trim().trim_matches('"');
                 match k.trim().to_ascii_lowercase().as_str() {
-                    "version" => ok &= v == "1.0.0",
-                    "q" => ok &= v.parse::<f32>().is_ok_and(|q| q > 0.0),
+                    "version" => r.version = Some(v),
+                    "escaping" => r.escaping = Some(v),
+                    "q" => r.q = v.parse::<f32>().ok().filter(|q| q.is_finite())?,
                     _ => {}
                 }
             }
-            ok
-        });
-    if accepts_openmetrics {
-        Format::OpenMetrics
-    } else {
-        Format::Text
+            (r.q > 0.0).then_some(r)
+        })
+        .collect();
+    // Stable: at equal weight and specificity, the order given.
+    ranges.sort_by(|a, b| b.q.total_cmp(&a.q).then(a.wildcard.cmp(&b.wildcard)));
+    let escaping_of = |r: &Range<'_>| {
+        r.escaping
+            .and_then(|e| ESCAPING.iter().copied().find(|s| s.eq_ignore_ascii_case(e)))
+    };
+    for r in &ranges {
+        let format = if r.media.eq_ignore_ascii_case("application/openmetrics-text")
+            && r.version.is_none_or(|v| v == "1.0.0")
+        {
+            Format::OpenMetrics
+        } else if r.media.eq_ignore_ascii_case("text/plain")
+            && r.version.is_none_or(|v| v == "0.0.4")
+        {
+            Format::Text
+        } else {
+            continue;
+        };
+        return Negotiated {
+            format,
+            escaping: escaping_of(r),
+        };
+    }
+    Negotiated {
+        format: Format::Text,
+        escaping: None,
     }
 }
 
@@ -526,26 +569,26 @@ fn accepts_gzip<B>(req: &Request<B>) -> bool {
     gzip.or(any).is_some_and(|w| w > 0.0)
 }
 
-/// The answer when an assembled body does not inflate: a bug of the exporter,
-/// logged, and a 500 rather than a wrong body.
-fn broken_body(err: &str) -> Response<Body> {
-    tracing::error!(error = err, "could not encode the exposition");
-    text(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "could not encode the exposition; the exporter's log has the error\n",
-    )
-}
-
-/// A `/metrics` or `/probe` answer: its content type, and the headers that let a
-/// cache tell formats and encodings apart.
-fn exposition_response(format: Format, body: Body, gzipped: bool) -> Response<Body> {
+/// A `/metrics` or `/probe` answer: its exact content type, and the headers
+/// that let a cache tell formats and encodings apart.
+fn exposition_response(
+    negotiated: Negotiated,
+    body: bytes::Bytes,
+    gzipped: bool,
+) -> Response<Body> {
+    let content_type = match negotiated.escaping {
+        Some(scheme) => format!("{}; escaping={scheme}", negotiated.format.content_type()),
+        None => negotiated.format.content_type().to_string(),
+    };
     let mut builder = Response::builder()
-        .header(CONTENT_TYPE, format.content_type())
+        .header(CONTENT_TYPE, content_type)
         .header(VARY, "Accept, Accept-Encoding");
     if gzipped {
         builder = builder.header(CONTENT_ENCODING, "gzip");
     }
-    builder.body(body).expect("static response parts are valid")
+    builder
+        .body(Body::from(body))
+        .expect("static response parts are valid")
 }
 
 fn rfc3339(t: std::time::SystemTime) -> String {
@@ -583,26 +626,97 @@ mod tests {
             .unwrap()
     }
 
+    fn with(accept: &str) -> (Format, Option<&'static str>) {
+        let req = Request::builder().header(ACCEPT, accept).body(()).unwrap();
+        let n = negotiate(&req);
+        (n.format, n.escaping)
+    }
+
+    /// The `Accept` of a Prometheus 3 scrape (its scrape tests' "default scrape
+    /// protocols"), and of Prometheus 2 before and after `scrape_protocols`.
+    const PROMETHEUS_3: &str = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+    const PROMETHEUS_2: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    const PROMETHEUS_2_PROTOCOLS: &str = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+
     #[test]
-    fn format_negotiation() {
-        let with = |accept: &str| {
-            let req = Request::builder().header(ACCEPT, accept).body(()).unwrap();
-            negotiate_format(&req)
-        };
-        let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
-        assert_eq!(with(prometheus), Format::OpenMetrics);
+    fn prometheus_3_and_2_get_openmetrics_1_0_0() {
         assert_eq!(
-            with("application/openmetrics-text; version=1.0.0"),
-            Format::OpenMetrics
+            with(PROMETHEUS_3),
+            (Format::OpenMetrics, Some("allow-utf-8"))
         );
-        assert_eq!(with("application/openmetrics-text"), Format::OpenMetrics);
+        assert_eq!(with(PROMETHEUS_2), (Format::OpenMetrics, None));
+        assert_eq!(with(PROMETHEUS_2_PROTOCOLS), (Format::OpenMetrics, None));
+        let req = Request::builder()
+            .header(ACCEPT, PROMETHEUS_3)
+            .body(())
+            .unwrap();
+        let resp = exposition_response(negotiate(&req), bytes::Bytes::new(), true);
+        assert_eq!(
+            resp.headers()[CONTENT_TYPE],
+            "application/openmetrics-text; version=1.0.0; charset=utf-8; escaping=allow-utf-8"
+        );
+        let resp = exposition_response(negotiate(&req_accepting("")), bytes::Bytes::new(), false);
+        assert_eq!(
+            resp.headers()[CONTENT_TYPE],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+    }
+
+    fn req_accepting(accept: &str) -> Request<()> {
+        Request::builder().header(ACCEPT, accept).body(()).unwrap()
+    }
+
+    #[test]
+    fn weights_decide_not_the_order() {
+        // Prometheus 3 configured to prefer the text format.
+        let text_first = "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.6,text/plain;version=0.0.4;q=0.5,application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.4,*/*;q=0.3";
+        assert_eq!(with(text_first), (Format::Text, None));
+        assert_eq!(
+            with("application/openmetrics-text;version=1.0.0;q=0.2,text/plain;version=0.0.4;q=0.9"),
+            (Format::Text, None)
+        );
+        assert_eq!(
+            with("text/plain;q=0.1, application/openmetrics-text"),
+            (Format::OpenMetrics, None),
+            "no q is 1"
+        );
+        assert_eq!(
+            with("text/plain;version=0.0.4;escaping=underscores;q=0.9,application/openmetrics-text;q=0.8"),
+            (Format::Text, Some("underscores"))
+        );
+        // Equal weights: the specific range before the wildcard, else the order given.
+        assert_eq!(
+            with("*/*,application/openmetrics-text"),
+            (Format::OpenMetrics, None)
+        );
+        assert_eq!(
+            with("text/plain,application/openmetrics-text"),
+            (Format::Text, None)
+        );
+    }
+
+    #[test]
+    fn refused_or_unserved_ranges_fall_back_to_text() {
+        assert_eq!(
+            with("application/openmetrics-text; q=0"),
+            (Format::Text, None)
+        );
         assert_eq!(
             with("application/openmetrics-text; version=0.0.1"),
-            Format::Text
+            (Format::Text, None)
         );
-        assert_eq!(with("application/openmetrics-text; q=0"), Format::Text);
-        assert_eq!(with("text/plain;version=0.0.4"), Format::Text);
-        assert_eq!(with("*/*"), Format::Text);
+        assert_eq!(
+            with("application/openmetrics-text; version=1.0.0; escaping=bogus"),
+            (Format::OpenMetrics, None),
+            "an unknown scheme is not echoed"
+        );
+        assert_eq!(
+            with("application/openmetrics-text;q=x"),
+            (Format::Text, None)
+        );
+        assert_eq!(with("text/plain;version=1.0.0"), (Format::Text, None));
+        assert_eq!(with("*/*"), (Format::Text, None));
+        assert_eq!(with(""), (Format::Text, None));
     }
 
     #[test]

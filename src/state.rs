@@ -4,16 +4,16 @@
 //! Every pass publishes by changing its [`TargetState`] copy-on-write under the
 //! lock, so a scrape, which holds an immutable [`Snapshot`], sees each target
 //! either before or after a pass, never half of one. A target's series are
-//! rendered into pieces ([`crate::render`]) when it changes, not when scraped; a
-//! scrape copies the pieces of every datacenter, leaving out image series older
-//! than their stale-after. The lock is held only to change one target, never
-//! across I/O.
+//! rendered into lines ([`crate::metrics::lines`]) when it changes, not when
+//! scraped; a scrape copies the lines of every datacenter, leaving out image
+//! series older than their stale-after. The lock is held only to change one
+//! target, never across I/O.
 //!
 //! A target's counters (failures, anomalies) live here, beside its series, so that
 //! they vanish with the target (removed from the configuration, or a datacenter
 //! gone from discovery for longer than stale-after) and never outlive it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,8 +21,8 @@ use crate::account::TargetKey;
 use crate::aggregate::{DatacenterImages, NamedImage};
 use crate::labels::{Anomaly, Reason};
 use crate::lifecycle::{Changes, LifecycleCounters};
+use crate::metrics::lines::{self, Lines, SeriesValues};
 use crate::metrics::Collectors;
-use crate::render::{self, Pieces, SeriesValues};
 
 /// The datacenter key of a discovery target's series before it found any
 /// datacenter (or when it found none), so that `finovy_up` always exists.
@@ -96,8 +96,8 @@ pub struct PublishedImages {
     pub total_bytes: u64,
     /// Number of (status, image type) groups.
     pub groups: usize,
-    /// Its image sections, rendered.
-    pub pieces: Pieces,
+    /// Its image lines.
+    pub lines: Lines,
 }
 
 /// The series of one datacenter of a target.
@@ -115,8 +115,8 @@ pub struct DatacenterSeries {
     pub folded: Vec<(&'static str, u64)>,
     /// Its lifecycle counters.
     pub lifecycle: LifecycleCounters,
-    /// Its health and counter sections, rendered after every change.
-    pub pieces: Pieces,
+    /// Its health and counter lines, rendered after every change.
+    pub lines: Lines,
 }
 
 /// Everything known about one target.
@@ -165,7 +165,7 @@ impl TargetState {
         }
     }
 
-    /// Renders the health and counter sections of every datacenter series
+    /// Renders the health and counter lines of every datacenter series
     /// again. Every change of the target that `/metrics` shows ends with it.
     fn render(&mut self, account: &str, collectors: &Collectors) {
         for (dc, series) in &mut self.datacenters {
@@ -179,7 +179,7 @@ impl TargetState {
                 folded: &series.folded,
                 lifecycle: collectors.lifecycle.then_some(&series.lifecycle),
             };
-            series.pieces = render::series(account, dc, &values);
+            series.lines = lines::series(account, dc, &values);
         }
     }
 
@@ -270,42 +270,6 @@ impl State {
         next.generation += 1;
     }
 
-    /// Replaces published pieces by their views ([`Pieces::concat`]): the same
-    /// text under the same id, in a group's buffer, so that the deflated text is
-    /// held once. A view whose pieces were replaced since (the target published
-    /// again) is dropped. No scrape can tell the difference, so the generation
-    /// stays and the cached body stays current.
-    pub fn share(&self, views: Vec<Pieces>) {
-        if views.is_empty() {
-            return;
-        }
-        let mut views: HashMap<u64, Pieces> = views.into_iter().map(|v| (v.id(), v)).collect();
-        let wanted = |series: &DatacenterSeries, views: &HashMap<u64, Pieces>| {
-            views.contains_key(&series.pieces.id())
-                || series
-                    .images
-                    .as_ref()
-                    .is_some_and(|im| views.contains_key(&im.pieces.id()))
-        };
-        let mut guard = self.current.write().unwrap_or_else(|e| e.into_inner());
-        let snapshot = Arc::make_mut(&mut guard);
-        for target in snapshot.targets.values_mut() {
-            if !target.datacenters.values().any(|s| wanted(s, &views)) {
-                continue;
-            }
-            for series in Arc::make_mut(target).datacenters.values_mut() {
-                if let Some(view) = views.remove(&series.pieces.id()) {
-                    series.pieces = view;
-                }
-                if let Some(images) = series.images.as_mut() {
-                    if let Some(view) = views.remove(&images.pieces.id()) {
-                        Arc::make_mut(images).pieces = view;
-                    }
-                }
-            }
-        }
-    }
-
     /// Adds a target before its first pass (not ready until that pass ends), or
     /// updates the schedule of a known one, keeping its series and counters.
     pub fn register(&self, key: &TargetKey, interval: Duration, stale_after: Duration) {
@@ -379,7 +343,7 @@ impl State {
                                 .values()
                                 .fold(0, |sum, g| sum.saturating_add(g.size_bytes)),
                             groups: images.groups.len(),
-                            pieces: render::images(&key.account, dc, images, &named, &collectors),
+                            lines: lines::images(&key.account, dc, images, &named, &collectors),
                         };
                         let mut start = LifecycleCounters::default();
                         if !matches!(lifecycle, Lifecycle::Off) {
@@ -533,14 +497,14 @@ mod tests {
 
     fn text(state: &State) -> String {
         let snap = state.snapshot();
-        let parts = crate::exposition::Parts {
+        let sources = crate::metrics::writer::Sources {
             snapshot: &snap,
             account: None,
-            upstream: &[],
-            tail: None,
+            accounts: &[],
+            own: &[],
         };
-        let body = crate::exposition::assemble(&parts, crate::metrics::Format::Text);
-        String::from_utf8(body.inflate().unwrap().to_vec()).unwrap()
+        let body = sources.body(crate::metrics::Format::Text, false);
+        String::from_utf8(body.to_vec()).unwrap()
     }
 
     #[test]

@@ -1,13 +1,22 @@
-//! Every metric family the exporter serves, in one table: name, type, help and
-//! labels.
+//! The `/metrics` path: every metric family in one table, the rendered lines of
+//! each target ([`lines`]), and the writer that serves them ([`writer`]).
 //!
-//! Two renderers use it. The per-target families (the image series, health,
-//! per-target counters) and the per-account upstream families are rendered into
-//! pieces by [`crate::render`], from the published state and from
-//! [`crate::telemetry::Upstream`]; the process-wide ones live in a `prometheus`
-//! registry ([`crate::telemetry`]), built from the same entries. A family is defined here
-//! and nowhere else, so a reader finds what `/metrics` promises in one place, and
-//! the golden file test (`tests/golden.rs`) holds the whole exposition to it.
+//! It works as kube-state-metrics does. When a target publishes a pass (or an
+//! account sends a request), its samples are rendered once into one buffer of
+//! text with a range per family ([`lines::Lines`]). A scrape writes, family by
+//! family in the order of [`BODY`], the family's `# HELP` and `# TYPE` lines and
+//! then the range of that family of every target, through a gzip encoder when the
+//! scraper takes gzip. The body is kept for at most a second and shared by every
+//! scraper that asks meanwhile ([`writer::MetricsCache`]).
+//!
+//! A family is defined here and nowhere else, so a reader finds what `/metrics`
+//! promises in one place, and the golden file test (`tests/golden.rs`) holds the
+//! whole exposition to it. The process-wide families (build, shard, reloads)
+//! live in a `prometheus` registry ([`crate::telemetry`]) beside its `process_*`
+//! collector, and the writer encodes them after the table's families.
+
+pub mod lines;
+pub mod writer;
 
 /// The type of a family, as the exposition's `# TYPE` line names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -311,6 +320,22 @@ pub const API_CONCURRENCY_LIMIT: Family = Family {
     labels: &["account"],
 };
 
+/// `finovy_auth_requests_total`.
+pub const AUTH_REQUESTS: Family = Family {
+    name: "finovy_auth_requests_total",
+    kind: Kind::Counter,
+    help: "Logins sent to the Finovy API for an account that logs in, by the answer's code (the upstream code, else the HTTP status, error when no answer came back).",
+    labels: &["account", "code"],
+};
+
+/// `finovy_auth_token_expiry_timestamp_seconds`.
+pub const AUTH_TOKEN_EXPIRY: Family = Family {
+    name: "finovy_auth_token_expiry_timestamp_seconds",
+    kind: Kind::Gauge,
+    help: "Unix time at which the token of an account that logs in expires (no series while the account holds no token).",
+    labels: &["account"],
+};
+
 /// `finovy_shard_info`.
 pub const SHARD_INFO: Family = Family {
     name: "finovy_shard_info",
@@ -384,6 +409,8 @@ pub const ALL: &[Family] = &[
     API_DURATION,
     API_INVALID_ITEMS,
     API_CONCURRENCY_LIMIT,
+    AUTH_REQUESTS,
+    AUTH_TOKEN_EXPIRY,
     SHARD_INFO,
     WEB_CONFIG_RELOAD,
     CONFIG_RELOAD,
@@ -391,6 +418,110 @@ pub const ALL: &[Family] = &[
     BUILD_INFO,
     DEMO_MODE,
 ];
+
+/// Which scrapes have a part of the body.
+type When = fn(&Collectors) -> bool;
+
+fn always(_: &Collectors) -> bool {
+    true
+}
+fn size(c: &Collectors) -> bool {
+    c.size
+}
+fn oldest(c: &Collectors) -> bool {
+    c.oldest
+}
+fn age(c: &Collectors) -> bool {
+    c.age
+}
+fn lifecycle(c: &Collectors) -> bool {
+    c.lifecycle
+}
+fn image_info(c: &Collectors) -> bool {
+    c.image_info.is_some()
+}
+
+/// One part of a body: a family's header and the lines of every target for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Part {
+    /// The family.
+    pub family: &'static Family,
+    /// The one format whose bodies have it, or `None` for both.
+    pub only: Option<Format>,
+    /// Whether the collectors that run give it lines.
+    pub when: When,
+    /// Whether its header is left out when no target has a line of it (the
+    /// families of logins, which only some accounts make).
+    pub optional: bool,
+}
+
+const fn part(family: &'static Family, only: Option<Format>, when: When) -> Part {
+    Part {
+        family,
+        only,
+        when,
+        optional: false,
+    }
+}
+
+const TEXT: Option<Format> = Some(Format::Text);
+
+/// The parts of a body, in body order (the golden files hold it). The ages are
+/// laid out twice: the text format has no gauge histogram, so there
+/// `finovy_images_age_seconds` is a histogram of its `_bucket` samples with two
+/// gauge families beside it (see [`Kind::as_str`]); OpenMetrics wants each
+/// series' buckets, `_gcount` and `_gsum` together in one family. The process-wide
+/// families of the registry follow the last part.
+pub const BODY: [Part; 25] = [
+    part(&IMAGES, None, always),
+    part(&IMAGES_SIZE, None, size),
+    part(&IMAGES_OLDEST, None, oldest),
+    part(&IMAGES_AGE, TEXT, age),
+    part(&IMAGES_AGE_GCOUNT, TEXT, age),
+    part(&IMAGES_AGE_GSUM, TEXT, age),
+    part(&IMAGES_AGE, Some(Format::OpenMetrics), age),
+    part(&IMAGES_CREATED, None, lifecycle),
+    part(&IMAGES_DELETED, None, lifecycle),
+    part(&STATUS_TRANSITIONS, None, lifecycle),
+    part(&LIFECYCLE_SKIPPED, None, lifecycle),
+    part(&IMAGE_INFO, None, image_info),
+    part(&UP, None, always),
+    part(&REFRESH_DURATION, None, always),
+    part(&REFRESH_LAST_SUCCESS, None, always),
+    part(&REFRESH_INTERVAL, None, always),
+    part(&REFRESH_FAILURES, None, always),
+    part(&PAGINATION_ANOMALIES, None, always),
+    part(&LIMIT_FOLDED, None, always),
+    // The account families, in the name order the `prometheus` registry gave
+    // them when they were its own.
+    part(&API_CONCURRENCY_LIMIT, None, always),
+    part(&API_INVALID_ITEMS, None, always),
+    part(&API_DURATION, None, always),
+    part(&API_REQUESTS, None, always),
+    Part {
+        optional: true,
+        ..part(&AUTH_REQUESTS, None, always)
+    },
+    Part {
+        optional: true,
+        ..part(&AUTH_TOKEN_EXPIRY, None, always)
+    },
+];
+
+impl Part {
+    /// Whether a body in `format` has this part when `collectors` run.
+    pub fn in_body(&self, format: Format, collectors: &Collectors) -> bool {
+        self.only.is_none_or(|f| f == format) && (self.when)(collectors)
+    }
+}
+
+/// The index in [`BODY`] of `family`'s part (of its part for `only`, for the
+/// ages). Rendering asks it a few dozen times a target.
+pub fn slot(family: &Family, only: Option<Format>) -> usize {
+    BODY.iter()
+        .position(|p| p.family.name == family.name && (p.only.is_none() || p.only == only))
+        .unwrap_or_else(|| panic!("{} has a part in BODY", family.name))
+}
 
 impl Family {
     /// `prometheus` crate options for this family (for the registry's families).

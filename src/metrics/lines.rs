@@ -1,0 +1,454 @@
+//! The rendered lines of one datacenter series or one account: one buffer of
+//! text with a range per part of the body ([`super::BODY`]).
+//!
+//! They are rendered when their target publishes (or their account's counts
+//! change), never at scrape time, and replaced whole: a scrape only copies
+//! ranges. A datacenter series has two: its health and counter lines, rendered
+//! after every pass, and its image lines, dropped once they turn stale.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::{Duration, SystemTime};
+
+use super::{slot, Collectors, Family, Format, Kind, BODY};
+use crate::aggregate::{AgeHistogram, DatacenterImages, NamedImage, AGE_BUCKETS_SECONDS};
+use crate::labels::{Anomaly, Field, Reason};
+use crate::lifecycle::LifecycleCounters;
+
+/// Lines by part of the body.
+#[derive(Debug, Clone, Default)]
+pub struct Lines {
+    text: Box<str>,
+    /// Where the lines of each part end in `text` (each starts where the one
+    /// before ends); empty when there are no lines at all.
+    ends: Box<[u32]>,
+}
+
+impl Lines {
+    /// The lines of part `slot` of [`BODY`].
+    pub fn part(&self, slot: usize) -> &str {
+        let Some(&end) = self.ends.get(slot) else {
+            return "";
+        };
+        let start = if slot == 0 { 0 } else { self.ends[slot - 1] };
+        &self.text[start as usize..end as usize]
+    }
+
+    /// Bytes of text.
+    pub fn len(&self) -> usize {
+        self.text.len()
+    }
+
+    /// Whether there is no line.
+    pub fn is_empty(&self) -> bool {
+        self.text.is_empty()
+    }
+}
+
+/// Builds [`Lines`]: parts are written in body order.
+struct Builder {
+    text: String,
+    ends: Vec<u32>,
+}
+
+impl Builder {
+    fn new() -> Self {
+        Builder {
+            text: String::new(),
+            ends: Vec::with_capacity(BODY.len()),
+        }
+    }
+
+    /// Starts the lines of `family` (of its `only` layout, for the ages): every
+    /// part before it ends here.
+    fn part(&mut self, family: &Family, only: Option<Format>) -> &mut String {
+        let slot = slot(family, only);
+        debug_assert!(self.ends.len() <= slot, "{} out of order", family.name);
+        while self.ends.len() < slot {
+            // A target's text stays far below 4 GiB: a few kilobytes of lines.
+            self.ends.push(self.text.len() as u32);
+        }
+        &mut self.text
+    }
+
+    fn finish(mut self) -> Lines {
+        if self.text.is_empty() {
+            return Lines::default();
+        }
+        while self.ends.len() < BODY.len() {
+            self.ends.push(self.text.len() as u32);
+        }
+        Lines {
+            text: self.text.into_boxed_str(),
+            ends: self.ends.into_boxed_slice(),
+        }
+    }
+}
+
+/// The image lines of one datacenter's successful pass: groups, sizes, oldest
+/// creation times, ages (in both formats' layouts) and the named images.
+pub fn images(
+    account: &str,
+    datacenter: &str,
+    images: &DatacenterImages,
+    named: &[NamedImage],
+    collectors: &Collectors,
+) -> Lines {
+    let mut b = Builder::new();
+    let groups = || {
+        images.groups.iter().map(|(group, stats)| {
+            let labels = [account, datacenter, group.status.label(), &group.image_type];
+            (labels, stats)
+        })
+    };
+    let out = b.part(&super::IMAGES, None);
+    for (labels, stats) in groups() {
+        sample(out, &super::IMAGES, &labels, stats.count);
+    }
+    if collectors.size {
+        let out = b.part(&super::IMAGES_SIZE, None);
+        for (labels, stats) in groups() {
+            sample(out, &super::IMAGES_SIZE, &labels, stats.size_bytes);
+        }
+    }
+    if collectors.oldest {
+        let out = b.part(&super::IMAGES_OLDEST, None);
+        for (labels, stats) in groups() {
+            if let Some(ms) = stats.oldest_created_ms {
+                sample(out, &super::IMAGES_OLDEST, &labels, ms as f64 / 1000.0);
+            }
+        }
+    }
+    if collectors.age {
+        ages(&mut b, account, datacenter, &images.ages);
+    }
+    if collectors.image_info.is_some() {
+        let out = b.part(&super::IMAGE_INFO, None);
+        for n in named.iter().filter(|n| n.datacenter == datacenter) {
+            let labels = [
+                account,
+                datacenter,
+                &n.details.id,
+                &n.details.image_id,
+                &n.details.image_name,
+                &n.image_type,
+                n.status.label(),
+            ];
+            sample(out, &super::IMAGE_INFO, &labels, 1);
+        }
+    }
+    b.finish()
+}
+
+/// `finovy_images_age_seconds` in both layouts (see [`BODY`]).
+fn ages(
+    b: &mut Builder,
+    account: &str,
+    datacenter: &str,
+    ages: &BTreeMap<crate::labels::Status, AgeHistogram>,
+) {
+    let family = &super::IMAGES_AGE;
+    let bounds: Vec<String> = AGE_BUCKETS_SECONDS
+        .iter()
+        .map(|b| format!("{b}.0"))
+        .chain(["+Inf".to_string()])
+        .collect();
+    let buckets = |out: &mut String, status: crate::labels::Status, h: &AgeHistogram| {
+        let mut cumulative = 0;
+        for (n, le) in h.buckets.iter().zip(&bounds) {
+            cumulative += n;
+            let labels = [account, datacenter, status.label(), le];
+            sample_named(out, family, "_bucket", &labels, cumulative);
+        }
+    };
+    let seconds = |h: &AgeHistogram| h.sum_ms as f64 / 1000.0;
+    let text = Some(Format::Text);
+    let out = b.part(family, text);
+    for (status, h) in ages {
+        buckets(out, *status, h);
+    }
+    let out = b.part(&super::IMAGES_AGE_GCOUNT, text);
+    for (status, h) in ages {
+        let labels = [account, datacenter, status.label()];
+        sample(out, &super::IMAGES_AGE_GCOUNT, &labels, h.count() as f64);
+    }
+    let out = b.part(&super::IMAGES_AGE_GSUM, text);
+    for (status, h) in ages {
+        let labels = [account, datacenter, status.label()];
+        sample(out, &super::IMAGES_AGE_GSUM, &labels, seconds(h));
+    }
+    let gauge_histogram = Family {
+        labels: super::IMAGES_AGE_GCOUNT.labels,
+        ..*family
+    };
+    let out = b.part(family, Some(Format::OpenMetrics));
+    for (status, h) in ages {
+        buckets(out, *status, h);
+        let labels = [account, datacenter, status.label()];
+        sample_named(out, &gauge_histogram, "_gcount", &labels, h.count());
+        sample_named(out, &gauge_histogram, "_gsum", &labels, seconds(h));
+    }
+}
+
+/// What the health and counter lines of one datacenter series show.
+pub struct SeriesValues<'a> {
+    /// Whether the target's last pass succeeded.
+    pub up: bool,
+    /// Wall time of its last pass.
+    pub last_duration: Duration,
+    /// When it last succeeded.
+    pub last_success: Option<SystemTime>,
+    /// Time between its passes.
+    pub interval: Duration,
+    /// Failed passes, per [`Reason::index`].
+    pub failures: &'a [u64; Reason::ALL.len()],
+    /// Anomalies, per [`Anomaly::index`].
+    pub anomalies: &'a [u64; Anomaly::ALL.len()],
+    /// Groups folded by the last successful pass, per label name.
+    pub folded: &'a [(&'static str, u64)],
+    /// The lifecycle counters, when that collector runs.
+    pub lifecycle: Option<&'a LifecycleCounters>,
+}
+
+/// The health and counter lines of one datacenter series.
+pub fn series(account: &str, datacenter: &str, v: &SeriesValues<'_>) -> Lines {
+    let mut b = Builder::new();
+    let labels = [account, datacenter];
+    if let Some(c) = v.lifecycle {
+        let out = b.part(&super::IMAGES_CREATED, None);
+        for (ty, n) in &c.created {
+            sample(out, &super::IMAGES_CREATED, &[account, datacenter, ty], n);
+        }
+        let out = b.part(&super::IMAGES_DELETED, None);
+        for ((status, ty), n) in &c.deleted {
+            let labels = [account, datacenter, status.label(), ty.as_str()];
+            sample(out, &super::IMAGES_DELETED, &labels, n);
+        }
+        let out = b.part(&super::STATUS_TRANSITIONS, None);
+        for ((ty, from, to), n) in &c.transitions {
+            let labels = [account, datacenter, ty.as_str(), from.label(), to.label()];
+            sample(out, &super::STATUS_TRANSITIONS, &labels, n);
+        }
+        let out = b.part(&super::LIFECYCLE_SKIPPED, None);
+        sample(out, &super::LIFECYCLE_SKIPPED, &labels, c.skipped);
+    }
+    let out = b.part(&super::UP, None);
+    sample(out, &super::UP, &labels, u8::from(v.up));
+    let out = b.part(&super::REFRESH_DURATION, None);
+    let duration = v.last_duration.as_secs_f64();
+    sample(out, &super::REFRESH_DURATION, &labels, duration);
+    let out = b.part(&super::REFRESH_LAST_SUCCESS, None);
+    let last_success = v.last_success.map_or(0.0, crate::unix_seconds);
+    sample(out, &super::REFRESH_LAST_SUCCESS, &labels, last_success);
+    let out = b.part(&super::REFRESH_INTERVAL, None);
+    let interval = v.interval.as_secs_f64();
+    sample(out, &super::REFRESH_INTERVAL, &labels, interval);
+    let out = b.part(&super::REFRESH_FAILURES, None);
+    for reason in Reason::ALL {
+        let labels = [account, datacenter, reason.label()];
+        let n = v.failures[reason.index()];
+        sample(out, &super::REFRESH_FAILURES, &labels, n);
+    }
+    let out = b.part(&super::PAGINATION_ANOMALIES, None);
+    for anomaly in Anomaly::ALL {
+        let labels = [account, datacenter, anomaly.label()];
+        let n = v.anomalies[anomaly.index()];
+        sample(out, &super::PAGINATION_ANOMALIES, &labels, n);
+    }
+    let out = b.part(&super::LIMIT_FOLDED, None);
+    for (label, n) in v.folded {
+        sample(out, &super::LIMIT_FOLDED, &[account, datacenter, label], n);
+    }
+    b.finish()
+}
+
+/// What the lines of one account's upstream calls and logins show.
+pub struct UpstreamValues<'a> {
+    /// Requests by their `code` label, in label order.
+    pub requests: &'a BTreeMap<String, u64>,
+    /// The upper bound of each duration bucket, with the requests that took more
+    /// than the bound before it and at most this one (not cumulative).
+    pub duration_buckets: &'a [(f64, u64)],
+    /// Seconds over all requests.
+    pub duration_sum: f64,
+    /// Requests timed.
+    pub duration_count: u64,
+    /// Items counted although a field was unreadable, per [`Field::index`].
+    pub invalid: &'a [u64; Field::ALL.len()],
+    /// The concurrency limit, once the account's budget has set it.
+    pub concurrency_limit: Option<u32>,
+    /// Logins by their `code` label, in label order.
+    pub logins: &'a BTreeMap<String, u64>,
+    /// When the account's token expires, while it holds one it logged in for.
+    pub token_expiry: Option<SystemTime>,
+}
+
+/// The lines of one account: concurrency limit, unreadable fields, request
+/// durations, requests, logins and token expiry. Samples are ordered by label
+/// value, as the `prometheus` registry ordered them when they were its own.
+pub fn upstream(account: &str, v: &UpstreamValues<'_>) -> Lines {
+    let mut b = Builder::new();
+    let out = b.part(&super::API_CONCURRENCY_LIMIT, None);
+    if let Some(limit) = v.concurrency_limit {
+        sample(out, &super::API_CONCURRENCY_LIMIT, &[account], limit);
+    }
+    let out = b.part(&super::API_INVALID_ITEMS, None);
+    let mut fields = Field::ALL.to_vec();
+    fields.sort_by_key(|f| f.label());
+    for field in fields {
+        let labels = [account, field.label()];
+        sample(
+            out,
+            &super::API_INVALID_ITEMS,
+            &labels,
+            v.invalid[field.index()],
+        );
+    }
+    let out = b.part(&super::API_DURATION, None);
+    let buckets = Family {
+        labels: &["account", "le"],
+        ..super::API_DURATION
+    };
+    let mut cumulative = 0;
+    for (bound, n) in v.duration_buckets {
+        cumulative += n;
+        let le = bound.to_string();
+        sample_named(out, &buckets, "_bucket", &[account, &le], cumulative);
+    }
+    let count = v.duration_count;
+    sample_named(out, &buckets, "_bucket", &[account, "+Inf"], count);
+    let family = &super::API_DURATION;
+    sample_named(out, family, "_sum", &[account], v.duration_sum);
+    sample_named(out, family, "_count", &[account], count);
+    let out = b.part(&super::API_REQUESTS, None);
+    for (code, n) in v.requests {
+        sample(out, &super::API_REQUESTS, &[account, code], n);
+    }
+    let out = b.part(&super::AUTH_REQUESTS, None);
+    for (code, n) in v.logins {
+        sample(out, &super::AUTH_REQUESTS, &[account, code], n);
+    }
+    if let Some(expiry) = v.token_expiry {
+        let out = b.part(&super::AUTH_TOKEN_EXPIRY, None);
+        let at = crate::unix_seconds(expiry);
+        sample(out, &super::AUTH_TOKEN_EXPIRY, &[account], at);
+    }
+    b.finish()
+}
+
+/// The `# HELP` and `# TYPE` lines of a family. In OpenMetrics a counter's
+/// family is named without its samples' `_total`, and the help escapes quotes.
+pub fn header_of(out: &mut String, name: &str, kind: Kind, help: &str, format: Format) {
+    let (name, kind) = match format {
+        Format::Text => (name, kind.as_str()),
+        Format::OpenMetrics => (
+            match kind {
+                Kind::Counter => name.strip_suffix("_total").unwrap_or(name),
+                _ => name,
+            },
+            kind.openmetrics(),
+        ),
+    };
+    let help = match format {
+        Format::Text => std::borrow::Cow::Borrowed(help),
+        Format::OpenMetrics => std::borrow::Cow::Owned(help.replace('"', "\\\"")),
+    };
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Writes one sample of `family`; `values` follow its label names.
+pub fn sample(out: &mut String, family: &Family, values: &[&str], value: impl std::fmt::Display) {
+    sample_named(out, family, "", values, value);
+}
+
+/// Writes one sample of `family` named with `suffix` (`_bucket`, ...).
+pub fn sample_named(
+    out: &mut String,
+    family: &Family,
+    suffix: &str,
+    values: &[&str],
+    value: impl std::fmt::Display,
+) {
+    debug_assert_eq!(family.labels.len(), values.len(), "{}", family.name);
+    out.push_str(family.name);
+    out.push_str(suffix);
+    out.push('{');
+    for (i, (k, v)) in family.labels.iter().zip(values).enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(k);
+        out.push_str("=\"");
+        escape_label_value(out, v);
+        out.push('"');
+    }
+    let _ = writeln!(out, "}} {value}");
+}
+
+/// Escapes a label value for the text format: backslash, double quote, newline.
+pub fn escape_label_value(out: &mut String, value: &str) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_part_holds_its_family_s_lines_only() {
+        let failures = [0; Reason::ALL.len()];
+        let anomalies = [2; Anomaly::ALL.len()];
+        let lines = series(
+            "a",
+            "HZ",
+            &SeriesValues {
+                up: true,
+                last_duration: Duration::from_millis(250),
+                last_success: None,
+                interval: Duration::from_secs(60),
+                failures: &failures,
+                anomalies: &anomalies,
+                folded: &[("image_type", 3)],
+                lifecycle: None,
+            },
+        );
+        let mut parts = 0;
+        for (i, part) in BODY.iter().enumerate() {
+            for line in lines.part(i).lines() {
+                assert!(line.starts_with(part.family.name), "{line} in {i}");
+                parts += 1;
+            }
+        }
+        // up, duration, last success, interval, a line per reason and anomaly,
+        // one folded label.
+        assert_eq!(parts, 4 + Reason::ALL.len() + Anomaly::ALL.len() + 1);
+        assert_eq!(
+            lines.part(slot(&crate::metrics::UP, None)),
+            "finovy_up{account=\"a\",datacenter_key=\"HZ\"} 1\n"
+        );
+        assert_eq!(lines.part(BODY.len()), "", "past the table: nothing");
+        assert!(Lines::default().part(0).is_empty());
+    }
+
+    #[test]
+    fn every_part_has_a_header_in_both_formats_and_a_slot() {
+        for (i, part) in BODY.iter().enumerate() {
+            assert_eq!(slot(part.family, part.only), i, "{}", part.family.name);
+            let mut text = String::new();
+            let f = part.family;
+            header_of(&mut text, f.name, f.kind, f.help, Format::OpenMetrics);
+            assert!(text.starts_with("# HELP finovy_"), "{text}");
+        }
+        let mut text = String::new();
+        let f = &crate::metrics::IMAGES_AGE;
+        header_of(&mut text, f.name, f.kind, f.help, Format::OpenMetrics);
+        assert!(text.ends_with("gaugehistogram\n"), "{text}");
+    }
+}
