@@ -101,8 +101,11 @@ fn bit(field: Field) -> u8 {
 pub struct GroupStats {
     /// Number of images.
     pub count: u64,
-    /// Sum of their sizes, bytes.
-    pub size_bytes: u64,
+    /// Sum of their sizes, bytes. A sum of 64-bit sizes can pass 2^64 (five
+    /// images of 8×10^9 GiB do), so it is kept in 128 bits: it never saturates,
+    /// and `finovy_images_size_bytes` prints it exactly (Prometheus keeps the
+    /// nearest float64, 15–17 significant digits).
+    pub size_bytes: u128,
     /// `createTime` of the oldest image with a valid one, Unix milliseconds.
     pub oldest_created_ms: Option<i64>,
 }
@@ -110,14 +113,14 @@ pub struct GroupStats {
 impl GroupStats {
     fn add(&mut self, item: &Item) {
         self.count += 1;
-        self.size_bytes = self.size_bytes.saturating_add(item.size_bytes);
+        self.size_bytes += u128::from(item.size_bytes);
         self.note_created(item.created_ms);
     }
 
     /// Adds another group's totals to this one (used when groups are folded).
     pub fn merge(&mut self, other: &GroupStats) {
         self.count += other.count;
-        self.size_bytes = self.size_bytes.saturating_add(other.size_bytes);
+        self.size_bytes += other.size_bytes;
         self.note_created(other.oldest_created_ms);
     }
 

@@ -413,7 +413,7 @@ fn ago(now: std::time::SystemTime, at: std::time::SystemTime) -> String {
 }
 
 /// Bytes in binary units, three significant digits: "1.50 GiB".
-fn bytes(n: u64) -> String {
+fn bytes(n: u128) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut value = n as f64;
     let mut unit = 0;

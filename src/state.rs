@@ -92,8 +92,8 @@ pub struct PublishedImages {
     at_instant: Instant,
     /// Images over all groups.
     pub total_images: u64,
-    /// Bytes over all groups.
-    pub total_bytes: u64,
+    /// Bytes over all groups (128 bits: see [`crate::aggregate::GroupStats`]).
+    pub total_bytes: u128,
     /// Number of (status, image type) groups.
     pub groups: usize,
     /// Its image lines.
@@ -189,7 +189,7 @@ impl TargetState {
     }
 
     /// Images over the fresh series of all its datacenters, when it has any.
-    pub fn fresh_images(&self) -> Option<(u64, u64)> {
+    pub fn fresh_images(&self) -> Option<(u64, u128)> {
         let mut found = None;
         for series in self.datacenters.values() {
             if let Some(images) = series.images.as_ref().filter(|im| self.is_fresh(im)) {
@@ -338,10 +338,7 @@ impl State {
                             at: now,
                             at_instant: now_instant,
                             total_images: images.total_images(),
-                            total_bytes: images
-                                .groups
-                                .values()
-                                .fold(0, |sum, g| sum.saturating_add(g.size_bytes)),
+                            total_bytes: images.groups.values().map(|g| g.size_bytes).sum(),
                             groups: images.groups.len(),
                             lines: lines::images(&key.account, dc, images, &named, &collectors),
                         };
@@ -394,6 +391,15 @@ impl State {
                     if discovery && found.is_empty() {
                         t.datacenters.entry(NO_DATACENTER.to_string()).or_default();
                     }
+                    // With `--limit.datacenters` folding, the lifecycle changes of
+                    // a datacenter not published under its own key count under
+                    // `other`, as its images do: a series made for a raw key
+                    // would hold a pass's changes only until the next pass
+                    // dropped it, and the keys would be unbounded.
+                    let folding = folded
+                        .get(crate::labels::OTHER)
+                        .is_some_and(|f| f.iter().any(|(label, _)| *label == "datacenter_key"));
+                    let published: Vec<String> = found.keys().cloned().collect();
                     for (dc, (images, start)) in found {
                         let series = t.datacenters.entry(dc.clone()).or_default();
                         series.images = Some(images);
@@ -423,6 +429,11 @@ impl State {
                         // A datacenter gone from discovery has its deletions
                         // counted beside its last series.
                         for (dc, changes) in changes {
+                            let dc = if folding && !published.contains(&dc) {
+                                crate::labels::OTHER.to_string()
+                            } else {
+                                dc
+                            };
                             let series = t.datacenters.entry(dc).or_default();
                             series.lifecycle.add(changes, collectors.image_types);
                         }
@@ -467,7 +478,7 @@ mod tests {
             },
             GroupStats {
                 count: n,
-                size_bytes: n * 10,
+                size_bytes: u128::from(n) * 10,
                 oldest_created_ms: Some(1_700_000_000_000),
             },
         );
