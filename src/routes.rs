@@ -462,80 +462,56 @@ struct Negotiated {
 const ESCAPING: [&str; 4] = ["allow-utf-8", "underscores", "dots", "values"];
 
 /// Chooses the format as client_golang's `NegotiateIncludingOpenMetrics` does:
-/// media ranges in order of their weight (`q`, 1 when absent; the more specific
-/// first at equal weight, then in the order given; weight 0 refuses), the first
-/// one served wins: `application/openmetrics-text` with version 1.0.0 or none
-/// gets OpenMetrics 1.0.0, `text/plain` with version 0.0.4 or none the text
-/// format. Nothing served (OpenMetrics 0.0.1, text 1.0.0, `*/*`, no `Accept`):
-/// the text format.
+/// of the media ranges served, the one of the highest weight (`q`, 1 when
+/// absent; the first one given at equal weight; weight 0 refuses):
+/// `application/openmetrics-text` with version 1.0.0 or none gets OpenMetrics
+/// 1.0.0, `text/plain` with version 0.0.4 or none the text format. Nothing served
+/// (OpenMetrics 0.0.1, text 1.0.0, `*/*`, no `Accept`): the text format.
 ///
 /// Prometheus 3 sends `application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,
 /// application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,
 /// text/plain;version=0.0.4;q=0.3,*/*;q=0.2` and gets OpenMetrics 1.0.0.
 fn negotiate<B>(req: &Request<B>) -> Negotiated {
-    struct Range<'a> {
-        media: &'a str,
-        version: Option<&'a str>,
-        escaping: Option<&'a str>,
-        q: f32,
-        wildcard: bool,
-    }
-    let mut ranges: Vec<Range<'_>> = req
-        .headers()
-        .get_all(ACCEPT)
-        .iter()
+    let mut best: Option<(f32, Negotiated)> = None;
+    let ranges = req.headers().get_all(ACCEPT).iter();
+    for range in ranges
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|range| {
-            let mut parts = range.split(';').map(str::trim);
-            let media = parts.next().filter(|m| !m.is_empty())?;
-            let mut r = Range {
-                media,
-                version: None,
-                escaping: None,
-                q: 1.0,
-                wildcard: media.contains('*'),
-            };
-            for param in parts {
-                let (k, v) = param.split_once('=').unwrap_or((param, ""));
-                let v = v.trim().trim_matches('"');
-                match k.trim().to_ascii_lowercase().as_str() {
-                    "version" => r.version = Some(v),
-                    "escaping" => r.escaping = Some(v),
-                    "q" => r.q = v.parse::<f32>().ok().filter(|q| q.is_finite())?,
-                    _ => {}
-                }
+    {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let (mut version, mut escaping, mut q) = (None, None, Some(1.0));
+        for param in parts {
+            let (k, v) = param.split_once('=').unwrap_or((param, ""));
+            let v = v.trim().trim_matches('"');
+            match k.trim().to_ascii_lowercase().as_str() {
+                "version" => version = Some(v),
+                "escaping" => escaping = ESCAPING.into_iter().find(|s| s.eq_ignore_ascii_case(v)),
+                "q" => q = v.parse::<f32>().ok().filter(|q| q.is_finite()),
+                _ => {}
             }
-            (r.q > 0.0).then_some(r)
-        })
-        .collect();
-    // Stable: at equal weight and specificity, the order given.
-    ranges.sort_by(|a, b| b.q.total_cmp(&a.q).then(a.wildcard.cmp(&b.wildcard)));
-    let escaping_of = |r: &Range<'_>| {
-        r.escaping
-            .and_then(|e| ESCAPING.iter().copied().find(|s| s.eq_ignore_ascii_case(e)))
-    };
-    for r in &ranges {
-        let format = if r.media.eq_ignore_ascii_case("application/openmetrics-text")
-            && r.version.is_none_or(|v| v == "1.0.0")
-        {
-            Format::OpenMetrics
-        } else if r.media.eq_ignore_ascii_case("text/plain")
-            && r.version.is_none_or(|v| v == "0.0.4")
-        {
-            Format::Text
-        } else {
-            continue;
+        }
+        let format = match media.as_str() {
+            "application/openmetrics-text" if version.is_none_or(|v| v == "1.0.0") => {
+                Format::OpenMetrics
+            }
+            "text/plain" if version.is_none_or(|v| v == "0.0.4") => Format::Text,
+            _ => continue,
         };
-        return Negotiated {
-            format,
-            escaping: escaping_of(r),
-        };
+        match q {
+            Some(q) if q > 0.0 && best.is_none_or(|(b, _)| q > b) => {
+                best = Some((q, Negotiated { format, escaping }));
+            }
+            _ => {}
+        }
     }
-    Negotiated {
-        format: Format::Text,
-        escaping: None,
-    }
+    best.map_or(
+        Negotiated {
+            format: Format::Text,
+            escaping: None,
+        },
+        |(_, n)| n,
+    )
 }
 
 /// Whether the client accepts gzip, as RFC 9110 reads `Accept-Encoding`: the

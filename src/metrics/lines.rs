@@ -71,6 +71,13 @@ impl Builder {
         &mut self.text
     }
 
+    /// Writes one sample of `family` (a family of both formats), after the
+    /// samples before it in body order.
+    fn sample(&mut self, family: &Family, values: &[&str], value: impl std::fmt::Display) {
+        let out = self.part(family, None);
+        sample(out, family, values, value);
+    }
+
     fn finish(mut self) -> Lines {
         if self.text.is_empty() {
             return Lines::default();
@@ -101,21 +108,18 @@ pub fn images(
             (labels, stats)
         })
     };
-    let out = b.part(&super::IMAGES, None);
     for (labels, stats) in groups() {
-        sample(out, &super::IMAGES, &labels, stats.count);
+        b.sample(&super::IMAGES, &labels, stats.count);
     }
     if collectors.size {
-        let out = b.part(&super::IMAGES_SIZE, None);
         for (labels, stats) in groups() {
-            sample(out, &super::IMAGES_SIZE, &labels, stats.size_bytes);
+            b.sample(&super::IMAGES_SIZE, &labels, stats.size_bytes);
         }
     }
     if collectors.oldest {
-        let out = b.part(&super::IMAGES_OLDEST, None);
         for (labels, stats) in groups() {
             if let Some(ms) = stats.oldest_created_ms {
-                sample(out, &super::IMAGES_OLDEST, &labels, ms as f64 / 1000.0);
+                b.sample(&super::IMAGES_OLDEST, &labels, ms as f64 / 1000.0);
             }
         }
     }
@@ -123,18 +127,11 @@ pub fn images(
         ages(&mut b, account, datacenter, &images.ages);
     }
     if collectors.image_info.is_some() {
-        let out = b.part(&super::IMAGE_INFO, None);
         for n in named.iter().filter(|n| n.datacenter == datacenter) {
-            let labels = [
-                account,
-                datacenter,
-                &n.details.id,
-                &n.details.image_id,
-                &n.details.image_name,
-                &n.image_type,
-                n.status.label(),
-            ];
-            sample(out, &super::IMAGE_INFO, &labels, 1);
+            let d = &n.details;
+            let labels = [account, datacenter, &d.id, &d.image_id, &d.image_name];
+            let labels = [&labels[..], &[&n.image_type, n.status.label()]].concat();
+            b.sample(&super::IMAGE_INFO, &labels, 1);
         }
     }
     b.finish()
@@ -212,52 +209,51 @@ pub struct SeriesValues<'a> {
 
 /// The health and counter lines of one datacenter series.
 pub fn series(account: &str, datacenter: &str, v: &SeriesValues<'_>) -> Lines {
+    use super::{IMAGES_CREATED, IMAGES_DELETED, LIFECYCLE_SKIPPED, STATUS_TRANSITIONS};
     let mut b = Builder::new();
     let labels = [account, datacenter];
     if let Some(c) = v.lifecycle {
-        let out = b.part(&super::IMAGES_CREATED, None);
         for (ty, n) in &c.created {
-            sample(out, &super::IMAGES_CREATED, &[account, datacenter, ty], n);
+            b.sample(&IMAGES_CREATED, &[account, datacenter, ty], n);
         }
-        let out = b.part(&super::IMAGES_DELETED, None);
         for ((status, ty), n) in &c.deleted {
-            let labels = [account, datacenter, status.label(), ty.as_str()];
-            sample(out, &super::IMAGES_DELETED, &labels, n);
+            b.sample(
+                &IMAGES_DELETED,
+                &[account, datacenter, status.label(), ty],
+                n,
+            );
         }
-        let out = b.part(&super::STATUS_TRANSITIONS, None);
         for ((ty, from, to), n) in &c.transitions {
-            let labels = [account, datacenter, ty.as_str(), from.label(), to.label()];
-            sample(out, &super::STATUS_TRANSITIONS, &labels, n);
+            let labels = [account, datacenter, ty, from.label(), to.label()];
+            b.sample(&STATUS_TRANSITIONS, &labels, n);
         }
-        let out = b.part(&super::LIFECYCLE_SKIPPED, None);
-        sample(out, &super::LIFECYCLE_SKIPPED, &labels, c.skipped);
+        b.sample(&LIFECYCLE_SKIPPED, &labels, c.skipped);
     }
-    let out = b.part(&super::UP, None);
-    sample(out, &super::UP, &labels, u8::from(v.up));
-    let out = b.part(&super::REFRESH_DURATION, None);
+    b.sample(&super::UP, &labels, u8::from(v.up));
     let duration = v.last_duration.as_secs_f64();
-    sample(out, &super::REFRESH_DURATION, &labels, duration);
-    let out = b.part(&super::REFRESH_LAST_SUCCESS, None);
+    b.sample(&super::REFRESH_DURATION, &labels, duration);
     let last_success = v.last_success.map_or(0.0, crate::unix_seconds);
-    sample(out, &super::REFRESH_LAST_SUCCESS, &labels, last_success);
-    let out = b.part(&super::REFRESH_INTERVAL, None);
+    b.sample(&super::REFRESH_LAST_SUCCESS, &labels, last_success);
     let interval = v.interval.as_secs_f64();
-    sample(out, &super::REFRESH_INTERVAL, &labels, interval);
-    let out = b.part(&super::REFRESH_FAILURES, None);
+    b.sample(&super::REFRESH_INTERVAL, &labels, interval);
     for reason in Reason::ALL {
         let labels = [account, datacenter, reason.label()];
-        let n = v.failures[reason.index()];
-        sample(out, &super::REFRESH_FAILURES, &labels, n);
+        b.sample(
+            &super::REFRESH_FAILURES,
+            &labels,
+            v.failures[reason.index()],
+        );
     }
-    let out = b.part(&super::PAGINATION_ANOMALIES, None);
     for anomaly in Anomaly::ALL {
         let labels = [account, datacenter, anomaly.label()];
-        let n = v.anomalies[anomaly.index()];
-        sample(out, &super::PAGINATION_ANOMALIES, &labels, n);
+        b.sample(
+            &super::PAGINATION_ANOMALIES,
+            &labels,
+            v.anomalies[anomaly.index()],
+        );
     }
-    let out = b.part(&super::LIMIT_FOLDED, None);
     for (label, n) in v.folded {
-        sample(out, &super::LIMIT_FOLDED, &[account, datacenter, label], n);
+        b.sample(&super::LIMIT_FOLDED, &[account, datacenter, label], n);
     }
     b.finish()
 }
@@ -288,26 +284,20 @@ pub struct UpstreamValues<'a> {
 /// value, as the `prometheus` registry ordered them when they were its own.
 pub fn upstream(account: &str, v: &UpstreamValues<'_>) -> Lines {
     let mut b = Builder::new();
-    let out = b.part(&super::API_CONCURRENCY_LIMIT, None);
     if let Some(limit) = v.concurrency_limit {
-        sample(out, &super::API_CONCURRENCY_LIMIT, &[account], limit);
+        b.sample(&super::API_CONCURRENCY_LIMIT, &[account], limit);
     }
-    let out = b.part(&super::API_INVALID_ITEMS, None);
     let mut fields = Field::ALL.to_vec();
     fields.sort_by_key(|f| f.label());
     for field in fields {
         let labels = [account, field.label()];
-        sample(
-            out,
-            &super::API_INVALID_ITEMS,
-            &labels,
-            v.invalid[field.index()],
-        );
+        b.sample(&super::API_INVALID_ITEMS, &labels, v.invalid[field.index()]);
     }
-    let out = b.part(&super::API_DURATION, None);
+    let family = &super::API_DURATION;
+    let out = b.part(family, None);
     let buckets = Family {
         labels: &["account", "le"],
-        ..super::API_DURATION
+        ..*family
     };
     let mut cumulative = 0;
     for (bound, n) in v.duration_buckets {
@@ -317,21 +307,17 @@ pub fn upstream(account: &str, v: &UpstreamValues<'_>) -> Lines {
     }
     let count = v.duration_count;
     sample_named(out, &buckets, "_bucket", &[account, "+Inf"], count);
-    let family = &super::API_DURATION;
     sample_named(out, family, "_sum", &[account], v.duration_sum);
     sample_named(out, family, "_count", &[account], count);
-    let out = b.part(&super::API_REQUESTS, None);
     for (code, n) in v.requests {
-        sample(out, &super::API_REQUESTS, &[account, code], n);
+        b.sample(&super::API_REQUESTS, &[account, code], n);
     }
-    let out = b.part(&super::AUTH_REQUESTS, None);
     for (code, n) in v.logins {
-        sample(out, &super::AUTH_REQUESTS, &[account, code], n);
+        b.sample(&super::AUTH_REQUESTS, &[account, code], n);
     }
     if let Some(expiry) = v.token_expiry {
-        let out = b.part(&super::AUTH_TOKEN_EXPIRY, None);
         let at = crate::unix_seconds(expiry);
-        sample(out, &super::AUTH_TOKEN_EXPIRY, &[account], at);
+        b.sample(&super::AUTH_TOKEN_EXPIRY, &[account], at);
     }
     b.finish()
 }

@@ -135,311 +135,90 @@ const GROUP: &[&str] = &["account", "datacenter_key", "status", "image_type"];
 /// The labels of a target's datacenter.
 const TARGET: &[&str] = &["account", "datacenter_key"];
 
-/// `finovy_images`.
-pub const IMAGES: Family = Family {
-    name: "finovy_images",
-    kind: Kind::Gauge,
-    help: "Number of images per account, datacenter, status and image type, as of the last successful refresh of the datacenter (not fetched at scrape time).",
-    labels: GROUP,
-};
+/// Defines each family as a constant named as in `/metrics` (in capitals):
+/// `CONST: "name", Kind, labels, "help";`.
+macro_rules! families {
+    ($($id:ident: $name:literal, $kind:ident, $labels:expr, $help:literal;)*) => {
+        $(
+            #[doc = concat!("`", $name, "`.")]
+            pub const $id: Family = Family {
+                name: $name,
+                kind: Kind::$kind,
+                help: $help,
+                labels: $labels,
+            };
+        )*
+        /// Every family the exporter itself defines (the `process_*` families of
+        /// the `prometheus` crate's collector come on top).
+        pub const ALL: &[Family] = &[$($id),*];
+    };
+}
 
-/// `finovy_images_size_bytes`.
-pub const IMAGES_SIZE: Family = Family {
-    name: "finovy_images_size_bytes",
-    kind: Kind::Gauge,
-    help: "Total size in bytes of the images per account, datacenter, status and image type, as of the last successful refresh of the datacenter (not fetched at scrape time).",
-    labels: GROUP,
-};
-
-/// `finovy_images_oldest_created_timestamp_seconds`.
-pub const IMAGES_OLDEST: Family = Family {
-    name: "finovy_images_oldest_created_timestamp_seconds",
-    kind: Kind::Gauge,
-    help: "Creation time of the oldest image per account, datacenter, status and image type, as of the last successful refresh of the datacenter (not fetched at scrape time).",
-    labels: GROUP,
-};
-
-/// `finovy_images_age_seconds`.
-pub const IMAGES_AGE: Family = Family {
-    name: "finovy_images_age_seconds",
-    kind: Kind::GaugeHistogram,
-    help: "Ages (now - createTime) of the images per account, datacenter and status at the last successful refresh, as cumulative bucket gauges (a gauge histogram).",
-    labels: &["account", "datacenter_key", "status", "le"],
-};
-
-/// `finovy_images_age_seconds_gcount`: the text format's separate family for the
-/// gauge histogram's count.
-pub const IMAGES_AGE_GCOUNT: Family = Family {
-    name: "finovy_images_age_seconds_gcount",
-    kind: Kind::Gauge,
-    help: "Images with a readable createTime per account, datacenter and status at the last successful refresh (the count of finovy_images_age_seconds).",
-    labels: &["account", "datacenter_key", "status"],
-};
-
-/// `finovy_images_age_seconds_gsum`.
-pub const IMAGES_AGE_GSUM: Family = Family {
-    name: "finovy_images_age_seconds_gsum",
-    kind: Kind::Gauge,
-    help: "Sum of the ages in seconds of the images per account, datacenter and status at the last successful refresh (the sum of finovy_images_age_seconds).",
-    labels: &["account", "datacenter_key", "status"],
-};
-
-/// `finovy_images_created_total`.
-pub const IMAGES_CREATED: Family = Family {
-    name: "finovy_images_created_total",
-    kind: Kind::Counter,
-    help: "Images found by a complete refresh that the previous complete refresh of the datacenter did not list, by image type.",
-    labels: &["account", "datacenter_key", "image_type"],
-};
-
-/// `finovy_images_deleted_total`.
-pub const IMAGES_DELETED: Family = Family {
-    name: "finovy_images_deleted_total",
-    kind: Kind::Counter,
-    help: "Images listed by the previous complete refresh of the datacenter that a complete refresh no longer found, by their last status and image type.",
-    labels: &["account", "datacenter_key", "status", "image_type"],
-};
-
-/// `finovy_image_status_transitions_total`.
-pub const STATUS_TRANSITIONS: Family = Family {
-    name: "finovy_image_status_transitions_total",
-    kind: Kind::Counter,
-    help: "Images whose status changed between two complete refreshes of the datacenter, by image type and the status before (from) and after (to).",
-    labels: &["account", "datacenter_key", "image_type", "from", "to"],
-};
-
-/// `finovy_lifecycle_skipped_passes_total`.
-pub const LIFECYCLE_SKIPPED: Family = Family {
-    name: "finovy_lifecycle_skipped_passes_total",
-    kind: Kind::Counter,
-    help: "Refreshes that changed no lifecycle counter because they failed, were cut off or had a pagination anomaly (a paging glitch must not look like deletions).",
-    labels: &["account", "datacenter_key"],
-};
-
-/// `finovy_image_info`.
-pub const IMAGE_INFO: Family = Family {
-    name: "finovy_image_info",
-    kind: Kind::Gauge,
-    help: "The oldest images in the statuses of --collector.image-info.statuses, at most --collector.image-info.limit per target, as of the last successful refresh; always 1.",
-    labels: &[
-        "account",
-        "datacenter_key",
-        "id",
-        "image_id",
-        "image_name",
-        "image_type",
-        "status",
-    ],
-};
-
-/// `finovy_up`.
-pub const UP: Family = Family {
-    name: "finovy_up",
-    kind: Kind::Gauge,
-    help: "Whether the last refresh of the datacenter succeeded (1) or failed (0).",
-    labels: TARGET,
-};
-
-/// `finovy_refresh_duration_seconds`.
-pub const REFRESH_DURATION: Family = Family {
-    name: "finovy_refresh_duration_seconds",
-    kind: Kind::Gauge,
-    help: "Wall time of the last refresh of the datacenter, in seconds.",
-    labels: TARGET,
-};
-
-/// `finovy_refresh_last_success_timestamp_seconds`.
-pub const REFRESH_LAST_SUCCESS: Family = Family {
-    name: "finovy_refresh_last_success_timestamp_seconds",
-    kind: Kind::Gauge,
-    help: "Unix time of the last successful refresh of the datacenter (0 before the first).",
-    labels: TARGET,
-};
-
-/// `finovy_refresh_interval_seconds`.
-pub const REFRESH_INTERVAL: Family = Family {
-    name: "finovy_refresh_interval_seconds",
-    kind: Kind::Gauge,
-    help: "Configured time between two refreshes of the datacenter, in seconds (for alert rules).",
-    labels: TARGET,
-};
-
-/// `finovy_refresh_failures_total`.
-pub const REFRESH_FAILURES: Family = Family {
-    name: "finovy_refresh_failures_total",
-    kind: Kind::Counter,
-    help: "Failed refreshes of the datacenter, by reason (auth, timeout, connect, tls, http, api, decode).",
-    labels: &["account", "datacenter_key", "reason"],
-};
-
-/// `finovy_pagination_anomalies_total`.
-pub const PAGINATION_ANOMALIES: Family = Family {
-    name: "finovy_pagination_anomalies_total",
-    kind: Kind::Counter,
-    help: "Refreshes whose paging was inconsistent, by kind: duplicate_items, total_changed, total_mismatch, page_limit, foreign_items.",
-    labels: &["account", "datacenter_key", "kind"],
-};
-
-/// `finovy_limit_folded_groups`.
-pub const LIMIT_FOLDED: Family = Family {
-    name: "finovy_limit_folded_groups",
-    kind: Kind::Gauge,
-    help: "Groups folded into \"other\" by the last refresh because of --limit.image-types or --limit.datacenters, by label.",
-    labels: &["account", "datacenter_key", "label"],
-};
-
-/// `finovy_api_requests_total`.
-pub const API_REQUESTS: Family = Family {
-    name: "finovy_api_requests_total",
-    kind: Kind::Counter,
-    help: "Requests sent to the Finovy API, by account and HTTP status code (error when no answer came back).",
-    labels: &["account", "code"],
-};
-
-/// `finovy_api_request_duration_seconds`.
-pub const API_DURATION: Family = Family {
-    name: "finovy_api_request_duration_seconds",
-    kind: Kind::Histogram,
-    help: "Latency of requests to the Finovy API, answer body included, by account.",
-    labels: &["account"],
-};
-
-/// `finovy_api_invalid_items_total`.
-pub const API_INVALID_ITEMS: Family = Family {
-    name: "finovy_api_invalid_items_total",
-    kind: Kind::Counter,
-    help: "Images counted although one of their fields could not be read, by account and field.",
-    labels: &["account", "field"],
-};
-
-/// `finovy_api_concurrency_limit`.
-pub const API_CONCURRENCY_LIMIT: Family = Family {
-    name: "finovy_api_concurrency_limit",
-    kind: Kind::Gauge,
-    help: "Upstream requests the account may have in flight now (halved on HTTP 429, grown back after quiet passes).",
-    labels: &["account"],
-};
-
-/// `finovy_auth_requests_total`.
-pub const AUTH_REQUESTS: Family = Family {
-    name: "finovy_auth_requests_total",
-    kind: Kind::Counter,
-    help: "Logins sent to the Finovy API for an account that logs in, by the answer's code (the upstream code, else the HTTP status, error when no answer came back).",
-    labels: &["account", "code"],
-};
-
-/// `finovy_auth_token_expiry_timestamp_seconds`.
-pub const AUTH_TOKEN_EXPIRY: Family = Family {
-    name: "finovy_auth_token_expiry_timestamp_seconds",
-    kind: Kind::Gauge,
-    help: "Unix time at which the token of an account that logs in expires (no series while the account holds no token).",
-    labels: &["account"],
-};
-
-/// `finovy_shard_info`.
-pub const SHARD_INFO: Family = Family {
-    name: "finovy_shard_info",
-    kind: Kind::Gauge,
-    help: "The shard of the targets this replica refreshes, out of total_shards; always 1.",
-    labels: &["shard", "total_shards"],
-};
-
-/// `finovy_web_config_last_reload_successful`.
-pub const WEB_CONFIG_RELOAD: Family = Family {
-    name: "finovy_web_config_last_reload_successful",
-    kind: Kind::Gauge,
-    help: "Whether the last change of --web.config.file was loaded (0: the previous configuration is still in force).",
-    labels: &[],
-};
-
-/// `finovy_config_last_reload_successful`.
-pub const CONFIG_RELOAD: Family = Family {
-    name: "finovy_config_last_reload_successful",
-    kind: Kind::Gauge,
-    help: "Whether the last reload of --config.file succeeded (0: the previous configuration is still in force).",
-    labels: &[],
-};
-
-/// `finovy_config_last_reload_success_timestamp_seconds`.
-pub const CONFIG_RELOAD_TIMESTAMP: Family = Family {
-    name: "finovy_config_last_reload_success_timestamp_seconds",
-    kind: Kind::Gauge,
-    help: "Unix time of the last successful load of the configuration (the start, without --config.file).",
-    labels: &[],
-};
-
-/// `finovy_exporter_build_info`.
-pub const BUILD_INFO: Family = Family {
-    name: "finovy_exporter_build_info",
-    kind: Kind::Gauge,
-    help: "Version and revision of the exporter; always 1.",
-    labels: &["version", "revision"],
-};
-
-/// `finovy_demo_mode`.
-pub const DEMO_MODE: Family = Family {
-    name: "finovy_demo_mode",
-    kind: Kind::Gauge,
-    help: "1 when the exporter serves data from its built-in simulated upstream (--demo), else 0.",
-    labels: &[],
-};
-
-/// Every family the exporter itself defines (the `process_*` families of the
-/// `prometheus` crate's collector come on top), in the order `/metrics` lists them.
-pub const ALL: &[Family] = &[
-    IMAGES,
-    IMAGES_SIZE,
-    IMAGES_OLDEST,
-    IMAGES_AGE,
-    IMAGES_AGE_GCOUNT,
-    IMAGES_AGE_GSUM,
-    IMAGES_CREATED,
-    IMAGES_DELETED,
-    STATUS_TRANSITIONS,
-    LIFECYCLE_SKIPPED,
-    IMAGE_INFO,
-    UP,
-    REFRESH_DURATION,
-    REFRESH_LAST_SUCCESS,
-    REFRESH_INTERVAL,
-    REFRESH_FAILURES,
-    PAGINATION_ANOMALIES,
-    LIMIT_FOLDED,
-    API_REQUESTS,
-    API_DURATION,
-    API_INVALID_ITEMS,
-    API_CONCURRENCY_LIMIT,
-    AUTH_REQUESTS,
-    AUTH_TOKEN_EXPIRY,
-    SHARD_INFO,
-    WEB_CONFIG_RELOAD,
-    CONFIG_RELOAD,
-    CONFIG_RELOAD_TIMESTAMP,
-    BUILD_INFO,
-    DEMO_MODE,
-];
+families! {
+    IMAGES: "finovy_images", Gauge, GROUP,
+        "Number of images per account, datacenter, status and image type, as of the last successful refresh of the datacenter (not fetched at scrape time).";
+    IMAGES_SIZE: "finovy_images_size_bytes", Gauge, GROUP,
+        "Total size in bytes of the images per account, datacenter, status and image type, as of the last successful refresh of the datacenter (not fetched at scrape time).";
+    IMAGES_OLDEST: "finovy_images_oldest_created_timestamp_seconds", Gauge, GROUP,
+        "Creation time of the oldest image per account, datacenter, status and image type, as of the last successful refresh of the datacenter (not fetched at scrape time).";
+    IMAGES_AGE: "finovy_images_age_seconds", GaugeHistogram, &["account", "datacenter_key", "status", "le"],
+        "Ages (now - createTime) of the images per account, datacenter and status at the last successful refresh, as cumulative bucket gauges (a gauge histogram).";
+    IMAGES_AGE_GCOUNT: "finovy_images_age_seconds_gcount", Gauge, &["account", "datacenter_key", "status"],
+        "Images with a readable createTime per account, datacenter and status at the last successful refresh (the count of finovy_images_age_seconds).";
+    IMAGES_AGE_GSUM: "finovy_images_age_seconds_gsum", Gauge, &["account", "datacenter_key", "status"],
+        "Sum of the ages in seconds of the images per account, datacenter and status at the last successful refresh (the sum of finovy_images_age_seconds).";
+    IMAGES_CREATED: "finovy_images_created_total", Counter, &["account", "datacenter_key", "image_type"],
+        "Images found by a complete refresh that the previous complete refresh of the datacenter did not list, by image type.";
+    IMAGES_DELETED: "finovy_images_deleted_total", Counter, &["account", "datacenter_key", "status", "image_type"],
+        "Images listed by the previous complete refresh of the datacenter that a complete refresh no longer found, by their last status and image type.";
+    STATUS_TRANSITIONS: "finovy_image_status_transitions_total", Counter, &["account", "datacenter_key", "image_type", "from", "to"],
+        "Images whose status changed between two complete refreshes of the datacenter, by image type and the status before (from) and after (to).";
+    LIFECYCLE_SKIPPED: "finovy_lifecycle_skipped_passes_total", Counter, &["account", "datacenter_key"],
+        "Refreshes that changed no lifecycle counter because they failed, were cut off or had a pagination anomaly (a paging glitch must not look like deletions).";
+    IMAGE_INFO: "finovy_image_info", Gauge, &["account", "datacenter_key", "id", "image_id", "image_name", "image_type", "status"],
+        "The oldest images in the statuses of --collector.image-info.statuses, at most --collector.image-info.limit per target, as of the last successful refresh; always 1.";
+    UP: "finovy_up", Gauge, TARGET,
+        "Whether the last refresh of the datacenter succeeded (1) or failed (0).";
+    REFRESH_DURATION: "finovy_refresh_duration_seconds", Gauge, TARGET,
+        "Wall time of the last refresh of the datacenter, in seconds.";
+    REFRESH_LAST_SUCCESS: "finovy_refresh_last_success_timestamp_seconds", Gauge, TARGET,
+        "Unix time of the last successful refresh of the datacenter (0 before the first).";
+    REFRESH_INTERVAL: "finovy_refresh_interval_seconds", Gauge, TARGET,
+        "Configured time between two refreshes of the datacenter, in seconds (for alert rules).";
+    REFRESH_FAILURES: "finovy_refresh_failures_total", Counter, &["account", "datacenter_key", "reason"],
+        "Failed refreshes of the datacenter, by reason (auth, timeout, connect, tls, http, api, decode).";
+    PAGINATION_ANOMALIES: "finovy_pagination_anomalies_total", Counter, &["account", "datacenter_key", "kind"],
+        "Refreshes whose paging was inconsistent, by kind: duplicate_items, total_changed, total_mismatch, page_limit, foreign_items.";
+    LIMIT_FOLDED: "finovy_limit_folded_groups", Gauge, &["account", "datacenter_key", "label"],
+        "Groups folded into \"other\" by the last refresh because of --limit.image-types or --limit.datacenters, by label.";
+    API_REQUESTS: "finovy_api_requests_total", Counter, &["account", "code"],
+        "Requests sent to the Finovy API, by account and HTTP status code (error when no answer came back).";
+    API_DURATION: "finovy_api_request_duration_seconds", Histogram, &["account"],
+        "Latency of requests to the Finovy API, answer body included, by account.";
+    API_INVALID_ITEMS: "finovy_api_invalid_items_total", Counter, &["account", "field"],
+        "Images counted although one of their fields could not be read, by account and field.";
+    API_CONCURRENCY_LIMIT: "finovy_api_concurrency_limit", Gauge, &["account"],
+        "Upstream requests the account may have in flight now (halved on HTTP 429, grown back after quiet passes).";
+    AUTH_REQUESTS: "finovy_auth_requests_total", Counter, &["account", "code"],
+        "Logins sent to the Finovy API for an account that logs in, by the answer's code (the upstream code, else the HTTP status, error when no answer came back).";
+    AUTH_TOKEN_EXPIRY: "finovy_auth_token_expiry_timestamp_seconds", Gauge, &["account"],
+        "Unix time at which the token of an account that logs in expires (no series while the account holds no token).";
+    SHARD_INFO: "finovy_shard_info", Gauge, &["shard", "total_shards"],
+        "The shard of the targets this replica refreshes, out of total_shards; always 1.";
+    WEB_CONFIG_RELOAD: "finovy_web_config_last_reload_successful", Gauge, &[],
+        "Whether the last change of --web.config.file was loaded (0: the previous configuration is still in force).";
+    CONFIG_RELOAD: "finovy_config_last_reload_successful", Gauge, &[],
+        "Whether the last reload of --config.file succeeded (0: the previous configuration is still in force).";
+    CONFIG_RELOAD_TIMESTAMP: "finovy_config_last_reload_success_timestamp_seconds", Gauge, &[],
+        "Unix time of the last successful load of the configuration (the start, without --config.file).";
+    BUILD_INFO: "finovy_exporter_build_info", Gauge, &["version", "revision"],
+        "Version and revision of the exporter; always 1.";
+    DEMO_MODE: "finovy_demo_mode", Gauge, &[],
+        "1 when the exporter serves data from its built-in simulated upstream (--demo), else 0.";
+}
 
 /// Which scrapes have a part of the body.
 type When = fn(&Collectors) -> bool;
-
-fn always(_: &Collectors) -> bool {
-    true
-}
-fn size(c: &Collectors) -> bool {
-    c.size
-}
-fn oldest(c: &Collectors) -> bool {
-    c.oldest
-}
-fn age(c: &Collectors) -> bool {
-    c.age
-}
-fn lifecycle(c: &Collectors) -> bool {
-    c.lifecycle
-}
-fn image_info(c: &Collectors) -> bool {
-    c.image_info.is_some()
-}
 
 /// One part of a body: a family's header and the lines of every target for it.
 #[derive(Debug, Clone, Copy)]
@@ -473,38 +252,38 @@ const TEXT: Option<Format> = Some(Format::Text);
 /// series' buckets, `_gcount` and `_gsum` together in one family. The process-wide
 /// families of the registry follow the last part.
 pub const BODY: [Part; 25] = [
-    part(&IMAGES, None, always),
-    part(&IMAGES_SIZE, None, size),
-    part(&IMAGES_OLDEST, None, oldest),
-    part(&IMAGES_AGE, TEXT, age),
-    part(&IMAGES_AGE_GCOUNT, TEXT, age),
-    part(&IMAGES_AGE_GSUM, TEXT, age),
-    part(&IMAGES_AGE, Some(Format::OpenMetrics), age),
-    part(&IMAGES_CREATED, None, lifecycle),
-    part(&IMAGES_DELETED, None, lifecycle),
-    part(&STATUS_TRANSITIONS, None, lifecycle),
-    part(&LIFECYCLE_SKIPPED, None, lifecycle),
-    part(&IMAGE_INFO, None, image_info),
-    part(&UP, None, always),
-    part(&REFRESH_DURATION, None, always),
-    part(&REFRESH_LAST_SUCCESS, None, always),
-    part(&REFRESH_INTERVAL, None, always),
-    part(&REFRESH_FAILURES, None, always),
-    part(&PAGINATION_ANOMALIES, None, always),
-    part(&LIMIT_FOLDED, None, always),
+    part(&IMAGES, None, |_| true),
+    part(&IMAGES_SIZE, None, |c| c.size),
+    part(&IMAGES_OLDEST, None, |c| c.oldest),
+    part(&IMAGES_AGE, TEXT, |c| c.age),
+    part(&IMAGES_AGE_GCOUNT, TEXT, |c| c.age),
+    part(&IMAGES_AGE_GSUM, TEXT, |c| c.age),
+    part(&IMAGES_AGE, Some(Format::OpenMetrics), |c| c.age),
+    part(&IMAGES_CREATED, None, |c| c.lifecycle),
+    part(&IMAGES_DELETED, None, |c| c.lifecycle),
+    part(&STATUS_TRANSITIONS, None, |c| c.lifecycle),
+    part(&LIFECYCLE_SKIPPED, None, |c| c.lifecycle),
+    part(&IMAGE_INFO, None, |c| c.image_info.is_some()),
+    part(&UP, None, |_| true),
+    part(&REFRESH_DURATION, None, |_| true),
+    part(&REFRESH_LAST_SUCCESS, None, |_| true),
+    part(&REFRESH_INTERVAL, None, |_| true),
+    part(&REFRESH_FAILURES, None, |_| true),
+    part(&PAGINATION_ANOMALIES, None, |_| true),
+    part(&LIMIT_FOLDED, None, |_| true),
     // The account families, in the name order the `prometheus` registry gave
     // them when they were its own.
-    part(&API_CONCURRENCY_LIMIT, None, always),
-    part(&API_INVALID_ITEMS, None, always),
-    part(&API_DURATION, None, always),
-    part(&API_REQUESTS, None, always),
+    part(&API_CONCURRENCY_LIMIT, None, |_| true),
+    part(&API_INVALID_ITEMS, None, |_| true),
+    part(&API_DURATION, None, |_| true),
+    part(&API_REQUESTS, None, |_| true),
     Part {
         optional: true,
-        ..part(&AUTH_REQUESTS, None, always)
+        ..part(&AUTH_REQUESTS, None, |_| true)
     },
     Part {
         optional: true,
-        ..part(&AUTH_TOKEN_EXPIRY, None, always)
+        ..part(&AUTH_TOKEN_EXPIRY, None, |_| true)
     },
 ];
 

@@ -7,6 +7,7 @@
 //! and only while no target published since: concurrent scrapers share it, and
 //! every response sends the same buffer ([`Bytes`]), never a copy of its own.
 
+use std::io::{Read as _, Write as _};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -106,8 +107,22 @@ impl<'a> Sources<'a> {
             self.write(&mut out, format)?;
             out.into_inner().map_err(|e| e.into_error())?.finish()
         };
+        // One allocation of the right size (near it, gzipped): a buffer grown by
+        // doubling leaves the smaller ones behind in the heap.
+        let items = self.items();
+        let collectors = &self.snapshot.collectors;
+        let parts = BODY
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| p.in_body(format, collectors));
+        let lines: usize = parts
+            .map(|(slot, _)| items.iter().map(|l| l.part(slot).len()).sum::<usize>())
+            .sum();
+        // Headers and the registry's families: a few tens of kilobytes.
+        let len = lines + 64 * 1024;
+        let capacity = if gzip { len / 8 } else { len };
         // Writing into memory does not fail; an empty body would show it.
-        Bytes::from(write(Vec::new()).unwrap_or_default())
+        Bytes::from(write(Vec::with_capacity(capacity)).unwrap_or_default())
     }
 }
 
@@ -146,7 +161,8 @@ fn encode_registry(out: &mut String, families: &[MetricFamily], format: Format) 
     }
 }
 
-/// One written body, with what it was written from.
+/// One written body, in the encodings asked for so far. It keeps no source: a
+/// snapshot held here would keep every line its targets replaced since.
 struct Cached {
     /// The snapshot generation it was written from.
     generation: u64,
@@ -154,22 +170,30 @@ struct Cached {
     at: Instant,
     gzip: OnceLock<Bytes>,
     plain: OnceLock<Bytes>,
-    /// The sources, kept to write the other encoding on demand.
-    snapshot: Arc<Snapshot>,
-    accounts: Vec<Arc<Lines>>,
-    own: Vec<MetricFamily>,
 }
 
 impl Cached {
-    fn get(&self, format: Format, gzip: bool) -> Bytes {
-        let sources = Sources {
-            snapshot: &self.snapshot,
-            account: None,
-            accounts: &self.accounts,
-            own: &self.own,
+    /// The body, `gzip`-compressed or not, made from the other encoding when
+    /// only that one was written.
+    fn get(&self, gzip: bool) -> Bytes {
+        let made = if gzip {
+            self.gzip.get_or_init(|| {
+                let plain = self.plain.get().map_or(&[][..], |b| &b[..]);
+                let mut out = GzEncoder::new(Vec::new(), Compression::fast());
+                // Writing into memory does not fail.
+                let _ = out.write_all(plain);
+                Bytes::from(out.finish().unwrap_or_default())
+            })
+        } else {
+            self.plain.get_or_init(|| {
+                let gzip = self.gzip.get().map_or(&[][..], |b| &b[..]);
+                let mut out = Vec::new();
+                // The exporter's own gzip stream inflates.
+                let _ = flate2::read::GzDecoder::new(gzip).read_to_end(&mut out);
+                Bytes::from(out)
+            })
         };
-        let cell = if gzip { &self.gzip } else { &self.plain };
-        cell.get_or_init(|| sources.body(format, gzip)).clone()
+        made.clone()
     }
 }
 
@@ -211,23 +235,29 @@ impl MetricsCache {
             if unchanged || cached.at >= asked {
                 let cached = Arc::clone(cached);
                 drop(slot);
-                return cached.get(format, gzip);
+                return cached.get(gzip);
             }
         }
         // The last body is let go of first: it is freed now (unless a response
         // still sends it) rather than after the next one is written.
         *slot = None;
-        let cached = Arc::new(Cached {
+        let accounts = self.telemetry.account_lines(None);
+        let own = self.telemetry.gather();
+        let sources = Sources {
+            snapshot: &snapshot,
+            account: None,
+            accounts: &accounts,
+            own: &own,
+        };
+        let body = sources.body(format, gzip);
+        let cached = Cached {
             generation: snapshot.generation,
             at: started,
             gzip: OnceLock::new(),
             plain: OnceLock::new(),
-            accounts: self.telemetry.account_lines(None),
-            own: self.telemetry.gather(),
-            snapshot,
-        });
-        let body = cached.get(format, gzip);
-        *slot = Some(cached);
+        };
+        let _ = if gzip { &cached.gzip } else { &cached.plain }.set(body.clone());
+        *slot = Some(Arc::new(cached));
         body
     }
 
@@ -250,7 +280,6 @@ mod tests {
     use super::*;
     use crate::account::TargetKey;
     use crate::state::Outcome;
-    use std::io::Read as _;
 
     /// A state with one registered target, its key, and a cache over it.
     fn one_target() -> (Arc<State>, TargetKey, MetricsCache) {
