@@ -21,7 +21,7 @@ use crate::account::TargetKey;
 use crate::aggregate::{DatacenterImages, NamedImage};
 use crate::labels::{Anomaly, Reason};
 use crate::lifecycle::{Changes, LifecycleCounters};
-use crate::metrics::lines::{self, Lines, SeriesValues};
+use crate::metrics::lines::{self, Lines};
 use crate::metrics::Collectors;
 
 /// The datacenter key of a discovery target's series before it found any
@@ -168,19 +168,11 @@ impl TargetState {
     /// Renders the health and counter lines of every datacenter series
     /// again. Every change of the target that `/metrics` shows ends with it.
     fn render(&mut self, account: &str, collectors: &Collectors) {
-        for (dc, series) in &mut self.datacenters {
-            let values = SeriesValues {
-                up: self.up,
-                last_duration: self.last_duration,
-                last_success: self.last_success,
-                interval: self.interval,
-                failures: &series.failures,
-                anomalies: &series.anomalies,
-                folded: &series.folded,
-                lifecycle: collectors.lifecycle.then_some(&series.lifecycle),
-            };
-            series.lines = lines::series(account, dc, &values);
+        let mut datacenters = std::mem::take(&mut self.datacenters);
+        for (dc, series) in &mut datacenters {
+            series.lines = lines::series(account, dc, self, series, collectors.lifecycle);
         }
+        self.datacenters = datacenters;
     }
 
     /// Whether a datacenter's image series are still served.

@@ -17,7 +17,7 @@ use prometheus::{Gauge, IntGauge, IntGaugeVec, Registry};
 
 use crate::labels::Field;
 use crate::metrics;
-use crate::metrics::lines::{self, Lines, UpstreamValues};
+use crate::metrics::lines::{sample_named, Builder, Lines};
 
 /// Upper bounds of the buckets of `finovy_api_request_duration_seconds`, in
 /// seconds.
@@ -56,6 +56,55 @@ struct Counts {
     logins: BTreeMap<String, u64>,
     /// When the token an account logged in for expires, while it holds one.
     token_expiry: Option<std::time::SystemTime>,
+}
+
+impl Counts {
+    /// The account's lines: concurrency limit, unreadable fields, request
+    /// durations, requests, logins and token expiry. Samples are ordered by label
+    /// value, as the `prometheus` registry ordered them when they were its own.
+    fn render(&self, account: &str) -> Lines {
+        let mut b = Builder::new();
+        if let Some(limit) = self.concurrency_limit {
+            b.sample(&metrics::API_CONCURRENCY_LIMIT, &[account], limit);
+        }
+        let mut fields = Field::ALL.to_vec();
+        fields.sort_by_key(|f| f.label());
+        for field in fields {
+            let labels = [account, field.label()];
+            b.sample(
+                &metrics::API_INVALID_ITEMS,
+                &labels,
+                self.invalid[field.index()],
+            );
+        }
+        let family = &metrics::API_DURATION;
+        let out = b.part(family, None);
+        let buckets = metrics::Family {
+            labels: &["account", "le"],
+            ..*family
+        };
+        let mut cumulative = 0;
+        for (bound, n) in API_DURATION_BUCKETS.iter().zip(self.duration_buckets) {
+            cumulative += n;
+            let le = bound.to_string();
+            sample_named(out, &buckets, "_bucket", &[account, &le], cumulative);
+        }
+        let count = self.duration_count;
+        sample_named(out, &buckets, "_bucket", &[account, "+Inf"], count);
+        sample_named(out, family, "_sum", &[account], self.duration_sum);
+        sample_named(out, family, "_count", &[account], count);
+        for (code, n) in &self.requests {
+            b.sample(&metrics::API_REQUESTS, &[account, code], n);
+        }
+        for (code, n) in &self.logins {
+            b.sample(&metrics::AUTH_REQUESTS, &[account, code], n);
+        }
+        if let Some(expiry) = self.token_expiry {
+            let at = crate::unix_seconds(expiry);
+            b.sample(&metrics::AUTH_TOKEN_EXPIRY, &[account], at);
+        }
+        b.finish()
+    }
 }
 
 impl Upstream {
@@ -140,24 +189,7 @@ impl Upstream {
                 return Arc::clone(lines);
             }
         }
-        let buckets: Vec<(f64, u64)> = API_DURATION_BUCKETS
-            .iter()
-            .copied()
-            .zip(c.duration_buckets)
-            .collect();
-        let lines = Arc::new(lines::upstream(
-            &self.account,
-            &UpstreamValues {
-                requests: &c.requests,
-                duration_buckets: &buckets,
-                duration_sum: c.duration_sum,
-                duration_count: c.duration_count,
-                invalid: &c.invalid,
-                concurrency_limit: c.concurrency_limit,
-                logins: &c.logins,
-                token_expiry: c.token_expiry,
-            },
-        ));
+        let lines = Arc::new(c.render(&self.account));
         *rendered = Some((c.version, Arc::clone(&lines)));
         lines
     }

@@ -8,12 +8,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime};
 
 use super::{slot, Collectors, Family, Format, Kind, BODY};
 use crate::aggregate::{AgeHistogram, DatacenterImages, NamedImage, AGE_BUCKETS_SECONDS};
-use crate::labels::{Anomaly, Field, Reason};
-use crate::lifecycle::LifecycleCounters;
+use crate::labels::{Anomaly, Reason};
+use crate::state::{DatacenterSeries, TargetState};
 
 /// Lines by part of the body.
 #[derive(Debug, Clone, Default)]
@@ -46,13 +45,13 @@ impl Lines {
 }
 
 /// Builds [`Lines`]: parts are written in body order.
-struct Builder {
+pub(crate) struct Builder {
     text: String,
     ends: Vec<u32>,
 }
 
 impl Builder {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Builder {
             text: String::new(),
             ends: Vec::with_capacity(BODY.len()),
@@ -61,7 +60,7 @@ impl Builder {
 
     /// Starts the lines of `family` (of its `only` layout, for the ages): every
     /// part before it ends here.
-    fn part(&mut self, family: &Family, only: Option<Format>) -> &mut String {
+    pub(crate) fn part(&mut self, family: &Family, only: Option<Format>) -> &mut String {
         let slot = slot(family, only);
         debug_assert!(self.ends.len() <= slot, "{} out of order", family.name);
         while self.ends.len() < slot {
@@ -73,12 +72,17 @@ impl Builder {
 
     /// Writes one sample of `family` (a family of both formats), after the
     /// samples before it in body order.
-    fn sample(&mut self, family: &Family, values: &[&str], value: impl std::fmt::Display) {
+    pub(crate) fn sample(
+        &mut self,
+        family: &Family,
+        values: &[&str],
+        value: impl std::fmt::Display,
+    ) {
         let out = self.part(family, None);
         sample(out, family, values, value);
     }
 
-    fn finish(mut self) -> Lines {
+    pub(crate) fn finish(mut self) -> Lines {
         if self.text.is_empty() {
             return Lines::default();
         }
@@ -187,32 +191,19 @@ fn ages(
     }
 }
 
-/// What the health and counter lines of one datacenter series show.
-pub struct SeriesValues<'a> {
-    /// Whether the target's last pass succeeded.
-    pub up: bool,
-    /// Wall time of its last pass.
-    pub last_duration: Duration,
-    /// When it last succeeded.
-    pub last_success: Option<SystemTime>,
-    /// Time between its passes.
-    pub interval: Duration,
-    /// Failed passes, per [`Reason::index`].
-    pub failures: &'a [u64; Reason::ALL.len()],
-    /// Anomalies, per [`Anomaly::index`].
-    pub anomalies: &'a [u64; Anomaly::ALL.len()],
-    /// Groups folded by the last successful pass, per label name.
-    pub folded: &'a [(&'static str, u64)],
-    /// The lifecycle counters, when that collector runs.
-    pub lifecycle: Option<&'a LifecycleCounters>,
-}
-
-/// The health and counter lines of one datacenter series.
-pub fn series(account: &str, datacenter: &str, v: &SeriesValues<'_>) -> Lines {
+/// The health and counter lines of one datacenter series of `target`, with its
+/// lifecycle counters when that collector runs.
+pub fn series(
+    account: &str,
+    datacenter: &str,
+    target: &TargetState,
+    v: &DatacenterSeries,
+    lifecycle: bool,
+) -> Lines {
     use super::{IMAGES_CREATED, IMAGES_DELETED, LIFECYCLE_SKIPPED, STATUS_TRANSITIONS};
     let mut b = Builder::new();
     let labels = [account, datacenter];
-    if let Some(c) = v.lifecycle {
+    if let Some(c) = Some(&v.lifecycle).filter(|_| lifecycle) {
         for (ty, n) in &c.created {
             b.sample(&IMAGES_CREATED, &[account, datacenter, ty], n);
         }
@@ -229,12 +220,12 @@ pub fn series(account: &str, datacenter: &str, v: &SeriesValues<'_>) -> Lines {
         }
         b.sample(&LIFECYCLE_SKIPPED, &labels, c.skipped);
     }
-    b.sample(&super::UP, &labels, u8::from(v.up));
-    let duration = v.last_duration.as_secs_f64();
+    b.sample(&super::UP, &labels, u8::from(target.up));
+    let duration = target.last_duration.as_secs_f64();
     b.sample(&super::REFRESH_DURATION, &labels, duration);
-    let last_success = v.last_success.map_or(0.0, crate::unix_seconds);
+    let last_success = target.last_success.map_or(0.0, crate::unix_seconds);
     b.sample(&super::REFRESH_LAST_SUCCESS, &labels, last_success);
-    let interval = v.interval.as_secs_f64();
+    let interval = target.interval.as_secs_f64();
     b.sample(&super::REFRESH_INTERVAL, &labels, interval);
     for reason in Reason::ALL {
         let labels = [account, datacenter, reason.label()];
@@ -252,72 +243,8 @@ pub fn series(account: &str, datacenter: &str, v: &SeriesValues<'_>) -> Lines {
             v.anomalies[anomaly.index()],
         );
     }
-    for (label, n) in v.folded {
+    for (label, n) in &v.folded {
         b.sample(&super::LIMIT_FOLDED, &[account, datacenter, label], n);
-    }
-    b.finish()
-}
-
-/// What the lines of one account's upstream calls and logins show.
-pub struct UpstreamValues<'a> {
-    /// Requests by their `code` label, in label order.
-    pub requests: &'a BTreeMap<String, u64>,
-    /// The upper bound of each duration bucket, with the requests that took more
-    /// than the bound before it and at most this one (not cumulative).
-    pub duration_buckets: &'a [(f64, u64)],
-    /// Seconds over all requests.
-    pub duration_sum: f64,
-    /// Requests timed.
-    pub duration_count: u64,
-    /// Items counted although a field was unreadable, per [`Field::index`].
-    pub invalid: &'a [u64; Field::ALL.len()],
-    /// The concurrency limit, once the account's budget has set it.
-    pub concurrency_limit: Option<u32>,
-    /// Logins by their `code` label, in label order.
-    pub logins: &'a BTreeMap<String, u64>,
-    /// When the account's token expires, while it holds one it logged in for.
-    pub token_expiry: Option<SystemTime>,
-}
-
-/// The lines of one account: concurrency limit, unreadable fields, request
-/// durations, requests, logins and token expiry. Samples are ordered by label
-/// value, as the `prometheus` registry ordered them when they were its own.
-pub fn upstream(account: &str, v: &UpstreamValues<'_>) -> Lines {
-    let mut b = Builder::new();
-    if let Some(limit) = v.concurrency_limit {
-        b.sample(&super::API_CONCURRENCY_LIMIT, &[account], limit);
-    }
-    let mut fields = Field::ALL.to_vec();
-    fields.sort_by_key(|f| f.label());
-    for field in fields {
-        let labels = [account, field.label()];
-        b.sample(&super::API_INVALID_ITEMS, &labels, v.invalid[field.index()]);
-    }
-    let family = &super::API_DURATION;
-    let out = b.part(family, None);
-    let buckets = Family {
-        labels: &["account", "le"],
-        ..*family
-    };
-    let mut cumulative = 0;
-    for (bound, n) in v.duration_buckets {
-        cumulative += n;
-        let le = bound.to_string();
-        sample_named(out, &buckets, "_bucket", &[account, &le], cumulative);
-    }
-    let count = v.duration_count;
-    sample_named(out, &buckets, "_bucket", &[account, "+Inf"], count);
-    sample_named(out, family, "_sum", &[account], v.duration_sum);
-    sample_named(out, family, "_count", &[account], count);
-    for (code, n) in v.requests {
-        b.sample(&super::API_REQUESTS, &[account, code], n);
-    }
-    for (code, n) in v.logins {
-        b.sample(&super::AUTH_REQUESTS, &[account, code], n);
-    }
-    if let Some(expiry) = v.token_expiry {
-        let at = crate::unix_seconds(expiry);
-        b.sample(&super::AUTH_TOKEN_EXPIRY, &[account], at);
     }
     b.finish()
 }
@@ -389,22 +316,19 @@ mod tests {
 
     #[test]
     fn each_part_holds_its_family_s_lines_only() {
-        let failures = [0; Reason::ALL.len()];
-        let anomalies = [2; Anomaly::ALL.len()];
-        let lines = series(
-            "a",
-            "HZ",
-            &SeriesValues {
-                up: true,
-                last_duration: Duration::from_millis(250),
-                last_success: None,
-                interval: Duration::from_secs(60),
-                failures: &failures,
-                anomalies: &anomalies,
-                folded: &[("image_type", 3)],
-                lifecycle: None,
-            },
+        let state = crate::state::State::new();
+        let key = crate::account::TargetKey::datacenter("a", "HZ");
+        state.register(
+            &key,
+            std::time::Duration::from_secs(60),
+            std::time::Duration::ZERO,
         );
+        let snap = state.snapshot();
+        let target = &snap.targets[&key];
+        let mut dc = (*target.datacenters["HZ"]).clone();
+        dc.anomalies = [2; Anomaly::ALL.len()];
+        dc.folded = vec![("image_type", 3)];
+        let lines = series("a", "HZ", target, &dc, false);
         let mut parts = 0;
         for (i, part) in BODY.iter().enumerate() {
             for line in lines.part(i).lines() {
@@ -417,7 +341,7 @@ mod tests {
         assert_eq!(parts, 4 + Reason::ALL.len() + Anomaly::ALL.len() + 1);
         assert_eq!(
             lines.part(slot(&crate::metrics::UP, None)),
-            "finovy_up{account=\"a\",datacenter_key=\"HZ\"} 1\n"
+            "finovy_up{account=\"a\",datacenter_key=\"HZ\"} 0\n"
         );
         assert_eq!(lines.part(BODY.len()), "", "past the table: nothing");
         assert!(Lines::default().part(0).is_empty());
