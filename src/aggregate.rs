@@ -159,8 +159,8 @@ pub const AGE_BUCKETS_SECONDS: [u64; 8] = [
 pub struct AgeHistogram {
     /// Images per bucket (not cumulative); the last is beyond the last bound.
     pub buckets: [u64; AGE_BUCKETS_SECONDS.len() + 1],
-    /// Sum of the ages, milliseconds.
-    pub sum_ms: u64,
+    /// Sum of the ages, milliseconds (128 bits: no sum saturates).
+    pub sum_ms: u128,
 }
 
 impl AgeHistogram {
@@ -172,7 +172,7 @@ impl AgeHistogram {
             .position(|b| age_ms <= b * 1000)
             .unwrap_or(AGE_BUCKETS_SECONDS.len());
         self.buckets[i] += 1;
-        self.sum_ms = self.sum_ms.saturating_add(age_ms);
+        self.sum_ms += u128::from(age_ms);
     }
 
     /// Adds another histogram (used when datacenters are folded).
@@ -180,7 +180,7 @@ impl AgeHistogram {
         for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
             *a += b;
         }
-        self.sum_ms = self.sum_ms.saturating_add(other.sum_ms);
+        self.sum_ms += other.sum_ms;
     }
 
     /// Images observed.

@@ -179,19 +179,6 @@ impl TargetState {
     pub fn is_fresh(&self, images: &PublishedImages) -> bool {
         images.at_instant.elapsed() <= self.stale_after
     }
-
-    /// Images over the fresh series of all its datacenters, when it has any.
-    pub fn fresh_images(&self) -> Option<(u64, u128)> {
-        let mut found = None;
-        for series in self.datacenters.values() {
-            if let Some(images) = series.images.as_ref().filter(|im| self.is_fresh(im)) {
-                let (n, bytes) = found.get_or_insert((0, 0));
-                *n += images.total_images;
-                *bytes += images.total_bytes;
-            }
-        }
-        found
-    }
 }
 
 /// One consistent view of every target.
@@ -292,18 +279,19 @@ impl State {
 
     /// Records when a target's next pass is due.
     pub fn set_next_pass(&self, key: &TargetKey, at: SystemTime) {
-        self.update(|snap| {
-            if let Some(t) = snap.targets.get_mut(key) {
-                Arc::make_mut(t).next_pass = Some(at);
-            }
-        });
+        self.change_target(key, |t| t.next_pass = Some(at));
     }
 
     /// Sets (or clears) the notice of a target.
     pub fn set_notice(&self, key: &TargetKey, notice: Option<String>) {
+        self.change_target(key, |t| t.notice = notice);
+    }
+
+    /// Changes one target, if it is registered.
+    fn change_target(&self, key: &TargetKey, change: impl FnOnce(&mut TargetState)) {
         self.update(|snap| {
             if let Some(t) = snap.targets.get_mut(key) {
-                Arc::make_mut(t).notice = notice;
+                change(Arc::make_mut(t));
             }
         });
     }

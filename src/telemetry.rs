@@ -217,36 +217,29 @@ impl Telemetry {
     /// Creates the metrics and registers them with a new registry.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let build_info = IntGaugeVec::new(metrics::BUILD_INFO.opts(), metrics::BUILD_INFO.labels)
-            .expect("valid metric");
-        build_info
-            .with_label_values(&[crate::VERSION, crate::REVISION])
-            .set(1);
-        let shard_info = IntGaugeVec::new(metrics::SHARD_INFO.opts(), metrics::SHARD_INFO.labels)
-            .expect("valid metric");
-        shard_info.with_label_values(&["0", "1"]).set(1);
-        let web_config_last_reload_successful =
-            IntGauge::with_opts(metrics::WEB_CONFIG_RELOAD.opts()).expect("valid metric");
-        web_config_last_reload_successful.set(1);
-        let demo_mode = IntGauge::with_opts(metrics::DEMO_MODE.opts()).expect("valid metric");
-        let config_last_reload_successful =
-            IntGauge::with_opts(metrics::CONFIG_RELOAD.opts()).expect("valid metric");
-        config_last_reload_successful.set(1);
+        let register = |c: Box<dyn prometheus::core::Collector>| {
+            registry.register(c).expect("metric names are unique");
+        };
+        let gauge = |f: &metrics::Family, value: i64| {
+            let gauge = IntGauge::with_opts(f.opts()).expect("valid metric");
+            gauge.set(value);
+            register(Box::new(gauge.clone()));
+            gauge
+        };
+        let web_config_last_reload_successful = gauge(&metrics::WEB_CONFIG_RELOAD, 1);
+        let demo_mode = gauge(&metrics::DEMO_MODE, 0);
+        let config_last_reload_successful = gauge(&metrics::CONFIG_RELOAD, 1);
         let config_last_reload_success_timestamp =
             Gauge::with_opts(metrics::CONFIG_RELOAD_TIMESTAMP.opts()).expect("valid metric");
-
-        for collector in [
-            Box::new(shard_info.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(build_info),
-            Box::new(web_config_last_reload_successful.clone()),
-            Box::new(demo_mode.clone()),
-            Box::new(config_last_reload_successful.clone()),
-            Box::new(config_last_reload_success_timestamp.clone()),
-        ] {
-            registry
-                .register(collector)
-                .expect("metric names are unique");
-        }
+        register(Box::new(config_last_reload_success_timestamp.clone()));
+        let info = |f: &metrics::Family, values: &[&str]| {
+            let info = IntGaugeVec::new(f.opts(), f.labels).expect("valid metric");
+            info.with_label_values(values).set(1);
+            register(Box::new(info.clone()));
+            info
+        };
+        let shard_info = info(&metrics::SHARD_INFO, &["0", "1"]);
+        info(&metrics::BUILD_INFO, &[crate::VERSION, crate::REVISION]);
         #[cfg(target_os = "linux")]
         registry
             .register(Box::new(

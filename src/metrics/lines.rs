@@ -32,16 +32,6 @@ impl Lines {
         let start = if slot == 0 { 0 } else { self.ends[slot - 1] };
         &self.text[start as usize..end as usize]
     }
-
-    /// Bytes of text.
-    pub fn len(&self) -> usize {
-        self.text.len()
-    }
-
-    /// Whether there is no line.
-    pub fn is_empty(&self) -> bool {
-        self.text.is_empty()
-    }
 }
 
 /// Builds [`Lines`]: parts are written in body order.

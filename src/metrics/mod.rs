@@ -229,18 +229,10 @@ pub struct Part {
     pub only: Option<Format>,
     /// Whether the collectors that run give it lines.
     pub when: When,
-    /// Whether its header is left out when no target has a line of it (the
-    /// families of logins, which only some accounts make).
-    pub optional: bool,
 }
 
 const fn part(family: &'static Family, only: Option<Format>, when: When) -> Part {
-    Part {
-        family,
-        only,
-        when,
-        optional: false,
-    }
+    Part { family, only, when }
 }
 
 const TEXT: Option<Format> = Some(Format::Text);
@@ -277,17 +269,17 @@ pub const BODY: [Part; 25] = [
     part(&API_INVALID_ITEMS, None, |_| true),
     part(&API_DURATION, None, |_| true),
     part(&API_REQUESTS, None, |_| true),
-    Part {
-        optional: true,
-        ..part(&AUTH_REQUESTS, None, |_| true)
-    },
-    Part {
-        optional: true,
-        ..part(&AUTH_TOKEN_EXPIRY, None, |_| true)
-    },
+    part(&AUTH_REQUESTS, None, |_| true),
+    part(&AUTH_TOKEN_EXPIRY, None, |_| true),
 ];
 
 impl Part {
+    /// Whether its header is left out when no target has a line of it: the
+    /// families of logins, which only accounts that log in have.
+    pub fn optional(&self) -> bool {
+        self.family.name.starts_with("finovy_auth_")
+    }
+
     /// Whether a body in `format` has this part when `collectors` run.
     pub fn in_body(&self, format: Format, collectors: &Collectors) -> bool {
         self.only.is_none_or(|f| f == format) && (self.when)(collectors)
