@@ -458,6 +458,14 @@ struct Negotiated {
     escaping: Option<&'static str>,
 }
 
+impl Negotiated {
+    /// What a scraper that names no served format gets.
+    const TEXT: Negotiated = Negotiated {
+        format: Format::Text,
+        escaping: None,
+    };
+}
+
 /// The escaping schemes of Prometheus 3 (`model.EscapingScheme`).
 const ESCAPING: [&str; 4] = ["allow-utf-8", "underscores", "dots", "values"];
 
@@ -505,13 +513,7 @@ fn negotiate<B>(req: &Request<B>) -> Negotiated {
             _ => {}
         }
     }
-    best.map_or(
-        Negotiated {
-            format: Format::Text,
-            escaping: None,
-        },
-        |(_, n)| n,
-    )
+    best.map_or(Negotiated::TEXT, |(_, n)| n)
 }
 
 /// Whether the client accepts gzip, as RFC 9110 reads `Accept-Encoding`: the

@@ -63,7 +63,7 @@ impl Counts {
     /// durations, requests, logins and token expiry. Samples are ordered by label
     /// value, as the `prometheus` registry ordered them when they were its own.
     fn render(&self, account: &str) -> Lines {
-        let mut b = Builder::new();
+        let mut b = Builder::default();
         if let Some(limit) = self.concurrency_limit {
             b.sample(&metrics::API_CONCURRENCY_LIMIT, &[account], limit);
         }

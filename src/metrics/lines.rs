@@ -35,19 +35,13 @@ impl Lines {
 }
 
 /// Builds [`Lines`]: parts are written in body order.
+#[derive(Default)]
 pub(crate) struct Builder {
     text: String,
     ends: Vec<u32>,
 }
 
 impl Builder {
-    pub(crate) fn new() -> Self {
-        Builder {
-            text: String::new(),
-            ends: Vec::with_capacity(BODY.len()),
-        }
-    }
-
     /// Starts the lines of `family` (of its `only` layout, for the ages): every
     /// part before it ends here.
     pub(crate) fn part(&mut self, family: &Family, only: Option<Format>) -> &mut String {
@@ -95,7 +89,7 @@ pub fn images(
     named: &[NamedImage],
     collectors: &Collectors,
 ) -> Lines {
-    let mut b = Builder::new();
+    let mut b = Builder::default();
     let groups = || {
         images.groups.iter().map(|(group, stats)| {
             let labels = [account, datacenter, group.status.label(), &group.image_type];
@@ -105,10 +99,8 @@ pub fn images(
     for (labels, stats) in groups() {
         b.sample(&super::IMAGES, &labels, stats.count);
     }
-    if collectors.size {
-        for (labels, stats) in groups() {
-            b.sample(&super::IMAGES_SIZE, &labels, stats.size_bytes);
-        }
+    for (labels, stats) in groups().filter(|_| collectors.size) {
+        b.sample(&super::IMAGES_SIZE, &labels, stats.size_bytes);
     }
     if collectors.oldest {
         for (labels, stats) in groups() {
@@ -191,7 +183,7 @@ pub fn series(
     lifecycle: bool,
 ) -> Lines {
     use super::{IMAGES_CREATED, IMAGES_DELETED, LIFECYCLE_SKIPPED, STATUS_TRANSITIONS};
-    let mut b = Builder::new();
+    let mut b = Builder::default();
     let labels = [account, datacenter];
     if let Some(c) = Some(&v.lifecycle).filter(|_| lifecycle) {
         for (ty, n) in &c.created {
