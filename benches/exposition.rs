@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use finovy_image_exporter::account::TargetKey;
 use finovy_image_exporter::aggregate::{Aggregator, Options};
 use finovy_image_exporter::config::SizeUnit;
-use finovy_image_exporter::metrics::writer::{MetricsCache, Sources};
+use finovy_image_exporter::metrics::writer::Sources;
 use finovy_image_exporter::metrics::Format;
+use finovy_image_exporter::routes::MetricsCache;
 use finovy_image_exporter::sim::{generate, GenerateOptions};
 use finovy_image_exporter::state::{Lifecycle, Outcome, State};
 use finovy_image_exporter::telemetry::Telemetry;
@@ -120,10 +121,11 @@ fn main() {
     let accounts = telemetry.account_lines(None);
 
     let snap = state.snapshot();
+    let mut lines = snap.lines(None);
+    lines.extend(accounts.iter().map(|l| &**l));
     let sources = Sources {
-        snapshot: &snap,
-        account: None,
-        accounts: &accounts,
+        lines,
+        collectors: &snap.collectors,
         own: &[],
     };
     let mut plain = None;

@@ -7,7 +7,10 @@
 //! at most `--web.max-requests` requests are handled at once (503 beyond).
 
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use hyper::header::{
     HeaderValue, ACCEPT, ACCEPT_ENCODING, ALLOW, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE,
@@ -19,11 +22,99 @@ use tokio::sync::Semaphore;
 use crate::account::AccountNames;
 use crate::body::Body;
 use crate::config_file::{Reloaded, Reloader};
-use crate::metrics::writer::MetricsCache;
+use crate::metrics::writer::Sources;
 use crate::metrics::Format;
 use crate::refresh::Liveness;
 use crate::state::{State, TargetState};
 use crate::telemetry::Telemetry;
+
+/// How long a `/metrics` body is served again while no target publishes: the
+/// exporter's own counters and `process_*` values lag by at most this much.
+pub const MAX_AGE: Duration = Duration::from_secs(1);
+
+/// One written body. It keeps no source: a snapshot held here would keep every
+/// line its targets replaced since.
+struct Cached {
+    /// The snapshot generation it was written from.
+    generation: u64,
+    /// When its snapshot was taken.
+    at: Instant,
+    body: Bytes,
+}
+
+/// The cached `/metrics` bodies.
+pub struct MetricsCache {
+    state: Arc<State>,
+    telemetry: Telemetry,
+    /// One per format and encoding (text, OpenMetrics; plain, gzip). The lock
+    /// is held while a body is written, so concurrent scrapers wait for one
+    /// writing instead of each making their own.
+    slots: [Mutex<Option<Cached>>; 4],
+}
+
+impl MetricsCache {
+    /// A cache over the published state and the exporter's own metrics.
+    pub fn new(state: Arc<State>, telemetry: Telemetry) -> Self {
+        MetricsCache {
+            state,
+            telemetry,
+            slots: Default::default(),
+        }
+    }
+
+    /// The body in `format`, gzip-compressed when `gzip`.
+    pub fn body(&self, format: Format, gzip: bool) -> Bytes {
+        let asked = Instant::now();
+        let slot = 2 * usize::from(format == Format::OpenMetrics) + usize::from(gzip);
+        let mut slot = self.slots[slot].lock().unwrap_or_else(|e| e.into_inner());
+        let started = Instant::now();
+        let snapshot = self.state.snapshot();
+        if let Some(cached) = slot.as_ref() {
+            // A body whose writing began after this scrape asked (another
+            // scraper's, which this one waited for) is as new as this scrape:
+            // under constant publishing, waiting scrapers share one body instead
+            // of queueing one each.
+            let unchanged =
+                cached.generation == snapshot.generation && cached.at.elapsed() < MAX_AGE;
+            if unchanged || cached.at >= asked {
+                return cached.body.clone();
+            }
+        }
+        // The last body is let go of first: it is freed now (unless a response
+        // still sends it) rather than after the next one is written.
+        *slot = None;
+        let accounts = self.telemetry.account_lines(None);
+        let own = self.telemetry.gather();
+        let mut lines = snapshot.lines(None);
+        lines.extend(accounts.iter().map(|l| &**l));
+        let sources = Sources {
+            lines,
+            collectors: &snapshot.collectors,
+            own: &own,
+        };
+        let body = sources.body(format, gzip);
+        *slot = Some(Cached {
+            generation: snapshot.generation,
+            at: started,
+            body: body.clone(),
+        });
+        body
+    }
+
+    /// The body of one account's series (`/probe`), written for this request.
+    pub fn probe(&self, account: &str, format: Format, gzip: bool) -> Bytes {
+        let snapshot = self.state.snapshot();
+        let accounts = self.telemetry.account_lines(Some(account));
+        let mut lines = snapshot.lines(Some(account));
+        lines.extend(accounts.iter().map(|l| &**l));
+        Sources {
+            lines,
+            collectors: &snapshot.collectors,
+            own: &[],
+        }
+        .body(format, gzip)
+    }
+}
 
 /// What the landing page says about the process itself: the effective
 /// configuration (never a secret) and whether it serves simulated data.
@@ -596,6 +687,79 @@ fn html(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::account::TargetKey;
+    use crate::state::Outcome;
+    use std::io::Read as _;
+    use std::time::Duration;
+
+    /// A state with one registered target, its key, and a cache over it.
+    fn one_target() -> (Arc<State>, TargetKey, MetricsCache) {
+        let state = Arc::new(State::new());
+        let key = TargetKey::datacenter("default", "HZ");
+        state.register(&key, Duration::from_secs(60), Duration::from_secs(300));
+        let cache = MetricsCache::new(Arc::clone(&state), Telemetry::new());
+        (state, key, cache)
+    }
+
+    fn publish(state: &State, key: &TargetKey, images: u64) {
+        let mut dc = crate::aggregate::DatacenterImages::default();
+        dc.groups.insert(
+            crate::aggregate::GroupKey {
+                status: crate::labels::Status::Available,
+                image_type: "linux".to_string(),
+            },
+            crate::aggregate::GroupStats {
+                count: images,
+                ..Default::default()
+            },
+        );
+        state.publish(
+            key,
+            Duration::ZERO,
+            Outcome::Success {
+                datacenters: [(key.datacenter.clone().unwrap_or_default(), dc)].into(),
+                anomalies: Vec::new(),
+                folded: Default::default(),
+                lifecycle: Default::default(),
+                named: Vec::new(),
+            },
+        );
+    }
+
+    fn inflate(gzip: &[u8]) -> String {
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(gzip)
+            .read_to_string(&mut text)
+            .unwrap();
+        text
+    }
+
+    #[test]
+    fn a_published_result_invalidates_the_body_at_once_and_both_encodings_agree() {
+        let (state, key, cache) = one_target();
+        let first = cache.body(Format::Text, false);
+        assert_eq!(
+            cache.body(Format::Text, false).as_ptr(),
+            first.as_ptr(),
+            "served again, the same buffer"
+        );
+        publish(&state, &key, 0);
+        let second = cache.body(Format::Text, false);
+        let second = String::from_utf8(second.to_vec()).unwrap();
+        assert!(second.contains("finovy_up{account=\"default\",datacenter_key=\"HZ\"} 1"));
+        // The gzip body is written apart, with its own `process_*` values.
+        let stable = |text: &str| -> Vec<String> {
+            let lines = text.lines().filter(|l| !l.contains("process_"));
+            lines.map(str::to_string).collect()
+        };
+        let zipped = inflate(&cache.body(Format::Text, true));
+        assert_eq!(stable(&zipped), stable(&second));
+        let om = cache.body(Format::OpenMetrics, false);
+        let om = String::from_utf8(om.to_vec()).unwrap();
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        assert!(om.contains("# TYPE finovy_refresh_failures counter\n"));
+        assert!(om.contains("# TYPE finovy_exporter_build_info gauge\n"));
+    }
 
     fn req(accept: &str) -> Request<()> {
         Request::builder()

@@ -21,8 +21,8 @@ use crate::account::TargetKey;
 use crate::aggregate::{DatacenterImages, NamedImage};
 use crate::labels::{Anomaly, Reason};
 use crate::lifecycle::{Changes, LifecycleCounters};
-use crate::metrics::lines::{self, Lines};
-use crate::metrics::Collectors;
+use crate::metrics::lines::{self, Builder, Lines};
+use crate::metrics::{self, Collectors};
 
 /// The datacenter key of a discovery target's series before it found any
 /// datacenter (or when it found none), so that `finovy_up` always exists.
@@ -170,7 +170,7 @@ impl TargetState {
     fn render(&mut self, account: &str, collectors: &Collectors) {
         let mut datacenters = std::mem::take(&mut self.datacenters);
         for (dc, series) in &mut datacenters {
-            series.lines = lines::series(account, dc, self, series, collectors.lifecycle);
+            series.lines = render_series(account, dc, self, series, collectors.lifecycle);
         }
         self.datacenters = datacenters;
     }
@@ -179,6 +179,64 @@ impl TargetState {
     pub fn is_fresh(&self, images: &PublishedImages) -> bool {
         images.at_instant.elapsed() <= self.stale_after
     }
+}
+
+/// The health and counter lines of one datacenter series of `target`, with its
+/// lifecycle counters when that collector runs.
+fn render_series(
+    account: &str,
+    datacenter: &str,
+    target: &TargetState,
+    v: &DatacenterSeries,
+    lifecycle: bool,
+) -> Lines {
+    use crate::metrics::{IMAGES_CREATED, IMAGES_DELETED, LIFECYCLE_SKIPPED, STATUS_TRANSITIONS};
+    let mut b = Builder::default();
+    let labels = [account, datacenter];
+    if let Some(c) = Some(&v.lifecycle).filter(|_| lifecycle) {
+        for (ty, n) in &c.created {
+            b.sample(&IMAGES_CREATED, &[account, datacenter, ty], n);
+        }
+        for ((status, ty), n) in &c.deleted {
+            b.sample(
+                &IMAGES_DELETED,
+                &[account, datacenter, status.label(), ty],
+                n,
+            );
+        }
+        for ((ty, from, to), n) in &c.transitions {
+            let labels = [account, datacenter, ty, from.label(), to.label()];
+            b.sample(&STATUS_TRANSITIONS, &labels, n);
+        }
+        b.sample(&LIFECYCLE_SKIPPED, &labels, c.skipped);
+    }
+    b.sample(&metrics::UP, &labels, u8::from(target.up));
+    let duration = target.last_duration.as_secs_f64();
+    b.sample(&metrics::REFRESH_DURATION, &labels, duration);
+    let last_success = target.last_success.map_or(0.0, crate::unix_seconds);
+    b.sample(&metrics::REFRESH_LAST_SUCCESS, &labels, last_success);
+    let interval = target.interval.as_secs_f64();
+    b.sample(&metrics::REFRESH_INTERVAL, &labels, interval);
+    for reason in Reason::ALL {
+        let labels = [account, datacenter, reason.label()];
+        b.sample(
+            &metrics::REFRESH_FAILURES,
+            &labels,
+            v.failures[reason.index()],
+        );
+    }
+    for anomaly in Anomaly::ALL {
+        let labels = [account, datacenter, anomaly.label()];
+        b.sample(
+            &metrics::PAGINATION_ANOMALIES,
+            &labels,
+            v.anomalies[anomaly.index()],
+        );
+    }
+    for (label, n) in &v.folded {
+        b.sample(&metrics::LIMIT_FOLDED, &[account, datacenter, label], n);
+    }
+    b.finish()
 }
 
 /// One consistent view of every target.
@@ -201,6 +259,25 @@ impl Snapshot {
     /// (a shard may own none: it is ready at once).
     pub fn ready(&self) -> bool {
         self.started && self.targets.values().all(|t| t.passes > 0)
+    }
+
+    /// The lines of every datacenter series (of `account`'s only, for
+    /// `/probe`), with its image lines while they are fresh (decided once, so that
+    /// a body never has a datacenter's counts without its sizes).
+    pub fn lines(&self, account: Option<&str>) -> Vec<&Lines> {
+        let mut items = Vec::with_capacity(2 * self.targets.len());
+        for (key, t) in &self.targets {
+            if account.is_some_and(|a| key.account != a) {
+                continue;
+            }
+            for s in t.datacenters.values() {
+                items.push(&s.lines);
+                if let Some(images) = s.images.as_ref().filter(|im| t.is_fresh(im)) {
+                    items.push(&images.lines);
+                }
+            }
+        }
+        items
     }
 }
 
@@ -489,9 +566,8 @@ mod tests {
     fn text(state: &State) -> String {
         let snap = state.snapshot();
         let sources = crate::metrics::writer::Sources {
-            snapshot: &snap,
-            account: None,
-            accounts: &[],
+            lines: snap.lines(None),
+            collectors: &snap.collectors,
             own: &[],
         };
         let body = sources.body(crate::metrics::Format::Text, false);
@@ -591,5 +667,41 @@ mod tests {
         std::thread::sleep(Duration::from_millis(40));
         state.publish(&all, Duration::ZERO, success(&[]));
         assert!(text(&state).contains("finovy_up{account=\"a\",datacenter_key=\"\"} 1"));
+    }
+    #[test]
+    fn each_part_holds_its_family_s_lines_only() {
+        let state = crate::state::State::new();
+        let key = crate::account::TargetKey::datacenter("a", "HZ");
+        state.register(
+            &key,
+            std::time::Duration::from_secs(60),
+            std::time::Duration::ZERO,
+        );
+        let snap = state.snapshot();
+        let target = &snap.targets[&key];
+        let mut dc = (*target.datacenters["HZ"]).clone();
+        dc.anomalies = [2; Anomaly::ALL.len()];
+        dc.folded = vec![("image_type", 3)];
+        let lines = render_series("a", "HZ", target, &dc, false);
+        let mut parts = 0;
+        for (i, part) in crate::metrics::BODY.iter().enumerate() {
+            for line in lines.part(i).lines() {
+                assert!(line.starts_with(part.family.name), "{line} in {i}");
+                parts += 1;
+            }
+        }
+        // up, duration, last success, interval, a line per reason and anomaly,
+        // one folded label.
+        assert_eq!(parts, 4 + Reason::ALL.len() + Anomaly::ALL.len() + 1);
+        assert_eq!(
+            lines.part(crate::metrics::slot(&crate::metrics::UP, None)),
+            "finovy_up{account=\"a\",datacenter_key=\"HZ\"} 0\n"
+        );
+        assert_eq!(
+            lines.part(crate::metrics::BODY.len()),
+            "",
+            "past the table: nothing"
+        );
+        assert!(Lines::default().part(0).is_empty());
     }
 }

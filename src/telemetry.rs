@@ -331,17 +331,14 @@ impl Default for Telemetry {
 mod tests {
     use super::*;
     use crate::metrics::{slot, Format};
-    use crate::state::State;
 
     /// The text of the account lines, as `/metrics` (or `/probe` with `only`)
     /// has them.
     fn accounts_text(telemetry: &Telemetry, only: Option<&str>) -> String {
-        let snap = State::new().snapshot();
         let accounts = telemetry.account_lines(only);
         let sources = crate::metrics::writer::Sources {
-            snapshot: &snap,
-            account: only,
-            accounts: &accounts,
+            lines: accounts.iter().map(|l| &**l).collect(),
+            collectors: &crate::metrics::Collectors::default(),
             own: &[],
         };
         let body = sources.body(Format::Text, false);

@@ -11,8 +11,6 @@ use std::fmt::Write as _;
 
 use super::{slot, Collectors, Family, Format, Kind, BODY};
 use crate::aggregate::{AgeHistogram, DatacenterImages, NamedImage, AGE_BUCKETS_SECONDS};
-use crate::labels::{Anomaly, Reason};
-use crate::state::{DatacenterSeries, TargetState};
 
 /// Lines by part of the body.
 #[derive(Debug, Clone, Default)]
@@ -173,64 +171,6 @@ fn ages(
     }
 }
 
-/// The health and counter lines of one datacenter series of `target`, with its
-/// lifecycle counters when that collector runs.
-pub fn series(
-    account: &str,
-    datacenter: &str,
-    target: &TargetState,
-    v: &DatacenterSeries,
-    lifecycle: bool,
-) -> Lines {
-    use super::{IMAGES_CREATED, IMAGES_DELETED, LIFECYCLE_SKIPPED, STATUS_TRANSITIONS};
-    let mut b = Builder::default();
-    let labels = [account, datacenter];
-    if let Some(c) = Some(&v.lifecycle).filter(|_| lifecycle) {
-        for (ty, n) in &c.created {
-            b.sample(&IMAGES_CREATED, &[account, datacenter, ty], n);
-        }
-        for ((status, ty), n) in &c.deleted {
-            b.sample(
-                &IMAGES_DELETED,
-                &[account, datacenter, status.label(), ty],
-                n,
-            );
-        }
-        for ((ty, from, to), n) in &c.transitions {
-            let labels = [account, datacenter, ty, from.label(), to.label()];
-            b.sample(&STATUS_TRANSITIONS, &labels, n);
-        }
-        b.sample(&LIFECYCLE_SKIPPED, &labels, c.skipped);
-    }
-    b.sample(&super::UP, &labels, u8::from(target.up));
-    let duration = target.last_duration.as_secs_f64();
-    b.sample(&super::REFRESH_DURATION, &labels, duration);
-    let last_success = target.last_success.map_or(0.0, crate::unix_seconds);
-    b.sample(&super::REFRESH_LAST_SUCCESS, &labels, last_success);
-    let interval = target.interval.as_secs_f64();
-    b.sample(&super::REFRESH_INTERVAL, &labels, interval);
-    for reason in Reason::ALL {
-        let labels = [account, datacenter, reason.label()];
-        b.sample(
-            &super::REFRESH_FAILURES,
-            &labels,
-            v.failures[reason.index()],
-        );
-    }
-    for anomaly in Anomaly::ALL {
-        let labels = [account, datacenter, anomaly.label()];
-        b.sample(
-            &super::PAGINATION_ANOMALIES,
-            &labels,
-            v.anomalies[anomaly.index()],
-        );
-    }
-    for (label, n) in &v.folded {
-        b.sample(&super::LIMIT_FOLDED, &[account, datacenter, label], n);
-    }
-    b.finish()
-}
-
 /// The `# HELP` and `# TYPE` lines of a family. In OpenMetrics a counter's
 /// family is named without its samples' `_total`, and the help escapes quotes.
 pub fn header_of(out: &mut String, name: &str, kind: Kind, help: &str, format: Format) {
@@ -297,39 +237,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_part_holds_its_family_s_lines_only() {
-        let state = crate::state::State::new();
-        let key = crate::account::TargetKey::datacenter("a", "HZ");
-        state.register(
-            &key,
-            std::time::Duration::from_secs(60),
-            std::time::Duration::ZERO,
-        );
-        let snap = state.snapshot();
-        let target = &snap.targets[&key];
-        let mut dc = (*target.datacenters["HZ"]).clone();
-        dc.anomalies = [2; Anomaly::ALL.len()];
-        dc.folded = vec![("image_type", 3)];
-        let lines = series("a", "HZ", target, &dc, false);
-        let mut parts = 0;
-        for (i, part) in BODY.iter().enumerate() {
-            for line in lines.part(i).lines() {
-                assert!(line.starts_with(part.family.name), "{line} in {i}");
-                parts += 1;
-            }
-        }
-        // up, duration, last success, interval, a line per reason and anomaly,
-        // one folded label.
-        assert_eq!(parts, 4 + Reason::ALL.len() + Anomaly::ALL.len() + 1);
-        assert_eq!(
-            lines.part(slot(&crate::metrics::UP, None)),
-            "finovy_up{account=\"a\",datacenter_key=\"HZ\"} 0\n"
-        );
-        assert_eq!(lines.part(BODY.len()), "", "past the table: nothing");
-        assert!(Lines::default().part(0).is_empty());
-    }
-
-    #[test]
     fn every_part_has_a_header_in_both_formats_and_a_slot() {
         for (i, part) in BODY.iter().enumerate() {
             assert_eq!(slot(part.family, part.only), i, "{}", part.family.name);
@@ -339,7 +246,7 @@ mod tests {
             assert!(text.starts_with("# HELP finovy_"), "{text}");
         }
         let mut text = String::new();
-        let f = &crate::metrics::IMAGES_AGE;
+        let f = &super::super::IMAGES_AGE;
         header_of(&mut text, f.name, f.kind, f.help, Format::OpenMetrics);
         assert!(text.ends_with("gaugehistogram\n"), "{text}");
     }

@@ -7,62 +7,30 @@
 //! and only while no target published since: concurrent scrapers share it, and
 //! every response sends the same buffer ([`Bytes`]), never a copy of its own.
 
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
 use bytes::Bytes;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use prometheus::proto::{MetricFamily, MetricType};
 
 use super::lines::{escape_label_value, header_of, Lines};
-use super::{Format, Kind, BODY};
-use crate::state::{Snapshot, State};
-use crate::telemetry::Telemetry;
-
-/// How long a body is served again while no target publishes: the exporter's
-/// own counters and `process_*` values lag by at most this much.
-pub const MAX_AGE: Duration = Duration::from_secs(1);
+use super::{Collectors, Format, Kind, BODY};
 
 /// What a body is written from.
 pub struct Sources<'a> {
-    /// The published target series.
-    pub snapshot: &'a Snapshot,
-    /// Only this account's series (`/probe`), or every account's.
-    pub account: Option<&'a str>,
-    /// The lines of the accounts served, in account order
-    /// ([`Telemetry::account_lines`]).
-    pub accounts: &'a [Arc<Lines>],
+    /// The lines of every datacenter series and account served, in body order
+    /// within each family ([`crate::state::Snapshot::lines`], then
+    /// [`crate::telemetry::Telemetry::account_lines`]).
+    pub lines: Vec<&'a Lines>,
+    /// Which collectors' families are served.
+    pub collectors: &'a Collectors,
     /// The process-wide families, after every part of [`BODY`].
     pub own: &'a [MetricFamily],
 }
 
-impl<'a> Sources<'a> {
-    /// Every datacenter series' lines, with its image lines while they are fresh
-    /// (decided once, so that a body never has a datacenter's counts without its
-    /// sizes), then the accounts'.
-    fn items(&self) -> Vec<&'a Lines> {
-        let snap = self.snapshot;
-        let mut items = Vec::with_capacity(2 * snap.targets.len() + self.accounts.len());
-        for (key, t) in &snap.targets {
-            if self.account.is_some_and(|a| key.account != a) {
-                continue;
-            }
-            for s in t.datacenters.values() {
-                items.push(&s.lines);
-                if let Some(images) = s.images.as_ref().filter(|im| t.is_fresh(im)) {
-                    items.push(&images.lines);
-                }
-            }
-        }
-        items.extend(self.accounts.iter().map(|l| &**l));
-        items
-    }
-
+impl Sources<'_> {
     /// Writes the body in `format` to `out`.
     pub fn write(&self, out: &mut impl std::io::Write, format: Format) -> std::io::Result<()> {
-        let items = self.items();
-        let collectors = &self.snapshot.collectors;
+        let (items, collectors) = (&self.lines, self.collectors);
         let mut text = String::new();
         for (slot, part) in BODY.iter().enumerate() {
             if !part.in_body(format, collectors)
@@ -79,7 +47,7 @@ impl<'a> Sources<'a> {
                 format,
             );
             out.write_all(text.as_bytes())?;
-            for lines in &items {
+            for lines in items {
                 out.write_all(lines.part(slot).as_bytes())?;
             }
         }
@@ -108,8 +76,7 @@ impl<'a> Sources<'a> {
         };
         // One allocation of the right size (near it, gzipped): a buffer grown by
         // doubling leaves the smaller ones behind in the heap.
-        let items = self.items();
-        let collectors = &self.snapshot.collectors;
+        let (items, collectors) = (&self.lines, self.collectors);
         let parts = BODY
             .iter()
             .enumerate()
@@ -160,173 +127,24 @@ fn encode_registry(out: &mut String, families: &[MetricFamily], format: Format) 
     }
 }
 
-/// One written body. It keeps no source: a snapshot held here would keep every
-/// line its targets replaced since.
-struct Cached {
-    /// The snapshot generation it was written from.
-    generation: u64,
-    /// When its snapshot was taken.
-    at: Instant,
-    body: Bytes,
-}
-
-/// The cached `/metrics` bodies.
-pub struct MetricsCache {
-    state: Arc<State>,
-    telemetry: Telemetry,
-    /// One per format and encoding (text, OpenMetrics; plain, gzip). The lock
-    /// is held while a body is written, so concurrent scrapers wait for one
-    /// writing instead of each making their own.
-    slots: [Mutex<Option<Cached>>; 4],
-}
-
-impl MetricsCache {
-    /// A cache over the published state and the exporter's own metrics.
-    pub fn new(state: Arc<State>, telemetry: Telemetry) -> Self {
-        MetricsCache {
-            state,
-            telemetry,
-            slots: Default::default(),
-        }
-    }
-
-    /// The body in `format`, gzip-compressed when `gzip`.
-    pub fn body(&self, format: Format, gzip: bool) -> Bytes {
-        let asked = Instant::now();
-        let slot = 2 * usize::from(format == Format::OpenMetrics) + usize::from(gzip);
-        let mut slot = self.slots[slot].lock().unwrap_or_else(|e| e.into_inner());
-        let started = Instant::now();
-        let snapshot = self.state.snapshot();
-        if let Some(cached) = slot.as_ref() {
-            // A body whose writing began after this scrape asked (another
-            // scraper's, which this one waited for) is as new as this scrape:
-            // under constant publishing, waiting scrapers share one body instead
-            // of queueing one each.
-            let unchanged =
-                cached.generation == snapshot.generation && cached.at.elapsed() < MAX_AGE;
-            if unchanged || cached.at >= asked {
-                return cached.body.clone();
-            }
-        }
-        // The last body is let go of first: it is freed now (unless a response
-        // still sends it) rather than after the next one is written.
-        *slot = None;
-        let accounts = self.telemetry.account_lines(None);
-        let own = self.telemetry.gather();
-        let sources = Sources {
-            snapshot: &snapshot,
-            account: None,
-            accounts: &accounts,
-            own: &own,
-        };
-        let body = sources.body(format, gzip);
-        *slot = Some(Cached {
-            generation: snapshot.generation,
-            at: started,
-            body: body.clone(),
-        });
-        body
-    }
-
-    /// The body of one account's series (`/probe`), written for this request.
-    pub fn probe(&self, account: &str, format: Format, gzip: bool) -> Bytes {
-        let snapshot = self.state.snapshot();
-        let accounts = self.telemetry.account_lines(Some(account));
-        Sources {
-            snapshot: &snapshot,
-            account: Some(account),
-            accounts: &accounts,
-            own: &[],
-        }
-        .body(format, gzip)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::account::TargetKey;
-    use crate::state::Outcome;
-    use std::io::Read as _;
-
-    /// A state with one registered target, its key, and a cache over it.
-    fn one_target() -> (Arc<State>, TargetKey, MetricsCache) {
-        let state = Arc::new(State::new());
-        let key = TargetKey::datacenter("default", "HZ");
-        state.register(&key, Duration::from_secs(60), Duration::from_secs(300));
-        let cache = MetricsCache::new(Arc::clone(&state), Telemetry::new());
-        (state, key, cache)
-    }
-
-    fn publish(state: &State, key: &TargetKey, images: u64) {
-        let mut dc = crate::aggregate::DatacenterImages::default();
-        dc.groups.insert(
-            crate::aggregate::GroupKey {
-                status: crate::labels::Status::Available,
-                image_type: "linux".to_string(),
-            },
-            crate::aggregate::GroupStats {
-                count: images,
-                ..Default::default()
-            },
-        );
-        state.publish(
-            key,
-            Duration::ZERO,
-            Outcome::Success {
-                datacenters: [(key.datacenter.clone().unwrap_or_default(), dc)].into(),
-                anomalies: Vec::new(),
-                folded: Default::default(),
-                lifecycle: Default::default(),
-                named: Vec::new(),
-            },
-        );
-    }
-
-    fn inflate(gzip: &[u8]) -> String {
-        let mut text = String::new();
-        flate2::read::GzDecoder::new(gzip)
-            .read_to_string(&mut text)
-            .unwrap();
-        text
-    }
-
-    #[test]
-    fn a_published_result_invalidates_the_body_at_once_and_both_encodings_agree() {
-        let (state, key, cache) = one_target();
-        let first = cache.body(Format::Text, false);
-        assert_eq!(
-            cache.body(Format::Text, false).as_ptr(),
-            first.as_ptr(),
-            "served again, the same buffer"
-        );
-        publish(&state, &key, 0);
-        let second = cache.body(Format::Text, false);
-        let second = String::from_utf8(second.to_vec()).unwrap();
-        assert!(second.contains("finovy_up{account=\"default\",datacenter_key=\"HZ\"} 1"));
-        // The gzip body is written apart, with its own `process_*` values.
-        let stable = |text: &str| -> Vec<String> {
-            let lines = text.lines().filter(|l| !l.contains("process_"));
-            lines.map(str::to_string).collect()
-        };
-        let zipped = inflate(&cache.body(Format::Text, true));
-        assert_eq!(stable(&zipped), stable(&second));
-        let om = cache.body(Format::OpenMetrics, false);
-        let om = String::from_utf8(om.to_vec()).unwrap();
-        assert!(om.ends_with("# EOF\n"), "{om}");
-        assert!(om.contains("# TYPE finovy_refresh_failures counter\n"));
-        assert!(om.contains("# TYPE finovy_exporter_build_info gauge\n"));
-    }
 
     #[test]
     fn registry_families_are_written_as_the_prometheus_encoder_writes_them() {
-        let telemetry = Telemetry::new();
-        telemetry.set_shard(2, 3);
-        let families: Vec<MetricFamily> = telemetry
-            .gather()
-            .into_iter()
-            .filter(|f| !f.name().starts_with("process_"))
-            .collect();
+        let registry = prometheus::Registry::new();
+        let info = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new("x_info", "Which x; always 1."),
+            &["shard", "total"],
+        )
+        .unwrap();
+        info.with_label_values(&["2", "3"]).set(1);
+        let plain = prometheus::Gauge::new("x_seconds", "Seconds of x.").unwrap();
+        plain.set(0.25);
+        registry.register(Box::new(info)).unwrap();
+        registry.register(Box::new(plain)).unwrap();
+        let families = registry.gather();
         let mut want = Vec::new();
         prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &families, &mut want).unwrap();
         let mut got = String::new();
