@@ -24,7 +24,8 @@
 //! - [`state`]: the published state, per target, and its counters.
 //! - [`metrics`]: the `/metrics` path: the table of every metric family, the
 //!   lines each target renders when it changes ([`metrics::lines`]) and the
-//!   writer of the body, shared by the scrapes of a second ([`metrics::writer`]).
+//!   writer of the body ([`metrics::writer`]), which [`routes::MetricsCache`]
+//!   keeps for the scrapes of a second.
 //! - [`telemetry`]: the exporter's own metrics (per-account upstream calls and
 //!   logins, and a `prometheus` registry of the process-wide ones).
 //! - [`body`]: the body of every HTTP response, one shared buffer.

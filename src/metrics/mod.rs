@@ -7,7 +7,7 @@
 //! family in the order of [`BODY`], the family's `# HELP` and `# TYPE` lines and
 //! then the range of that family of every target, through a gzip encoder when the
 //! scraper takes gzip. The body is kept for at most a second and shared by every
-//! scraper that asks meanwhile ([`writer::MetricsCache`]).
+//! scraper that asks meanwhile ([`crate::routes::MetricsCache`]).
 //!
 //! A family is defined here and nowhere else, so a reader finds what `/metrics`
 //! promises in one place, and the golden file test (`tests/golden.rs`) holds the

@@ -3,9 +3,10 @@
 //! the process-wide families of the registry; gzip-compressed on the way when
 //! the scraper takes gzip.
 //!
-//! [`MetricsCache`] keeps the last body of each format for at most [`MAX_AGE`],
-//! and only while no target published since: concurrent scrapers share it, and
-//! every response sends the same buffer ([`Bytes`]), never a copy of its own.
+//! [`crate::routes::MetricsCache`] keeps the last body of each format and
+//! encoding for at most [`crate::routes::MAX_AGE`], and only while no target
+//! published since: concurrent scrapers share it, and every response sends the
+//! same buffer ([`Bytes`]), never a copy of its own.
 
 use bytes::Bytes;
 use flate2::write::GzEncoder;
