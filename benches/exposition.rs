@@ -1,7 +1,7 @@
 //! Micro-benchmark of `/metrics` at fleet size: publishing one target's pass
-//! (rendering and deflating its pieces), rendering an account's upstream lines
-//! after a request, assembling the gzip body of every target and account, and
-//! inflating it for a scraper that does not take gzip.
+//! (rendering its lines), rendering an account's upstream lines after a
+//! request, writing the plain and the gzip body of every target and account, and
+//! a gzip scrape through the cache after one publish.
 //!
 //! Run with `cargo bench --bench exposition [-- TARGETS]` (default 3,000 targets
 //! of 100 images each, as `benches/fleet.py` has them). Prints milliseconds per
@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 use finovy_image_exporter::account::TargetKey;
 use finovy_image_exporter::aggregate::{Aggregator, Options};
 use finovy_image_exporter::config::SizeUnit;
-use finovy_image_exporter::exposition::{assemble, MetricsCache, Parts};
+use finovy_image_exporter::metrics::writer::Sources;
 use finovy_image_exporter::metrics::Format;
+use finovy_image_exporter::routes::MetricsCache;
 use finovy_image_exporter::sim::{generate, GenerateOptions};
 use finovy_image_exporter::state::{Lifecycle, Outcome, State};
 use finovy_image_exporter::telemetry::Telemetry;
@@ -114,26 +115,31 @@ fn main() {
         // One request changes the account's lines; the next call renders them.
         let upstream = telemetry.upstream(&keys[i % targets].account);
         upstream.request("200", 0.02);
-        black_box(upstream.pieces());
+        black_box(upstream.lines());
         i += 1;
     });
-    let upstream = telemetry.upstream_pieces(None);
+    let accounts = telemetry.account_lines(None);
 
     let snap = state.snapshot();
-    let mut gzip = None;
-    let assembly = fastest(|| {
-        let parts = Parts {
-            snapshot: &snap,
-            account: None,
-            upstream: &upstream,
-            tail: None,
-        };
-        gzip = Some(black_box(assemble(&parts, Format::Text)));
+    let mut lines = snap.lines(None);
+    lines.extend(accounts.iter().map(|l| &**l));
+    let sources = Sources {
+        lines,
+        collectors: &snap.collectors,
+        own: &[],
+    };
+    let mut plain = None;
+    let write_plain = fastest(|| {
+        plain = Some(black_box(sources.body(Format::Text, false)));
     });
-    let gzip = gzip.unwrap();
+    let mut gzip = None;
+    let write_gzip = fastest(|| {
+        gzip = Some(black_box(sources.body(Format::Text, true)));
+    });
+    let (plain, gzip) = (plain.unwrap(), gzip.unwrap());
 
     // What a scrape costs the server when one target published since the last:
-    // the groups of unchanged pieces are reused (see `exposition::MetricsCache`).
+    // the whole body is written again.
     let state = std::sync::Arc::new(state);
     let cache = MetricsCache::new(std::sync::Arc::clone(&state), telemetry.clone());
     let mut i = 0;
@@ -143,16 +149,13 @@ fn main() {
             Duration::from_millis(25),
             outcomes[i % targets].clone(),
         );
-        black_box(cache.body(true).unwrap());
+        black_box(cache.body(Format::Text, true));
         i += 1;
     });
 
-    let inflate = fastest(|| {
-        black_box(gzip.inflate().unwrap());
-    });
     println!("{targets} targets of 100 images, fastest call:");
     println!(
-        "  publish one pass (render + deflate): {:>8.3} ms",
+        "  publish one pass (render):          {:>8.3} ms",
         ms(publish)
     );
     println!(
@@ -160,21 +163,21 @@ fn main() {
         ms(account_render)
     );
     println!(
-        "  assemble the gzip body:              {:>8.3} ms",
-        ms(assembly)
+        "  write the plain body:                {:>8.3} ms",
+        ms(write_plain)
+    );
+    println!(
+        "  write the gzip body:                 {:>8.3} ms",
+        ms(write_gzip)
     );
     println!(
         "  publish one pass, then a gzip scrape:{:>8.3} ms",
         ms(scrape)
     );
     println!(
-        "  inflate it (a plain scrape):         {:>8.3} ms",
-        ms(inflate)
-    );
-    println!(
         "  body: {} bytes, {} gzip-compressed ({:.1}x)",
-        gzip.len,
-        gzip.to_bytes().len(),
-        gzip.len as f64 / gzip.to_bytes().len() as f64
+        plain.len(),
+        gzip.len(),
+        plain.len() as f64 / gzip.len() as f64
     );
 }

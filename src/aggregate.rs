@@ -101,8 +101,11 @@ fn bit(field: Field) -> u8 {
 pub struct GroupStats {
     /// Number of images.
     pub count: u64,
-    /// Sum of their sizes, bytes.
-    pub size_bytes: u64,
+    /// Sum of their sizes, bytes. A sum of 64-bit sizes can pass 2^64 (five
+    /// images of 8×10^9 GiB do), so it is kept in 128 bits: it never saturates,
+    /// and `finovy_images_size_bytes` prints it exactly (Prometheus keeps the
+    /// nearest float64, 15–17 significant digits).
+    pub size_bytes: u128,
     /// `createTime` of the oldest image with a valid one, Unix milliseconds.
     pub oldest_created_ms: Option<i64>,
 }
@@ -110,14 +113,14 @@ pub struct GroupStats {
 impl GroupStats {
     fn add(&mut self, item: &Item) {
         self.count += 1;
-        self.size_bytes = self.size_bytes.saturating_add(item.size_bytes);
+        self.size_bytes += u128::from(item.size_bytes);
         self.note_created(item.created_ms);
     }
 
     /// Adds another group's totals to this one (used when groups are folded).
     pub fn merge(&mut self, other: &GroupStats) {
         self.count += other.count;
-        self.size_bytes = self.size_bytes.saturating_add(other.size_bytes);
+        self.size_bytes += other.size_bytes;
         self.note_created(other.oldest_created_ms);
     }
 
@@ -156,8 +159,8 @@ pub const AGE_BUCKETS_SECONDS: [u64; 8] = [
 pub struct AgeHistogram {
     /// Images per bucket (not cumulative); the last is beyond the last bound.
     pub buckets: [u64; AGE_BUCKETS_SECONDS.len() + 1],
-    /// Sum of the ages, milliseconds.
-    pub sum_ms: u64,
+    /// Sum of the ages, milliseconds (128 bits: no sum saturates).
+    pub sum_ms: u128,
 }
 
 impl AgeHistogram {
@@ -169,7 +172,7 @@ impl AgeHistogram {
             .position(|b| age_ms <= b * 1000)
             .unwrap_or(AGE_BUCKETS_SECONDS.len());
         self.buckets[i] += 1;
-        self.sum_ms = self.sum_ms.saturating_add(age_ms);
+        self.sum_ms += u128::from(age_ms);
     }
 
     /// Adds another histogram (used when datacenters are folded).
@@ -177,7 +180,7 @@ impl AgeHistogram {
         for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
             *a += b;
         }
-        self.sum_ms = self.sum_ms.saturating_add(other.sum_ms);
+        self.sum_ms += other.sum_ms;
     }
 
     /// Images observed.

@@ -1,27 +1,33 @@
-//! The body of every HTTP response: one or more chunks of bytes, sent as they
-//! are.
+//! The body of every HTTP response: one buffer, shared with every other
+//! response that sends it, and the request slot it was answered under.
 //!
-//! Most responses are one chunk. A `/metrics` body is a few thousand: the gzip
-//! header, each section's header and the runs of pieces the exposition cache
-//! keeps ([`crate::exposition`]), and the trailer. Sending them as they are
-//! saves copying a body of several megabytes into a buffer of its own for every
-//! scrape, and keeping that copy in memory beside the runs. Its length is known
-//! in advance, so the response has a `Content-Length`.
+//! A `/metrics` body of several megabytes is one [`Bytes`] that the cache and
+//! every response sending it share: twenty clients that never read it hold one
+//! copy, not twenty. It goes out in frames of at most [`FRAME`] bytes (slices of
+//! that buffer), so that the connection's write buffer never copies more than a
+//! frame of it. The slot (`--web.max-requests`) is held until the body is sent
+//! or the connection is closed (a client that stops reading is cut off after
+//! [`crate::server::SEND_TIMEOUT`]), so stalled downloads count against the
+//! limit like any other request.
 
-use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use hyper::body::{Frame, SizeHint};
+use tokio::sync::OwnedSemaphorePermit;
 
-/// A response body of chunks.
+/// Largest frame a body hands to the connection.
+pub const FRAME: usize = 64 * 1024;
+
+/// A response body.
 #[derive(Debug, Default)]
 pub struct Body {
-    chunks: VecDeque<Bytes>,
     /// Bytes not yet sent.
-    remaining: u64,
+    rest: Bytes,
+    /// The request slot, given back when the body is dropped.
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl Body {
@@ -30,17 +36,16 @@ impl Body {
         Body::default()
     }
 
-    /// A body of `chunks`, in order.
-    pub fn chunks(chunks: impl IntoIterator<Item = Bytes>) -> Self {
-        let chunks: VecDeque<Bytes> = chunks.into_iter().filter(|c| !c.is_empty()).collect();
-        let remaining = chunks.iter().map(|c| c.len() as u64).sum();
-        Body { chunks, remaining }
+    /// Holds `slot` until the body is sent or dropped.
+    pub fn with_slot(mut self, slot: OwnedSemaphorePermit) -> Self {
+        self.slot = Some(slot);
+        self
     }
 }
 
 impl From<Bytes> for Body {
-    fn from(bytes: Bytes) -> Self {
-        Body::chunks([bytes])
+    fn from(rest: Bytes) -> Self {
+        Body { rest, slot: None }
     }
 }
 
@@ -64,19 +69,21 @@ impl hyper::body::Body for Body {
         mut self: Pin<&mut Self>,
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        let chunk = self.chunks.pop_front();
-        if let Some(c) = &chunk {
-            self.remaining -= c.len() as u64;
+        if self.rest.is_empty() {
+            self.slot = None;
+            return Poll::Ready(None);
         }
-        Poll::Ready(chunk.map(|c| Ok(Frame::data(c))))
+        let n = self.rest.len().min(FRAME);
+        let frame = self.rest.split_to(n);
+        Poll::Ready(Some(Ok(Frame::data(frame))))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.chunks.is_empty()
+        self.rest.is_empty()
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.remaining)
+        SizeHint::with_exact(self.rest.len() as u64)
     }
 }
 
@@ -86,14 +93,25 @@ mod tests {
     use http_body_util::BodyExt as _;
 
     #[tokio::test]
-    async fn chunks_arrive_in_order_with_their_length_known() {
-        let body = Body::chunks([
-            Bytes::from_static(b"ab"),
-            Bytes::new(),
-            Bytes::from_static(b"cde"),
-        ]);
-        assert_eq!(hyper::body::Body::size_hint(&body).exact(), Some(5));
-        assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"abcde");
+    async fn a_body_arrives_whole_in_frames_sharing_its_buffer_and_frees_its_slot() {
+        let data = Bytes::from((0..3 * FRAME + 5).map(|i| i as u8).collect::<Vec<u8>>());
+        let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+        let slot = std::sync::Arc::clone(&limit).try_acquire_owned().unwrap();
+        let mut body = Body::from(data.clone()).with_slot(slot);
+        assert_eq!(
+            hyper::body::Body::size_hint(&body).exact(),
+            Some(data.len() as u64)
+        );
+        let mut got = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.unwrap().into_data().unwrap();
+            assert!(frame.len() <= FRAME);
+            let inside = data.as_ptr_range();
+            assert!(inside.contains(&frame.as_ptr()), "a slice, not a copy");
+            got.extend_from_slice(&frame);
+        }
+        assert_eq!(got, data);
+        assert_eq!(limit.available_permits(), 1, "slot given back once sent");
         let empty = Body::empty();
         assert!(hyper::body::Body::is_end_stream(&empty));
         assert_eq!(hyper::body::Body::size_hint(&empty).exact(), Some(0));

@@ -24,11 +24,16 @@
 //! - [`lifecycle`]: the census of a pass's ids and the pure diff of two (creations,
 //!   deletions, status transitions).
 //! - [`state`]: the published state, per target, and its counters.
-//! - [`render`]: a target's lines, rendered when it changes into deflated pieces.
-//! - [`metrics`]: the one table of every metric family.
-//! - [`telemetry`]: the exporter's process-wide metrics (a `prometheus` registry).
-//! - [`exposition`]: the `/metrics` body, assembled from the pieces once per change or second.
-//! - [`routes`] and [`server`]: what each path answers, and the listener.
+//! - [`metrics`]: the `/metrics` path: the table of every metric family, the
+//!   lines each target renders when it changes ([`metrics::lines`]) and the
+//!   writer of the body ([`metrics::writer`]), which [`routes::MetricsCache`]
+//!   keeps for the scrapes of a second.
+//! - [`telemetry`]: the exporter's own metrics (per-account upstream calls and
+//!   logins, and a `prometheus` registry of the process-wide ones).
+//! - [`body`]: the body of every HTTP response, one shared buffer.
+//! - [`routes`] and [`server`]: what each path answers, and the listener(s).
+//! - [`signals`]: the signals handled from the first instruction, and
+//!   [`reloads`]: reloads coalesced (one running, at most one pending).
 //! - [`web_config`]: `--web.config.file` (TLS, basic auth, headers, rate limit) and its reloading.
 //! - [`healthcheck`]: the `healthcheck` subcommand, for container health checks.
 //! - [`check`]: the `check` subcommand: log in and ask page 1 of every target once.
@@ -45,7 +50,6 @@ pub mod body;
 pub mod check;
 pub mod config;
 pub mod config_file;
-pub mod exposition;
 pub mod healthcheck;
 pub mod labels;
 pub mod lifecycle;
@@ -53,7 +57,6 @@ pub mod logging;
 pub mod metrics;
 pub mod refresh;
 pub mod reloads;
-pub mod render;
 pub mod routes;
 pub mod secret;
 pub mod server;

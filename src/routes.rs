@@ -14,7 +14,10 @@
 //! follow the external URL's path.
 
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
 
 use hyper::header::{
     HeaderValue, ACCEPT, ACCEPT_ENCODING, ALLOW, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE,
@@ -26,12 +29,100 @@ use tokio::sync::Semaphore;
 use crate::account::AccountNames;
 use crate::body::Body;
 use crate::config_file::Reloaded;
-use crate::exposition::MetricsCache;
+use crate::metrics::writer::Sources;
 use crate::metrics::Format;
 use crate::refresh::Liveness;
 use crate::reloads::{Answer, ReloadQueue};
 use crate::state::{State, TargetState};
 use crate::telemetry::Telemetry;
+
+/// How long a `/metrics` body is served again while no target publishes: the
+/// exporter's own counters and `process_*` values lag by at most this much.
+pub const MAX_AGE: Duration = Duration::from_secs(1);
+
+/// One written body. It keeps no source: a snapshot held here would keep every
+/// line its targets replaced since.
+struct Cached {
+    /// The snapshot generation it was written from.
+    generation: u64,
+    /// When its snapshot was taken.
+    at: Instant,
+    body: Bytes,
+}
+
+/// The cached `/metrics` bodies.
+pub struct MetricsCache {
+    state: Arc<State>,
+    telemetry: Telemetry,
+    /// One per format and encoding (text, OpenMetrics; plain, gzip). The lock
+    /// is held while a body is written, so concurrent scrapers wait for one
+    /// writing instead of each making their own.
+    slots: [Mutex<Option<Cached>>; 4],
+}
+
+impl MetricsCache {
+    /// A cache over the published state and the exporter's own metrics.
+    pub fn new(state: Arc<State>, telemetry: Telemetry) -> Self {
+        MetricsCache {
+            state,
+            telemetry,
+            slots: Default::default(),
+        }
+    }
+
+    /// The body in `format`, gzip-compressed when `gzip`.
+    pub fn body(&self, format: Format, gzip: bool) -> Bytes {
+        let asked = Instant::now();
+        let slot = 2 * usize::from(format == Format::OpenMetrics) + usize::from(gzip);
+        let mut slot = self.slots[slot].lock().unwrap_or_else(|e| e.into_inner());
+        let started = Instant::now();
+        let snapshot = self.state.snapshot();
+        if let Some(cached) = slot.as_ref() {
+            // A body whose writing began after this scrape asked (another
+            // scraper's, which this one waited for) is as new as this scrape:
+            // under constant publishing, waiting scrapers share one body instead
+            // of queueing one each.
+            let unchanged =
+                cached.generation == snapshot.generation && cached.at.elapsed() < MAX_AGE;
+            if unchanged || cached.at >= asked {
+                return cached.body.clone();
+            }
+        }
+        // The last body is let go of first: it is freed now (unless a response
+        // still sends it) rather than after the next one is written.
+        *slot = None;
+        let accounts = self.telemetry.account_lines(None);
+        let own = self.telemetry.gather();
+        let mut lines = snapshot.lines(None);
+        lines.extend(accounts.iter().map(|l| &**l));
+        let sources = Sources {
+            lines,
+            collectors: &snapshot.collectors,
+            own: &own,
+        };
+        let body = sources.body(format, gzip);
+        *slot = Some(Cached {
+            generation: snapshot.generation,
+            at: started,
+            body: body.clone(),
+        });
+        body
+    }
+
+    /// The body of one account's series (`/probe`), written for this request.
+    pub fn probe(&self, account: &str, format: Format, gzip: bool) -> Bytes {
+        let snapshot = self.state.snapshot();
+        let accounts = self.telemetry.account_lines(Some(account));
+        let mut lines = snapshot.lines(Some(account));
+        lines.extend(accounts.iter().map(|l| &**l));
+        Sources {
+            lines,
+            collectors: &snapshot.collectors,
+            own: &[],
+        }
+        .body(format, gzip)
+    }
+}
 
 /// What the landing page says about the process itself: the effective
 /// configuration (never a secret) and whether it serves simulated data.
@@ -49,9 +140,8 @@ pub struct Routes {
     metrics: MetricsCache,
     liveness: Arc<Liveness>,
     telemetry_path: String,
-    limiter: Semaphore,
+    limiter: Arc<Semaphore>,
     overview: Overview,
-    telemetry: Telemetry,
     accounts: Arc<AccountNames>,
     reloads: Option<ReloadQueue>,
     lifecycle: bool,
@@ -71,13 +161,12 @@ impl Routes {
         max_requests: usize,
     ) -> Self {
         Routes {
-            metrics: MetricsCache::new(Arc::clone(&state), telemetry.clone()),
+            metrics: MetricsCache::new(Arc::clone(&state), telemetry),
             state,
             liveness,
             telemetry_path,
-            limiter: Semaphore::new(max_requests),
+            limiter: Arc::new(Semaphore::new(max_requests)),
             overview: Overview::default(),
-            telemetry,
             accounts: Arc::default(),
             reloads: None,
             lifecycle: false,
@@ -137,10 +226,11 @@ impl Routes {
         }
         // Health probes never queue behind scrapes: probes time out in seconds,
         // and a refused /healthz would restart a healthy exporter.
-        let _permit = if matches!(path, "/healthz" | "/readyz") {
+        // A scrape's slot goes with its body, and is held until the body is sent.
+        let permit = if matches!(path, "/healthz" | "/readyz") {
             None
         } else {
-            let Ok(permit) = self.limiter.try_acquire() else {
+            let Ok(permit) = Arc::clone(&self.limiter).try_acquire_owned() else {
                 return text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "too many concurrent requests, see --web.max-requests\n",
@@ -149,40 +239,44 @@ impl Routes {
             Some(permit)
         };
         let mut resp = if path == self.telemetry_path {
-            self.metrics(negotiate_format(&req), accepts_gzip(&req))
+            self.metrics(negotiate(&req), accepts_gzip(&req))
         } else {
             match path {
                 "/" => self.landing(),
                 "/healthz" => self.healthz(),
                 "/readyz" => self.readyz(),
-                "/probe" => self.probe(req.uri().query().unwrap_or(""), accepts_gzip(&req)),
+                "/probe" => {
+                    let query = req.uri().query().unwrap_or("");
+                    self.probe(query, negotiate(&req), accepts_gzip(&req))
+                }
                 _ => text(StatusCode::NOT_FOUND, "not found\n"),
             }
         };
         if is_head {
             *resp.body_mut() = Body::empty();
         }
+        if let Some(permit) = permit {
+            let body = std::mem::take(resp.body_mut());
+            *resp.body_mut() = body.with_slot(permit);
+        }
         resp
     }
 
-    fn metrics(&self, format: Format, gzip: bool) -> Response<Body> {
-        // Encoding a large body takes milliseconds of CPU: on the multi-threaded
+    fn metrics(&self, negotiated: Negotiated, gzip: bool) -> Response<Body> {
+        // Writing a large body takes milliseconds of CPU: on the multi-threaded
         // runtime the worker hands its other tasks (health probes, other
-        // connections) to the rest while it encodes.
-        let encode = || self.metrics.body_in(format, gzip);
-        let encoded = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(encode),
-            _ => encode(),
+        // connections) to the rest while it writes.
+        let write = || self.metrics.body(negotiated.format, gzip);
+        let body = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(write),
+            _ => write(),
         };
-        match encoded {
-            Ok((chunks, gzipped)) => exposition_response(format, Body::chunks(chunks), gzipped),
-            Err(err) => broken_body(&err),
-        }
+        exposition_response(negotiated, body, gzip)
     }
 
     /// `/probe?account=NAME`: the series of one account only, from the published
     /// snapshot as `/metrics` serves it, for a scrape job per account.
-    fn probe(&self, query: &str, gzip: bool) -> Response<Body> {
+    fn probe(&self, query: &str, negotiated: Negotiated, gzip: bool) -> Response<Body> {
         let asked: Vec<String> = url::form_urlencoded::parse(query.as_bytes())
             .filter(|(k, _)| k == "account")
             .map(|(_, v)| v.into_owned())
@@ -206,22 +300,8 @@ impl Routes {
                 ),
             );
         }
-        let snap = self.state.snapshot();
-        let upstream = self.telemetry.upstream_pieces(Some(account));
-        let parts = crate::exposition::Parts {
-            snapshot: &snap,
-            account: Some(account),
-            upstream: &upstream,
-            tail: None,
-        };
-        let body = crate::exposition::assemble(&parts, Format::Text);
-        if gzip {
-            return exposition_response(Format::Text, Body::chunks(body.chunks), true);
-        }
-        match body.inflate() {
-            Ok(plain) => exposition_response(Format::Text, Body::from(plain), false),
-            Err(err) => broken_body(&err),
-        }
+        let body = self.metrics.probe(account, negotiated.format, gzip);
+        exposition_response(negotiated, body, gzip)
     }
 
     /// The path below the route prefix (`/` for the prefix itself), or `None`
@@ -482,7 +562,7 @@ fn ago(now: std::time::SystemTime, at: std::time::SystemTime) -> String {
 }
 
 /// Bytes in binary units, three significant digits: "1.50 GiB".
-fn bytes(n: u64) -> String {
+fn bytes(n: u128) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
     let mut value = n as f64;
     let mut unit = 0;
@@ -516,41 +596,73 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
     resp
 }
 
-/// OpenMetrics 1.0.0 when `Accept` lists `application/openmetrics-text` with
-/// a weight above 0 and no other version than 1.0.0 (Prometheus sends
-/// `application/openmetrics-text;version=1.0.0;q=0.5,...;text/plain;version=0.0.4;q=0.3`);
-/// otherwise the text format. Weights are not compared beyond that: a scraper
-/// that names OpenMetrics at all prefers it (as client_golang decides).
-fn negotiate_format<B>(req: &Request<B>) -> Format {
-    let accepts_openmetrics = req
-        .headers()
-        .get_all(ACCEPT)
-        .iter()
+/// The format a scraper gets, and the name escaping it asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Negotiated {
+    format: Format,
+    /// The `escaping` parameter of the chosen media range, when it names a
+    /// scheme: every name the exporter writes is valid in the legacy character
+    /// set, so each scheme leaves them as they are, and the `Content-Type` says
+    /// which one the body was written under.
+    escaping: Option<&'static str>,
+}
+
+impl Negotiated {
+    /// What a scraper that names no served format gets.
+    const TEXT: Negotiated = Negotiated {
+        format: Format::Text,
+        escaping: None,
+    };
+}
+
+/// The escaping schemes of Prometheus 3 (`model.EscapingScheme`).
+const ESCAPING: [&str; 4] = ["allow-utf-8", "underscores", "dots", "values"];
+
+/// Chooses the format as client_golang's `NegotiateIncludingOpenMetrics` does:
+/// of the media ranges served, the one of the highest weight (`q`, 1 when
+/// absent; the first one given at equal weight; weight 0 refuses):
+/// `application/openmetrics-text` with version 1.0.0 or none gets OpenMetrics
+/// 1.0.0, `text/plain` with version 0.0.4 or none the text format. Nothing served
+/// (OpenMetrics 0.0.1, text 1.0.0, `*/*`, no `Accept`): the text format.
+///
+/// Prometheus 3 sends `application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,
+/// application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,
+/// text/plain;version=0.0.4;q=0.3,*/*;q=0.2` and gets OpenMetrics 1.0.0.
+fn negotiate<B>(req: &Request<B>) -> Negotiated {
+    let mut best: Option<(f32, Negotiated)> = None;
+    let ranges = req.headers().get_all(ACCEPT).iter();
+    for range in ranges
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|range| {
-            let mut parts = range.split(';').map(str::trim);
-            let media = parts.next().unwrap_or_default();
-            if !media.eq_ignore_ascii_case("application/openmetrics-text") {
-                return false;
+    {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let (mut version, mut escaping, mut q) = (None, None, Some(1.0));
+        for param in parts {
+            let (k, v) = param.split_once('=').unwrap_or((param, ""));
+            let v = v.trim().trim_matches('"');
+            match k.trim().to_ascii_lowercase().as_str() {
+                "version" => version = Some(v),
+                "escaping" => escaping = ESCAPING.into_iter().find(|s| s.eq_ignore_ascii_case(v)),
+                "q" => q = v.parse::<f32>().ok().filter(|q| q.is_finite()),
+                _ => {}
             }
-            let mut ok = true;
-            for param in parts {
-                let (k, v) = param.split_once('=').unwrap_or((param, ""));
-                let v = v.trim().trim_matches('"');
-                match k.trim().to_ascii_lowercase().as_str() {
-                    "version" => ok &= v == "1.0.0",
-                    "q" => ok &= v.parse::<f32>().is_ok_and(|q| q > 0.0),
-                    _ => {}
-                }
+        }
+        let format = match media.as_str() {
+            "application/openmetrics-text" if version.is_none_or(|v| v == "1.0.0") => {
+                Format::OpenMetrics
             }
-            ok
-        });
-    if accepts_openmetrics {
-        Format::OpenMetrics
-    } else {
-        Format::Text
+            "text/plain" if version.is_none_or(|v| v == "0.0.4") => Format::Text,
+            _ => continue,
+        };
+        match q {
+            Some(q) if q > 0.0 && best.is_none_or(|(b, _)| q > b) => {
+                best = Some((q, Negotiated { format, escaping }));
+            }
+            _ => {}
+        }
     }
+    best.map_or(Negotiated::TEXT, |(_, n)| n)
 }
 
 /// Whether the client accepts gzip, as RFC 9110 reads `Accept-Encoding`: the
@@ -584,26 +696,26 @@ fn accepts_gzip<B>(req: &Request<B>) -> bool {
     gzip.or(any).is_some_and(|w| w > 0.0)
 }
 
-/// The answer when an assembled body does not inflate: a bug of the exporter,
-/// logged, and a 500 rather than a wrong body.
-fn broken_body(err: &str) -> Response<Body> {
-    tracing::error!(error = err, "could not encode the exposition");
-    text(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        "could not encode the exposition; the exporter's log has the error\n",
-    )
-}
-
-/// A `/metrics` or `/probe` answer: its content type, and the headers that let a
-/// cache tell formats and encodings apart.
-fn exposition_response(format: Format, body: Body, gzipped: bool) -> Response<Body> {
+/// A `/metrics` or `/probe` answer: its exact content type, and the headers
+/// that let a cache tell formats and encodings apart.
+fn exposition_response(
+    negotiated: Negotiated,
+    body: bytes::Bytes,
+    gzipped: bool,
+) -> Response<Body> {
+    let content_type = match negotiated.escaping {
+        Some(scheme) => format!("{}; escaping={scheme}", negotiated.format.content_type()),
+        None => negotiated.format.content_type().to_string(),
+    };
     let mut builder = Response::builder()
-        .header(CONTENT_TYPE, format.content_type())
+        .header(CONTENT_TYPE, content_type)
         .header(VARY, "Accept, Accept-Encoding");
     if gzipped {
         builder = builder.header(CONTENT_ENCODING, "gzip");
     }
-    builder.body(body).expect("static response parts are valid")
+    builder
+        .body(Body::from(body))
+        .expect("static response parts are valid")
 }
 
 fn rfc3339(t: std::time::SystemTime) -> String {
@@ -633,6 +745,79 @@ fn html(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::account::TargetKey;
+    use crate::state::Outcome;
+    use std::io::Read as _;
+    use std::time::Duration;
+
+    /// A state with one registered target, its key, and a cache over it.
+    fn one_target() -> (Arc<State>, TargetKey, MetricsCache) {
+        let state = Arc::new(State::new());
+        let key = TargetKey::datacenter("default", "HZ");
+        state.register(&key, Duration::from_secs(60), Duration::from_secs(300));
+        let cache = MetricsCache::new(Arc::clone(&state), Telemetry::new());
+        (state, key, cache)
+    }
+
+    fn publish(state: &State, key: &TargetKey, images: u64) {
+        let mut dc = crate::aggregate::DatacenterImages::default();
+        dc.groups.insert(
+            crate::aggregate::GroupKey {
+                status: crate::labels::Status::Available,
+                image_type: "linux".to_string(),
+            },
+            crate::aggregate::GroupStats {
+                count: images,
+                ..Default::default()
+            },
+        );
+        state.publish(
+            key,
+            Duration::ZERO,
+            Outcome::Success {
+                datacenters: [(key.datacenter.clone().unwrap_or_default(), dc)].into(),
+                anomalies: Vec::new(),
+                folded: Default::default(),
+                lifecycle: Default::default(),
+                named: Vec::new(),
+            },
+        );
+    }
+
+    fn inflate(gzip: &[u8]) -> String {
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(gzip)
+            .read_to_string(&mut text)
+            .unwrap();
+        text
+    }
+
+    #[test]
+    fn a_published_result_invalidates_the_body_at_once_and_both_encodings_agree() {
+        let (state, key, cache) = one_target();
+        let first = cache.body(Format::Text, false);
+        assert_eq!(
+            cache.body(Format::Text, false).as_ptr(),
+            first.as_ptr(),
+            "served again, the same buffer"
+        );
+        publish(&state, &key, 0);
+        let second = cache.body(Format::Text, false);
+        let second = String::from_utf8(second.to_vec()).unwrap();
+        assert!(second.contains("finovy_up{account=\"default\",datacenter_key=\"HZ\"} 1"));
+        // The gzip body is written apart, with its own `process_*` values.
+        let stable = |text: &str| -> Vec<String> {
+            let lines = text.lines().filter(|l| !l.contains("process_"));
+            lines.map(str::to_string).collect()
+        };
+        let zipped = inflate(&cache.body(Format::Text, true));
+        assert_eq!(stable(&zipped), stable(&second));
+        let om = cache.body(Format::OpenMetrics, false);
+        let om = String::from_utf8(om.to_vec()).unwrap();
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        assert!(om.contains("# TYPE finovy_refresh_failures counter\n"));
+        assert!(om.contains("# TYPE finovy_exporter_build_info gauge\n"));
+    }
 
     fn req(accept: &str) -> Request<()> {
         Request::builder()
@@ -641,26 +826,97 @@ mod tests {
             .unwrap()
     }
 
+    fn with(accept: &str) -> (Format, Option<&'static str>) {
+        let req = Request::builder().header(ACCEPT, accept).body(()).unwrap();
+        let n = negotiate(&req);
+        (n.format, n.escaping)
+    }
+
+    /// The `Accept` of a Prometheus 3 scrape (its scrape tests' "default scrape
+    /// protocols"), and of Prometheus 2 before and after `scrape_protocols`.
+    const PROMETHEUS_3: &str = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+    const PROMETHEUS_2: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    const PROMETHEUS_2_PROTOCOLS: &str = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+
     #[test]
-    fn format_negotiation() {
-        let with = |accept: &str| {
-            let req = Request::builder().header(ACCEPT, accept).body(()).unwrap();
-            negotiate_format(&req)
-        };
-        let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
-        assert_eq!(with(prometheus), Format::OpenMetrics);
+    fn prometheus_3_and_2_get_openmetrics_1_0_0() {
         assert_eq!(
-            with("application/openmetrics-text; version=1.0.0"),
-            Format::OpenMetrics
+            with(PROMETHEUS_3),
+            (Format::OpenMetrics, Some("allow-utf-8"))
         );
-        assert_eq!(with("application/openmetrics-text"), Format::OpenMetrics);
+        assert_eq!(with(PROMETHEUS_2), (Format::OpenMetrics, None));
+        assert_eq!(with(PROMETHEUS_2_PROTOCOLS), (Format::OpenMetrics, None));
+        let req = Request::builder()
+            .header(ACCEPT, PROMETHEUS_3)
+            .body(())
+            .unwrap();
+        let resp = exposition_response(negotiate(&req), bytes::Bytes::new(), true);
+        assert_eq!(
+            resp.headers()[CONTENT_TYPE],
+            "application/openmetrics-text; version=1.0.0; charset=utf-8; escaping=allow-utf-8"
+        );
+        let resp = exposition_response(negotiate(&req_accepting("")), bytes::Bytes::new(), false);
+        assert_eq!(
+            resp.headers()[CONTENT_TYPE],
+            "text/plain; version=0.0.4; charset=utf-8"
+        );
+    }
+
+    fn req_accepting(accept: &str) -> Request<()> {
+        Request::builder().header(ACCEPT, accept).body(()).unwrap()
+    }
+
+    #[test]
+    fn weights_decide_not_the_order() {
+        // Prometheus 3 configured to prefer the text format.
+        let text_first = "text/plain;version=1.0.0;escaping=allow-utf-8;q=0.6,text/plain;version=0.0.4;q=0.5,application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.4,*/*;q=0.3";
+        assert_eq!(with(text_first), (Format::Text, None));
+        assert_eq!(
+            with("application/openmetrics-text;version=1.0.0;q=0.2,text/plain;version=0.0.4;q=0.9"),
+            (Format::Text, None)
+        );
+        assert_eq!(
+            with("text/plain;q=0.1, application/openmetrics-text"),
+            (Format::OpenMetrics, None),
+            "no q is 1"
+        );
+        assert_eq!(
+            with("text/plain;version=0.0.4;escaping=underscores;q=0.9,application/openmetrics-text;q=0.8"),
+            (Format::Text, Some("underscores"))
+        );
+        // Equal weights: the specific range before the wildcard, else the order given.
+        assert_eq!(
+            with("*/*,application/openmetrics-text"),
+            (Format::OpenMetrics, None)
+        );
+        assert_eq!(
+            with("text/plain,application/openmetrics-text"),
+            (Format::Text, None)
+        );
+    }
+
+    #[test]
+    fn refused_or_unserved_ranges_fall_back_to_text() {
+        assert_eq!(
+            with("application/openmetrics-text; q=0"),
+            (Format::Text, None)
+        );
         assert_eq!(
             with("application/openmetrics-text; version=0.0.1"),
-            Format::Text
+            (Format::Text, None)
         );
-        assert_eq!(with("application/openmetrics-text; q=0"), Format::Text);
-        assert_eq!(with("text/plain;version=0.0.4"), Format::Text);
-        assert_eq!(with("*/*"), Format::Text);
+        assert_eq!(
+            with("application/openmetrics-text; version=1.0.0; escaping=bogus"),
+            (Format::OpenMetrics, None),
+            "an unknown scheme is not echoed"
+        );
+        assert_eq!(
+            with("application/openmetrics-text;q=x"),
+            (Format::Text, None)
+        );
+        assert_eq!(with("text/plain;version=1.0.0"), (Format::Text, None));
+        assert_eq!(with("*/*"), (Format::Text, None));
+        assert_eq!(with(""), (Format::Text, None));
     }
 
     #[test]

@@ -29,6 +29,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
@@ -44,6 +45,7 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use tokio_io_timeout::TimeoutStream;
 
 use crate::config::ListenAddress;
 use crate::routes::Routes;
@@ -54,6 +56,12 @@ use crate::web_config::{WebConfigHandle, REALM};
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head accepted, bytes.
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+/// Time a response may make no progress before its connection is closed: a
+/// client that stops reading a body (or reads nothing at all) is cut off after
+/// it, which gives its request slot back and lets go of the body. Ten seconds is
+/// Prometheus' default scrape timeout: a scraper that read nothing for that long
+/// has given up.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time requests in flight get to finish after a shutdown signal.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -545,10 +553,19 @@ where
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
         .max_buf_size(MAX_HEADER_BYTES)
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(TokioIo::new(send_timeout(stream)), service);
     if let Err(err) = watcher.watch(conn).await {
         tracing::debug!(error = %err, "connection ended with an error");
     }
+}
+
+/// `stream`, whose writes fail once one has made no progress for
+/// [`SEND_TIMEOUT`], so that hyper closes the connection. Reads are untouched
+/// (hyper's header read timeout covers a slow request).
+fn send_timeout<S: AsyncRead + AsyncWrite>(stream: S) -> Pin<Box<TimeoutStream<S>>> {
+    let mut stream = TimeoutStream::new(stream);
+    stream.set_write_timeout(Some(SEND_TIMEOUT));
+    Box::pin(stream)
 }
 
 /// Basic auth and configured headers around [`Routes`].

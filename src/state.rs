@@ -4,16 +4,16 @@
 //! Every pass publishes by changing its [`TargetState`] copy-on-write under the
 //! lock, so a scrape, which holds an immutable [`Snapshot`], sees each target
 //! either before or after a pass, never half of one. A target's series are
-//! rendered into pieces ([`crate::render`]) when it changes, not when scraped; a
-//! scrape copies the pieces of every datacenter, leaving out image series older
-//! than their stale-after. The lock is held only to change one target, never
-//! across I/O.
+//! rendered into lines ([`crate::metrics::lines`]) when it changes, not when
+//! scraped; a scrape copies the lines of every datacenter, leaving out image
+//! series older than their stale-after. The lock is held only to change one
+//! target, never across I/O.
 //!
 //! A target's counters (failures, anomalies) live here, beside its series, so that
 //! they vanish with the target (removed from the configuration, or a datacenter
 //! gone from discovery for longer than stale-after) and never outlive it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,8 +21,8 @@ use crate::account::TargetKey;
 use crate::aggregate::{DatacenterImages, NamedImage};
 use crate::labels::{Anomaly, Reason};
 use crate::lifecycle::{Changes, LifecycleCounters};
-use crate::metrics::Collectors;
-use crate::render::{self, Pieces, SeriesValues};
+use crate::metrics::lines::{self, Builder, Lines};
+use crate::metrics::{self, Collectors};
 
 /// The datacenter key of a discovery target's series before it found any
 /// datacenter (or when it found none), so that `finovy_up` always exists.
@@ -92,12 +92,12 @@ pub struct PublishedImages {
     at_instant: Instant,
     /// Images over all groups.
     pub total_images: u64,
-    /// Bytes over all groups.
-    pub total_bytes: u64,
+    /// Bytes over all groups (128 bits: see [`crate::aggregate::GroupStats`]).
+    pub total_bytes: u128,
     /// Number of (status, image type) groups.
     pub groups: usize,
-    /// Its image sections, rendered.
-    pub pieces: Pieces,
+    /// Its image lines.
+    pub lines: Lines,
 }
 
 /// The series of one datacenter of a target.
@@ -115,8 +115,8 @@ pub struct DatacenterSeries {
     pub folded: Vec<(&'static str, u64)>,
     /// Its lifecycle counters.
     pub lifecycle: LifecycleCounters,
-    /// Its health and counter sections, rendered after every change.
-    pub pieces: Pieces,
+    /// Its health and counter lines, rendered after every change.
+    pub lines: Lines,
 }
 
 /// Everything known about one target.
@@ -165,41 +165,78 @@ impl TargetState {
         }
     }
 
-    /// Renders the health and counter sections of every datacenter series
+    /// Renders the health and counter lines of every datacenter series
     /// again. Every change of the target that `/metrics` shows ends with it.
     fn render(&mut self, account: &str, collectors: &Collectors) {
-        for (dc, series) in &mut self.datacenters {
-            let values = SeriesValues {
-                up: self.up,
-                last_duration: self.last_duration,
-                last_success: self.last_success,
-                interval: self.interval,
-                failures: &series.failures,
-                anomalies: &series.anomalies,
-                folded: &series.folded,
-                lifecycle: collectors.lifecycle.then_some(&series.lifecycle),
-            };
-            series.pieces = render::series(account, dc, &values);
+        let mut datacenters = std::mem::take(&mut self.datacenters);
+        for (dc, series) in &mut datacenters {
+            series.lines = render_series(account, dc, self, series, collectors.lifecycle);
         }
+        self.datacenters = datacenters;
     }
 
     /// Whether a datacenter's image series are still served.
     pub fn is_fresh(&self, images: &PublishedImages) -> bool {
         images.at_instant.elapsed() <= self.stale_after
     }
+}
 
-    /// Images over the fresh series of all its datacenters, when it has any.
-    pub fn fresh_images(&self) -> Option<(u64, u64)> {
-        let mut found = None;
-        for series in self.datacenters.values() {
-            if let Some(images) = series.images.as_ref().filter(|im| self.is_fresh(im)) {
-                let (n, bytes) = found.get_or_insert((0, 0));
-                *n += images.total_images;
-                *bytes += images.total_bytes;
-            }
+/// The health and counter lines of one datacenter series of `target`, with its
+/// lifecycle counters when that collector runs.
+fn render_series(
+    account: &str,
+    datacenter: &str,
+    target: &TargetState,
+    v: &DatacenterSeries,
+    lifecycle: bool,
+) -> Lines {
+    use crate::metrics::{IMAGES_CREATED, IMAGES_DELETED, LIFECYCLE_SKIPPED, STATUS_TRANSITIONS};
+    let mut b = Builder::default();
+    let labels = [account, datacenter];
+    if let Some(c) = Some(&v.lifecycle).filter(|_| lifecycle) {
+        for (ty, n) in &c.created {
+            b.sample(&IMAGES_CREATED, &[account, datacenter, ty], n);
         }
-        found
+        for ((status, ty), n) in &c.deleted {
+            b.sample(
+                &IMAGES_DELETED,
+                &[account, datacenter, status.label(), ty],
+                n,
+            );
+        }
+        for ((ty, from, to), n) in &c.transitions {
+            let labels = [account, datacenter, ty, from.label(), to.label()];
+            b.sample(&STATUS_TRANSITIONS, &labels, n);
+        }
+        b.sample(&LIFECYCLE_SKIPPED, &labels, c.skipped);
     }
+    b.sample(&metrics::UP, &labels, u8::from(target.up));
+    let duration = target.last_duration.as_secs_f64();
+    b.sample(&metrics::REFRESH_DURATION, &labels, duration);
+    let last_success = target.last_success.map_or(0.0, crate::unix_seconds);
+    b.sample(&metrics::REFRESH_LAST_SUCCESS, &labels, last_success);
+    let interval = target.interval.as_secs_f64();
+    b.sample(&metrics::REFRESH_INTERVAL, &labels, interval);
+    for reason in Reason::ALL {
+        let labels = [account, datacenter, reason.label()];
+        b.sample(
+            &metrics::REFRESH_FAILURES,
+            &labels,
+            v.failures[reason.index()],
+        );
+    }
+    for anomaly in Anomaly::ALL {
+        let labels = [account, datacenter, anomaly.label()];
+        b.sample(
+            &metrics::PAGINATION_ANOMALIES,
+            &labels,
+            v.anomalies[anomaly.index()],
+        );
+    }
+    for (label, n) in &v.folded {
+        b.sample(&metrics::LIMIT_FOLDED, &[account, datacenter, label], n);
+    }
+    b.finish()
 }
 
 /// One consistent view of every target.
@@ -222,6 +259,25 @@ impl Snapshot {
     /// (a shard may own none: it is ready at once).
     pub fn ready(&self) -> bool {
         self.started && self.targets.values().all(|t| t.passes > 0)
+    }
+
+    /// The lines of every datacenter series (of `account`'s only, for
+    /// `/probe`), with its image lines while they are fresh (decided once, so that
+    /// a body never has a datacenter's counts without its sizes).
+    pub fn lines(&self, account: Option<&str>) -> Vec<&Lines> {
+        let mut items = Vec::with_capacity(2 * self.targets.len());
+        for (key, t) in &self.targets {
+            if account.is_some_and(|a| key.account != a) {
+                continue;
+            }
+            for s in t.datacenters.values() {
+                items.push(&s.lines);
+                if let Some(images) = s.images.as_ref().filter(|im| t.is_fresh(im)) {
+                    items.push(&images.lines);
+                }
+            }
+        }
+        items
     }
 }
 
@@ -270,42 +326,6 @@ impl State {
         next.generation += 1;
     }
 
-    /// Replaces published pieces by their views ([`Pieces::concat`]): the same
-    /// text under the same id, in a group's buffer, so that the deflated text is
-    /// held once. A view whose pieces were replaced since (the target published
-    /// again) is dropped. No scrape can tell the difference, so the generation
-    /// stays and the cached body stays current.
-    pub fn share(&self, views: Vec<Pieces>) {
-        if views.is_empty() {
-            return;
-        }
-        let mut views: HashMap<u64, Pieces> = views.into_iter().map(|v| (v.id(), v)).collect();
-        let wanted = |series: &DatacenterSeries, views: &HashMap<u64, Pieces>| {
-            views.contains_key(&series.pieces.id())
-                || series
-                    .images
-                    .as_ref()
-                    .is_some_and(|im| views.contains_key(&im.pieces.id()))
-        };
-        let mut guard = self.current.write().unwrap_or_else(|e| e.into_inner());
-        let snapshot = Arc::make_mut(&mut guard);
-        for target in snapshot.targets.values_mut() {
-            if !target.datacenters.values().any(|s| wanted(s, &views)) {
-                continue;
-            }
-            for series in Arc::make_mut(target).datacenters.values_mut() {
-                if let Some(view) = views.remove(&series.pieces.id()) {
-                    series.pieces = view;
-                }
-                if let Some(images) = series.images.as_mut() {
-                    if let Some(view) = views.remove(&images.pieces.id()) {
-                        Arc::make_mut(images).pieces = view;
-                    }
-                }
-            }
-        }
-    }
-
     /// Adds a target before its first pass (not ready until that pass ends), or
     /// updates the schedule of a known one, keeping its series and counters.
     pub fn register(&self, key: &TargetKey, interval: Duration, stale_after: Duration) {
@@ -336,18 +356,19 @@ impl State {
 
     /// Records when a target's next pass is due.
     pub fn set_next_pass(&self, key: &TargetKey, at: SystemTime) {
-        self.update(|snap| {
-            if let Some(t) = snap.targets.get_mut(key) {
-                Arc::make_mut(t).next_pass = Some(at);
-            }
-        });
+        self.change_target(key, |t| t.next_pass = Some(at));
     }
 
     /// Sets (or clears) the notice of a target.
     pub fn set_notice(&self, key: &TargetKey, notice: Option<String>) {
+        self.change_target(key, |t| t.notice = notice);
+    }
+
+    /// Changes one target, if it is registered.
+    fn change_target(&self, key: &TargetKey, change: impl FnOnce(&mut TargetState)) {
         self.update(|snap| {
             if let Some(t) = snap.targets.get_mut(key) {
-                Arc::make_mut(t).notice = notice;
+                change(Arc::make_mut(t));
             }
         });
     }
@@ -374,12 +395,9 @@ impl State {
                             at: now,
                             at_instant: now_instant,
                             total_images: images.total_images(),
-                            total_bytes: images
-                                .groups
-                                .values()
-                                .fold(0, |sum, g| sum.saturating_add(g.size_bytes)),
+                            total_bytes: images.groups.values().map(|g| g.size_bytes).sum(),
                             groups: images.groups.len(),
-                            pieces: render::images(&key.account, dc, images, &named, &collectors),
+                            lines: lines::images(&key.account, dc, images, &named, &collectors),
                         };
                         let mut start = LifecycleCounters::default();
                         if !matches!(lifecycle, Lifecycle::Off) {
@@ -430,6 +448,15 @@ impl State {
                     if discovery && found.is_empty() {
                         t.datacenters.entry(NO_DATACENTER.to_string()).or_default();
                     }
+                    // With `--limit.datacenters` folding, the lifecycle changes of
+                    // a datacenter not published under its own key count under
+                    // `other`, as its images do: a series made for a raw key
+                    // would hold a pass's changes only until the next pass
+                    // dropped it, and the keys would be unbounded.
+                    let folding = folded
+                        .get(crate::labels::OTHER)
+                        .is_some_and(|f| f.iter().any(|(label, _)| *label == "datacenter_key"));
+                    let published: Vec<String> = found.keys().cloned().collect();
                     for (dc, (images, start)) in found {
                         let series = t.datacenters.entry(dc.clone()).or_default();
                         series.images = Some(images);
@@ -459,6 +486,11 @@ impl State {
                         // A datacenter gone from discovery has its deletions
                         // counted beside its last series.
                         for (dc, changes) in changes {
+                            let dc = if folding && !published.contains(&dc) {
+                                crate::labels::OTHER.to_string()
+                            } else {
+                                dc
+                            };
                             let series = t.datacenters.entry(dc).or_default();
                             series.lifecycle.add(changes, collectors.image_types);
                         }
@@ -506,7 +538,7 @@ mod tests {
             },
             GroupStats {
                 count: n,
-                size_bytes: n * 10,
+                size_bytes: u128::from(n) * 10,
                 oldest_created_ms: Some(1_700_000_000_000),
             },
         );
@@ -536,14 +568,13 @@ mod tests {
 
     fn text(state: &State) -> String {
         let snap = state.snapshot();
-        let parts = crate::exposition::Parts {
-            snapshot: &snap,
-            account: None,
-            upstream: &[],
-            tail: None,
+        let sources = crate::metrics::writer::Sources {
+            lines: snap.lines(None),
+            collectors: &snap.collectors,
+            own: &[],
         };
-        let body = crate::exposition::assemble(&parts, crate::metrics::Format::Text);
-        String::from_utf8(body.inflate().unwrap().to_vec()).unwrap()
+        let body = sources.body(crate::metrics::Format::Text, false);
+        String::from_utf8(body.to_vec()).unwrap()
     }
 
     #[test]
@@ -639,5 +670,41 @@ mod tests {
         std::thread::sleep(Duration::from_millis(40));
         state.publish(&all, Duration::ZERO, success(&[]));
         assert!(text(&state).contains("finovy_up{account=\"a\",datacenter_key=\"\"} 1"));
+    }
+    #[test]
+    fn each_part_holds_its_family_s_lines_only() {
+        let state = crate::state::State::new();
+        let key = crate::account::TargetKey::datacenter("a", "HZ");
+        state.register(
+            &key,
+            std::time::Duration::from_secs(60),
+            std::time::Duration::ZERO,
+        );
+        let snap = state.snapshot();
+        let target = &snap.targets[&key];
+        let mut dc = (*target.datacenters["HZ"]).clone();
+        dc.anomalies = [2; Anomaly::ALL.len()];
+        dc.folded = vec![("image_type", 3)];
+        let lines = render_series("a", "HZ", target, &dc, false);
+        let mut parts = 0;
+        for (i, part) in crate::metrics::BODY.iter().enumerate() {
+            for line in lines.part(i).lines() {
+                assert!(line.starts_with(part.family.name), "{line} in {i}");
+                parts += 1;
+            }
+        }
+        // up, duration, last success, interval, a line per reason and anomaly,
+        // one folded label.
+        assert_eq!(parts, 4 + Reason::ALL.len() + Anomaly::ALL.len() + 1);
+        assert_eq!(
+            lines.part(crate::metrics::slot(&crate::metrics::UP, None)),
+            "finovy_up{account=\"a\",datacenter_key=\"HZ\"} 0\n"
+        );
+        assert_eq!(
+            lines.part(crate::metrics::BODY.len()),
+            "",
+            "past the table: nothing"
+        );
+        assert!(Lines::default().part(0).is_empty());
     }
 }

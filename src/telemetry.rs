@@ -2,21 +2,22 @@
 //! build and configuration.
 //!
 //! Kept apart from the per-target series (see [`crate::state`]). Every family
-//! comes from the table in [`crate::metrics`]. The per-account upstream families
-//! are kept per account ([`Upstream`]) and rendered into pieces like the target
-//! series; the few process-wide ones are in a registry of the `prometheus` crate,
-//! with the standard `process_*` collector. Counters with a bounded label set
+//! comes from the table in [`crate::metrics`]. The per-account families (upstream
+//! requests and logins) are counted per account ([`Upstream`]) and rendered into
+//! lines like the target series, and only there; the few process-wide ones are
+//! in a registry of the `prometheus` crate, with the standard `process_*`
+//! collector. Counters with a bounded label set
 //! are created at zero when their account is, so that `rate()` and `increase()`
 //! work from the first scrape, and removed with it.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use prometheus::{Encoder, Gauge, IntGauge, IntGaugeVec, Registry, TextEncoder};
+use prometheus::{Gauge, IntGauge, IntGaugeVec, Registry};
 
 use crate::labels::Field;
 use crate::metrics;
-use crate::render::{self, Pieces, UpstreamValues};
+use crate::metrics::lines::{sample_named, Builder, Lines};
 
 /// Upper bounds of the buckets of `finovy_api_request_duration_seconds`, in
 /// seconds.
@@ -26,18 +27,16 @@ pub const API_DURATION_BUCKETS: [f64; 11] =
 /// One account's upstream calls, as the `finovy_api_*{account}` families show
 /// them.
 ///
-/// They are not in the registry: at a thousand accounts, their seventeen series
-/// an account made encoding the registry a third of every scrape, and `/probe`
-/// encoded all of it to keep one account's. Here an account's lines are rendered
-/// when a scrape finds they changed, and kept until they change again
-/// ([`Upstream::pieces`]), so a scrape copies the lines of every account that
-/// sent no request since the one before.
+/// They are not in the registry: an account's lines are rendered when a scrape
+/// finds they changed, and kept until they change again ([`Upstream::lines`]), so
+/// a scrape copies the lines of every account that sent no request since the
+/// one before, and `/probe` takes one account's without encoding the others.
 #[derive(Debug)]
 pub struct Upstream {
     account: String,
     counts: Mutex<Counts>,
     /// The lines of the counts at a version.
-    rendered: Mutex<Option<(u64, Arc<Pieces>)>>,
+    rendered: Mutex<Option<(u64, Arc<Lines>)>>,
 }
 
 #[derive(Debug, Default)]
@@ -53,6 +52,59 @@ struct Counts {
     duration_count: u64,
     invalid: [u64; Field::ALL.len()],
     concurrency_limit: Option<u32>,
+    /// Logins by `code` label.
+    logins: BTreeMap<String, u64>,
+    /// When the token an account logged in for expires, while it holds one.
+    token_expiry: Option<std::time::SystemTime>,
+}
+
+impl Counts {
+    /// The account's lines: concurrency limit, unreadable fields, request
+    /// durations, requests, logins and token expiry. Samples are ordered by label
+    /// value, as the `prometheus` registry ordered them when they were its own.
+    fn render(&self, account: &str) -> Lines {
+        let mut b = Builder::default();
+        if let Some(limit) = self.concurrency_limit {
+            b.sample(&metrics::API_CONCURRENCY_LIMIT, &[account], limit);
+        }
+        let mut fields = Field::ALL.to_vec();
+        fields.sort_by_key(|f| f.label());
+        for field in fields {
+            let labels = [account, field.label()];
+            b.sample(
+                &metrics::API_INVALID_ITEMS,
+                &labels,
+                self.invalid[field.index()],
+            );
+        }
+        let family = &metrics::API_DURATION;
+        let out = b.part(family, None);
+        let buckets = metrics::Family {
+            labels: &["account", "le"],
+            ..*family
+        };
+        let mut cumulative = 0;
+        for (bound, n) in API_DURATION_BUCKETS.iter().zip(self.duration_buckets) {
+            cumulative += n;
+            let le = bound.to_string();
+            sample_named(out, &buckets, "_bucket", &[account, &le], cumulative);
+        }
+        let count = self.duration_count;
+        sample_named(out, &buckets, "_bucket", &[account, "+Inf"], count);
+        sample_named(out, family, "_sum", &[account], self.duration_sum);
+        sample_named(out, family, "_count", &[account], count);
+        for (code, n) in &self.requests {
+            b.sample(&metrics::API_REQUESTS, &[account, code], n);
+        }
+        for (code, n) in &self.logins {
+            b.sample(&metrics::AUTH_REQUESTS, &[account, code], n);
+        }
+        if let Some(expiry) = self.token_expiry {
+            let at = crate::unix_seconds(expiry);
+            b.sample(&metrics::AUTH_TOKEN_EXPIRY, &[account], at);
+        }
+        b.finish()
+    }
 }
 
 impl Upstream {
@@ -111,34 +163,35 @@ impl Upstream {
         self.lock().concurrency_limit
     }
 
+    /// Counts one login answered with `code`.
+    fn login(&self, code: &str) {
+        let mut c = self.lock();
+        *c.logins.entry(code.to_string()).or_default() += 1;
+        c.version += 1;
+    }
+
+    /// Sets (or, with `None`, removes) when the account's token expires.
+    fn set_token_expiry(&self, expiry: Option<std::time::SystemTime>) {
+        let mut c = self.lock();
+        if c.token_expiry != expiry {
+            c.token_expiry = expiry;
+            c.version += 1;
+        }
+    }
+
     /// The account's lines, rendered again only if they changed since the last
     /// call.
-    pub fn pieces(&self) -> Arc<Pieces> {
+    pub fn lines(&self) -> Arc<Lines> {
         let mut rendered = self.rendered.lock().unwrap_or_else(|e| e.into_inner());
         let c = self.lock();
-        if let Some((version, pieces)) = rendered.as_ref() {
+        if let Some((version, lines)) = rendered.as_ref() {
             if *version == c.version {
-                return Arc::clone(pieces);
+                return Arc::clone(lines);
             }
         }
-        let buckets: Vec<(f64, u64)> = API_DURATION_BUCKETS
-            .iter()
-            .copied()
-            .zip(c.duration_buckets)
-            .collect();
-        let pieces = Arc::new(render::upstream(
-            &self.account,
-            &UpstreamValues {
-                requests: &c.requests,
-                duration_buckets: &buckets,
-                duration_sum: c.duration_sum,
-                duration_count: c.duration_count,
-                invalid: &c.invalid,
-                concurrency_limit: c.concurrency_limit,
-            },
-        ));
-        *rendered = Some((c.version, Arc::clone(&pieces)));
-        pieces
+        let lines = Arc::new(c.render(&self.account));
+        *rendered = Some((c.version, Arc::clone(&lines)));
+        lines
     }
 }
 
@@ -149,10 +202,6 @@ pub struct Telemetry {
     /// The upstream calls of every account, by name.
     accounts: Arc<Mutex<BTreeMap<String, Arc<Upstream>>>>,
     shard_info: IntGaugeVec,
-    /// `finovy_auth_requests_total{account,code}`.
-    auth_requests: prometheus::IntCounterVec,
-    /// `finovy_auth_token_expiry_timestamp_seconds{account}`.
-    auth_token_expiry: prometheus::GaugeVec,
     /// `finovy_web_config_last_reload_successful`: 0 while the last change of
     /// `--web.config.file` could not be loaded, else 1.
     pub web_config_last_reload_successful: IntGauge,
@@ -168,48 +217,29 @@ impl Telemetry {
     /// Creates the metrics and registers them with a new registry.
     pub fn new() -> Self {
         let registry = Registry::new();
-        let build_info = IntGaugeVec::new(metrics::BUILD_INFO.opts(), metrics::BUILD_INFO.labels)
-            .expect("valid metric");
-        build_info
-            .with_label_values(&[crate::VERSION, crate::REVISION])
-            .set(1);
-        let shard_info = IntGaugeVec::new(metrics::SHARD_INFO.opts(), metrics::SHARD_INFO.labels)
-            .expect("valid metric");
-        shard_info.with_label_values(&["0", "1"]).set(1);
-        let web_config_last_reload_successful =
-            IntGauge::with_opts(metrics::WEB_CONFIG_RELOAD.opts()).expect("valid metric");
-        web_config_last_reload_successful.set(1);
-        let demo_mode = IntGauge::with_opts(metrics::DEMO_MODE.opts()).expect("valid metric");
-        let config_last_reload_successful =
-            IntGauge::with_opts(metrics::CONFIG_RELOAD.opts()).expect("valid metric");
-        config_last_reload_successful.set(1);
+        let register = |c: Box<dyn prometheus::core::Collector>| {
+            registry.register(c).expect("metric names are unique");
+        };
+        let gauge = |f: &metrics::Family, value: i64| {
+            let gauge = IntGauge::with_opts(f.opts()).expect("valid metric");
+            gauge.set(value);
+            register(Box::new(gauge.clone()));
+            gauge
+        };
+        let web_config_last_reload_successful = gauge(&metrics::WEB_CONFIG_RELOAD, 1);
+        let demo_mode = gauge(&metrics::DEMO_MODE, 0);
+        let config_last_reload_successful = gauge(&metrics::CONFIG_RELOAD, 1);
         let config_last_reload_success_timestamp =
             Gauge::with_opts(metrics::CONFIG_RELOAD_TIMESTAMP.opts()).expect("valid metric");
-
-        let auth_requests = prometheus::IntCounterVec::new(
-            metrics::AUTH_REQUESTS.opts(),
-            metrics::AUTH_REQUESTS.labels,
-        )
-        .expect("valid metric");
-        let auth_token_expiry = prometheus::GaugeVec::new(
-            metrics::AUTH_TOKEN_EXPIRY.opts(),
-            metrics::AUTH_TOKEN_EXPIRY.labels,
-        )
-        .expect("valid metric");
-        for collector in [
-            Box::new(shard_info.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(auth_requests.clone()),
-            Box::new(auth_token_expiry.clone()),
-            Box::new(build_info),
-            Box::new(web_config_last_reload_successful.clone()),
-            Box::new(demo_mode.clone()),
-            Box::new(config_last_reload_successful.clone()),
-            Box::new(config_last_reload_success_timestamp.clone()),
-        ] {
-            registry
-                .register(collector)
-                .expect("metric names are unique");
-        }
+        register(Box::new(config_last_reload_success_timestamp.clone()));
+        let info = |f: &metrics::Family, values: &[&str]| {
+            let info = IntGaugeVec::new(f.opts(), f.labels).expect("valid metric");
+            info.with_label_values(values).set(1);
+            register(Box::new(info.clone()));
+            info
+        };
+        let shard_info = info(&metrics::SHARD_INFO, &["0", "1"]);
+        info(&metrics::BUILD_INFO, &[crate::VERSION, crate::REVISION]);
         #[cfg(target_os = "linux")]
         registry
             .register(Box::new(
@@ -220,8 +250,6 @@ impl Telemetry {
             registry,
             accounts: Arc::default(),
             shard_info,
-            auth_requests,
-            auth_token_expiry,
             web_config_last_reload_successful,
             demo_mode,
             config_last_reload_successful,
@@ -259,46 +287,23 @@ impl Telemetry {
     pub fn remove_account(&self, account: &str) {
         let mut accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
         accounts.remove(account);
-        let _ = self.auth_token_expiry.remove_label_values(&[account]);
-        for m in prometheus::core::Collector::collect(&self.auth_requests) {
-            for metric in m.get_metric() {
-                let labels = metric.get_label();
-                if labels
-                    .iter()
-                    .any(|l| l.name() == "account" && l.value() == account)
-                {
-                    if let Some(code) = labels.iter().find(|l| l.name() == "code") {
-                        let _ = self
-                            .auth_requests
-                            .remove_label_values(&[account, code.value()]);
-                    }
-                }
-            }
-        }
     }
 
-    /// Counts one login of `account`, answered with `code` (the envelope's
-    /// code, else the HTTP status, else `error`).
+    /// Counts one login of `account` (`finovy_auth_requests_total`), answered
+    /// with `code`: the upstream's `code`, else the HTTP status, else `error`.
     pub fn record_auth_request(&self, account: &str, code: &str) {
-        self.auth_requests.with_label_values(&[account, code]).inc();
+        self.upstream(account).login(code);
     }
 
-    /// Sets when the token of `account`'s last login expires; `None` removes
-    /// the series (no token, or its lifetime is unknown).
+    /// Sets when the token `account` logged in for expires
+    /// (`finovy_auth_token_expiry_timestamp_seconds`); `None` removes the series
+    /// (the account holds no token).
     pub fn set_auth_token_expiry(&self, account: &str, expiry: Option<std::time::SystemTime>) {
-        match expiry {
-            Some(at) => self
-                .auth_token_expiry
-                .with_label_values(&[account])
-                .set(crate::unix_seconds(at)),
-            None => {
-                let _ = self.auth_token_expiry.remove_label_values(&[account]);
-            }
-        }
+        self.upstream(account).set_token_expiry(expiry);
     }
 
-    /// The upstream lines of every account, or of `only`, in account order.
-    pub fn upstream_pieces(&self, only: Option<&str>) -> Vec<Arc<Pieces>> {
+    /// The lines of every account, or of `only`, in account order.
+    pub fn account_lines(&self, only: Option<&str>) -> Vec<Arc<Lines>> {
         let accounts: Vec<Arc<Upstream>> = {
             let accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
             match only {
@@ -307,14 +312,12 @@ impl Telemetry {
             }
         };
         // Rendered outside the map's lock: a new client does not wait for it.
-        accounts.iter().map(|a| a.pieces()).collect()
+        accounts.iter().map(|a| a.lines()).collect()
     }
 
-    /// Appends the text exposition of these metrics to `out`.
-    pub fn encode(&self, out: &mut Vec<u8>) {
-        let families = self.registry.gather();
-        // Encoding into a Vec cannot fail for well-formed families.
-        let _ = TextEncoder::new().encode(&families, out);
+    /// The process-wide families, for the writer ([`crate::metrics::writer`]).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
     }
 }
 
@@ -327,129 +330,100 @@ impl Default for Telemetry {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Format;
-    use crate::state::State;
-    use prometheus::{HistogramOpts, HistogramVec, IntCounterVec};
+    use crate::metrics::{slot, Format};
 
-    /// The text of every account's upstream sections, as `/metrics` has them.
-    fn upstream_text(telemetry: &Telemetry, only: Option<&str>) -> String {
-        let snap = State::new().snapshot();
-        let upstream = telemetry.upstream_pieces(only);
-        let parts = crate::exposition::Parts {
-            snapshot: &snap,
-            account: only,
-            upstream: &upstream,
-            tail: None,
+    /// The text of the account lines, as `/metrics` (or `/probe` with `only`)
+    /// has them.
+    fn accounts_text(telemetry: &Telemetry, only: Option<&str>) -> String {
+        let accounts = telemetry.account_lines(only);
+        let sources = crate::metrics::writer::Sources {
+            lines: accounts.iter().map(|l| &**l).collect(),
+            collectors: &crate::metrics::Collectors::default(),
+            own: &[],
         };
-        let body = crate::exposition::assemble(&parts, Format::Text);
-        let text = String::from_utf8(body.inflate().unwrap().to_vec()).unwrap();
-        let at = text.find("# HELP finovy_api_").expect("upstream sections");
+        let body = sources.body(Format::Text, false);
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        let at = text.find("# HELP finovy_api_").expect("account families");
         text[at..].to_string()
     }
 
-    /// These families were the `prometheus` crate's until they moved into pieces;
-    /// the crate's registry, fed the same calls, stays the reference for their
-    /// lines: names, label order, bucket bounds, cumulative counts, float format.
     #[test]
-    fn upstream_lines_are_the_ones_the_prometheus_registry_writes() {
-        let registry = Registry::new();
-        let family = |f: &metrics::Family| f.opts();
-        let requests =
-            IntCounterVec::new(family(&metrics::API_REQUESTS), metrics::API_REQUESTS.labels)
-                .unwrap();
-        let durations = HistogramVec::new(
-            HistogramOpts::from(family(&metrics::API_DURATION))
-                .buckets(API_DURATION_BUCKETS.to_vec()),
-            metrics::API_DURATION.labels,
-        )
-        .unwrap();
-        let invalid = IntCounterVec::new(
-            family(&metrics::API_INVALID_ITEMS),
-            metrics::API_INVALID_ITEMS.labels,
-        )
-        .unwrap();
-        let limit = IntGaugeVec::new(
-            family(&metrics::API_CONCURRENCY_LIMIT),
-            metrics::API_CONCURRENCY_LIMIT.labels,
-        )
-        .unwrap();
-        for c in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(durations.clone()),
-            Box::new(invalid.clone()),
-            Box::new(limit.clone()),
-        ] {
-            registry.register(c).unwrap();
-        }
-
+    fn account_lines_follow_the_registry_layout() {
         let telemetry = Telemetry::new();
-        // Accounts created out of name order, one with a quote in its name.
-        for account in ["zeta", "a\"b", "alpha"] {
-            telemetry.upstream(account);
-            durations.with_label_values(&[account]);
-            for field in Field::ALL {
-                invalid.with_label_values(&[account, field.label()]);
-            }
+        for (account, code, seconds) in [("b", "200", 0.003), ("a", "503", 31.0)] {
+            telemetry.upstream(account).request(code, seconds);
         }
-        let calls: &[(&str, &str, f64)] = &[
-            ("zeta", "200", 0.003),
-            ("alpha", "429", 0.04),
-            ("alpha", "200", 31.0),
-            ("zeta", "error", 0.01),
-            ("alpha", "200", 1.0),
-            ("alpha", "503", 0.1 + 0.2),
-        ];
-        for (account, code, seconds) in calls {
-            telemetry.upstream(account).request(code, *seconds);
-            requests.with_label_values(&[account, code]).inc();
-            durations.with_label_values(&[account]).observe(*seconds);
-        }
-        for (account, field, n) in [
-            ("alpha", Field::CreateTime, 3),
-            ("zeta", Field::Status, 1),
-            ("alpha", Field::Id, 2),
+        telemetry.upstream("a").request("200", 0.02);
+        telemetry.upstream("a").invalid_items(Field::Status, 2);
+        telemetry.upstream("a").set_concurrency_limit(4);
+        let text = accounts_text(&telemetry, None);
+        for line in [
+            "finovy_api_concurrency_limit{account=\"a\"} 4\n",
+            "finovy_api_invalid_items_total{account=\"a\",field=\"status\"} 2\n",
+            "finovy_api_request_duration_seconds_bucket{account=\"a\",le=\"0.025\"} 1\n",
+            "finovy_api_request_duration_seconds_bucket{account=\"a\",le=\"30\"} 1\n",
+            "finovy_api_request_duration_seconds_bucket{account=\"a\",le=\"+Inf\"} 2\n",
+            "finovy_api_request_duration_seconds_sum{account=\"a\"} 31.02\n",
+            "finovy_api_request_duration_seconds_count{account=\"a\"} 2\n",
+            "finovy_api_requests_total{account=\"a\",code=\"200\"} 1\n",
+            "finovy_api_requests_total{account=\"b\",code=\"200\"} 1\n",
         ] {
-            telemetry.upstream(account).invalid_items(field, n);
-            invalid
-                .with_label_values(&[account, field.label()])
-                .inc_by(n);
+            assert!(text.contains(line), "{line} missing from\n{text}");
         }
-        for (account, n) in [("alpha", 4), ("zeta", 1), ("a\"b", 8)] {
-            telemetry.upstream(account).set_concurrency_limit(n);
-            limit.with_label_values(&[account]).set(i64::from(n));
-        }
-
-        let mut want = Vec::new();
-        TextEncoder::new()
-            .encode(&registry.gather(), &mut want)
-            .unwrap();
-        assert_eq!(
-            upstream_text(&telemetry, None),
-            String::from_utf8(want).unwrap()
+        assert!(
+            text.find("account=\"a\",code=\"503\"").unwrap()
+                < text.find("account=\"b\",code=\"200\"").unwrap(),
+            "accounts in name order"
+        );
+        assert!(
+            !text.contains("finovy_auth_"),
+            "no login, no auth family: {text}"
         );
     }
 
     #[test]
-    fn an_account_is_rendered_again_only_after_it_changed_and_removed_at_once() {
+    fn logins_are_counted_and_a_token_expiry_is_removed_with_none_or_its_account() {
+        let telemetry = Telemetry::new();
+        let expiry = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        telemetry.record_auth_request("a", "0");
+        telemetry.record_auth_request("a", "0");
+        telemetry.record_auth_request("a", "401");
+        telemetry.set_auth_token_expiry("a", Some(expiry));
+        telemetry.upstream("b").request("200", 0.1);
+        let text = accounts_text(&telemetry, None);
+        assert!(text.contains("# TYPE finovy_auth_requests_total counter\n"));
+        assert!(text.contains("finovy_auth_requests_total{account=\"a\",code=\"0\"} 2\n"));
+        assert!(text.contains("finovy_auth_requests_total{account=\"a\",code=\"401\"} 1\n"));
+        assert!(
+            text.contains("finovy_auth_token_expiry_timestamp_seconds{account=\"a\"} 1800000000\n")
+        );
+        assert!(!accounts_text(&telemetry, Some("b")).contains("finovy_auth_"));
+        telemetry.set_auth_token_expiry("a", None);
+        let text = accounts_text(&telemetry, None);
+        assert!(!text.contains("finovy_auth_token_expiry"), "{text}");
+        telemetry.remove_account("a");
+        let text = accounts_text(&telemetry, None);
+        assert!(!text.contains("account=\"a\""), "{text}");
+        assert!(!text.contains("finovy_auth_"), "{text}");
+    }
+
+    #[test]
+    fn an_account_is_rendered_again_only_after_it_changed() {
         let telemetry = Telemetry::new();
         let a = telemetry.upstream("a");
-        telemetry.upstream("b").request("200", 0.5);
-        let first = a.pieces();
-        assert!(Arc::ptr_eq(&first, &a.pieces()), "unchanged: kept");
+        let first = a.lines();
+        assert!(Arc::ptr_eq(&first, &a.lines()), "unchanged: kept");
         a.set_concurrency_limit(3);
-        let second = a.pieces();
+        let second = a.lines();
         assert!(!Arc::ptr_eq(&first, &second), "changed: rendered again");
         a.set_concurrency_limit(3);
         a.invalid_items(Field::Id, 0);
-        assert!(Arc::ptr_eq(&second, &a.pieces()), "no change, no rendering");
+        assert!(Arc::ptr_eq(&second, &a.lines()), "no change, no rendering");
         assert!(Arc::ptr_eq(&a, &telemetry.upstream("a")), "one per account");
-
-        let probe = upstream_text(&telemetry, Some("a"));
-        assert!(probe.contains("finovy_api_concurrency_limit{account=\"a\"} 3\n"));
-        assert!(!probe.contains("account=\"b\""), "{probe}");
-        telemetry.remove_account("b");
-        let all = upstream_text(&telemetry, None);
-        assert!(!all.contains("account=\"b\""), "{all}");
-        assert!(all.contains("account=\"a\""), "{all}");
+        let limit = slot(&metrics::API_CONCURRENCY_LIMIT, None);
+        assert_eq!(
+            second.part(limit),
+            "finovy_api_concurrency_limit{account=\"a\"} 3\n"
+        );
     }
 }

@@ -412,7 +412,7 @@ proptest! {
             let ty = if it.image_type.is_empty() { "unknown" } else { &it.image_type };
             let g = want.entry((it.datacenter_key.as_deref().unwrap().to_string(), it.status, ty.to_string())).or_default();
             g.count += 1;
-            g.size_bytes += it.size_bytes;
+            g.size_bytes += u128::from(it.size_bytes);
             if let Some(c) = it.created_ms {
                 g.oldest_created_ms = Some(g.oldest_created_ms.map_or(c, |o| o.min(c)));
             }
@@ -427,8 +427,8 @@ proptest! {
         let got = flatten(agg.finish());
         prop_assert_eq!(got.values().map(|g| g.count).sum::<u64>(), counted.len() as u64);
         prop_assert_eq!(
-            got.values().map(|g| g.size_bytes).sum::<u64>(),
-            counted.iter().map(|it| it.size_bytes).sum::<u64>()
+            got.values().map(|g| g.size_bytes).sum::<u128>(),
+            counted.iter().map(|it| u128::from(it.size_bytes)).sum::<u128>()
         );
         prop_assert!(got.values().all(|g| g.count > 0), "no empty group");
         prop_assert_eq!(got, want);

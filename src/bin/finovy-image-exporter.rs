@@ -18,16 +18,6 @@ use finovy_image_exporter::signals::{shutdown_signal, Signals};
 /// could still do would be served.
 const BLOCKING_WORK_GRACE: Duration = Duration::from_millis(500);
 
-/// jemalloc instead of glibc's malloc. The exporter keeps the deflated lines of
-/// every target in groups that are made again as targets publish (at 3,000
-/// targets, a few megabytes every scrape), and frees each target's own copy once
-/// a group holds it. glibc keeps freed memory inside its heap, and these holes,
-/// scattered among long-lived data, stayed resident: 68–85 MiB after scraping
-/// with 39 MiB in use. jemalloc gives freed pages back at once (its settings
-/// are in `.cargo/config.toml`): 59 MiB. See docs/benchmarks.md.
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() {
     if std::env::args_os()
         .nth(1)
@@ -90,20 +80,4 @@ async fn run(config: Config, signals: Signals) {
         }
     };
     exporter.run_with_signals(signals, shutdown_signal()).await;
-}
-
-#[cfg(test)]
-mod tests {
-    /// The allocator's settings are compiled in from `.cargo/config.toml`: a
-    /// build that lost them would keep freed pages for ten seconds.
-    #[test]
-    fn the_allocator_gives_freed_pages_back_at_once() {
-        let conf = tikv_jemalloc_ctl::config::malloc_conf::read().unwrap();
-        // The string is read with its C terminator.
-        assert_eq!(
-            conf.trim_end_matches('\0'),
-            "background_thread:true,dirty_decay_ms:0,muzzy_decay_ms:0"
-        );
-        assert!(tikv_jemalloc_ctl::opt::background_thread::read().unwrap());
-    }
 }

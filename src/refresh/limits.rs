@@ -167,7 +167,7 @@ mod tests {
                 },
                 GroupStats {
                     count: *n,
-                    size_bytes: *n * 10,
+                    size_bytes: u128::from(*n) * 10,
                     oldest_created_ms: Some(*n as i64),
                 },
             );
