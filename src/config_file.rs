@@ -169,7 +169,6 @@ pub fn parse(text: &str, path: &Path, flags: &Config) -> Result<Vec<Draft>, Conf
             flags_path: flags.api_path.clone(),
             flags_auth_path: flags.auth_path.clone(),
             dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
-            stop_at: None,
             skip_through,
             reached: std::cell::Cell::new(None),
         };
@@ -678,8 +677,6 @@ struct Context<'a> {
     flags_path: String,
     flags_auth_path: String,
     dir: PathBuf,
-    /// Fail at this account with its position (see [`account_position`]).
-    stop_at: Option<usize>,
     /// Skip the accounts up to this one (already reported by an earlier read).
     skip_through: Option<usize>,
     /// The account being read, to know where an error was.
@@ -786,9 +783,6 @@ impl<'de> Visitor<'de> for AccountSeed<'_> {
 
     // Checked here, inside the account's mapping, so that an error has its position.
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-        if self.context.stop_at == Some(self.index) {
-            return Err(de::Error::custom("here"));
-        }
         let entry = Entry::deserialize(de::value::MapAccessDeserializer::new(map))?;
         let name = entry
             .name

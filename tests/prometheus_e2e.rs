@@ -814,11 +814,11 @@ async fn prometheus_scrapes_the_exporter_and_answers_every_dashboard_query_and_a
     );
 }
 
-/// Prometheus 2.42 (Debian 12) has no `scrape_protocols` and asks for OpenMetrics
-/// first, so the test above ingests OpenMetrics. `/probe` always answers the text
-/// format 0.0.4: a job on it shows that Prometheus ingests that format too.
+/// `/probe` negotiates its format as `/metrics` does (client_golang's rule): the
+/// text format for a scraper that prefers it, OpenMetrics for Prometheus, which
+/// asks for it first; a real Prometheus ingests one account's series from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn prometheus_ingests_the_text_format_from_probe() {
+async fn prometheus_ingests_one_account_from_probe_in_the_negotiated_format() {
     let Some(prometheus_bin) = common::require_tool("prometheus") else {
         return;
     };
@@ -826,19 +826,28 @@ async fn prometheus_ingests_the_text_format_from_probe() {
     let client = reqwest::Client::new();
     let temp = TempDir::new("probe");
     let (_exporter_process, exporter_addr) = start_exporter(&["--demo"], None);
-    let probe = client
-        .get(format!("http://{exporter_addr}/probe?account=prod"))
-        .header("accept", "application/openmetrics-text; version=1.0.0")
-        .send()
-        .await
-        .unwrap();
-    assert!(
-        probe.headers()["content-type"]
+    for (accept, wanted) in [
+        ("text/plain;version=0.0.4", "text/plain; version=0.0.4"),
+        (
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+            "application/openmetrics-text; version=1.0.0",
+        ),
+    ] {
+        let probe = client
+            .get(format!("http://{exporter_addr}/probe?account=prod"))
+            .header("accept", accept)
+            .send()
+            .await
+            .unwrap();
+        let content_type = probe.headers()["content-type"]
             .to_str()
             .unwrap()
-            .starts_with("text/plain; version=0.0.4"),
-        "/probe answers the text format"
-    );
+            .to_string();
+        assert!(
+            content_type.starts_with(wanted),
+            "/probe with Accept {accept} answered {content_type}"
+        );
+    }
     let config = format!(
         "global:\n  scrape_interval: 1s\n\
          scrape_configs:\n  - job_name: finovy-probe\n    metrics_path: /probe\n    params:\n      account: [prod]\n    static_configs:\n      - targets: [\"{exporter_addr}\"]\n"
