@@ -5,6 +5,7 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 use common::LoopbackSim;
 use finovy_image_exporter::sim::{self, AuthStyle, SimAccount, Simulator};
@@ -272,5 +273,41 @@ fn value_mistakes_get_the_fix_in_their_message() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(wanted), "{args:?}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_landing_page_and_readyz_carry_the_hint_of_a_refused_token_and_an_unknown_host() {
+    let upstream = upstream().await;
+    let dir = scratch("hints");
+    let token = dir.join("wrong.token");
+    write_secret(&token, "not-a-token");
+    let file = dir.join("accounts.yml");
+    std::fs::write(
+        &file,
+        format!(
+            "defaults:\n  token_file: {token}\n  datacenters: [HZ]\n  api: {{max_retries: 0}}\naccounts:\n  - name: refused\n    api: {{url: http://{addr}}}\n  - name: nowhere\n    api: {{url: http://no-such-host.invalid}}\n",
+            token = token.display(),
+            addr = upstream.addr,
+        ),
+    )
+    .unwrap();
+    let exporter = common::ExporterProcess::spawn(&["--config.file", file.to_str().unwrap()], &[]);
+    let readyz = common::wait_for("both targets failed", Duration::from_secs(30), || async {
+        let (_, body) = common::get(&exporter.url("/readyz")).await;
+        (body.matches("last_error=\"").count() == 2).then_some(body)
+    })
+    .await;
+    let (_, landing) = common::get(&exporter.url("/")).await;
+    for (what, text) in [("/readyz", &readyz), ("the landing page", &landing)] {
+        assert!(
+            text.contains("hint: the token was refused"),
+            "{what} lacks the refused token's hint:\n{text}"
+        );
+        assert!(
+            text.contains("hint: the host of --api.url does not resolve"),
+            "{what} lacks the unknown host's hint:\n{text}"
+        );
+        assert!(!text.contains("not-a-token"), "{what} shows the token");
     }
 }
