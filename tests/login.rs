@@ -677,3 +677,40 @@ async fn the_demo_logs_in_with_credentials_and_renews_its_short_lived_token() {
         "the landing page names the login"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_claiming_one_millisecond_tokens_does_not_get_a_login_per_request() {
+    let n = 1;
+    let accounts = accounts(n);
+    let sim = Simulator::with_accounts(
+        accounts.iter().map(|(a, _)| a.clone()).collect(),
+        AuthStyle::Body,
+    )
+    .unwrap();
+    // The tokens last the default 30 minutes; the answers say 1 ms.
+    sim.set_claimed_token_lifetime(Some(Duration::from_millis(1)));
+    let upstream = LoopbackSim::start(sim).await;
+    let dir = scratch("claimed");
+    let file = config_file(&dir, upstream.addr, n, &[], "    api: {page_size: 10}\n");
+    let exporter = ExporterProcess::spawn(&["--config.file", file.to_str().unwrap()], &[]);
+    all_up(&exporter, n).await;
+    // More passes, one a second, about 15 pages each.
+    let pages_before = upstream.sim.requests().len();
+    let started = Instant::now();
+    let pages = wait_for("forty more list requests", DEADLINE, || async {
+        let pages = upstream.sim.requests().len() - pages_before;
+        (pages >= 40).then_some(pages)
+    })
+    .await;
+    let m = scrape(&exporter).await;
+    let logins = upstream.sim.login_attempts();
+    eprintln!("{logins} logins for {pages} list requests after the first pass");
+    // At most one renewal a second (the floor) and the first login, not one per request.
+    let bound = started.elapsed().as_secs_f64().ceil() as u64 + 2;
+    assert!(
+        logins <= bound,
+        "{logins} logins in {:?} for {pages} requests: the claimed lifetime was believed",
+        started.elapsed()
+    );
+    assert_eq!(counts(&m, "acct0"), expected("acct0", &accounts[0].1));
+}

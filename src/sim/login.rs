@@ -25,6 +25,9 @@ pub(crate) struct Logins {
     /// (uuid, secret) → account name.
     credentials: HashMap<(String, String), String>,
     lifetime: Duration,
+    /// The `effectiveTime` the answers claim, when it is not the real lifetime
+    /// (an upstream that lies about it).
+    claimed: Option<Duration>,
     /// Token → (account name, expiry).
     issued: HashMap<String, (String, Instant)>,
     order: VecDeque<String>,
@@ -42,6 +45,7 @@ impl Default for Logins {
         Logins {
             credentials: HashMap::new(),
             lifetime: DEFAULT_LIFETIME,
+            claimed: None,
             issued: HashMap::new(),
             order: VecDeque::new(),
             forced: VecDeque::new(),
@@ -62,6 +66,12 @@ impl Logins {
     /// The lifetime of the tokens issued from now on.
     pub fn set_lifetime(&mut self, lifetime: Duration) {
         self.lifetime = lifetime;
+    }
+
+    /// Makes the answers claim this `effectiveTime` whatever the tokens' real
+    /// lifetime (`None`: the truth).
+    pub fn set_claimed_lifetime(&mut self, claimed: Option<Duration>) {
+        self.claimed = claimed;
     }
 
     /// Makes every token issued so far invalid at once.
@@ -141,7 +151,8 @@ impl Logins {
             }
         }
         *self.successes.entry(account).or_default() += 1;
-        let ms = u64::try_from(self.lifetime.as_millis()).unwrap_or(u64::MAX);
+        let claimed = self.claimed.unwrap_or(self.lifetime);
+        let ms = u64::try_from(claimed.as_millis()).unwrap_or(u64::MAX);
         (
             json!({"code": 0, "success": true, "msg": "success", "traceId": trace_id,
                    "data": {"token": token, "effectiveTime": ms}}),

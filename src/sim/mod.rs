@@ -452,6 +452,12 @@ impl Simulator {
         self.lock().logins.set_lifetime(lifetime);
     }
 
+    /// Makes login answers claim this `effectiveTime` whatever the tokens' real
+    /// lifetime (`None`: the truth), as an upstream that lies about it would.
+    pub fn set_claimed_token_lifetime(&self, claimed: Option<Duration>) {
+        self.lock().logins.set_claimed_lifetime(claimed);
+    }
+
     /// Makes every token issued by a login so far invalid at once (an early
     /// revocation): the requests that carry one are refused.
     pub fn revoke_tokens(&self) {

@@ -51,6 +51,13 @@ pub const HOLD_OFF: Duration = Duration::from_secs(30);
 /// a renewal which needs its retries still ends before the token does.
 const RENEW_AFTER: f64 = 0.8;
 
+/// The soonest a token is renewed after its login, whatever `effectiveTime` says:
+/// an upstream that claims a lifetime of a millisecond would otherwise get a login
+/// before every request; with this floor it gets one a second at most per account.
+/// A token that really expires sooner is refused, and the refusal renews it once
+/// ([`Session::refused`]).
+const MIN_RENEWAL: Duration = Duration::from_secs(1);
+
 /// Issued tokens remembered for redaction, newest last: an upstream may echo an
 /// older one than the one a request carried.
 const REMEMBERED_TOKENS: usize = 4;
@@ -496,7 +503,7 @@ impl Login {
             .map(Duration::from_millis);
         let issued = Issued {
             token,
-            renew_at: lifetime.map(|l| now + l.mul_f64(RENEW_AFTER)),
+            renew_at: lifetime.map(|l| now + l.mul_f64(RENEW_AFTER).max(MIN_RENEWAL)),
             expires_at: lifetime.map(|l| now + l),
         };
         (label, Ok(issued))
