@@ -26,7 +26,7 @@ use crate::signals::Signals;
 use crate::sim::{self, SimAccount, SimServer, Simulator};
 use crate::state::State;
 use crate::telemetry::Telemetry;
-use crate::upstream::login::SECRET_ENV;
+use crate::upstream::login::{secret_problem, SECRET_ENV};
 use crate::upstream::{Auth, Credentials};
 use crate::web_config::{WebConfigError, WebConfigWatcher};
 
@@ -399,7 +399,8 @@ fn effective_configuration(
     accounts: &[Account],
 ) -> crate::routes::Overview {
     let mut settings: Vec<(String, String)> = Vec::new();
-    for account in accounts.iter().take(MAX_ACCOUNTS_SHOWN) {
+    // Every account in the log; the first MAX_ACCOUNTS_SHOWN on the landing page.
+    for (i, account) in accounts.iter().enumerate() {
         let a = describe_account(account);
         tracing::info!(
             account = %account.name,
@@ -412,19 +413,22 @@ fn effective_configuration(
             auth = %a.auth,
             "account"
         );
+        if i >= MAX_ACCOUNTS_SHOWN {
+            continue;
+        }
+        let filters = if a.filters == "none" {
+            String::new()
+        } else {
+            format!("; filters {}", a.filters)
+        };
         settings.push((
             format!("Account {}", account.name),
             format!(
-                "{}; datacenters {}; every {}; {}{}",
+                "{}; datacenters {}; every {}; {}{filters}",
                 a.upstream,
                 a.datacenters,
                 humantime::format_duration(account.refresh.interval),
                 a.auth,
-                if a.filters == "none" {
-                    String::new()
-                } else {
-                    format!("; filters {}", a.filters)
-                }
             ),
         ));
     }
@@ -436,10 +440,6 @@ fn effective_configuration(
                 accounts.len() - MAX_ACCOUNTS_SHOWN
             ),
         ));
-    }
-    for account in accounts.iter().skip(MAX_ACCOUNTS_SHOWN) {
-        let a = describe_account(account);
-        tracing::info!(account = %account.name, upstream = %a.upstream, datacenters = %a.datacenters, auth = %a.auth, "account");
     }
     let proxy = match &config.proxy_url {
         Some(url) => format!("{} (--api.proxy-url)", without_credentials(url)),
@@ -579,26 +579,20 @@ fn auth_from_flags(config: &Config) -> Result<Auth, StartError> {
     let (secret, secret_from) = match &config.secret_file {
         Some(path) => {
             let source = TokenSource::File(path.clone());
+            let from = format!("file {}", path.display());
             source.current().map_err(|e| {
-                StartError::Flags(format!(
-                    "--api.secret-file: {}",
-                    e.to_string()
-                        .replace("token file", "secret file")
-                        .replace("--api.token-file", "--api.secret-file")
-                ))
+                StartError::Flags(format!("--api.secret-file: {}", secret_problem(e, &from)))
             })?;
-            (source, format!("file {}", path.display()))
+            (source, from)
         }
         None => match std::env::var(SECRET_ENV) {
-            Ok(raw) => (
-                TokenSource::Fixed(Token::new(&raw).map_err(|e| {
-                    StartError::Flags(format!(
-                        "{SECRET_ENV}: {}",
-                        e.to_string().replace("token", "secret")
-                    ))
-                })?),
-                format!("${SECRET_ENV}"),
-            ),
+            Ok(raw) => {
+                let from = format!("${SECRET_ENV}");
+                let secret = Token::new(&raw).map_err(|e| {
+                    StartError::Flags(format!("{SECRET_ENV}: {}", secret_problem(e, &from)))
+                })?;
+                (TokenSource::Fixed(secret), from)
+            }
             Err(_) => {
                 return Err(StartError::Flags(format!(
                     "--api.uuid {uuid} needs its secret: give --api.secret-file or set {SECRET_ENV}"

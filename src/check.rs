@@ -15,7 +15,7 @@ use std::sync::Arc;
 use crate::account::{Account, TargetKey};
 use crate::config::Config;
 use crate::telemetry::Telemetry;
-use crate::upstream::{ApiClient, Budget, FetchError};
+use crate::upstream::{ApiClient, Budget, ClientError, FetchError};
 
 /// Targets asked at once: enough that a set-up of many accounts is checked in
 /// seconds, few enough not to look like a flood to the upstream.
@@ -83,7 +83,13 @@ pub fn run(config: &Config) -> i32 {
             return 1;
         }
     };
-    let outcomes = runtime.block_on(check(accounts));
+    let outcomes = match runtime.block_on(check(accounts)) {
+        Ok(outcomes) => outcomes,
+        Err(err) => {
+            eprintln!("{err}");
+            return 2;
+        }
+    };
     let mut failed = 0;
     for outcome in &outcomes {
         println!("{}", outcome.line());
@@ -98,56 +104,43 @@ pub fn run(config: &Config) -> i32 {
     }
 }
 
-/// Page 1 of every target of `accounts`, in target order.
-pub async fn check(accounts: Vec<Account>) -> Vec<Outcome> {
+/// Page 1 of every target of `accounts`, in target order. A client that cannot be
+/// built is a configuration error (the loaders have built each one once already).
+pub async fn check(accounts: Vec<Account>) -> Result<Vec<Outcome>, ClientError> {
     // Counted into a registry nobody serves.
     let telemetry = Telemetry::new();
     let mut jobs = Vec::new();
     for account in accounts {
-        let client = match ApiClient::new(
+        let client = Arc::new(ApiClient::new(
             &account.name,
             account.client.clone(),
             &account.auth,
             telemetry.clone(),
-        ) {
-            Ok(client) => Arc::new(client),
-            // Built once by the loader already; should it fail now, say so per target.
-            Err(err) => {
-                for key in account.targets() {
-                    jobs.push((key, None, Some(err.to_string())));
-                }
-                continue;
-            }
-        };
+        )?);
         let budget = Arc::new(Budget::new(
             account.concurrency,
             account.requests_per_second,
             telemetry.upstream(&account.name),
         ));
         for key in account.targets() {
-            jobs.push((key, Some((Arc::clone(&client), Arc::clone(&budget))), None));
+            jobs.push((key, Arc::clone(&client), Arc::clone(&budget)));
         }
     }
     let limit = Arc::new(tokio::sync::Semaphore::new(AT_ONCE));
     let mut tasks = tokio::task::JoinSet::new();
-    for (index, (key, client, broken)) in jobs.into_iter().enumerate() {
+    for (index, (key, client, budget)) in jobs.into_iter().enumerate() {
         let limit = Arc::clone(&limit);
         tasks.spawn(async move {
             let _slot = limit.acquire().await;
-            let result = match (client, broken) {
-                (Some((client, budget)), _) => {
-                    match client
-                        .fetch_page(&budget, key.datacenter.as_deref(), 1)
-                        .await
-                    {
-                        Ok(page) => Ok(page.total),
-                        Err(err) => {
-                            let hint = err.hint(client.url());
-                            Err((err, hint))
-                        }
-                    }
+            let result = match client
+                .fetch_page(&budget, key.datacenter.as_deref(), 1)
+                .await
+            {
+                Ok(page) => Ok(page.total),
+                Err(err) => {
+                    let hint = err.hint(client.url());
+                    Err((err, hint))
                 }
-                (None, broken) => Err((FetchError::Connect(broken.unwrap_or_default()), None)),
             };
             (index, Outcome { key, result })
         });
@@ -159,5 +152,5 @@ pub async fn check(accounts: Vec<Account>) -> Vec<Outcome> {
         }
     }
     outcomes.sort_by_key(|(index, _)| *index);
-    outcomes.into_iter().map(|(_, o)| o).collect()
+    Ok(outcomes.into_iter().map(|(_, o)| o).collect())
 }

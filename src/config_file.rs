@@ -26,6 +26,7 @@ use crate::aggregate::Status;
 use crate::config::{self, Config, ExtraHeader, SizeUnit};
 use crate::secret::{Token, TokenSource};
 use crate::telemetry::Telemetry;
+use crate::upstream::login::secret_problem;
 use crate::upstream::{ApiClient, Auth, ClientError, Credentials};
 
 /// One problem with the file, where it is.
@@ -238,11 +239,11 @@ fn resolve(drafts: Vec<Draft>, text: &str, path: &Path) -> Result<Vec<Account>, 
                 let (secret, secret_from) = match secret {
                     SecretRef::File(file) => {
                         let source = TokenSource::File(file.clone());
+                        let from = format!("file {}", file.display());
                         match source.current() {
-                            Ok(_) => (Some(source), format!("file {}", file.display())),
+                            Ok(_) => (Some(source), from),
                             Err(e) => {
-                                let e = e.to_string().replace("token file", "secret file");
-                                trouble.push(format!("secret_file: {e}"));
+                                trouble.push(format!("secret_file: {}", secret_problem(e, &from)));
                                 (None, String::new())
                             }
                         }
@@ -250,10 +251,8 @@ fn resolve(drafts: Vec<Draft>, text: &str, path: &Path) -> Result<Vec<Account>, 
                     SecretRef::Env(name) => match std::env::var(name).map(|raw| Token::new(&raw)) {
                         Ok(Ok(secret)) => (Some(TokenSource::Fixed(secret)), format!("${name}")),
                         Ok(Err(e)) => {
-                            trouble.push(format!(
-                                "secret_env: ${name}: {}",
-                                e.to_string().replace("token", "secret")
-                            ));
+                            let problem = secret_problem(e, &format!("${name}"));
+                            trouble.push(format!("secret_env: {problem}"));
                             (None, String::new())
                         }
                         Err(_) => {

@@ -47,6 +47,11 @@ fn accounts(n: usize) -> Vec<(SimAccount, Vec<SimImage>)> {
         .collect()
 }
 
+/// A simulator serving `accounts`, answering refusals in `style`.
+fn simulator(accounts: &[(SimAccount, Vec<SimImage>)], style: AuthStyle) -> Simulator {
+    Simulator::with_accounts(accounts.iter().map(|(a, _)| a.clone()).collect(), style).unwrap()
+}
+
 /// A `--config.file` where each account logs in with its uuid and a secret
 /// file (`wrong` names the accounts given a wrong secret).
 fn config_file(
@@ -168,11 +173,7 @@ async fn two_second_tokens_over_twenty_seconds_never_fail_a_pass_and_cost_one_or
 ) {
     let n = 3;
     let accounts = accounts(n);
-    let sim = Simulator::with_accounts(
-        accounts.iter().map(|(a, _)| a.clone()).collect(),
-        AuthStyle::Body,
-    )
-    .unwrap();
+    let sim = simulator(&accounts, AuthStyle::Body);
     let lifetime = Duration::from_secs(2);
     sim.set_token_lifetime(lifetime);
     let upstream = LoopbackSim::start(sim).await;
@@ -244,11 +245,7 @@ async fn two_second_tokens_over_twenty_seconds_never_fail_a_pass_and_cost_one_or
 async fn an_early_revocation_costs_one_login_per_account_and_no_failed_pass() {
     let n = 3;
     let accounts = accounts(n);
-    let sim = Simulator::with_accounts(
-        accounts.iter().map(|(a, _)| a.clone()).collect(),
-        AuthStyle::Http,
-    )
-    .unwrap();
+    let sim = simulator(&accounts, AuthStyle::Http);
     let upstream = LoopbackSim::start(sim).await;
     let dir = scratch("revocation");
     let file = config_file(&dir, upstream.addr, n, &[], "");
@@ -301,11 +298,7 @@ async fn a_wrong_secret_fails_only_its_account_with_auth_names_the_uuid_and_wait
 ) {
     let n = 2;
     let accounts = accounts(n);
-    let sim = Simulator::with_accounts(
-        accounts.iter().map(|(a, _)| a.clone()).collect(),
-        AuthStyle::Body,
-    )
-    .unwrap();
+    let sim = simulator(&accounts, AuthStyle::Body);
     let upstream = LoopbackSim::start(sim).await;
     let dir = scratch("wrong");
     let file = config_file(&dir, upstream.addr, n, &[1], "");
@@ -391,11 +384,7 @@ async fn a_wrong_secret_fails_only_its_account_with_auth_names_the_uuid_and_wait
 async fn transient_codes_on_one_page_in_four_and_at_login_are_retried_to_exact_numbers() {
     let n = 1;
     let accounts = accounts(n);
-    let sim = Simulator::with_accounts(
-        accounts.iter().map(|(a, _)| a.clone()).collect(),
-        AuthStyle::Body,
-    )
-    .unwrap();
+    let sim = simulator(&accounts, AuthStyle::Body);
     // The first logins answer "still processing" and "interface error".
     sim.fail_next_logins(&[1005, 503, 500]);
     let mut rules = Vec::new();
@@ -446,11 +435,7 @@ async fn transient_codes_on_one_page_in_four_and_at_login_are_retried_to_exact_n
 async fn code_1001_on_a_page_or_at_login_fails_with_auth() {
     let n = 2;
     let accounts = accounts(n);
-    let sim = Simulator::with_accounts(
-        accounts.iter().map(|(a, _)| a.clone()).collect(),
-        AuthStyle::Body,
-    )
-    .unwrap();
+    let sim = simulator(&accounts, AuthStyle::Body);
     // acct0 (a static token) is refused every page with 1001; acct1's login is.
     sim.set_faults(Faults {
         rules: vec![FaultRule::always(FaultAction::ApiError {
@@ -512,11 +497,7 @@ async fn code_1001_on_a_page_or_at_login_fails_with_auth() {
 async fn with_an_hour_s_interval_every_target_publishes_within_twelve_seconds_of_start() {
     let n = 2;
     let accounts = accounts(n);
-    let sim = Simulator::with_accounts(
-        accounts.iter().map(|(a, _)| a.clone()).collect(),
-        AuthStyle::Body,
-    )
-    .unwrap();
+    let sim = simulator(&accounts, AuthStyle::Body);
     let upstream = LoopbackSim::start(sim).await;
     let dir = scratch("hour");
     let file = config_file(&dir, upstream.addr, n, &[], "    refresh: {interval: 1h}\n");
@@ -548,11 +529,7 @@ async fn with_an_hour_s_interval_every_target_publishes_within_twelve_seconds_of
 async fn a_429_asking_to_wait_longer_than_the_interval_is_obeyed_not_failed_as_a_timeout() {
     let n = 1;
     let accounts = accounts(n);
-    let sim = Simulator::with_accounts(
-        accounts.iter().map(|(a, _)| a.clone()).collect(),
-        AuthStyle::Body,
-    )
-    .unwrap();
+    let sim = simulator(&accounts, AuthStyle::Body);
     sim.set_faults(Faults {
         rules: vec![FaultRule::always(FaultAction::Status {
             status: 429,
@@ -682,11 +659,7 @@ async fn the_demo_logs_in_with_credentials_and_renews_its_short_lived_token() {
 async fn an_upstream_claiming_one_millisecond_tokens_does_not_get_a_login_per_request() {
     let n = 1;
     let accounts = accounts(n);
-    let sim = Simulator::with_accounts(
-        accounts.iter().map(|(a, _)| a.clone()).collect(),
-        AuthStyle::Body,
-    )
-    .unwrap();
+    let sim = simulator(&accounts, AuthStyle::Body);
     // The tokens last the default 30 minutes; the answers say 1 ms.
     sim.set_claimed_token_lifetime(Some(Duration::from_millis(1)));
     let upstream = LoopbackSim::start(sim).await;

@@ -242,7 +242,9 @@ impl Session {
         let secret = match read_secret(&login.credentials) {
             Ok(secret) => secret,
             Err(error) => {
-                let error = login.error(None, None, Reason::Auth, error, None);
+                // No login was tried: the upstream refused nothing, so not its hint.
+                let mut error = login.error(None, None, Reason::Auth, error, None);
+                error.refused = false;
                 state.failure = Some(Failure {
                     at: Instant::now(),
                     secret: None,
@@ -428,7 +430,6 @@ impl Login {
                 trace_id.clone(),
             );
             error.transient = transient;
-            error.refused = reason == Reason::Auth;
             Err((Box::new(error), retry_after))
         };
         if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
@@ -534,7 +535,17 @@ impl Login {
 /// The secret now: its file read again (a rotated secret takes effect at the
 /// next login), or the fixed one. The error never holds the secret.
 fn read_secret(credentials: &Credentials) -> Result<Token, String> {
-    credentials.secret.current().map_err(|err| match err {
+    credentials
+        .secret
+        .current()
+        .map_err(|err| secret_problem(err, &credentials.secret_from))
+}
+
+/// What is wrong with a secret read from `from` (`file PATH` or `$VAR`), in a
+/// secret's words: the reader is the token's ([`TokenSource`]), whose errors
+/// speak of a token. Never holds the secret.
+pub fn secret_problem(err: TokenError, from: &str) -> String {
+    match err {
         TokenError::Read { path, source } => {
             format!("cannot read the secret file {}: {source}", path.display())
         }
@@ -542,17 +553,13 @@ fn read_secret(credentials: &Credentials) -> Result<Token, String> {
             "the secret file {} is not a regular file of at most 64 KiB ({what})",
             path.display()
         ),
-        TokenError::Empty => format!("the secret from {} is empty", credentials.secret_from),
-        TokenError::Invalid => format!(
-            "the secret from {} contains control characters",
-            credentials.secret_from
-        ),
+        TokenError::Empty => format!("the secret from {from} is empty"),
+        TokenError::Invalid => format!("the secret from {from} contains control characters"),
         TokenError::Missing => format!("no secret: set {SECRET_ENV} or --api.secret-file"),
-        TokenError::Bearer => format!(
-            "the secret from {} starts with 'Bearer ': give the secret alone",
-            credentials.secret_from
-        ),
-    })
+        TokenError::Bearer => {
+            format!("the secret from {from} starts with 'Bearer ': give the secret alone")
+        }
+    }
 }
 
 /// An envelope `code`, as a number or a numeric string.
@@ -598,6 +605,15 @@ mod tests {
         assert_eq!(millis_of(&serde_json::json!("2000")), Some(2000));
         assert_eq!(millis_of(&serde_json::json!(-5)), None);
         assert_eq!(millis_of(&serde_json::json!("soon")), None);
+    }
+
+    #[test]
+    fn a_secret_s_problems_speak_of_a_secret() {
+        for err in [TokenError::Empty, TokenError::Invalid, TokenError::Bearer] {
+            let text = secret_problem(err, "$FINOVY_API_SECRET");
+            assert!(text.contains("secret from $FINOVY_API_SECRET"), "{text}");
+            assert!(!text.contains("token"), "{text}");
+        }
     }
 
     #[test]
