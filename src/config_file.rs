@@ -946,8 +946,6 @@ pub struct Reloader {
     names: std::sync::Arc<AccountNames>,
     telemetry: Telemetry,
     scheduler: tokio::sync::mpsc::UnboundedSender<Vec<Account>>,
-    /// One reload at a time, so that two cannot hand over their lists out of order.
-    busy: std::sync::Mutex<()>,
 }
 
 /// What a reload did.
@@ -980,18 +978,18 @@ impl Reloader {
             names,
             telemetry,
             scheduler,
-            busy: std::sync::Mutex::new(()),
         }
     }
 
     /// Loads the file again and, when it has no problem, applies it. Blocking
-    /// (it reads files and builds clients): call it off the async workers.
+    /// (it reads files and builds clients): call it off the async workers. The
+    /// one caller is the reload worker of [`crate::reloads`], which runs one
+    /// reload at a time, so two can never hand over their lists out of order.
     pub fn reload(&self) -> Result<Reloaded, ConfigFileError> {
         let Some(path) = &self.path else {
-            tracing::info!("no --config.file to reload; the token file is read at every pass and the web configuration by its watcher");
+            tracing::info!("no --config.file to reload; token and secret files are read when used and the web configuration by its watcher");
             return Ok(Reloaded::NoFile);
         };
-        let _one_at_a_time = self.busy.lock().unwrap_or_else(|e| e.into_inner());
         match load(path, &self.flags) {
             Ok(accounts) => {
                 let (n, targets) = (accounts.len(), target_count(&accounts));
