@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use finovy_image_exporter::aggregate::Aggregator;
-use finovy_image_exporter::config::SizeUnit;
+use finovy_image_exporter::settings::SizeUnit;
 use finovy_image_exporter::sim::{generate, GenerateOptions};
 use finovy_image_exporter::upstream::wire::decode_page;
 

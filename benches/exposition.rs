@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use finovy_image_exporter::account::TargetKey;
 use finovy_image_exporter::aggregate::{Aggregator, Options};
-use finovy_image_exporter::config::SizeUnit;
+use finovy_image_exporter::settings::SizeUnit;
 use finovy_image_exporter::metrics::writer::Sources;
 use finovy_image_exporter::metrics::Format;
 use finovy_image_exporter::routes::MetricsCache;

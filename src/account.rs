@@ -1,17 +1,30 @@
 //! An account: how it authenticates, its upstream settings, and the targets it yields.
 //!
+//! An account is made one way, whoever describes it: [`complete`] takes its
+//! [`Entry`] (the flags' account, or one of the file), the file's `defaults:`
+//! and the flags' defaults, and [`finish`] reads its token or secret and builds
+//! its client once. The flags' account goes through both as the file's do; only
+//! the names in its error messages differ ([`Origin`]).
+//!
 //! Everything below an account is fixed once it is built: the scheduler compares
 //! accounts of two configurations by value to tell which targets changed, so a
 //! target whose account did not change keeps its schedule, state and series.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::config::Config;
-use crate::upstream::{Auth, ClientConfig, Filters, UpstreamTls};
+use url::Url;
 
-/// The name of the one account the flags describe.
-pub const DEFAULT_ACCOUNT: &str = "default";
+use crate::config::Config;
+use crate::secret::{Token, TokenSource, SECRET_ENV, TOKEN_ENV};
+pub use crate::settings::DEFAULT_ACCOUNT;
+use crate::settings::{join_path, Entry, Origin};
+use crate::telemetry::Telemetry;
+use crate::upstream::login::secret_problem;
+use crate::upstream::{
+    ApiClient, Auth, ClientConfig, ClientError, Credentials, Filters, UpstreamTls,
+};
 
 /// How often a target refreshes and how long its data lasts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,45 +68,6 @@ pub struct Account {
 }
 
 impl Account {
-    /// The account the command-line flags describe, named [`DEFAULT_ACCOUNT`].
-    pub fn from_flags(config: &Config, auth: Auth) -> Self {
-        Account {
-            name: DEFAULT_ACCOUNT.to_string(),
-            auth,
-            client: ClientConfig {
-                url: config.list_url(),
-                timeout: config.api_timeout,
-                page_size: config.page_size,
-                headers: config.api_headers.clone(),
-                params: config.api_params.clone(),
-                filters: Filters {
-                    image_type: config.filter_image_type.clone(),
-                    image_name: config.filter_image_name.clone(),
-                    status: config.filter_status,
-                },
-                size_unit: config.image_size_unit,
-                max_retries: config.max_retries,
-                tls: UpstreamTls {
-                    ca_file: config.tls_ca_file.clone(),
-                    cert_file: config.tls_cert_file.clone(),
-                    key_file: config.tls_key_file.clone(),
-                    insecure_skip_verify: config.tls_insecure_skip_verify,
-                },
-                proxy_url: config.proxy_url.clone(),
-            },
-            concurrency: config.api_concurrency,
-            requests_per_second: 0.0,
-            datacenters: config.datacenters.clone(),
-            refresh: RefreshSettings {
-                interval: config.refresh_interval,
-                stale_after: config.stale_after,
-                timeout: config
-                    .refresh_timeout
-                    .unwrap_or_else(|| RefreshSettings::default_timeout(config.refresh_interval)),
-            },
-        }
-    }
-
     /// Its targets: one per datacenter, or one discovery target.
     pub fn targets(&self) -> Vec<TargetKey> {
         if self.datacenters.is_empty() {
@@ -115,6 +89,413 @@ impl Account {
             && self.concurrency == other.concurrency
             && self.requests_per_second == other.requests_per_second
             && self.refresh == other.refresh
+    }
+}
+
+/// Where an account's settings come from, the first that has one winning: its
+/// own entry, the file's `defaults:`, the flags' defaults.
+#[derive(Debug, Clone, Copy)]
+pub struct Layers<'a> {
+    /// The account's own entry.
+    pub own: &'a Entry,
+    /// The file's `defaults:` (empty for the flags' account).
+    pub defaults: &'a Entry,
+    /// The flags' entry, which holds every flag default (empty for the flags'
+    /// own account, whose entry is `own`).
+    pub base: &'a Entry,
+    /// Relative file paths of `own` and `defaults` start here (the file's
+    /// directory; empty for the flags).
+    pub dir: &'a Path,
+}
+
+/// Nothing set: the `defaults:` and `base` of the flags' own account.
+static EMPTY: std::sync::LazyLock<Entry> = std::sync::LazyLock::new(Entry::default);
+
+impl<'a> Layers<'a> {
+    /// The layers of the flags' own account: its entry alone.
+    pub fn flags(entry: &'a Entry) -> Self {
+        Layers {
+            own: entry,
+            defaults: &EMPTY,
+            base: &EMPTY,
+            dir: Path::new(""),
+        }
+    }
+
+    /// The first layer's value of a setting.
+    fn pick<T: Clone>(&self, get: impl Fn(&Entry) -> Option<&T>) -> Option<T> {
+        [self.own, self.defaults, self.base]
+            .into_iter()
+            .find_map(get)
+            .cloned()
+    }
+
+    /// The first layer's value of a setting every flag default gives.
+    fn required<T: Clone>(
+        &self,
+        key: &str,
+        get: impl Fn(&Entry) -> Option<&T>,
+    ) -> Result<T, String> {
+        self.pick(get)
+            .ok_or_else(|| format!("{key}: no value and no default"))
+    }
+
+    /// The first layer's file path, resolved against [`Layers::dir`].
+    fn path(&self, get: impl Fn(&Entry) -> Option<&PathBuf>) -> Option<PathBuf> {
+        self.pick(get).map(|p| self.dir.join(p))
+    }
+
+    /// Every layer's entries of a list that adds up (headers, parameters), the
+    /// base's first; an entry replaces an earlier one of the same name.
+    fn merged<T: Clone, K: PartialEq>(
+        &self,
+        get: impl Fn(&Entry) -> Option<&Vec<T>>,
+        key: impl Fn(&T) -> K,
+    ) -> Vec<T> {
+        let mut out: Vec<T> = Vec::new();
+        for item in [self.base, self.defaults, self.own]
+            .into_iter()
+            .filter_map(get)
+            .flatten()
+        {
+            out.retain(|kept| key(kept) != key(item));
+            out.push(item.clone());
+        }
+        out
+    }
+}
+
+/// An account as its settings describe it, before its token or secret is read.
+#[derive(Debug, Clone)]
+pub struct Draft {
+    /// The account, with a placeholder for how it authenticates.
+    pub account: Account,
+    /// Where its token, or its secret, comes from.
+    pub token: TokenRef,
+}
+
+/// Where a drafted account's token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenRef {
+    /// `token_file` (`--api.token-file`).
+    File(PathBuf),
+    /// `token_env`: the name of an environment variable (`FINOVY_ACCESS_TOKEN`
+    /// for the flags).
+    Env(String),
+    /// `uuid` with `secret_file` or `secret_env`: log in for tokens.
+    Login {
+        /// The account ID.
+        uuid: String,
+        /// Where the secret is.
+        secret: SecretRef,
+        /// The login URL (`api.url` and `api.auth_path`).
+        url: Url,
+    },
+}
+
+/// Where a drafted account's secret comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    /// `secret_file` (`--api.secret-file`).
+    File(PathBuf),
+    /// `secret_env`: the name of an environment variable (`FINOVY_API_SECRET`
+    /// for the flags).
+    Env(String),
+}
+
+impl Entry {
+    /// The flags' entry as their own account's: named [`DEFAULT_ACCOUNT`], its
+    /// token from `FINOVY_ACCESS_TOKEN` when no token file is named, its secret
+    /// from `FINOVY_API_SECRET` when `--api.uuid` is given without a secret
+    /// file. A variable that is set counts even where it cannot be used (the
+    /// token's with `--api.uuid`), so that the mix is an error, not a surprise.
+    pub fn of_flags(&self) -> Entry {
+        let set = |var: &str| std::env::var_os(var).is_some();
+        let mut entry = self.clone();
+        entry.name = Some(DEFAULT_ACCOUNT.to_string());
+        if entry.token_file.is_none() && set(TOKEN_ENV) {
+            entry.token_env = Some(TOKEN_ENV.to_string());
+        }
+        if entry.uuid.is_some() && entry.secret_file.is_none() && set(SECRET_ENV) {
+            entry.secret_env = Some(SECRET_ENV.to_string());
+        }
+        entry
+    }
+}
+
+/// The account named `name` its layers describe, checked as far as can be
+/// without reading a file: the error names the setting as `origin` knows it.
+pub fn complete(name: &str, layers: &Layers<'_>, origin: Origin) -> Result<Draft, String> {
+    let url: Url = layers.required("api.url", |e| e.api.url.as_ref())?;
+    let auth_path: String = layers.required("api.auth_path", |e| e.api.auth_path.as_ref())?;
+    let login_url = join_path(&url, &auth_path);
+    let resolve = |p: &PathBuf| layers.dir.join(p);
+    // The account's own keys win; the defaults' only when it names no way at
+    // all to authenticate, so a default token never mixes with an account's
+    // uuid. The flags' defaults never authenticate a file's account.
+    let own = authentication(layers.own, &resolve, &login_url).map_err(|m| m.words(origin))?;
+    let token = match own {
+        Some(token) => token,
+        None => authentication(layers.defaults, &resolve, &login_url)
+            .map_err(|m| format!("defaults: {}", m.words(origin)))?
+            .ok_or_else(|| Mix::Nothing(name.to_string()).words(origin))?,
+    };
+    let placeholder = Auth::Token {
+        source: TokenSource::Fixed(Token::new("unresolved").expect("a fixed word is a token")),
+        from: "unresolved".into(),
+    };
+    Ok(Draft {
+        account: with_settings(name, layers, origin, placeholder)?,
+        token,
+    })
+}
+
+/// The account named `name` its layers describe, authenticating with `auth`
+/// (which [`complete`] leaves for [`finish`] to read, and `--demo` makes up).
+pub fn with_settings(
+    name: &str,
+    layers: &Layers<'_>,
+    origin: Origin,
+    auth: Auth,
+) -> Result<Account, String> {
+    let url: Url = layers.required("api.url", |e| e.api.url.as_ref())?;
+    let path: String = layers.required("api.path", |e| e.api.path.as_ref())?;
+    let datacenters = layers.pick(|e| e.datacenters.as_ref()).unwrap_or_default();
+    // The file's reader says so with the line; the flags' comma list is checked here.
+    for (i, dc) in datacenters.iter().enumerate() {
+        if datacenters[..i].contains(dc) {
+            return Err(origin.say("datacenters", format!("'{dc}' is listed twice")));
+        }
+    }
+    let interval = layers.required("refresh.interval", |e| e.refresh.interval.as_ref())?;
+    Ok(Account {
+        name: name.to_string(),
+        auth,
+        client: ClientConfig {
+            url: join_path(&url, &path),
+            timeout: layers.required("api.timeout", |e| e.api.timeout.as_ref())?,
+            page_size: layers.required("api.page_size", |e| e.api.page_size.as_ref())?,
+            headers: layers.merged(|e| e.api.headers.as_ref(), |h| h.name.clone()),
+            params: layers.merged(|e| e.api.params.as_ref(), |(k, _)| k.clone()),
+            filters: Filters {
+                image_type: layers.pick(|e| e.filters.image_type.as_ref()),
+                image_name: layers.pick(|e| e.filters.image_name.as_ref()),
+                status: layers.pick(|e| e.filters.status.as_ref()),
+            },
+            size_unit: layers
+                .required("api.image_size_unit", |e| e.api.image_size_unit.as_ref())?,
+            max_retries: layers.required("api.max_retries", |e| e.api.max_retries.as_ref())?,
+            tls: UpstreamTls {
+                ca_file: layers.path(|e| e.api.tls.ca_file.as_ref()),
+                cert_file: layers.path(|e| e.api.tls.cert_file.as_ref()),
+                key_file: layers.path(|e| e.api.tls.key_file.as_ref()),
+                insecure_skip_verify: layers
+                    .pick(|e| e.api.tls.insecure_skip_verify.as_ref())
+                    .unwrap_or(false),
+            },
+            proxy_url: layers.pick(|e| e.api.proxy_url.as_ref()),
+        },
+        concurrency: layers.required("api.concurrency", |e| e.api.concurrency.as_ref())?,
+        requests_per_second: layers.required("api.requests_per_second", |e| {
+            e.api.requests_per_second.as_ref()
+        })?,
+        datacenters,
+        refresh: RefreshSettings {
+            interval,
+            stale_after: layers
+                .required("refresh.stale_after", |e| e.refresh.stale_after.as_ref())?,
+            // A backstop against a pass that never ends, not a bound on a slow one.
+            timeout: layers
+                .pick(|e| e.refresh.timeout.as_ref())
+                .unwrap_or_else(|| RefreshSettings::default_timeout(interval)),
+        },
+    })
+}
+
+/// A way to authenticate that cannot be used: none, or a mix.
+enum Mix {
+    /// Nothing names a way (the account's name).
+    Nothing(String),
+    /// `token_file` and `token_env`.
+    TwoTokens,
+    /// `secret_file` and `secret_env`.
+    TwoSecrets,
+    /// A uuid and a static token.
+    LoginAndToken,
+    /// A uuid without a secret.
+    NoSecret(String),
+    /// A secret without a uuid.
+    NoUuid,
+}
+
+impl Mix {
+    /// What to tell the writer. The flags' account takes its token and secret
+    /// from fixed variables, so its words name those; the last two mixes and
+    /// `TwoTokens` cannot happen there (clap refuses them first, or the
+    /// variable is ignored).
+    fn words(&self, origin: Origin) -> String {
+        match (self, origin) {
+            (Mix::Nothing(_), Origin::Flags) => format!(
+                "no token and no credentials: log in with --api.uuid and its secret (--api.secret-file or {SECRET_ENV}), or give a token with --api.token-file or {TOKEN_ENV}"
+            ),
+            (Mix::Nothing(name), Origin::File) => format!(
+                "account '{name}' has no way to authenticate: give uuid with secret_file or secret_env (credentials), or token_file or token_env (a static token)"
+            ),
+            (Mix::LoginAndToken, Origin::Flags) => format!(
+                "--api.uuid and {TOKEN_ENV}: an account logs in with credentials or uses a static token, not both; unset {TOKEN_ENV} or leave out --api.uuid"
+            ),
+            (Mix::LoginAndToken, Origin::File) => {
+                "give uuid (credentials) or token_file/token_env (a static token), not both".into()
+            }
+            (Mix::NoSecret(uuid), Origin::Flags) => format!(
+                "--api.uuid {uuid} needs its secret: give --api.secret-file or set {SECRET_ENV}"
+            ),
+            (Mix::NoSecret(_), Origin::File) => {
+                "uuid needs its secret: give secret_file or secret_env".into()
+            }
+            (Mix::TwoTokens, _) => "give token_file or token_env, not both".into(),
+            (Mix::TwoSecrets, _) => "give secret_file or secret_env, not both".into(),
+            (Mix::NoUuid, _) => "secret_file/secret_env need the account's uuid".into(),
+        }
+    }
+}
+
+/// How `entry` says to authenticate: `None` when it names no way at all.
+fn authentication(
+    entry: &Entry,
+    resolve: &dyn Fn(&PathBuf) -> PathBuf,
+    login_url: &Url,
+) -> Result<Option<TokenRef>, Mix> {
+    let secret = match (&entry.secret_file, &entry.secret_env) {
+        (Some(_), Some(_)) => return Err(Mix::TwoSecrets),
+        (Some(file), None) => Some(SecretRef::File(resolve(file))),
+        (None, Some(env)) => Some(SecretRef::Env(env.clone())),
+        (None, None) => None,
+    };
+    let token = match (&entry.token_file, &entry.token_env) {
+        (Some(_), Some(_)) => return Err(Mix::TwoTokens),
+        (Some(file), None) => Some(TokenRef::File(resolve(file))),
+        (None, Some(env)) => Some(TokenRef::Env(env.clone())),
+        (None, None) => None,
+    };
+    match (&entry.uuid, secret, token) {
+        (Some(_), _, Some(_)) => Err(Mix::LoginAndToken),
+        (Some(uuid), Some(secret), None) => Ok(Some(TokenRef::Login {
+            uuid: uuid.clone(),
+            secret,
+            url: login_url.clone(),
+        })),
+        (Some(uuid), None, None) => Err(Mix::NoSecret(uuid.clone())),
+        (None, Some(_), _) => Err(Mix::NoUuid),
+        (None, None, token) => Ok(token),
+    }
+}
+
+/// The account of `draft`, its token or secret read once (the file is read
+/// again when used) and its client built once, so that a setting reqwest
+/// refuses (a TLS file, a proxy) stops the start or the reload instead of a
+/// target. Every problem is returned, each naming the setting as `origin` does.
+pub fn finish(draft: Draft, origin: Origin, telemetry: &Telemetry) -> Result<Account, Vec<String>> {
+    let mut account = draft.account;
+    let mut trouble = Vec::new();
+    let unset = |name: &str| format!("the environment variable {name} is not set");
+    match draft.token {
+        TokenRef::File(file) => {
+            let source = TokenSource::File(file.clone());
+            match source.current() {
+                Ok(_) => {
+                    account.auth = Auth::Token {
+                        source,
+                        from: format!("file {}", file.display()),
+                    }
+                }
+                Err(e) => trouble.push(origin.say("token_file", e)),
+            }
+        }
+        TokenRef::Env(name) => match std::env::var(&name).map(|raw| Token::new(&raw)) {
+            Ok(Ok(token)) => {
+                account.auth = Auth::Token {
+                    source: TokenSource::Fixed(token),
+                    from: format!("${name}"),
+                }
+            }
+            Ok(Err(e)) => trouble.push(origin.say("token_env", format!("${name}: {e}"))),
+            Err(_) => trouble.push(origin.say("token_env", unset(&name))),
+        },
+        TokenRef::Login { uuid, secret, url } => {
+            let (secret, secret_from) = match secret {
+                SecretRef::File(file) => {
+                    let from = format!("file {}", file.display());
+                    let source = TokenSource::File(file);
+                    match source.current() {
+                        Ok(_) => (Some(source), from),
+                        Err(e) => {
+                            trouble.push(origin.say("secret_file", secret_problem(e, &from)));
+                            (None, from)
+                        }
+                    }
+                }
+                SecretRef::Env(name) => {
+                    let from = format!("${name}");
+                    match std::env::var(&name).map(|raw| Token::new(&raw)) {
+                        Ok(Ok(secret)) => (Some(TokenSource::Fixed(secret)), from),
+                        Ok(Err(e)) => {
+                            trouble.push(origin.say("secret_env", secret_problem(e, &from)));
+                            (None, from)
+                        }
+                        Err(_) => {
+                            trouble.push(origin.say("secret_env", unset(&name)));
+                            (None, from)
+                        }
+                    }
+                }
+            };
+            if let Some(secret) = secret {
+                account.auth = Auth::Login(Credentials {
+                    uuid,
+                    secret,
+                    secret_from,
+                    url,
+                });
+            }
+        }
+    }
+    if let Err(e) = ApiClient::new(
+        &account.name,
+        account.client.clone(),
+        &account.auth,
+        telemetry.clone(),
+    ) {
+        trouble.push(match origin {
+            Origin::Flags => e.to_string(),
+            Origin::File => client_problem(&e),
+        });
+    }
+    if trouble.is_empty() {
+        Ok(account)
+    } else {
+        Err(trouble)
+    }
+}
+
+/// The message of a client that cannot be built, with the file's key names
+/// (the client's own error names the flags).
+fn client_problem(err: &ClientError) -> String {
+    let key = |flag: &str| match flag {
+        "--api.tls.ca-file" => "api.tls.ca_file",
+        "--api.tls.cert-file" => "api.tls.cert_file",
+        "--api.tls.key-file" => "api.tls.key_file",
+        "--api.proxy-url" => "api.proxy_url",
+        _ => "api.url",
+    };
+    match err {
+        ClientError::File { flag, path, source } => {
+            format!("{}: cannot read {}: {source}", key(flag), path.display())
+        }
+        ClientError::Invalid { flag, source } => format!("{}: {source}", key(flag)),
+        ClientError::HalfIdentity => {
+            "api.tls: cert_file and key_file go together: give both or neither".into()
+        }
     }
 }
 

@@ -20,13 +20,13 @@ use crate::config_file::{ConfigFileError, Reloader};
 use crate::refresh::{Limits, Liveness, Scheduler};
 use crate::reloads::ReloadQueue;
 use crate::routes::Routes;
-use crate::secret::{Token, TokenError, TokenSource};
+use crate::secret::{Token, TokenSource};
 use crate::server::Server;
+use crate::settings::{join_path, Origin, DEFAULT_AUTH_PATH};
 use crate::signals::Signals;
 use crate::sim::{self, SimAccount, SimServer, Simulator};
 use crate::state::State;
 use crate::telemetry::Telemetry;
-use crate::upstream::login::{secret_problem, SECRET_ENV};
 use crate::upstream::{Auth, Credentials};
 use crate::web_config::{WebConfigError, WebConfigWatcher};
 
@@ -47,12 +47,6 @@ pub enum StartError {
         /// What is wrong with it.
         source: WebConfigError,
     },
-    /// No usable token (a configuration error: exit status 2).
-    #[error("--api.token-file: {0}")]
-    TokenFile(TokenError),
-    /// No usable token from the environment (exit status 2).
-    #[error("{0}")]
-    Token(TokenError),
     /// A flag, or the flags together, cannot be used (exit status 2).
     #[error("{0}")]
     Flags(String),
@@ -86,8 +80,6 @@ impl StartError {
     pub fn exit_code(&self) -> i32 {
         match self {
             StartError::WebConfig { .. }
-            | StartError::TokenFile(_)
-            | StartError::Token(_)
             | StartError::Flags(_)
             | StartError::Shard(_)
             | StartError::ConfigFile(_)
@@ -441,7 +433,7 @@ fn effective_configuration(
             ),
         ));
     }
-    let proxy = match &config.proxy_url {
+    let proxy = match &config.account.api.proxy_url {
         Some(url) => format!("{} (--api.proxy-url)", without_credentials(url)),
         None => [
             "HTTPS_PROXY",
@@ -525,87 +517,21 @@ fn describe_account(account: &Account) -> AccountText {
     }
 }
 
-/// The one account the flags describe, its client built once so that a setting
-/// reqwest refuses stops the start instead of a target (the file's loader does
-/// the same).
+/// The one account the flags describe, made as the file's accounts are
+/// ([`crate::account::complete`] and [`crate::account::finish`]): its client is
+/// built once, so that a setting reqwest refuses stops the start instead of a
+/// target, and every problem is printed, each naming its flag.
 pub fn flag_accounts(config: &Config) -> Result<Vec<Account>, StartError> {
-    // As in the file: a key given twice is a mistake to name, not to drop.
-    for (i, dc) in config.datacenters.iter().enumerate() {
-        if config.datacenters[..i].contains(dc) {
-            return Err(StartError::Flags(format!(
-                "--datacenters: '{dc}' is listed twice"
-            )));
-        }
-    }
-    let account = Account::from_flags(config, auth_from_flags(config)?);
-    crate::upstream::ApiClient::new(
-        &account.name,
-        account.client.clone(),
-        &account.auth,
-        Telemetry::new(),
-    )?;
+    let entry = config.account.of_flags();
+    let draft = crate::account::complete(
+        crate::account::DEFAULT_ACCOUNT,
+        &crate::account::Layers::flags(&entry),
+        Origin::Flags,
+    )
+    .map_err(StartError::Flags)?;
+    let account = crate::account::finish(draft, Origin::Flags, &Telemetry::new())
+        .map_err(|problems| StartError::Flags(problems.join("\n")))?;
     Ok(vec![account])
-}
-
-/// How the account of the flags authenticates: credentials with `--api.uuid`
-/// (the secret from `--api.secret-file`, else `FINOVY_API_SECRET`), else the
-/// static token (`--api.token-file`, else `FINOVY_ACCESS_TOKEN`). Both kinds at
-/// once is an error naming both.
-fn auth_from_flags(config: &Config) -> Result<Auth, StartError> {
-    let Some(uuid) = &config.uuid else {
-        let source = TokenSource::from_config(config.token_file.as_deref()).map_err(|e| {
-            match (&config.token_file, e) {
-                (Some(_), e) => StartError::TokenFile(e),
-                (None, TokenError::Missing) => StartError::Flags(format!(
-                    "no token and no credentials: log in with --api.uuid and its secret (--api.secret-file or {SECRET_ENV}), or give a token with --api.token-file or {}",
-                    crate::secret::TOKEN_ENV
-                )),
-                (None, e) => StartError::Token(e),
-            }
-        })?;
-        let from = match &config.token_file {
-            Some(path) => format!("file {}", path.display()),
-            None => format!("${}", crate::secret::TOKEN_ENV),
-        };
-        return Ok(Auth::Token { source, from });
-    };
-    if std::env::var_os(crate::secret::TOKEN_ENV).is_some() {
-        return Err(StartError::Flags(format!(
-            "--api.uuid and {}: an account logs in with credentials or uses a static token, not both; unset {} or leave out --api.uuid",
-            crate::secret::TOKEN_ENV,
-            crate::secret::TOKEN_ENV
-        )));
-    }
-    let (secret, secret_from) = match &config.secret_file {
-        Some(path) => {
-            let source = TokenSource::File(path.clone());
-            let from = format!("file {}", path.display());
-            source.current().map_err(|e| {
-                StartError::Flags(format!("--api.secret-file: {}", secret_problem(e, &from)))
-            })?;
-            (source, from)
-        }
-        None => match std::env::var(SECRET_ENV) {
-            Ok(raw) => {
-                let from = format!("${SECRET_ENV}");
-                let secret = Token::new(&raw).map_err(|e| {
-                    StartError::Flags(format!("{SECRET_ENV}: {}", secret_problem(e, &from)))
-                })?;
-                (TokenSource::Fixed(secret), from)
-            }
-            Err(_) => {
-                return Err(StartError::Flags(format!(
-                    "--api.uuid {uuid} needs its secret: give --api.secret-file or set {SECRET_ENV}"
-                )))
-            }
-        },
-    };
-    Ok(Auth::Login(Credentials {
-        uuid: uuid.clone(),
-        secret,
-        secret_from,
-        url: config.auth_url(),
-    }))
 }
 
 /// A URL without its user and password, for logs and pages.
@@ -632,11 +558,15 @@ fn file_mode(path: &std::path::Path) -> String {
 /// Warns when `--api.url` already ends in `--api.path`, the most common
 /// mistake: every request would then ask for the path twice and get a 404.
 fn warn_if_path_twice(config: &Config) {
-    let base = config.api_url.path().trim_end_matches('/');
-    let path = config.api_path.trim_end_matches('/');
+    let api = &config.account.api;
+    let (Some(url), Some(path)) = (&api.url, &api.path) else {
+        return;
+    };
+    let base = url.path().trim_end_matches('/');
+    let path = path.trim_end_matches('/');
     if !path.is_empty() && base.ends_with(path) {
         tracing::warn!(
-            url = %config.list_url(),
+            url = %join_path(url, path),
             "--api.url already ends in --api.path, so the path is asked twice: --api.url should be the base URL; the path goes in --api.path"
         );
     }
@@ -710,21 +640,27 @@ async fn start_demo(config: &mut Config) -> Result<(SimServer, Vec<Account>), St
     let server = SimServer::bind(SocketAddr::from(([127, 0, 0, 1], 0)), simulator)
         .await
         .map_err(StartError::Demo)?;
-    config.api_url = format!("http://{}", server.local_addr())
+    let url: url::Url = format!("http://{}", server.local_addr())
         .parse()
         .expect("a socket address makes a valid URL");
-    tracing::info!(upstream = %config.api_url, accounts = "prod,staging", "demo mode: serving a simulated upstream");
-    let fixed = |raw: &str| Token::new(raw).map_err(StartError::Token);
-    let mut prod = Account::from_flags(
-        config,
+    tracing::info!(upstream = %url, accounts = "prod,staging", "demo mode: serving a simulated upstream");
+    let auth_path = config.account.api.auth_path.as_deref();
+    let auth_url = join_path(&url, auth_path.unwrap_or(DEFAULT_AUTH_PATH));
+    config.account.api.url = Some(url);
+    let fixed = |raw: &str| Token::new(raw).map_err(|e| StartError::Flags(e.to_string()));
+    // The demo's accounts are the flags' account, renamed, with made-up secrets.
+    let mut prod = crate::account::with_settings(
+        "prod",
+        &crate::account::Layers::flags(&config.account),
+        Origin::Flags,
         Auth::Login(Credentials {
             uuid: DEMO_UUID.into(),
             secret: TokenSource::Fixed(fixed(&prod_secret)?),
             secret_from: "the demo".into(),
-            url: config.auth_url(),
+            url: auth_url,
         }),
-    );
-    prod.name = "prod".into();
+    )
+    .map_err(StartError::Flags)?;
     // The demo's images change every few seconds and a first look should not
     // wait a minute for the first pass: it refreshes every 10 s at most.
     if prod.refresh.interval > DEMO_MAX_INTERVAL {

@@ -8,18 +8,18 @@
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use reqwest::header::{HeaderName, HeaderValue};
 use url::Url;
 
 use crate::labels::Status;
+use crate::settings::{parse_status_filter, Entry};
 
 /// The exporter's configuration, parsed from flags and `FINOVY_*` variables.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "finovy-image-exporter", version, about, long_about = None, args_override_self = true)]
 #[command(long_version = crate::LONG_VERSION, after_help = AFTER_HELP)]
+#[command(mut_args = unless_config_file)]
 pub struct Config {
     /// Address to serve on: `host:port`, or `:port` for every interface; repeat the flag to serve on several.
     #[arg(help_heading = "Web")]
@@ -61,143 +61,10 @@ pub struct Config {
     #[arg(long = "web.max-connections", env = "FINOVY_WEB_MAX_CONNECTIONS", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_connections: u32,
 
-    /// Base URL of the Finovy API.
-    #[arg(help_heading = "API")]
-    #[arg(long = "api.url", env = "FINOVY_API_URL", default_value = "https://client.xuandashi.com", value_parser = parse_base_url)]
-    pub api_url: Url,
-
-    /// Path of the "my image list" endpoint, appended to --api.url.
-    #[arg(help_heading = "API")]
-    #[arg(long = "api.path", env = "FINOVY_API_PATH", default_value = "/v1/open/image/personal/getList", value_parser = parse_api_path)]
-    pub api_path: String,
-
-    /// File holding the access token, re-read at every refresh; else env FINOVY_ACCESS_TOKEN.
-    #[arg(help_heading = "API")]
-    #[arg(long = "api.token-file", env = "FINOVY_API_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
-
-    /// Account ID to log in as, with its secret: the exporter then gets its own tokens and renews them.
-    #[arg(help_heading = "API")]
-    #[arg(long = "api.uuid", env = "FINOVY_API_UUID", conflicts_with = "token_file", value_parser = parse_uuid)]
-    pub uuid: Option<String>,
-
-    /// File holding the secret of --api.uuid, read again at each login; else env FINOVY_API_SECRET.
-    #[arg(help_heading = "API")]
-    #[arg(
-        long = "api.secret-file",
-        env = "FINOVY_API_SECRET_FILE",
-        requires = "uuid"
-    )]
-    pub secret_file: Option<PathBuf>,
-
-    /// Path of the login endpoint, appended to --api.url (used with --api.uuid).
-    #[arg(help_heading = "API")]
-    #[arg(long = "api.auth-path", env = "FINOVY_API_AUTH_PATH", default_value = DEFAULT_AUTH_PATH, value_parser = parse_api_path)]
-    pub auth_path: String,
-
-    /// Timeout of one upstream request, body included.
-    #[arg(help_heading = "API")]
-    #[arg(long = "api.timeout", env = "FINOVY_API_TIMEOUT", default_value = "10s", value_parser = parse_positive_duration)]
-    pub api_timeout: Duration,
-
-    /// Page size asked of the upstream.
-    #[arg(help_heading = "API")]
-    #[arg(long = "api.page-size", env = "FINOVY_API_PAGE_SIZE", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
-    pub page_size: u32,
-
-    /// Upstream requests in flight at most, over all datacenters.
-    #[arg(help_heading = "API")]
-    #[arg(long = "api.concurrency", env = "FINOVY_API_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=256))]
-    pub api_concurrency: u32,
-
-    /// Retries of a request after a timeout, a connection error, a 5xx or a 429.
-    #[arg(help_heading = "API")]
-    #[arg(long = "api.max-retries", env = "FINOVY_API_MAX_RETRIES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(0..=20))]
-    pub max_retries: u32,
-
-    /// Extra header sent with every request, `KEY=VALUE` (repeatable).
-    #[arg(help_heading = "API")]
-    #[arg(long = "api.header", env = "FINOVY_API_HEADER", hide_env_values = true, value_delimiter = ',', value_parser = parse_header)]
-    pub api_headers: Vec<ExtraHeader>,
-
-    /// Extra query parameter sent with every request, `KEY=VALUE` (repeatable).
-    #[arg(help_heading = "API")]
-    #[arg(long = "api.param", env = "FINOVY_API_PARAM", hide_env_values = true, value_delimiter = ',', value_parser = parse_param)]
-    pub api_params: Vec<(String, String)>,
-
-    /// PEM file of the CA that signed the upstream's certificate (a private CA).
-    #[arg(help_heading = "API TLS and proxy")]
-    #[arg(long = "api.tls.ca-file", env = "FINOVY_API_TLS_CA_FILE")]
-    pub tls_ca_file: Option<PathBuf>,
-
-    /// PEM client certificate for an upstream that asks for one (with --api.tls.key-file).
-    #[arg(help_heading = "API TLS and proxy")]
-    #[arg(long = "api.tls.cert-file", env = "FINOVY_API_TLS_CERT_FILE")]
-    pub tls_cert_file: Option<PathBuf>,
-
-    /// PEM key of --api.tls.cert-file.
-    #[arg(help_heading = "API TLS and proxy")]
-    #[arg(long = "api.tls.key-file", env = "FINOVY_API_TLS_KEY_FILE")]
-    pub tls_key_file: Option<PathBuf>,
-
-    /// Accept any upstream certificate (insecure; for tests only; logged at start).
-    #[arg(help_heading = "API TLS and proxy")]
-    #[arg(
-        long = "api.tls.insecure-skip-verify",
-        env = "FINOVY_API_TLS_INSECURE_SKIP_VERIFY"
-    )]
-    pub tls_insecure_skip_verify: bool,
-
-    /// Proxy for every upstream request [default: HTTPS_PROXY, HTTP_PROXY, NO_PROXY].
-    #[arg(help_heading = "API TLS and proxy")]
-    #[arg(long = "api.proxy-url", env = "FINOVY_API_PROXY_URL", hide_env_values = true, value_parser = parse_proxy_url)]
-    pub proxy_url: Option<Url>,
-
-    /// Unit of the upstream `imageSize` field.
-    #[arg(help_heading = "API")]
-    #[arg(
-        long = "api.image-size-unit",
-        env = "FINOVY_API_IMAGE_SIZE_UNIT",
-        default_value = "GiB",
-        value_enum,
-        ignore_case = true
-    )]
-    pub image_size_unit: SizeUnit,
-
-    /// Only count images of this type (upstream `imageType`).
-    #[arg(help_heading = "Filters")]
-    #[arg(long = "filter.image-type", env = "FINOVY_FILTER_IMAGE_TYPE", value_parser = parse_filter)]
-    pub filter_image_type: Option<String>,
-
-    /// Only count images with this name (upstream `imageName`).
-    #[arg(help_heading = "Filters")]
-    #[arg(long = "filter.image-name", env = "FINOVY_FILTER_IMAGE_NAME", value_parser = parse_filter)]
-    pub filter_image_name: Option<String>,
-
-    /// Only count images in this status: 0-3 or creating, available, failed, expired.
-    #[arg(help_heading = "Filters")]
-    #[arg(long = "filter.status", env = "FINOVY_FILTER_STATUS", value_parser = parse_status_filter)]
-    pub filter_status: Option<Status>,
-
-    /// Comma-separated datacenter keys; when empty they are discovered.
-    #[arg(help_heading = "Targets")]
-    #[arg(long = "datacenters", env = "FINOVY_DATACENTERS", value_delimiter = ',', value_parser = parse_datacenter)]
-    pub datacenters: Vec<String>,
-
-    /// Time between the starts of two passes of a target (at least 1s).
-    #[arg(help_heading = "Refresh")]
-    #[arg(long = "refresh.interval", env = "FINOVY_REFRESH_INTERVAL", default_value = "60s", value_parser = parse_interval)]
-    pub refresh_interval: Duration,
-
-    /// Drop a datacenter's image series after this long without a successful refresh.
-    #[arg(help_heading = "Refresh")]
-    #[arg(long = "refresh.stale-after", env = "FINOVY_REFRESH_STALE_AFTER", default_value = "5m", value_parser = parse_positive_duration)]
-    pub stale_after: Duration,
-
-    /// Longest a pass may take before it fails with reason timeout, a backstop [default: ten intervals, at least 5m].
-    #[arg(help_heading = "Refresh")]
-    #[arg(long = "refresh.timeout", env = "FINOVY_REFRESH_TIMEOUT", value_parser = parse_positive_duration)]
-    pub refresh_timeout: Option<Duration>,
+    /// The account the flags describe (`--api.*`, `--datacenters`, `--refresh.*`,
+    /// `--filter.*`): the same settings as an entry of `--config.file`.
+    #[command(flatten)]
+    pub account: Entry,
 
     /// Image types kept per target; the smallest groups beyond fold into image_type="other".
     #[arg(help_heading = "Limits")]
@@ -262,7 +129,11 @@ pub struct Config {
 
     /// YAML file describing the accounts (see the README); the account flags then stay unset.
     #[arg(help_heading = "Configuration file")]
-    #[arg(long = "config.file", env = "FINOVY_CONFIG_FILE", conflicts_with_all = ACCOUNT_FLAGS, conflicts_with = "demo")]
+    #[arg(
+        long = "config.file",
+        env = "FINOVY_CONFIG_FILE",
+        conflicts_with = "demo"
+    )]
     pub config_file: Option<PathBuf>,
 
     /// Check --config.file offline (keys, values, token and secret files, TLS files), print every problem, exit 0 or 2; `check` also asks the API.
@@ -352,37 +223,21 @@ impl Config {
     }
 }
 
-/// The ids of the account-level flags (`--api.*`, `--filter.*`, `--datacenters`,
-/// `--refresh.*`): with `--config.file` the file describes every account, so
-/// giving one of them too (on the command line or through its environment twin)
-/// is an error naming it.
-pub const ACCOUNT_FLAGS: [&str; 25] = [
-    "api_url",
-    "api_path",
-    "token_file",
-    "uuid",
-    "secret_file",
-    "auth_path",
-    "api_timeout",
-    "page_size",
-    "api_concurrency",
-    "max_retries",
-    "api_headers",
-    "api_params",
-    "tls_ca_file",
-    "tls_cert_file",
-    "tls_key_file",
-    "tls_insecure_skip_verify",
-    "proxy_url",
-    "image_size_unit",
-    "filter_image_type",
-    "filter_image_name",
-    "filter_status",
-    "datacenters",
-    "refresh_interval",
-    "stale_after",
-    "refresh_timeout",
-];
+/// Makes an account flag conflict with `--config.file`: the file describes
+/// every account, so giving one of them too (on the command line or through its
+/// environment twin) is an error naming it. Every flag of
+/// [`crate::settings::Entry`] is one, and no other.
+fn unless_config_file(arg: clap::Arg) -> clap::Arg {
+    static ACCOUNT_FLAGS: std::sync::LazyLock<Vec<clap::Id>> = std::sync::LazyLock::new(|| {
+        let flags = <Entry as clap::Args>::augment_args(clap::Command::new("account"));
+        flags.get_arguments().map(|a| a.get_id().clone()).collect()
+    });
+    if ACCOUNT_FLAGS.contains(arg.get_id()) {
+        arg.conflicts_with("config_file")
+    } else {
+        arg
+    }
+}
 
 impl Config {
     /// Parses the process arguments and environment; on error prints clap's message
@@ -410,44 +265,6 @@ impl Config {
             }
         }
     }
-
-    /// The full URL of the image list endpoint.
-    pub fn list_url(&self) -> Url {
-        join_path(&self.api_url, &self.api_path)
-    }
-
-    /// The full URL of the login endpoint.
-    pub fn auth_url(&self) -> Url {
-        join_path(&self.api_url, &self.auth_path)
-    }
-}
-
-/// The login path the provider documents, appended to the account's base URL.
-pub const DEFAULT_AUTH_PATH: &str = "/v1/auth/getToken";
-
-/// `base` with `path` appended to its own path (a base URL may have a prefix).
-pub fn join_path(base: &Url, path: &str) -> Url {
-    let mut url = base.clone();
-    let prefix = url.path().trim_end_matches('/').to_string();
-    url.set_path(&format!("{prefix}{path}"));
-    url
-}
-
-/// An account ID: printable, without spaces, at most 128 bytes. It is shown in
-/// logs and on the landing page, so it may not be a secret pasted by mistake
-/// into the wrong flag (a secret would be caught by nothing here, but a value
-/// with spaces or control characters is no account ID).
-pub fn parse_uuid(s: &str) -> Result<String, String> {
-    let t = s.trim();
-    if t.is_empty() {
-        return Err("the account ID is empty; it is on the account page of the console".into());
-    }
-    if t.len() > 128 || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(
-            "an account ID has no spaces or control characters and at most 128 characters".into(),
-        );
-    }
-    Ok(t.to_string())
 }
 
 /// Printed after `--help`: what is read from the environment without a flag.
@@ -636,220 +453,6 @@ fn parse_telemetry_path(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-pub(crate) fn parse_base_url(s: &str) -> Result<Url, String> {
-    // The URL is never repeated: a mistyped one may still carry a password.
-    let url = Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err("must be an http or https URL".to_string());
-    }
-    if url.host_str().is_none() {
-        return Err("the URL has no host".to_string());
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(
-            "must not carry credentials (user:password@); send them with --api.header".into(),
-        );
-    }
-    if url.query().is_some() {
-        return Err("must not carry a query; use --api.param".to_string());
-    }
-    Ok(url)
-}
-
-pub(crate) fn parse_proxy_url(s: &str) -> Result<Url, String> {
-    // The value may carry proxy credentials: never echo it.
-    let url = Url::parse(s).map_err(|e| format!("not a URL ({e})"))?;
-    if !matches!(url.scheme(), "http" | "https" | "socks5" | "socks5h") {
-        return Err("must be an http, https or socks5 URL".into());
-    }
-    if url.host_str().is_none() {
-        return Err("has no host".into());
-    }
-    Ok(url)
-}
-
-pub(crate) fn parse_api_path(s: &str) -> Result<String, String> {
-    if !s.starts_with('/') || s.contains(['?', '#']) {
-        return Err(format!(
-            "'{s}' must be a path starting with /, without a query"
-        ));
-    }
-    Ok(s.to_string())
-}
-
-pub(crate) fn parse_positive_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| {
-        // `1m30` is a unit short, which humantime's own suggestion misses.
-        let hint = if s.trim().ends_with(|c: char| c.is_ascii_digit())
-            && s.trim().contains(|c: char| c.is_ascii_alphabetic())
-        {
-            format!("; did you mean '{}s'?", s.trim())
-        } else {
-            String::new()
-        };
-        format!("'{s}' is not a duration such as 30s, 5m or 1m30s ({e}){hint}")
-    })?;
-    if d.is_zero() {
-        return Err("must be greater than zero".to_string());
-    }
-    Ok(d)
-}
-
-/// The smallest `--refresh.interval`: below it the exporter would send the
-/// upstream more requests than any inventory justifies.
-pub const MIN_INTERVAL: Duration = Duration::from_secs(1);
-
-pub(crate) fn parse_interval(s: &str) -> Result<Duration, String> {
-    let d = parse_positive_duration(s)?;
-    if d < MIN_INTERVAL {
-        return Err(format!(
-            "'{s}' is below the 1s minimum; an inventory changes far more slowly than that"
-        ));
-    }
-    Ok(d)
-}
-
-fn split_key_value(s: &str) -> Result<(&str, &str), String> {
-    s.split_once('=')
-        .filter(|(k, _)| !k.is_empty())
-        .ok_or_else(|| "expected KEY=VALUE".to_string())
-}
-
-/// An extra header sent upstream; its value is never logged, it may be a secret.
-#[derive(Clone, PartialEq, Eq)]
-pub struct ExtraHeader {
-    /// Header name.
-    pub name: HeaderName,
-    /// Header value, marked sensitive so that it is never printed.
-    pub value: HeaderValue,
-}
-
-impl fmt::Debug for ExtraHeader {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}=**hidden**", self.name)
-    }
-}
-
-pub(crate) fn parse_header(s: &str) -> Result<ExtraHeader, String> {
-    let (k, v) = split_key_value(s)?;
-    // An invalid name is not repeated: it may be a whole `Name: secret` line.
-    let name = HeaderName::from_bytes(k.trim().as_bytes())
-        .map_err(|_| "the part before '=' is not a valid header name".to_string())?;
-    if name == crate::secret::TOKEN_HEADER {
-        return Err("the token header is set from the token, not from --api.header".into());
-    }
-    let mut value = HeaderValue::from_str(v.trim()).map_err(|_| {
-        format!("the value of header '{name}' has characters a header cannot carry")
-    })?;
-    value.set_sensitive(true);
-    Ok(ExtraHeader { name, value })
-}
-
-pub(crate) fn parse_param(s: &str) -> Result<(String, String), String> {
-    let (k, v) = split_key_value(s)?;
-    let reserved = [
-        "page",
-        "pageSize",
-        "datacenterKey",
-        "imageType",
-        "imageName",
-        "status",
-    ];
-    if reserved.contains(&k) {
-        return Err(format!("'{k}' is set by the exporter itself"));
-    }
-    if k.chars().any(char::is_control) {
-        return Err("a parameter name contains control characters".into());
-    }
-    if v.chars().any(char::is_control) {
-        return Err(format!(
-            "the value of parameter '{k}' contains control characters"
-        ));
-    }
-    Ok((k.to_string(), v.to_string()))
-}
-
-pub(crate) fn parse_filter(s: &str) -> Result<String, String> {
-    if s.is_empty() || s.chars().any(char::is_control) {
-        return Err("must be non-empty text without control characters".into());
-    }
-    Ok(s.to_string())
-}
-
-pub(crate) fn parse_status_filter(s: &str) -> Result<Status, String> {
-    let status = match s.to_ascii_lowercase().as_str() {
-        "0" | "creating" => Status::Creating,
-        "1" | "available" => Status::Available,
-        "2" | "failed" => Status::Failed,
-        "3" | "expired" => Status::Expired,
-        _ => {
-            return Err(format!(
-                "'{s}' is not 0-3, creating, available, failed or expired"
-            ))
-        }
-    };
-    Ok(status)
-}
-
-pub(crate) fn parse_datacenter(s: &str) -> Result<String, String> {
-    let s = s.trim();
-    if !s.is_empty() && s.split_whitespace().count() > 1 && !s.chars().any(char::is_control) {
-        return Err(format!(
-            "'{s}' is not a datacenter key; separate keys with commas: '{}'",
-            s.split_whitespace().collect::<Vec<_>>().join(",")
-        ));
-    }
-    if s.is_empty() || s.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(format!("'{s}' is not a datacenter key"));
-    }
-    Ok(s.to_string())
-}
-
-/// Unit in which the upstream states `imageSize`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum SizeUnit {
-    /// Bytes.
-    #[value(name = "B")]
-    B,
-    /// 10^3 bytes.
-    #[value(name = "KB")]
-    Kb,
-    /// 10^6 bytes.
-    #[value(name = "MB")]
-    Mb,
-    /// 10^9 bytes.
-    #[value(name = "GB")]
-    Gb,
-    /// 2^10 bytes.
-    #[value(name = "KiB")]
-    Kib,
-    /// 2^20 bytes.
-    #[value(name = "MiB")]
-    Mib,
-    /// 2^30 bytes.
-    #[value(name = "GiB")]
-    Gib,
-    /// 2^40 bytes.
-    #[value(name = "TiB")]
-    Tib,
-}
-
-impl SizeUnit {
-    /// Bytes in one unit.
-    pub fn bytes(self) -> f64 {
-        match self {
-            SizeUnit::B => 1.0,
-            SizeUnit::Kb => 1e3,
-            SizeUnit::Mb => 1e6,
-            SizeUnit::Gb => 1e9,
-            SizeUnit::Kib => 1024.0,
-            SizeUnit::Mib => 1024.0 * 1024.0,
-            SizeUnit::Gib => 1024.0 * 1024.0 * 1024.0,
-            SizeUnit::Tib => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        }
-    }
-}
-
 /// Log verbosity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 #[allow(missing_docs)]
@@ -886,11 +489,21 @@ pub enum LogFormat {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::account::{complete, Account, Layers};
+    use crate::settings::{Origin, SizeUnit};
+    use std::time::Duration;
 
     fn parse(args: &[&str]) -> Result<Config, clap::Error> {
         let mut all = vec!["finovy-image-exporter"];
         all.extend_from_slice(args);
         Config::try_parse_from(all)
+    }
+
+    /// The flags' account, as the exporter makes it (its token left unread).
+    fn account(c: &Config) -> Account {
+        complete("default", &Layers::flags(&c.account), Origin::Flags)
+            .unwrap()
+            .account
     }
 
     #[test]
@@ -900,17 +513,24 @@ mod tests {
         assert_eq!(c.listen_address[0].text, ":9929");
         assert_eq!(c.telemetry_path, "/metrics");
         assert_eq!(c.max_requests, 40);
-        assert_eq!(c.api_timeout, Duration::from_secs(10));
-        assert_eq!(c.page_size, 100);
-        assert_eq!(c.api_concurrency, 4);
-        assert_eq!(c.image_size_unit, SizeUnit::Gib);
-        assert_eq!(c.refresh_interval, Duration::from_secs(60));
-        assert_eq!(c.stale_after, Duration::from_secs(300));
+        let mut c = c;
+        c.account.token_env = Some("T".into());
+        let a = account(&c);
+        assert_eq!(a.client.timeout, Duration::from_secs(10));
+        assert_eq!(a.client.page_size, 100);
+        assert_eq!(a.concurrency, 4);
+        assert_eq!(a.requests_per_second, 0.0);
+        assert_eq!(a.client.size_unit, SizeUnit::Gib);
+        assert_eq!(a.client.max_retries, 3);
+        assert_eq!(a.refresh.interval, Duration::from_secs(60));
+        assert_eq!(a.refresh.stale_after, Duration::from_secs(300));
+        assert_eq!(a.refresh.timeout, Duration::from_secs(600));
         assert_eq!(
-            c.list_url().as_str(),
+            a.client.url.as_str(),
             "https://client.xuandashi.com/v1/open/image/personal/getList"
         );
-        assert!(c.datacenters.is_empty());
+        assert!(a.datacenters.is_empty());
+        assert!(!a.client.tls.insecure_skip_verify);
     }
 
     #[test]
@@ -962,32 +582,53 @@ mod tests {
             "127.0.0.1:0",
         ])
         .unwrap();
-        assert_eq!(c.datacenters, ["HZ", "SH"]);
-        assert_eq!(c.api_headers.len(), 2);
-        assert_eq!(c.api_headers[1].value, "2=3");
-        assert!(format!("{:?}", c.api_headers).contains("**hidden**"));
-        assert_eq!(c.api_params, [("lang".to_string(), "zh".to_string())]);
-        assert_eq!(c.image_size_unit, SizeUnit::Mib);
-        assert_eq!(c.filter_status, Some(Status::Creating));
         assert_eq!(c.listen_address[0].candidates.len(), 1);
+        let mut c = c;
+        c.account.token_env = Some("T".into());
+        let a = account(&c);
+        assert_eq!(a.datacenters, ["HZ", "SH"]);
+        assert_eq!(a.client.headers.len(), 2);
+        assert_eq!(a.client.headers[1].value, "2=3");
+        assert!(format!("{:?}", a.client.headers).contains("**hidden**"));
+        assert_eq!(a.client.params, [("lang".to_string(), "zh".to_string())]);
+        assert_eq!(a.client.size_unit, SizeUnit::Mib);
+        assert_eq!(a.client.filters.status, Some(Status::Creating));
     }
 
     #[test]
     fn every_account_flag_conflicts_with_the_config_file() {
         use clap::CommandFactory as _;
         let account_level = ["--api.", "--filter.", "--datacenters", "--refresh."];
+        let mut tried = 0;
         for arg in Config::command().get_arguments() {
             let Some(long) = arg.get_long() else { continue };
             let flag = format!("--{long}");
-            if account_level.iter().any(|p| flag.starts_with(p)) {
-                assert!(
-                    ACCOUNT_FLAGS.contains(&arg.get_id().as_str()),
-                    "{flag} is account-level but missing from ACCOUNT_FLAGS"
-                );
+            if !account_level.iter().any(|p| flag.starts_with(p)) {
+                continue;
             }
+            let mut args = vec!["--config.file", "a.yaml", &flag];
+            if arg.get_action().takes_values() {
+                // A valid value, so that the conflict is what fails.
+                let names = arg.get_value_names().unwrap_or_default();
+                args.push(match names.first().map(|n| n.as_str()) {
+                    Some("URL") => "http://h",
+                    Some("PATH") => "/x",
+                    Some("DURATION") => "5s",
+                    Some("KEY=VALUE") => "k=v",
+                    Some("UNIT") => "B",
+                    _ => "1",
+                });
+            }
+            let err = parse(&args).expect_err(&flag);
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ArgumentConflict,
+                "{flag}: {err}"
+            );
+            assert!(err.to_string().contains(&flag), "{flag}: {err}");
+            tried += 1;
         }
-        let err = parse(&["--config.file", "a.yaml", "--datacenters", "HZ"]).unwrap_err();
-        assert!(err.to_string().contains("--datacenters"), "{err}");
+        assert!(tried >= 25, "only {tried} account flags");
         assert!(parse(&["--config.file", "a.yaml", "--web.enable-lifecycle"]).is_ok());
     }
 
@@ -1067,7 +708,8 @@ mod tests {
 
     #[test]
     fn base_path_is_kept_when_joining() {
-        let c = parse(&["--api.url", "http://h:1/prefix/", "--api.path", "/v1/x"]).unwrap();
-        assert_eq!(c.list_url().as_str(), "http://h:1/prefix/v1/x");
+        let mut c = parse(&["--api.url", "http://h:1/prefix/", "--api.path", "/v1/x"]).unwrap();
+        c.account.token_env = Some("T".into());
+        assert_eq!(account(&c).client.url.as_str(), "http://h:1/prefix/v1/x");
     }
 }

@@ -8,26 +8,23 @@
 //! variable) and builds the upstream client once (so that TLS files are loaded),
 //! and reports every problem it finds, each with the line of its account.
 //!
-//! Whatever the file leaves out takes the default of the matching flag, and
-//! `defaults:` stands in for any key an account leaves out. Relative paths start
-//! at the file's directory.
+//! An entry is a [`crate::settings::Entry`], the struct the account flags are
+//! made of, and both steps are [`crate::account`]'s, which the flags' account
+//! goes through too: this module only reads the file and says where. Whatever
+//! the file leaves out takes the default of the matching flag, and `defaults:`
+//! stands in for any key an account leaves out. Relative paths start at the
+//! file's directory.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
-use url::Url;
 
-use crate::account::{Account, AccountNames};
-use crate::aggregate::Status;
-use crate::config::{self, Config, ExtraHeader, SizeUnit};
-use crate::secret::{Token, TokenSource};
+use crate::account::{self, Account, AccountNames, Draft, Layers};
+use crate::config::Config;
+use crate::settings::{Entry, Origin};
 use crate::telemetry::Telemetry;
-use crate::upstream::login::secret_problem;
-use crate::upstream::{ApiClient, Auth, ClientError, Credentials};
 
 /// One problem with the file, where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,42 +87,6 @@ pub fn target_count(accounts: &[Account]) -> usize {
     accounts.iter().map(|a| a.targets().len()).sum()
 }
 
-/// An account as the file describes it, before its token is read.
-#[derive(Debug, Clone)]
-pub struct Draft {
-    /// The account, with a placeholder token.
-    pub account: Account,
-    /// Where its token comes from.
-    pub token: TokenRef,
-}
-
-/// Where a drafted account's token comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenRef {
-    /// `token_file`, resolved against the file's directory.
-    File(PathBuf),
-    /// `token_env`: the name of an environment variable.
-    Env(String),
-    /// `uuid` with `secret_file` or `secret_env`: log in for tokens.
-    Login {
-        /// The account ID.
-        uuid: String,
-        /// Where the secret is.
-        secret: SecretRef,
-        /// The login URL (`api.url` and `api.auth_path`).
-        url: Url,
-    },
-}
-
-/// Where a drafted account's secret comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretRef {
-    /// `secret_file`, resolved against the file's directory.
-    File(PathBuf),
-    /// `secret_env`: the name of an environment variable.
-    Env(String),
-}
-
 /// Problems a check reports at most: enough for every account's first problem
 /// in any file a person wrote, and a bound on the re-reading each costs.
 pub const MAX_PROBLEMS: usize = 50;
@@ -165,10 +126,7 @@ pub fn parse(text: &str, path: &Path, flags: &Config) -> Result<Vec<Draft>, Conf
     loop {
         let context = Context {
             defaults: &defaults,
-            base: Account::from_flags(flags, placeholder_auth()),
-            flags_url: flags.api_url.clone(),
-            flags_path: flags.api_path.clone(),
-            flags_auth_path: flags.auth_path.clone(),
+            base: &flags.account,
             dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
             skip_through,
             reached: std::cell::Cell::new(None),
@@ -206,91 +164,20 @@ fn resolve(drafts: Vec<Draft>, text: &str, path: &Path) -> Result<Vec<Account>, 
     let mut problems = Vec::new();
     let mut positions = None;
     for (index, draft) in drafts.into_iter().enumerate() {
-        let mut account = draft.account;
-        let mut trouble = Vec::new();
-        match &draft.token {
-            TokenRef::File(file) => {
-                let source = TokenSource::File(file.clone());
-                match source.current() {
-                    Ok(_) => {
-                        account.auth = Auth::Token {
-                            source,
-                            from: format!("file {}", file.display()),
-                        }
-                    }
-                    Err(e) => trouble.push(format!("token_file: {e}")),
-                }
+        let name = draft.account.name.clone();
+        let trouble = match account::finish(draft, Origin::File, &scratch) {
+            Ok(account) => {
+                accounts.push(account);
+                continue;
             }
-            TokenRef::Env(name) => match std::env::var(name) {
-                Ok(raw) => match Token::new(&raw) {
-                    Ok(token) => {
-                        account.auth = Auth::Token {
-                            source: TokenSource::Fixed(token),
-                            from: format!("${name}"),
-                        }
-                    }
-                    Err(e) => trouble.push(format!("token_env: ${name}: {e}")),
-                },
-                Err(_) => trouble.push(format!(
-                    "token_env: the environment variable {name} is not set"
-                )),
-            },
-            TokenRef::Login { uuid, secret, url } => {
-                let (secret, secret_from) = match secret {
-                    SecretRef::File(file) => {
-                        let source = TokenSource::File(file.clone());
-                        let from = format!("file {}", file.display());
-                        match source.current() {
-                            Ok(_) => (Some(source), from),
-                            Err(e) => {
-                                trouble.push(format!("secret_file: {}", secret_problem(e, &from)));
-                                (None, String::new())
-                            }
-                        }
-                    }
-                    SecretRef::Env(name) => match std::env::var(name).map(|raw| Token::new(&raw)) {
-                        Ok(Ok(secret)) => (Some(TokenSource::Fixed(secret)), format!("${name}")),
-                        Ok(Err(e)) => {
-                            let problem = secret_problem(e, &format!("${name}"));
-                            trouble.push(format!("secret_env: {problem}"));
-                            (None, String::new())
-                        }
-                        Err(_) => {
-                            trouble.push(format!(
-                                "secret_env: the environment variable {name} is not set"
-                            ));
-                            (None, String::new())
-                        }
-                    },
-                };
-                if let Some(secret) = secret {
-                    account.auth = Auth::Login(Credentials {
-                        uuid: uuid.clone(),
-                        secret,
-                        secret_from,
-                        url: url.clone(),
-                    });
-                }
-            }
-        }
-        if let Err(e) = ApiClient::new(
-            &account.name,
-            account.client.clone(),
-            &account.auth,
-            scratch.clone(),
-        ) {
-            trouble.push(client_problem(&e));
-        }
-        if trouble.is_empty() {
-            accounts.push(account);
-            continue;
-        }
+            Err(trouble) => trouble,
+        };
         let position = account_position(&mut positions, text, index);
         for message in trouble {
             problems.push(Problem {
                 file: path.to_path_buf(),
                 position,
-                message: format!("accounts[{index}] ({}): {message}", account.name),
+                message: format!("accounts[{index}] ({name}): {message}"),
             });
         }
     }
@@ -314,35 +201,6 @@ fn account_position(
         .get_or_insert_with(|| crate::yaml_limits::sequence_item_positions(text, "accounts"))
         .get(index)
         .copied()
-}
-
-fn placeholder_auth() -> Auth {
-    Auth::Token {
-        source: TokenSource::Fixed(
-            Token::new("unresolved").expect("a fixed word is a valid token"),
-        ),
-        from: "unresolved".into(),
-    }
-}
-
-/// The message of a client that cannot be built, with the file's key names.
-fn client_problem(err: &ClientError) -> String {
-    let key = |flag: &str| match flag {
-        "--api.tls.ca-file" => "api.tls.ca_file",
-        "--api.tls.cert-file" => "api.tls.cert_file",
-        "--api.tls.key-file" => "api.tls.key_file",
-        "--api.proxy-url" => "api.proxy_url",
-        _ => "api.url",
-    };
-    match err {
-        ClientError::File { flag, path, source } => {
-            format!("{}: cannot read {}: {source}", key(flag), path.display())
-        }
-        ClientError::Invalid { flag, source } => format!("{}: {source}", key(flag)),
-        ClientError::HalfIdentity => {
-            "api.tls: cert_file and key_file go together: give both or neither".into()
-        }
-    }
 }
 
 /// A problem from a `serde_yaml_ng` error: its message already starts with the
@@ -370,311 +228,12 @@ struct DefaultsOnly {
     accounts: IgnoredAny,
 }
 
-/// What an account, or `defaults:`, may set. Every value is checked while it is
-/// read (by the parsers of the matching flags), so that its error has its position.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Entry {
-    #[serde(default, deserialize_with = "name")]
-    name: Option<String>,
-    #[serde(default)]
-    token_file: Option<PathBuf>,
-    #[serde(default, deserialize_with = "token_env")]
-    token_env: Option<String>,
-    #[serde(default, deserialize_with = "uuid")]
-    uuid: Option<String>,
-    #[serde(default)]
-    secret_file: Option<PathBuf>,
-    #[serde(default, deserialize_with = "token_env")]
-    secret_env: Option<String>,
-    #[serde(default, deserialize_with = "datacenters")]
-    datacenters: Option<Vec<String>>,
-    #[serde(default)]
-    api: Api,
-    #[serde(default)]
-    refresh: Refresh,
-    #[serde(default)]
-    filters: Filters,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Api {
-    #[serde(default, deserialize_with = "base_url")]
-    url: Option<Url>,
-    #[serde(default, deserialize_with = "api_path")]
-    path: Option<String>,
-    #[serde(default, deserialize_with = "api_path")]
-    auth_path: Option<String>,
-    #[serde(default, deserialize_with = "positive_duration")]
-    timeout: Option<Duration>,
-    #[serde(default, deserialize_with = "page_size")]
-    page_size: Option<u32>,
-    #[serde(default, deserialize_with = "concurrency")]
-    concurrency: Option<u32>,
-    #[serde(default, deserialize_with = "requests_per_second")]
-    requests_per_second: Option<f64>,
-    #[serde(default, deserialize_with = "max_retries")]
-    max_retries: Option<u32>,
-    #[serde(default, deserialize_with = "size_unit")]
-    image_size_unit: Option<SizeUnit>,
-    #[serde(default, deserialize_with = "headers")]
-    headers: Option<BTreeMap<String, ExtraHeader>>,
-    #[serde(default, deserialize_with = "params")]
-    params: Option<BTreeMap<String, String>>,
-    #[serde(default, deserialize_with = "proxy_url")]
-    proxy_url: Option<Url>,
-    #[serde(default)]
-    tls: Tls,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Tls {
-    #[serde(default)]
-    ca_file: Option<PathBuf>,
-    #[serde(default)]
-    cert_file: Option<PathBuf>,
-    #[serde(default)]
-    key_file: Option<PathBuf>,
-    #[serde(default)]
-    insecure_skip_verify: Option<bool>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Refresh {
-    #[serde(default, deserialize_with = "interval")]
-    interval: Option<Duration>,
-    #[serde(default, deserialize_with = "positive_duration")]
-    stale_after: Option<Duration>,
-    #[serde(default, deserialize_with = "positive_duration")]
-    timeout: Option<Duration>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Filters {
-    #[serde(default, deserialize_with = "filter")]
-    image_type: Option<String>,
-    #[serde(default, deserialize_with = "filter")]
-    image_name: Option<String>,
-    #[serde(default, deserialize_with = "status")]
-    status: Option<Status>,
-}
-
-/// A scalar read as text and checked by `parse`, inside the deserializer, so
-/// that an error carries the value's position and key path.
-struct Checked<F>(F, &'static str);
-
-impl<'de, T, F: FnOnce(&str) -> Result<T, String>> Visitor<'de> for Checked<F> {
-    type Value = Option<T>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.1)
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        (self.0)(v).map(Some).map_err(E::custom)
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        self.visit_str(&v.to_string())
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        self.visit_str(&v.to_string())
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        self.visit_str(&v.to_string())
-    }
-
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
-        Err(E::invalid_type(de::Unexpected::Bool(v), &self))
-    }
-}
-
-fn checked<'de, D: de::Deserializer<'de>, T>(
-    d: D,
-    expecting: &'static str,
-    parse: impl FnOnce(&str) -> Result<T, String>,
-) -> Result<Option<T>, D::Error> {
-    d.deserialize_any(Checked(parse, expecting))
-}
-
-fn name<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    checked(d, "an account name", |s| {
-        let valid = (1..=64).contains(&s.len())
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-        if valid {
-            Ok(s.to_string())
-        } else {
-            Err(format!(
-                "'{}' is not an account name: 1 to 64 of A-Z a-z 0-9 _ . -",
-                s.escape_debug()
-            ))
-        }
-    })
-}
-
-fn token_env<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    checked(d, "an environment variable name", |s| {
-        if s.is_empty() || s.contains(['=', '\0']) {
-            Err("not an environment variable name".into())
-        } else {
-            Ok(s.to_string())
-        }
-    })
-}
-
-fn datacenters<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
-    struct Keys;
-    impl<'de> Visitor<'de> for Keys {
-        type Value = Option<Vec<String>>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a list of datacenter keys")
-        }
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(Some(Vec::new()))
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut keys: Vec<String> = Vec::new();
-            while let Some(key) = seq.next_element::<String>()? {
-                let key = config::parse_datacenter(&key).map_err(de::Error::custom)?;
-                if keys.contains(&key) {
-                    return Err(de::Error::custom(format!(
-                        "datacenter '{key}' is listed twice"
-                    )));
-                }
-                keys.push(key);
-            }
-            Ok(Some(keys))
-        }
-    }
-    d.deserialize_any(Keys)
-}
-
-fn base_url<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<Url>, D::Error> {
-    checked(d, "an http or https URL", config::parse_base_url)
-}
-
-fn proxy_url<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<Url>, D::Error> {
-    checked(d, "a proxy URL", config::parse_proxy_url)
-}
-
-fn uuid<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    checked(d, "an account ID", config::parse_uuid)
-}
-
-fn api_path<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    checked(d, "a path", config::parse_api_path)
-}
-
-fn positive_duration<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    checked(d, "a duration such as 30s", config::parse_positive_duration)
-}
-
-fn interval<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    checked(d, "a duration of at least 1s", config::parse_interval)
-}
-
-fn bounded(s: &str, min: u32, max: u32) -> Result<u32, String> {
-    match s.parse::<u32>() {
-        Ok(n) if (min..=max).contains(&n) => Ok(n),
-        _ => Err(format!("'{s}' is not a whole number from {min} to {max}")),
-    }
-}
-
-fn page_size<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    checked(d, "a page size", |s| bounded(s, 1, 10_000))
-}
-
-fn concurrency<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    checked(d, "a number of requests", |s| bounded(s, 1, 256))
-}
-
-fn max_retries<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
-    checked(d, "a number of retries", |s| bounded(s, 0, 20))
-}
-
-fn requests_per_second<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
-    checked(d, "a rate", |s| match s.parse::<f64>() {
-        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
-        _ => Err(format!(
-            "'{s}' is not a rate of requests per second (0: no limit)"
-        )),
-    })
-}
-
-fn size_unit<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<SizeUnit>, D::Error> {
-    checked(d, "a size unit", |s| {
-        <SizeUnit as clap::ValueEnum>::from_str(s, true)
-            .map_err(|_| format!("'{s}' is not one of B, KB, MB, GB, KiB, MiB, GiB, TiB"))
-    })
-}
-
-fn filter<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    checked(d, "a filter value", config::parse_filter)
-}
-
-fn status<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<Status>, D::Error> {
-    checked(d, "a status", config::parse_status_filter)
-}
-
-/// A mapping of text to text whose every entry `check` accepts; a repeated key
-/// is an error (a YAML mapping would otherwise keep the last one silently).
-fn text_map<'de, D: de::Deserializer<'de>, T>(
-    d: D,
-    check: fn(&str, &str) -> Result<T, String>,
-) -> Result<Option<BTreeMap<String, T>>, D::Error> {
-    struct Entries<T>(fn(&str, &str) -> Result<T, String>);
-    impl<'de, T> Visitor<'de> for Entries<T> {
-        type Value = Option<BTreeMap<String, T>>;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a mapping of names to values")
-        }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out = BTreeMap::new();
-            while let Some(key) = map.next_key::<String>()? {
-                let value: String = map.next_value()?;
-                let checked = (self.0)(&key, &value).map_err(de::Error::custom)?;
-                if out.insert(key.clone(), checked).is_some() {
-                    return Err(de::Error::custom(format!("duplicate key '{key}'")));
-                }
-            }
-            Ok(Some(out))
-        }
-    }
-    d.deserialize_map(Entries(check))
-}
-
-fn headers<'de, D: de::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<BTreeMap<String, ExtraHeader>>, D::Error> {
-    text_map(d, |k, v| {
-        config::parse_header(&format!("{k}={v}")).map_err(|e| format!("header '{k}': {e}"))
-    })
-}
-
-fn params<'de, D: de::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<BTreeMap<String, String>>, D::Error> {
-    text_map(d, |k, v| {
-        config::parse_param(&format!("{k}={v}")).map(|(_, v)| v)
-    })
-}
-
 /// What every account of one parse shares.
 struct Context<'a> {
     defaults: &'a Entry,
-    /// The account the flags' defaults describe, which every account starts from.
-    base: Account,
-    /// `--api.url` and `--api.path` (their defaults), joined with the file's.
-    flags_url: Url,
-    flags_path: String,
-    flags_auth_path: String,
+    /// The flags' entry: every flag default, under whatever `defaults:` leaves out.
+    base: &'a Entry,
+    /// The file's directory, where relative paths start.
     dir: PathBuf,
     /// Skip the accounts up to this one (already reported by an earlier read).
     skip_through: Option<usize>,
@@ -792,147 +351,17 @@ impl<'de> Visitor<'de> for AccountSeed<'_> {
                 "account name '{name}' is already used by accounts[{i}]"
             )));
         }
-        complete(&name, &entry, self.context)
+        let context = self.context;
+        let layers = Layers {
+            own: &entry,
+            defaults: context.defaults,
+            base: context.base,
+            dir: &context.dir,
+        };
+        account::complete(&name, &layers, Origin::File)
             .map(Some)
             .map_err(de::Error::custom)
     }
-}
-
-/// An account from its entry, the defaults and the flags' defaults, in that order.
-fn complete(name: &str, entry: &Entry, context: &Context<'_>) -> Result<Draft, String> {
-    let defaults = context.defaults;
-    let resolve = |p: &PathBuf| context.dir.join(p);
-    let (a, d) = (&entry.api, &defaults.api);
-    let url = a
-        .url
-        .as_ref()
-        .or(d.url.as_ref())
-        .unwrap_or(&context.flags_url);
-    let auth_path = a
-        .auth_path
-        .as_ref()
-        .or(d.auth_path.as_ref())
-        .unwrap_or(&context.flags_auth_path);
-    // The account's own keys win; the defaults' only when it names no way at all
-    // to authenticate, so a default token never mixes with an account's uuid.
-    let token = match authentication(entry, &resolve, url, auth_path)? {
-        Some(token) => token,
-        None => match authentication(defaults, &resolve, url, auth_path)
-            .map_err(|e| format!("defaults: {e}"))?
-        {
-            Some(token) => token,
-            None => {
-                return Err(format!(
-                    "account '{name}' has no way to authenticate: give uuid with secret_file or secret_env (credentials), or token_file or token_env (a static token)"
-                ))
-            }
-        },
-    };
-    let mut account = context.base.clone();
-    account.name = name.to_string();
-    let client = &mut account.client;
-    let path = a
-        .path
-        .as_ref()
-        .or(d.path.as_ref())
-        .unwrap_or(&context.flags_path);
-    client.url = join(url, path);
-    pick(&mut client.timeout, a.timeout, d.timeout);
-    pick(&mut client.page_size, a.page_size, d.page_size);
-    pick(&mut client.max_retries, a.max_retries, d.max_retries);
-    pick(&mut client.size_unit, a.image_size_unit, d.image_size_unit);
-    pick(&mut account.concurrency, a.concurrency, d.concurrency);
-    pick(
-        &mut account.requests_per_second,
-        a.requests_per_second,
-        d.requests_per_second,
-    );
-    if let Some(proxy) = a.proxy_url.as_ref().or(d.proxy_url.as_ref()) {
-        client.proxy_url = Some(proxy.clone());
-    }
-    // Extra headers and parameters add up, the account's winning over the defaults'.
-    let mut headers = d.headers.clone().unwrap_or_default();
-    headers.extend(a.headers.clone().unwrap_or_default());
-    client.headers = headers.into_values().collect();
-    let mut params = d.params.clone().unwrap_or_default();
-    params.extend(a.params.clone().unwrap_or_default());
-    client.params = params.into_iter().collect();
-    let (t, dt) = (&a.tls, &d.tls);
-    let file = |own: &Option<PathBuf>, default: &Option<PathBuf>| {
-        own.as_ref().or(default.as_ref()).map(resolve)
-    };
-    client.tls.ca_file = file(&t.ca_file, &dt.ca_file);
-    client.tls.cert_file = file(&t.cert_file, &dt.cert_file);
-    client.tls.key_file = file(&t.key_file, &dt.key_file);
-    pick(
-        &mut client.tls.insecure_skip_verify,
-        t.insecure_skip_verify,
-        dt.insecure_skip_verify,
-    );
-    let (f, df) = (&entry.filters, &defaults.filters);
-    client.filters.image_type = f.image_type.clone().or(df.image_type.clone());
-    client.filters.image_name = f.image_name.clone().or(df.image_name.clone());
-    client.filters.status = f.status.or(df.status);
-    if let Some(dcs) = entry.datacenters.as_ref().or(defaults.datacenters.as_ref()) {
-        account.datacenters = dcs.clone();
-    }
-    let (r, dr) = (&entry.refresh, &defaults.refresh);
-    let refresh = &mut account.refresh;
-    pick(&mut refresh.interval, r.interval, dr.interval);
-    pick(&mut refresh.stale_after, r.stale_after, dr.stale_after);
-    // A backstop against a pass that never ends, not a bound on a slow one.
-    refresh.timeout = r
-        .timeout
-        .or(dr.timeout)
-        .unwrap_or_else(|| crate::account::RefreshSettings::default_timeout(refresh.interval));
-    Ok(Draft { account, token })
-}
-
-/// How `entry` says to authenticate: `None` when it names no way at all; an
-/// error naming the keys when it names two, or half of the credentials.
-fn authentication(
-    entry: &Entry,
-    resolve: &dyn Fn(&PathBuf) -> PathBuf,
-    url: &Url,
-    auth_path: &str,
-) -> Result<Option<TokenRef>, String> {
-    let secret = match (&entry.secret_file, &entry.secret_env) {
-        (Some(_), Some(_)) => return Err("give secret_file or secret_env, not both".into()),
-        (Some(file), None) => Some(SecretRef::File(resolve(file))),
-        (None, Some(env)) => Some(SecretRef::Env(env.clone())),
-        (None, None) => None,
-    };
-    let token = match (&entry.token_file, &entry.token_env) {
-        (Some(_), Some(_)) => return Err("give token_file or token_env, not both".into()),
-        (Some(file), None) => Some(TokenRef::File(resolve(file))),
-        (None, Some(env)) => Some(TokenRef::Env(env.clone())),
-        (None, None) => None,
-    };
-    match (&entry.uuid, secret, token) {
-        (Some(_), _, Some(_)) => {
-            Err("give uuid (credentials) or token_file/token_env (a static token), not both".into())
-        }
-        (Some(uuid), Some(secret), None) => Ok(Some(TokenRef::Login {
-            uuid: uuid.clone(),
-            secret,
-            url: join(url, auth_path),
-        })),
-        (Some(_), None, None) => {
-            Err("uuid needs its secret: give secret_file or secret_env".into())
-        }
-        (None, Some(_), _) => Err("secret_file/secret_env need the account's uuid".into()),
-        (None, None, token) => Ok(token),
-    }
-}
-
-fn pick<T: Copy>(slot: &mut T, own: Option<T>, default: Option<T>) {
-    if let Some(value) = own.or(default) {
-        *slot = value;
-    }
-}
-
-fn join(base: &Url, path: &str) -> Url {
-    config::join_path(base, path)
 }
 
 /// Reloads `--config.file` on SIGHUP and `POST /-/reload`: the new file is
@@ -1017,7 +446,10 @@ impl Reloader {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::account::{SecretRef, TokenRef};
+    use crate::labels::Status;
     use clap::Parser as _;
+    use std::time::Duration;
 
     fn flags() -> Config {
         Config::try_parse_from(["finovy-image-exporter"]).unwrap()

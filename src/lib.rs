@@ -10,9 +10,12 @@
 //! Data flows one way: configuration → targets → upstream → state → HTTP.
 //!
 //! - [`config`]: flags, their `FINOVY_*` environment twins, validation.
+//! - [`settings`]: an account's settings, described once: the account flags
+//!   and an entry of the file are the same structs.
 //! - [`config_file`]: `--config.file`, the YAML file of several accounts.
 //! - [`yaml_limits`]: bounds on a YAML file's size, nesting and alias expansion.
-//! - [`account`]: an account's settings and the targets it yields.
+//! - [`account`]: an account, made from its settings by the one path the
+//!   flags and the file share, and the targets it yields.
 //! - [`secret`]: the token type that cannot be printed, and its source.
 //! - [`labels`]: every closed set of label values (statuses, fields, reasons, anomalies).
 //! - [`refresh`]: one target's schedule ([`refresh::schedule`]), paging
@@ -60,6 +63,7 @@ pub mod reloads;
 pub mod routes;
 pub mod secret;
 pub mod server;
+pub mod settings;
 pub mod signals;
 pub mod sim;
 pub mod state;

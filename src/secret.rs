@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 /// Environment variable holding the token when no token file is given.
 pub const TOKEN_ENV: &str = "FINOVY_ACCESS_TOKEN";
 
+/// Environment variable holding the secret of `--api.uuid` when no secret file is given.
+pub const SECRET_ENV: &str = "FINOVY_API_SECRET";
+
 /// The request header that carries the token.
 pub const TOKEN_HEADER: reqwest::header::HeaderName =
     reqwest::header::HeaderName::from_static("finovy-access-token");

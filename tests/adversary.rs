@@ -264,7 +264,7 @@ fn pager(
     addr: std::net::SocketAddr,
     page_size: u32,
 ) -> finovy_image_exporter::refresh::paging::Pager {
-    use finovy_image_exporter::config::SizeUnit;
+    use finovy_image_exporter::settings::SizeUnit;
     use finovy_image_exporter::telemetry::Telemetry;
     use finovy_image_exporter::upstream::{ApiClient, Budget, ClientConfig, Filters};
     use std::sync::Arc;

@@ -17,7 +17,7 @@ use std::time::Duration;
 use finovy_image_exporter::aggregate::{
     Aggregator, DatacenterImages, Field, GroupStats, Item, Status,
 };
-use finovy_image_exporter::config::SizeUnit;
+use finovy_image_exporter::settings::SizeUnit;
 use finovy_image_exporter::labels::Anomaly;
 use finovy_image_exporter::refresh::paging::Pager;
 use finovy_image_exporter::secret::{Token, TokenSource};

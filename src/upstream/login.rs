@@ -35,13 +35,8 @@ use url::Url;
 
 use super::error::{snippet, FetchError, LoginError};
 use crate::labels::Reason;
-use crate::secret::{Token, TokenError, TokenSource};
+use crate::secret::{Token, TokenError, TokenSource, SECRET_ENV};
 use crate::telemetry::Telemetry;
-
-pub use crate::config::DEFAULT_AUTH_PATH;
-
-/// Environment variable holding the secret when no secret file is given.
-pub const SECRET_ENV: &str = "FINOVY_API_SECRET";
 
 /// How long a failed login is not tried again (unless the secret changes): a
 /// wrong secret must not become a login per target and pass.

@@ -22,10 +22,10 @@ use reqwest::StatusCode;
 use url::Url;
 
 use crate::aggregate::StatusSet;
-use crate::config::{ExtraHeader, SizeUnit};
 use crate::labels::Status;
 use crate::secret::Token;
 pub use crate::secret::TOKEN_HEADER;
+use crate::settings::{ExtraHeader, SizeUnit};
 use crate::telemetry::{Telemetry, Upstream};
 pub use budget::Budget;
 pub use error::FetchError;

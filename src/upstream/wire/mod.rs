@@ -38,7 +38,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 
 use crate::aggregate::{Field, Item, ItemDetails, Status, StatusSet};
-use crate::config::SizeUnit;
+use crate::settings::SizeUnit;
 
 /// One decoded page.
 #[derive(Debug, Clone, PartialEq)]
