@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use finovy_image_exporter::account::TargetKey;
 use finovy_image_exporter::aggregate::{Aggregator, Options};
-use finovy_image_exporter::settings::SizeUnit;
 use finovy_image_exporter::metrics::writer::Sources;
 use finovy_image_exporter::metrics::Format;
 use finovy_image_exporter::routes::MetricsCache;
+use finovy_image_exporter::settings::SizeUnit;
 use finovy_image_exporter::sim::{generate, GenerateOptions};
 use finovy_image_exporter::state::{Lifecycle, Outcome, State};
 use finovy_image_exporter::telemetry::Telemetry;

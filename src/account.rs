@@ -630,6 +630,190 @@ impl AccountNames {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser as _;
+
+    /// The flags' defaults, as `--config.file` layers them under every account.
+    fn flag_defaults() -> Entry {
+        Config::try_parse_from(["finovy-image-exporter"])
+            .unwrap()
+            .account
+    }
+
+    #[test]
+    fn the_flags_and_a_file_entry_with_the_same_settings_make_the_same_account() {
+        let config = Config::try_parse_from([
+            "finovy-image-exporter",
+            "--api.url=https://h.example/base",
+            "--api.path=/v1/list",
+            "--api.auth-path=/v1/login",
+            "--api.uuid=U1",
+            "--api.secret-file=/s/secret",
+            "--api.timeout=3s",
+            "--api.page-size=50",
+            "--api.concurrency=2",
+            "--api.requests-per-second=2.5",
+            "--api.max-retries=1",
+            "--api.header=X-A=1",
+            "--api.param=lang=en",
+            "--api.image-size-unit=MiB",
+            "--api.proxy-url=http://proxy.example:3128",
+            "--api.tls.ca-file=/ca.pem",
+            "--api.tls.insecure-skip-verify",
+            "--datacenters=HZ,SH",
+            "--refresh.interval=2m",
+            "--refresh.stale-after=10m",
+            "--refresh.timeout=30s",
+            "--filter.image-type=Linux",
+            "--filter.image-name=web",
+            "--filter.status=available",
+        ])
+        .unwrap();
+        let flags = complete("acct", &Layers::flags(&config.account), Origin::Flags).unwrap();
+        let yaml = "name: acct
+api:
+  url: https://h.example/base
+  path: /v1/list
+  auth_path: /v1/login
+  timeout: 3s
+  page_size: 50
+  concurrency: 2
+  requests_per_second: 2.5
+  max_retries: 1
+  headers: {X-A: '1'}
+  params: {lang: en}
+  image_size_unit: MiB
+  proxy_url: http://proxy.example:3128
+  tls: {ca_file: /ca.pem, insecure_skip_verify: true}
+uuid: U1
+secret_file: /s/secret
+datacenters: [HZ, SH]
+refresh: {interval: 2m, stale_after: 10m, timeout: 30s}
+filters: {image_type: Linux, image_name: web, status: available}
+";
+        let entry: Entry = serde_yaml_ng::from_str(yaml).unwrap();
+        let base = flag_defaults();
+        let layers = Layers {
+            own: &entry,
+            defaults: &Entry::default(),
+            base: &base,
+            dir: Path::new("/etc/finovy"),
+        };
+        let file = complete("acct", &layers, Origin::File).unwrap();
+        assert_eq!(flags.token, file.token);
+        assert!(
+            flags.account.same_settings(&file.account),
+            "{flags:#?}\n{file:#?}"
+        );
+        assert_eq!(flags.account.datacenters, file.account.datacenters);
+        // Both took the values given, not a default.
+        let (a, defaults) = (
+            &file.account,
+            complete("d", &Layers::flags(&base), Origin::Flags),
+        );
+        assert!(
+            defaults.is_err(),
+            "the defaults alone name no way to authenticate"
+        );
+        assert_eq!(a.client.url.as_str(), "https://h.example/base/v1/list");
+        assert_eq!(
+            (a.client.page_size, a.concurrency, a.client.max_retries),
+            (50, 2, 1)
+        );
+        assert_eq!(a.requests_per_second, 2.5);
+        assert_eq!(a.refresh.timeout, Duration::from_secs(30));
+        assert!(a.client.tls.insecure_skip_verify);
+        assert_eq!(
+            file.token,
+            TokenRef::Login {
+                uuid: "U1".into(),
+                secret: SecretRef::File("/s/secret".into()),
+                url: "https://h.example/base/v1/login".parse().unwrap(),
+            }
+        );
+    }
+
+    #[test]
+    fn every_account_flag_is_a_key_of_the_file_and_every_key_a_flag() {
+        let flags = <Entry as clap::Args>::augment_args(clap::Command::new("flags"));
+        let ids: Vec<String> = flags
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        // The file's keys, level by level, as serde lists them for an unknown one.
+        let mut keys = Vec::new();
+        for prefix in ["", "api", "api.tls", "refresh", "filters"] {
+            let mut yaml = "zzz: 1".to_string();
+            for part in prefix.rsplit('.').filter(|p| !p.is_empty()) {
+                yaml = format!("{part}: {{{yaml}}}");
+            }
+            let err = serde_yaml_ng::from_str::<Entry>(&yaml)
+                .unwrap_err()
+                .to_string();
+            let listed = err.split("expected one of").nth(1).expect(&err);
+            for name in listed.split('`').skip(1).step_by(2) {
+                let key = if prefix.is_empty() {
+                    name.to_string()
+                } else {
+                    format!("{prefix}.{name}")
+                };
+                if !["api", "api.tls", "refresh", "filters"].contains(&key.as_str()) {
+                    keys.push(key);
+                }
+            }
+        }
+        // Only the name and the environment-variable keys have no flag: the
+        // flags' account is `default` and its variables are fixed.
+        let without_flag = ["name", "token_env", "secret_env"];
+        for key in &keys {
+            assert!(
+                ids.contains(key) || without_flag.contains(&key.as_str()),
+                "file key {key} has no flag"
+            );
+        }
+        for id in &ids {
+            assert!(keys.contains(id), "flag {id} has no file key");
+        }
+        assert!(ids.len() >= 25, "{ids:?}");
+    }
+
+    #[test]
+    fn a_problem_names_the_setting_as_its_writer_knows_it() {
+        assert_eq!(
+            Origin::Flags.name("api.tls.ca_file").as_deref(),
+            Some("--api.tls.ca-file")
+        );
+        assert_eq!(
+            Origin::File.name("api.tls.ca_file").as_deref(),
+            Some("api.tls.ca_file")
+        );
+        assert_eq!(Origin::Flags.name("token_env"), None);
+        let entry = Entry {
+            token_file: Some("/no/such/token".into()),
+            datacenters: Some(vec!["HZ".into(), "HZ".into()]),
+            ..flag_defaults()
+        };
+        for (origin, wanted) in [
+            (Origin::Flags, "--datacenters: 'HZ' is listed twice"),
+            (Origin::File, "datacenters: 'HZ' is listed twice"),
+        ] {
+            let err = complete("a", &Layers::flags(&entry), origin).unwrap_err();
+            assert_eq!(err, wanted);
+        }
+        let entry = Entry {
+            datacenters: None,
+            ..entry
+        };
+        for (origin, wanted) in [
+            (Origin::Flags, "--api.token-file: "),
+            (Origin::File, "token_file: "),
+        ] {
+            let draft = complete("a", &Layers::flags(&entry), origin).unwrap();
+            let problems = finish(draft, origin, &Telemetry::new()).unwrap_err();
+            assert_eq!(problems.len(), 1, "{problems:?}");
+            assert!(problems[0].starts_with(wanted), "{problems:?}");
+            assert!(problems[0].contains("/no/such/token"), "{problems:?}");
+        }
+    }
 
     #[test]
     fn every_target_belongs_to_exactly_one_shard() {

@@ -17,10 +17,10 @@ use std::time::Duration;
 use finovy_image_exporter::aggregate::{
     Aggregator, DatacenterImages, Field, GroupStats, Item, Status,
 };
-use finovy_image_exporter::settings::SizeUnit;
 use finovy_image_exporter::labels::Anomaly;
 use finovy_image_exporter::refresh::paging::Pager;
 use finovy_image_exporter::secret::{Token, TokenSource};
+use finovy_image_exporter::settings::SizeUnit;
 use finovy_image_exporter::sim::{
     self, FaultAction, FaultRule, Faults, SimImage, SimOptions, SimServer, Simulator,
 };
