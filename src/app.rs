@@ -180,17 +180,30 @@ impl Exporter {
         let shard = Shard::from_flags(&config).map_err(StartError::Shard)?;
         telemetry.set_shard(shard.index, shard.total);
         telemetry.demo_mode.set(i64::from(config.demo));
-        let overview = effective_configuration(&config, shard, &accounts);
+        let overview = Arc::new(std::sync::RwLock::new(effective_configuration(
+            &config, shard, &accounts,
+        )));
         let scheduler = Scheduler::new(Arc::clone(&state), telemetry.clone(), limits, shard);
         let names = Arc::new(AccountNames::new(&accounts));
         let (reload_tx, reloads) = mpsc::unbounded_channel();
-        let reloader = Arc::new(Reloader::new(
-            config.config_file.clone(),
-            config.clone(),
-            Arc::clone(&names),
-            telemetry.clone(),
-            reload_tx,
-        ));
+        let reloader = Arc::new(
+            Reloader::new(
+                config.config_file.clone(),
+                config.clone(),
+                Arc::clone(&names),
+                telemetry.clone(),
+                reload_tx,
+            )
+            .on_applied({
+                // A reload logs the accounts it applied, as the start does, and the
+                // landing page shows them from then on.
+                let (config, overview) = (config.clone(), Arc::clone(&overview));
+                move |accounts| {
+                    let new = effective_configuration(&config, shard, accounts);
+                    *overview.write().unwrap_or_else(|e| e.into_inner()) = new;
+                }
+            }),
+        );
         let reload_queue = ReloadQueue::new();
         let routes = Arc::new(
             Routes::new(

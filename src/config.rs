@@ -4,6 +4,9 @@
 //! value has a parser that names the flag in its error, and [`Config::parse_or_exit`]
 //! prints any error once on stderr (clap's whole message, suggestion included)
 //! and exits with status 2.
+//!
+//! The account flags are not here but in [`crate::settings::Entry`], flattened
+//! into [`Config`]: the same struct is an entry of `--config.file`.
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};

@@ -375,7 +375,11 @@ pub struct Reloader {
     names: std::sync::Arc<AccountNames>,
     telemetry: Telemetry,
     scheduler: tokio::sync::mpsc::UnboundedSender<Vec<Account>>,
+    applied: Option<Applied>,
 }
+
+/// Told the accounts of every reload applied (the landing page's overview).
+type Applied = Box<dyn Fn(&[Account]) + Send + Sync>;
 
 /// What a reload did.
 #[derive(Debug)]
@@ -407,7 +411,15 @@ impl Reloader {
             names,
             telemetry,
             scheduler,
+            applied: None,
         }
+    }
+
+    /// Calls `applied` with the accounts of every reload applied, before the
+    /// scheduler has them.
+    pub fn on_applied(mut self, applied: impl Fn(&[Account]) + Send + Sync + 'static) -> Self {
+        self.applied = Some(Box::new(applied));
+        self
     }
 
     /// Loads the file again and, when it has no problem, applies it. Blocking
@@ -423,6 +435,9 @@ impl Reloader {
             Ok(accounts) => {
                 let (n, targets) = (accounts.len(), target_count(&accounts));
                 self.names.set(&accounts);
+                if let Some(applied) = &self.applied {
+                    applied(&accounts);
+                }
                 // The scheduler ends only at shutdown, when nothing is served any more.
                 let _ = self.scheduler.send(accounts);
                 self.telemetry.config_loaded(true);

@@ -134,6 +134,9 @@ pub struct Overview {
     pub settings: Vec<(String, String)>,
 }
 
+/// The landing page's overview, shared with the reloads that replace it.
+pub type SharedOverview = Arc<std::sync::RwLock<Overview>>;
+
 /// The request handler and what it reads from.
 pub struct Routes {
     state: Arc<State>,
@@ -141,7 +144,7 @@ pub struct Routes {
     liveness: Arc<Liveness>,
     telemetry_path: String,
     limiter: Arc<Semaphore>,
-    overview: Overview,
+    overview: SharedOverview,
     accounts: Arc<AccountNames>,
     reloads: Option<ReloadQueue>,
     lifecycle: bool,
@@ -166,7 +169,7 @@ impl Routes {
             liveness,
             telemetry_path,
             limiter: Arc::new(Semaphore::new(max_requests)),
-            overview: Overview::default(),
+            overview: Arc::default(),
             accounts: Arc::default(),
             reloads: None,
             lifecycle: false,
@@ -197,8 +200,9 @@ impl Routes {
         self
     }
 
-    /// Shows `overview` on the landing page.
-    pub fn with_overview(mut self, overview: Overview) -> Self {
+    /// Shows `overview` on the landing page, as it is at each request (a
+    /// reload replaces it).
+    pub fn with_overview(mut self, overview: SharedOverview) -> Self {
         self.overview = overview;
         self
     }
@@ -490,13 +494,18 @@ impl Routes {
         } else {
             format!("<div class=\"warnings\" id=\"warnings\"><h2>Warnings</h2>\n<ul>\n{warnings}</ul></div>\n")
         };
-        let banner = if self.overview.demo {
+        let overview = self
+            .overview
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let banner = if overview.demo {
             "<div class=\"demo\" id=\"demo\">Demo mode: the data below comes from a built-in simulated upstream, not from a Finovy account.</div>\n"
         } else {
             ""
         };
         let mut settings = String::new();
-        for (name, value) in &self.overview.settings {
+        for (name, value) in &overview.settings {
             let _ = writeln!(
                 settings,
                 "<tr><th>{}</th><td>{}</td></tr>",

@@ -339,6 +339,11 @@ async fn a_reload_adds_removes_and_changes_accounts_and_keeps_unchanged_targets_
         (up(&m, "new", "SH") == Some(1.0) && up(&m, "change", "SG") == Some(1.0)).then_some(())
     })
     .await;
+    // The landing page shows the accounts of the reload, not those of the start.
+    let (_, landing) = get(&url("/")).await;
+    assert!(landing.contains("Account new"), "{landing}");
+    assert!(!landing.contains("Account gone"), "{landing}");
+    assert!(landing.contains("datacenters HZ,SG"), "{landing}");
     // The changed account asks with its new page size.
     let asked = upstream.sim.requests();
     assert!(asked
@@ -374,6 +379,11 @@ async fn a_reload_adds_removes_and_changes_accounts_and_keeps_unchanged_targets_
             "{account}/{dc} still served"
         );
     }
+    let (_, landing) = get(&url("/")).await;
+    assert!(
+        landing.contains("Account new") && landing.contains("Account change"),
+        "a failed reload leaves the page as the running configuration: {landing}"
+    );
     let (status, _) = get(&url("/-/reload")).await;
     assert_eq!(status, 405);
 }
