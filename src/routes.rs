@@ -593,7 +593,8 @@ fn last_error(t: &TargetState) -> Option<String> {
         .map(|e| format!("{} at {}: {}", e.reason.label(), rfc3339(e.at), e.message))
 }
 
-fn text(status: StatusCode, body: &str) -> Response<Body> {
+/// A plain-text answer that no cache keeps.
+pub(crate) fn text(status: StatusCode, body: &str) -> Response<Body> {
     let mut resp = Response::new(Body::from(body.to_string()));
     *resp.status_mut() = status;
     let headers = resp.headers_mut();

@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use crate::body::Body;
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use hyper::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -113,37 +113,13 @@ impl Connections {
     /// one if needed. Returns false when every held connection is busy.
     fn make_room(&self, max: usize) -> bool {
         let mut held = self.lock();
-        if held.len() < max {
-            return true;
-        }
-        let idle = held
-            .iter()
-            .find(|(_, h)| h.in_flight.load(Ordering::Acquire) == 0)
-            .map(|(id, _)| *id);
-        match idle.and_then(|id| held.remove(&id)) {
-            Some(oldest) => {
-                oldest.task.abort();
-                true
-            }
-            None => false,
-        }
+        held.len() < max || close_idle(&mut held)
     }
 
     /// Closes the oldest idle connection, if any: what `accept` needs when the
     /// process is out of descriptors. Returns whether one was closed.
     fn close_oldest_idle(&self) -> bool {
-        let mut held = self.lock();
-        let idle = held
-            .iter()
-            .find(|(_, h)| h.in_flight.load(Ordering::Acquire) == 0)
-            .map(|(id, _)| *id);
-        match idle.and_then(|id| held.remove(&id)) {
-            Some(oldest) => {
-                oldest.task.abort();
-                true
-            }
-            None => false,
-        }
+        close_idle(&mut self.lock())
     }
 
     fn remove(&self, id: u64) {
@@ -598,32 +574,33 @@ impl Handler {
     }
 }
 
+/// Closes the oldest idle connection of `held` (the first in id order whose
+/// requests are all answered), if any. Returns whether one was closed.
+fn close_idle(held: &mut BTreeMap<u64, Held>) -> bool {
+    let idle = held
+        .iter()
+        .find(|(_, h)| h.in_flight.load(Ordering::Acquire) == 0)
+        .map(|(id, _)| *id);
+    match idle.and_then(|id| held.remove(&id)) {
+        Some(oldest) => {
+            oldest.task.abort();
+            true
+        }
+        None => false,
+    }
+}
+
 fn too_many_requests() -> Response<Body> {
-    let mut resp = Response::new(Body::from("Too Many Requests\n"));
-    *resp.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-    let headers = resp.headers_mut();
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
+    crate::routes::text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n")
 }
 
 fn unauthorized() -> Response<Body> {
-    let mut resp = Response::new(Body::from("Unauthorized\n"));
-    *resp.status_mut() = StatusCode::UNAUTHORIZED;
-    let headers = resp.headers_mut();
-    headers.insert(
+    let mut resp = crate::routes::text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+    resp.headers_mut().insert(
         WWW_AUTHENTICATE,
         HeaderValue::from_str(&format!("Basic realm=\"{REALM}\""))
             .expect("the realm is a valid header value"),
     );
-    headers.insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
 
