@@ -548,6 +548,14 @@ mod tests {
             (&["--api.param", "page=3"][..], "--api.param"),
             (&["--filter.status", "9"][..], "--filter.status"),
             (
+                &["--api.requests-per-second", "1e-300"][..],
+                "--api.requests-per-second",
+            ),
+            (
+                &["--api.requests-per-second", "NaN"][..],
+                "--api.requests-per-second",
+            ),
+            (
                 &["--web.listen-address", "nope"][..],
                 "--web.listen-address",
             ),

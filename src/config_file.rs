@@ -621,6 +621,11 @@ accounts:
             ),
             ("acounts: []\n", 1, "unknown field `acounts`"),
             (
+                "accounts:\n  - name: a\n    token_env: T\n    api: {requests_per_second: 1e-300}\n",
+                4,
+                "accounts[0].api.requests_per_second: '1e-300' is below the smallest rate",
+            ),
+            (
                 "accounts:\n  - name: a\n    uuid: A1\n    token_env: T\n",
                 2,
                 "accounts[0]: give uuid (credentials) or token_file/token_env (a static token), not both",

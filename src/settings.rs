@@ -343,9 +343,17 @@ fn parse_max_retries(s: &str) -> Result<u32, String> {
     bounded(s, 0, 20)
 }
 
+/// The smallest request rate other than 0 (no limit): one request every 1,000 s.
+/// A smaller one would starve every pass, and its period would not fit a
+/// `Duration` long before the rate reaches zero.
+pub const MIN_RATE: f64 = 0.001;
+
 fn parse_rate(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
-        Ok(r) if r.is_finite() && r >= 0.0 => Ok(r),
+        Ok(r) if r == 0.0 || (r.is_finite() && r >= MIN_RATE) => Ok(r.abs()),
+        Ok(r) if r > 0.0 && r < MIN_RATE => Err(format!(
+            "'{s}' is below the smallest rate, {MIN_RATE} (one request every 1000s); 0 is no limit"
+        )),
         _ => Err(format!(
             "'{s}' is not a rate of requests per second (0: no limit)"
         )),
@@ -596,7 +604,13 @@ impl<'de, T, F: FnOnce(&str) -> Result<T, String>> Visitor<'de> for Checked<F> {
     }
 
     fn visit_f64<E: de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        self.visit_str(&v.to_string())
+        // Display writes every digit (1e-300 is 300 characters), which an
+        // error would repeat: very small or large numbers keep their exponent.
+        if v == 0.0 || (1e-6..1e15).contains(&v.abs()) {
+            self.visit_str(&v.to_string())
+        } else {
+            self.visit_str(&format!("{v:?}"))
+        }
     }
 
     fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {

@@ -69,10 +69,12 @@ impl Budget {
                     NonZeroU32::new(requests_per_second.round() as u32).unwrap_or(NonZeroU32::MIN);
                 Quota::per_second(per_second)
             } else {
-                Quota::with_period(std::time::Duration::from_secs_f64(
-                    1.0 / requests_per_second,
-                ))
-                .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+                // The settings refuse a rate below 0.001, but a period that does
+                // not fit a Duration must not panic whoever builds a budget.
+                std::time::Duration::try_from_secs_f64(1.0 / requests_per_second)
+                    .ok()
+                    .and_then(Quota::with_period)
+                    .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             };
             RateLimiter::direct(quota)
         });
@@ -173,6 +175,25 @@ mod tests {
             .await
             .expect("a freed slot wakes the waiter")
             .unwrap();
+    }
+
+    #[test]
+    fn any_rate_makes_a_budget_without_a_panic() {
+        // 1e-300 requests a second is a period no Duration holds.
+        for rate in [
+            1e-300,
+            f64::MIN_POSITIVE,
+            0.001,
+            0.5,
+            1.0,
+            2.5,
+            1e308,
+            f64::INFINITY,
+        ] {
+            let budget = Budget::new(1, rate, gauge());
+            assert!(budget.rate.is_some(), "{rate}");
+        }
+        assert!(Budget::new(1, 0.0, gauge()).rate.is_none());
     }
 
     #[test]
