@@ -61,9 +61,6 @@ pub enum StartError {
     /// `--web.systemd-socket` was given but systemd passed no usable socket.
     #[error("--web.systemd-socket: {0}")]
     SystemdSocket(String),
-    /// The upstream client cannot be built from its settings (exit status 2).
-    #[error("{0}")]
-    Client(#[from] crate::upstream::ClientError),
     /// The sharding flags do not name a shard (exit status 2).
     #[error("{0}")]
     Shard(String),
@@ -82,8 +79,7 @@ impl StartError {
             StartError::WebConfig { .. }
             | StartError::Flags(_)
             | StartError::Shard(_)
-            | StartError::ConfigFile(_)
-            | StartError::Client(_) => 2,
+            | StartError::ConfigFile(_) => 2,
             _ => 1,
         }
     }

@@ -87,9 +87,6 @@ pub enum TokenError {
     /// The value starts with `Bearer `, as an `Authorization` header does.
     #[error("the value starts with 'Bearer ': give the token alone (it is sent in the Finovy-Access-Token header, not as a bearer token)")]
     Bearer,
-    /// Neither a token file nor the environment variable is set.
-    #[error("no token: set {TOKEN_ENV} or --api.token-file")]
-    Missing,
     /// The token file could not be read.
     #[error("cannot read token file {path}: {source}")]
     Read {
@@ -119,21 +116,6 @@ pub enum TokenSource {
 }
 
 impl TokenSource {
-    /// Picks the file when given, else the environment variable.
-    pub fn from_config(file: Option<&Path>) -> Result<Self, TokenError> {
-        match file {
-            Some(path) => {
-                let source = TokenSource::File(path.to_path_buf());
-                source.current()?;
-                Ok(source)
-            }
-            None => match std::env::var(TOKEN_ENV) {
-                Ok(raw) => Ok(TokenSource::Fixed(Token::new(&raw)?)),
-                Err(_) => Err(TokenError::Missing),
-            },
-        }
-    }
-
     /// The token to use now (reads the file again when there is one).
     pub fn current(&self) -> Result<Token, TokenError> {
         match self {
@@ -536,7 +518,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("token");
         std::fs::write(&path, "first\n").unwrap();
-        let source = TokenSource::from_config(Some(&path)).unwrap();
+        let source = TokenSource::File(path.clone());
         assert_eq!(source.current().unwrap().expose(), "first");
         std::fs::write(&path, "second").unwrap();
         assert_eq!(source.current().unwrap().expose(), "second");

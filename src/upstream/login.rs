@@ -35,7 +35,7 @@ use url::Url;
 
 use super::error::{snippet, FetchError, LoginError};
 use crate::labels::Reason;
-use crate::secret::{Token, TokenError, TokenSource, SECRET_ENV};
+use crate::secret::{Token, TokenError, TokenSource};
 use crate::telemetry::Telemetry;
 
 /// How long a failed login is not tried again (unless the secret changes): a
@@ -550,7 +550,6 @@ pub fn secret_problem(err: TokenError, from: &str) -> String {
         ),
         TokenError::Empty => format!("the secret from {from} is empty"),
         TokenError::Invalid => format!("the secret from {from} contains control characters"),
-        TokenError::Missing => format!("no secret: set {SECRET_ENV} or --api.secret-file"),
         TokenError::Bearer => {
             format!("the secret from {from} starts with 'Bearer ': give the secret alone")
         }
