@@ -91,11 +91,18 @@ pub fn target_count(accounts: &[Account]) -> usize {
 /// in any file a person wrote, and a bound on the re-reading each costs.
 pub const MAX_PROBLEMS: usize = 50;
 
+/// Bytes a check reads again at most to find further problems: fifty re-reads
+/// of a 300 KB file (3,000 accounts), four of a file at the 4 MiB bound. Each
+/// re-read parses the whole file; counted in problems alone, a hostile file of
+/// 4 MiB with a typo in every account cost eleven seconds of a core per reload.
+pub const MAX_REREAD_BYTES: usize = 16 << 20;
+
 /// Parses the text of a configuration file (named `path` in errors) into
 /// account drafts. A schema error in an account stops the reading of that
 /// account only: the file is read again from the next account on, so that one
-/// run reports every account's first problem (up to [`MAX_PROBLEMS`]), each
-/// with its line and key path. An error outside the accounts stops it.
+/// run reports every account's first problem (up to [`MAX_PROBLEMS`], and
+/// [`MAX_REREAD_BYTES`] read again), each with its line and key path. An error
+/// outside the accounts stops it.
 pub fn parse(text: &str, path: &Path, flags: &Config) -> Result<Vec<Draft>, ConfigFileError> {
     let one = |message: String| {
         ConfigFileError(vec![Problem {
@@ -145,8 +152,10 @@ pub fn parse(text: &str, path: &Path, flags: &Config) -> Result<Vec<Draft>, Conf
                 problems.push(yaml_problem(path, &e));
                 // Go on after the account that failed, unless the error was not
                 // in a new account (nothing more could be learnt).
+                let within =
+                    problems.len() < MAX_PROBLEMS && problems.len() * text.len() < MAX_REREAD_BYTES;
                 match context.reached.get() {
-                    Some(at) if Some(at) != skip_through && problems.len() < MAX_PROBLEMS => {
+                    Some(at) if Some(at) != skip_through && within => {
                         skip_through = Some(at);
                     }
                     _ => return Err(ConfigFileError(problems)),
@@ -501,6 +510,25 @@ mod tests {
         );
         assert_eq!(found[2].0, Some(11), "{err}");
         assert!(found[2].1.contains("'HZ' is listed twice"), "{err}");
+    }
+
+    #[test]
+    fn a_large_file_with_a_typo_in_every_account_is_read_again_a_bounded_number_of_times() {
+        let account = "  - name: a{i}\n    token_env: T\n    refresh: {intervall: 1m}\n";
+        let mut text = "accounts:\n".to_string();
+        for i in 0.. {
+            if text.len() > 1 << 20 {
+                break;
+            }
+            text.push_str(&account.replace("{i}", &i.to_string()));
+        }
+        let err = parse(&text, Path::new("/etc/finovy/config.yaml"), &flags()).unwrap_err();
+        // One read, then one again per problem until 16 MiB were read: 16 of a
+        // 1 MiB file, where problems alone would allow 50.
+        let reads = MAX_REREAD_BYTES.div_ceil(text.len());
+        assert_eq!(err.0.len(), reads, "{} problems", err.0.len());
+        assert!(err.0.len() < MAX_PROBLEMS);
+        assert!(err.0.iter().all(|p| p.message.contains("intervall")));
     }
 
     #[test]
