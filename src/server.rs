@@ -233,25 +233,19 @@ impl Drop for Registered {
 const RELEASE_WAIT: Duration = Duration::from_millis(200);
 
 impl Connections {
-    /// At the cap, before accepting: closes the oldest idle connection and
-    /// waits until its descriptor is released, so that the new connection's
-    /// `accept` does not find the process out of descriptors. Returns at once
-    /// when under the cap or when every connection is busy (the new one is then
-    /// refused after it is accepted).
-    async fn make_room_before_accept(&self, max: usize) {
-        if self.alive.load(Ordering::Acquire) < max || !self.close_oldest_idle() {
-            return;
-        }
+    /// Before accepting: waits (at most [`RELEASE_WAIT`]) while more connections
+    /// are alive than `max`, that is until the one [`Connections::make_room`]
+    /// closed for the last new connection has ended and given its descriptor
+    /// back, so that `accept` does not find the process out of descriptors.
+    /// Nothing is closed here: an idle connection is closed only when a new one
+    /// has really arrived, and never the new one itself.
+    async fn wait_for_release(&self, max: usize) {
         let waited = tokio::time::sleep(RELEASE_WAIT);
         tokio::pin!(waited);
-        loop {
+        while self.alive.load(Ordering::Acquire) > max {
             tokio::select! {
                 _ = &mut waited => return,
-                _ = self.released.notified() => {
-                    if self.alive.load(Ordering::Acquire) < max {
-                        return;
-                    }
-                }
+                _ = self.released.notified() => {}
             }
         }
     }
@@ -378,7 +372,7 @@ impl Server {
             let accepted = tokio::select! {
                 _ = &mut shutdown => break,
                 accepted = async {
-                    connections.make_room_before_accept(self.max_connections).await;
+                    connections.wait_for_release(self.max_connections).await;
                     accept_any(&self.listeners, &mut next).await
                 } => accepted,
             };

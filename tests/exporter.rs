@@ -1080,6 +1080,17 @@ async fn idle_connections_beyond_the_cap_close_the_oldest_and_scrapes_still_work
     assert!(closed[..8].iter().all(|c| *c), "{closed:?}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cap_of_one_connection_serves_one_client_after_another() {
+    // Each request on a connection of its own: at the cap, the previous one is
+    // closed for the new one, never the new one itself.
+    let process = ExporterProcess::spawn(&["--demo", "--web.max-connections", "1"], &[]);
+    for _ in 0..5 {
+        let (status, body) = get(&process.url("/healthz")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
 #[test]
 fn the_soft_descriptor_limit_is_raised_to_the_hard_limit() {
     let bin = env!("CARGO_BIN_EXE_finovy-image-exporter");
