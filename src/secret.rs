@@ -41,7 +41,8 @@ impl Token {
             return Err(TokenError::Invalid);
         }
         // Copied from an `Authorization` header: the API wants the token alone.
-        if trimmed.len() > 7 && trimmed[..7].eq_ignore_ascii_case("bearer ") {
+        // Compared as bytes: a token may hold a character that spans byte 7.
+        if trimmed.len() > 7 && trimmed.as_bytes()[..7].eq_ignore_ascii_case(b"bearer ") {
             return Err(TokenError::Bearer);
         }
         Ok(Token(trimmed.to_string()))
@@ -510,6 +511,16 @@ mod tests {
     fn empty_and_control_tokens_are_refused() {
         assert!(matches!(Token::new(" \n"), Err(TokenError::Empty)));
         assert!(matches!(Token::new("a\u{0}b"), Err(TokenError::Invalid)));
+    }
+
+    #[test]
+    fn a_token_with_a_character_across_its_seventh_byte_is_a_token() {
+        // 'é' is two bytes: bytes 6 and 7. Slicing the text at byte 7 panicked
+        // (with the token in the panic message).
+        for raw in ["abcdeé-token", "abcdef日本語-token", "日本語-token"] {
+            assert_eq!(Token::new(raw).unwrap().expose(), raw);
+        }
+        assert!(matches!(Token::new("BeArEr x"), Err(TokenError::Bearer)));
     }
 
     #[test]
