@@ -11,9 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{
-    get, parse_metrics, post, scrape, status_label, wait_for, ExporterProcess, LoopbackSim,
-};
+use common::{get, parse_metrics, post, scrape, wait_for, ExporterProcess, LoopbackSim};
 use finovy_image_exporter::account::TargetKey;
 use finovy_image_exporter::sim::{
     self, AuthStyle, FaultAction, FaultRule, Faults, SimAccount, SimImage, Simulator,
@@ -87,29 +85,10 @@ fn expected_counts(
     images: &[SimImage],
     datacenters: &[&str],
 ) -> BTreeMap<String, f64> {
-    let mut out = BTreeMap::new();
-    for im in images
+    let kept = images
         .iter()
-        .filter(|im| datacenters.contains(&im.datacenter_key.as_str()))
-    {
-        *out.entry(format!(
-            "finovy_images{{account=\"{account}\",datacenter_key=\"{}\",status=\"{}\",image_type=\"{}\"}}",
-            im.datacenter_key,
-            status_label(im.status),
-            im.image_type
-        ))
-        .or_insert(0.0) += 1.0;
-    }
-    out
-}
-
-fn image_counts(metrics: &BTreeMap<String, f64>, account: &str) -> BTreeMap<String, f64> {
-    let prefix = format!("finovy_images{{account=\"{account}\",");
-    metrics
-        .iter()
-        .filter(|(k, _)| k.starts_with(&prefix))
-        .map(|(k, v)| (k.clone(), *v))
-        .collect()
+        .filter(|im| datacenters.contains(&im.datacenter_key.as_str()));
+    common::expected_image_counts(account, kept)
 }
 
 fn write(path: &Path, text: &str) {
@@ -164,9 +143,9 @@ async fn three_accounts_get_exact_numbers_a_wrong_token_fails_only_its_own_and_p
     let want_c = expected_counts("gamma", &c, &["BJ", "GZ"]);
     let m = wait_for("every account's exact numbers", DEADLINE, || async {
         let m = scrape(exporter.addr).await;
-        (image_counts(&m, "alpha") == want_a
-            && image_counts(&m, "beta") == want_b
-            && image_counts(&m, "gamma") == want_c
+        (common::image_counts(&m, "alpha") == want_a
+            && common::image_counts(&m, "beta") == want_b
+            && common::image_counts(&m, "gamma") == want_c
             && m.get("finovy_refresh_failures_total{account=\"delta\",datacenter_key=\"HZ\",reason=\"auth\"}")
                 .is_some_and(|n| *n >= 1.0))
         .then_some(m)
@@ -211,7 +190,7 @@ async fn three_accounts_get_exact_numbers_a_wrong_token_fails_only_its_own_and_p
             .filter(|k| k.contains("account=\"beta\""))
             .collect();
         let probed: BTreeSet<&String> = probe.keys().collect();
-        let same_images = image_counts(&probe, "beta") == want_b;
+        let same_images = common::image_counts(&probe, "beta") == want_b;
         (of_beta == probed && same_images).then_some(probe)
     })
     .await;
@@ -237,7 +216,7 @@ async fn three_accounts_get_exact_numbers_a_wrong_token_fails_only_its_own_and_p
         unzipped.keys().collect::<BTreeSet<_>>(),
         probe_matches.keys().collect::<BTreeSet<_>>()
     );
-    assert_eq!(image_counts(&unzipped, "beta"), want_b);
+    assert_eq!(common::image_counts(&unzipped, "beta"), want_b);
     for query in ["account=nobody", "", "account=beta&account=alpha"] {
         let (status, body) = get(&format!("http://{}/probe?{query}", exporter.addr)).await;
         assert_eq!(status, 400, "{query}: {body}");
@@ -250,8 +229,7 @@ fn schedule(state: &State, key: &TargetKey) -> Option<(f64, std::time::SystemTim
     let snap = state.snapshot();
     let t = snap.targets.get(key)?;
     Some((
-        t.last_success
-            .map(finovy_image_exporter::state::unix_seconds)?,
+        t.last_success.map(finovy_image_exporter::unix_seconds)?,
         t.next_pass?,
     ))
 }
@@ -586,7 +564,7 @@ async fn a_storm_of_429_halves_only_its_accounts_concurrency_which_grows_back() 
     })
     .await;
     let m = scrape(exporter.addr).await;
-    let now = finovy_image_exporter::state::unix_seconds(std::time::SystemTime::now());
+    let now = finovy_image_exporter::unix_seconds(std::time::SystemTime::now());
     for dc in ["HZ", "SH"] {
         assert!(
             now - stamp(&m, dc) < 5.0,

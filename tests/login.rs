@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{get, parse_metrics, status_label, wait_for, ExporterProcess, LoopbackSim};
+use common::{
+    expected_image_counts, get, image_counts, parse_metrics, wait_for, ExporterProcess, LoopbackSim,
+};
 use finovy_image_exporter::sim::{
     self, AuthStyle, FaultAction, FaultRule, Faults, SimAccount, SimImage, Simulator,
 };
@@ -86,29 +88,6 @@ fn config_file(
 fn set_private(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-}
-
-fn expected(account: &str, images: &[SimImage]) -> BTreeMap<String, f64> {
-    let mut out = BTreeMap::new();
-    for im in images {
-        *out.entry(format!(
-            "finovy_images{{account=\"{account}\",datacenter_key=\"{}\",status=\"{}\",image_type=\"{}\"}}",
-            im.datacenter_key,
-            status_label(im.status),
-            im.image_type
-        ))
-        .or_insert(0.0) += 1.0;
-    }
-    out
-}
-
-fn counts(metrics: &BTreeMap<String, f64>, account: &str) -> BTreeMap<String, f64> {
-    let prefix = format!("finovy_images{{account=\"{account}\",");
-    metrics
-        .iter()
-        .filter(|(k, _)| k.starts_with(&prefix))
-        .map(|(k, v)| (k.clone(), *v))
-        .collect()
 }
 
 fn ups(metrics: &BTreeMap<String, f64>) -> Vec<(String, f64)> {
@@ -208,7 +187,10 @@ async fn two_second_tokens_over_twenty_seconds_never_fail_a_pass_and_cost_one_or
             logins >= lifetimes - 1.0 && logins <= 2.0 * lifetimes + 1.0,
             "{name}: {logins} logins in {observed:.1} s of {lifetime:?} tokens"
         );
-        assert_eq!(counts(&last, &name), expected(&name, images));
+        assert_eq!(
+            image_counts(&last, &name),
+            expected_image_counts(&name, images)
+        );
         let ok = last
             .get(&format!(
                 "finovy_auth_requests_total{{account=\"{name}\",code=\"0\"}}"
@@ -331,7 +313,10 @@ async fn a_wrong_secret_fails_only_its_account_with_auth_names_the_uuid_and_wait
             Some(&0.0)
         );
     }
-    assert_eq!(counts(&m, "acct0"), expected("acct0", &accounts[0].1));
+    assert_eq!(
+        image_counts(&m, "acct0"),
+        expected_image_counts("acct0", &accounts[0].1)
+    );
     // Six seconds and eighteen failed passes: one login of the good account,
     // one of the wrong one.
     assert_eq!(upstream.sim.login_attempts(), 2, "logins were not held off");
@@ -406,7 +391,10 @@ async fn transient_codes_on_one_page_in_four_and_at_login_are_retried_to_exact_n
     let file = config_file(&dir, upstream.addr, n, &[], "    api: {page_size: 10}\n");
     let exporter = ExporterProcess::spawn(&["--config.file", file.to_str().unwrap()], &[]);
     let m = all_up(&exporter, n).await;
-    assert_eq!(counts(&m, "acct0"), expected("acct0", &accounts[0].1));
+    assert_eq!(
+        image_counts(&m, "acct0"),
+        expected_image_counts("acct0", &accounts[0].1)
+    );
     assert_eq!(failures(&m, "api"), 0.0);
     assert_eq!(
         upstream.sim.login_attempts(),
@@ -429,6 +417,71 @@ async fn transient_codes_on_one_page_in_four_and_at_login_are_retried_to_exact_n
         .filter(|r| r.faults.iter().any(|f| f.starts_with("api_error")))
         .count();
     assert!(retried > 0, "no page was answered with a transient code");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_refusing_every_list_request_gets_one_login_per_hold_off_not_per_pass() {
+    // Logins succeed, but every page is refused with code 401: a fresh token
+    // refused before any request succeeded with it is not worth another login.
+    let accounts = accounts(1);
+    let sim = simulator(&accounts, AuthStyle::Body);
+    sim.set_faults(Faults {
+        rules: vec![FaultRule::always(FaultAction::ApiError {
+            code: 401,
+            msg: "token invalid".into(),
+        })],
+        ..Faults::default()
+    });
+    let upstream = LoopbackSim::start(sim).await;
+    let dir = scratch("refuse-all");
+    let file = config_file(&dir, upstream.addr, 1, &[], "");
+    let exporter = ExporterProcess::spawn(&["--config.file", file.to_str().unwrap()], &[]);
+    // Four passes of each of the three targets, every one failed.
+    let m = wait_for("twelve failed passes", DEADLINE, || async {
+        let m = scrape(&exporter).await;
+        (failures(&m, "auth") >= 12.0).then_some(m)
+    })
+    .await;
+    let all: f64 = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("finovy_refresh_failures_total{"))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(failures(&m, "auth"), all, "only auth failures");
+    assert_eq!(
+        upstream.sim.login_attempts(),
+        1,
+        "one login, held off for 30 s after its token was refused"
+    );
+    let warned = exporter
+        .output()
+        .iter()
+        .filter(|l| l.contains("refused a fresh token"))
+        .count();
+    assert_eq!(warned, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_code_the_provider_does_not_document_is_counted_as_other() {
+    // An upstream inventing a code per answer would otherwise add a series each.
+    let accounts = accounts(1);
+    let sim = simulator(&accounts, AuthStyle::Body);
+    sim.fail_next_logins(&[4242]);
+    let upstream = LoopbackSim::start(sim).await;
+    let dir = scratch("other-code");
+    let file = config_file(&dir, upstream.addr, 1, &[], "");
+    let exporter = ExporterProcess::spawn(&["--config.file", file.to_str().unwrap()], &[]);
+    let m = wait_for("the refused login counted", DEADLINE, || async {
+        let m = scrape(&exporter).await;
+        m.contains_key("finovy_auth_requests_total{account=\"acct0\",code=\"other\"}")
+            .then_some(m)
+    })
+    .await;
+    assert_eq!(
+        m["finovy_auth_requests_total{account=\"acct0\",code=\"other\"}"],
+        1.0
+    );
+    assert!(!m.keys().any(|k| k.contains("4242")), "{m:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -515,7 +568,7 @@ async fn with_an_hour_s_interval_every_target_publishes_within_twelve_seconds_of
     let m = scrape(&exporter).await;
     for (i, (_, ims)) in accounts.iter().enumerate() {
         let name = format!("acct{i}");
-        assert_eq!(counts(&m, &name), expected(&name, ims));
+        assert_eq!(image_counts(&m, &name), expected_image_counts(&name, ims));
         assert_eq!(
             m.get(&format!(
                 "finovy_refresh_interval_seconds{{account=\"{name}\",datacenter_key=\"HZ\"}}"
@@ -550,7 +603,10 @@ async fn a_429_asking_to_wait_longer_than_the_interval_is_obeyed_not_failed_as_a
         "the pass was cut at its 1 s interval"
     );
     assert_eq!(failures(&m, "http"), 0.0);
-    assert_eq!(counts(&m, "acct0"), expected("acct0", &accounts[0].1));
+    assert_eq!(
+        image_counts(&m, "acct0"),
+        expected_image_counts("acct0", &accounts[0].1)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -685,5 +741,8 @@ async fn an_upstream_claiming_one_millisecond_tokens_does_not_get_a_login_per_re
         "{logins} logins in {:?} for {pages} requests: the claimed lifetime was believed",
         started.elapsed()
     );
-    assert_eq!(counts(&m, "acct0"), expected("acct0", &accounts[0].1));
+    assert_eq!(
+        image_counts(&m, "acct0"),
+        expected_image_counts("acct0", &accounts[0].1)
+    );
 }

@@ -288,15 +288,21 @@ pub const SNIPPET_BYTES: usize = 200;
 /// (on a character boundary, `…` when cut), the token replaced, control
 /// characters escaped, so that it can neither leak the token nor forge a line.
 /// `None` for an empty body.
-pub fn snippet(body: &[u8], token: &crate::secret::Token) -> Option<String> {
+pub fn snippet(body: &[u8], tokens: &[&crate::secret::Token]) -> Option<String> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return None;
     }
     // Redact before cutting, over a window long enough to hold a token that
     // starts inside the kept part, in its longest spelling: a cut token would
-    // not be recognised.
-    let window = body.len().min(SNIPPET_BYTES + token.longest_spelling());
-    let text = token.redact(&String::from_utf8_lossy(&body[..window]));
+    // not be recognised, by this or by any later redaction.
+    let longest = tokens
+        .iter()
+        .map(|t| t.longest_spelling())
+        .max()
+        .unwrap_or(0);
+    let window = body.len().min(SNIPPET_BYTES + longest);
+    let exposed: Vec<&str> = tokens.iter().map(|t| t.expose()).collect();
+    let text = crate::secret::redact_all(&String::from_utf8_lossy(&body[..window]), &exposed);
     let text = text.trim();
     let mut out = String::with_capacity(SNIPPET_BYTES + 8);
     let mut kept = 0;
@@ -332,23 +338,38 @@ mod tests {
     use crate::secret::Token;
 
     #[test]
+    fn every_token_is_hidden_from_a_snippet_even_where_it_is_cut() {
+        // The login's answer may echo an earlier token: hidden like the secret,
+        // before the cut (redacting the cut text missed a token cut in two).
+        let secret = Token::new("the-secret").unwrap();
+        let earlier = Token::new("tok-000015-SECRETPART-abcdefghijklmnopqrstuvwxyz01").unwrap();
+        let body = format!("{}{}", "x".repeat(150), earlier.expose());
+        let cut = snippet(body.as_bytes(), &[&secret, &earlier]).unwrap();
+        assert!(
+            !cut.contains("SECRETPART") && !cut.contains("tok-0000"),
+            "{cut}"
+        );
+        assert!(cut.contains("**hidden**"), "{cut}");
+    }
+
+    #[test]
     fn a_snippet_is_short_redacted_and_escaped() {
         let token = Token::new("s3cr3t-token").unwrap();
         let body = format!("<html>\n\u{1b}[31m{}</html>", "x".repeat(195));
         let cut = snippet(
             format!("{}s3cr3t-token", "y".repeat(195)).as_bytes(),
-            &token,
+            &[&token],
         )
         .unwrap();
         assert!(!cut.contains("s3cr3t"), "{cut}");
-        let s = snippet(body.as_bytes(), &token).unwrap();
+        let s = snippet(body.as_bytes(), &[&token]).unwrap();
         assert!(s.starts_with("<html>\\n\\u{1b}[31m"), "{s}");
         assert!(s.ends_with('…'), "{s}");
         assert!(!s.chars().any(char::is_control));
         assert!(s.len() <= SNIPPET_BYTES + 40);
-        let s = snippet(b"token s3cr3t-token refused", &token).unwrap();
+        let s = snippet(b"token s3cr3t-token refused", &[&token]).unwrap();
         assert_eq!(s, "token **hidden** refused");
-        assert_eq!(snippet(b" \n", &token), None);
+        assert_eq!(snippet(b" \n", &[&token]), None);
     }
 
     #[test]

@@ -152,6 +152,9 @@ struct Login {
     headers: HeaderMap,
     /// Held for the length of a login: one at a time per account.
     state: tokio::sync::Mutex<LoginState>,
+    /// The last token a list request succeeded with. A refused token that
+    /// never was is not renewed at once: its login is held off as if refused.
+    accepted: std::sync::Mutex<Option<Token>>,
 }
 
 enum Kind {
@@ -190,6 +193,7 @@ impl Session {
                     max_retries: config.max_retries,
                     headers,
                     state: tokio::sync::Mutex::new(LoginState::default()),
+                    accepted: std::sync::Mutex::new(None),
                 }))
             }
         };
@@ -293,18 +297,63 @@ impl Session {
         }
     }
 
+    /// Notes that a list request succeeded with `token`.
+    pub fn accepted(&self, token: &Token) {
+        if let Kind::Login(login) = &self.kind {
+            let mut last = login.accepted.lock().unwrap_or_else(|e| e.into_inner());
+            if last.as_ref() != Some(token) {
+                *last = Some(token.clone());
+            }
+        }
+    }
+
     /// Forgets `token` after the upstream refused it, so that the next
     /// [`Session::token`] logs in again. A token already replaced (another
     /// request saw the refusal first) is left alone: one login per refused token.
+    /// A token no request ever succeeded with is not worth another login: an
+    /// upstream that refuses every list request would get one per pass, so the
+    /// logins are held off for [`HOLD_OFF`] as after a refused login.
     pub async fn refused(&self, token: &Token) {
-        if let Kind::Login(login) = &self.kind {
-            let mut state = login.state.lock().await;
-            if state.issued.as_ref().is_some_and(|i| &i.token == token) {
-                state.issued = None;
-                self.telemetry.set_auth_token_expiry(&self.account, None);
-                tracing::info!(account = %self.account, uuid = %login.credentials.uuid, "the upstream refused the token of the last login; logging in again");
-            }
+        let Kind::Login(login) = &self.kind else {
+            return;
+        };
+        let mut state = login.state.lock().await;
+        if !state.issued.as_ref().is_some_and(|i| &i.token == token) {
+            return;
         }
+        state.issued = None;
+        self.telemetry.set_auth_token_expiry(&self.account, None);
+        let was_accepted = login
+            .accepted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            == Some(token);
+        if was_accepted {
+            tracing::info!(account = %self.account, uuid = %login.credentials.uuid, "the upstream refused the token of the last login; logging in again");
+            return;
+        }
+        // Not the credentials' fault (the login succeeded): not their hint.
+        let mut error = login.error(
+            None,
+            None,
+            Reason::Auth,
+            "the list API refused the token its login had just issued",
+            None,
+        );
+        error.refused = false;
+        tracing::warn!(
+            account = %self.account,
+            uuid = %login.credentials.uuid,
+            url = %login.credentials.url,
+            retry_in_seconds = HOLD_OFF.as_secs(),
+            "the upstream refused a fresh token before any request succeeded with it; not logging in again for a while"
+        );
+        state.failure = Some(Failure {
+            at: Instant::now(),
+            secret: read_secret(&login.credentials).ok(),
+            error,
+        });
     }
 
     /// One login, with the retries a list request gets.
@@ -350,13 +399,11 @@ impl Login {
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .body(body.to_string())
             .timeout(self.timeout);
-        let redact = |text: &str| {
-            let mut text = secret.redact(text);
-            for token in seen {
-                text = token.redact(&text);
-            }
-            text
-        };
+        // The secret and the tokens issued lately are hidden from whatever
+        // of the answer is kept, in one pass (and before a snippet is cut).
+        let hidden: Vec<&Token> = std::iter::once(secret).chain(seen).collect();
+        let exposed: Vec<&str> = hidden.iter().map(|t| t.expose()).collect();
+        let redact = |text: &str| crate::secret::redact_all(text, &exposed);
         let mut response = match request.send().await {
             Ok(response) => response,
             Err(err) => {
@@ -401,7 +448,12 @@ impl Login {
             .and_then(|a| a.code.as_ref())
             .and_then(code_of);
         let label = match api_code {
-            Some(code) if status.is_success() => code.to_string(),
+            // The provider's documented codes; any other number an upstream
+            // makes up would otherwise be a new series, kept for good.
+            Some(code @ (0 | 401 | 500 | 503 | 1001 | 1005 | 1007)) if status.is_success() => {
+                code.to_string()
+            }
+            Some(_) if status.is_success() => crate::labels::OTHER.to_string(),
             _ => status.as_str().to_string(),
         };
         let msg = answer
@@ -437,9 +489,7 @@ impl Login {
             );
         }
         if !status.is_success() {
-            let text = snippet(&raw, secret)
-                .map(|s| redact(&s))
-                .unwrap_or_default();
+            let text = snippet(&raw, &hidden).unwrap_or_default();
             return (
                 label,
                 fail(Reason::Http, false, non_empty(text, "no answer body")),
@@ -456,9 +506,7 @@ impl Login {
             );
         }
         let Some(answer) = answer else {
-            let text = snippet(&raw, secret)
-                .map(|s| redact(&s))
-                .unwrap_or_default();
+            let text = snippet(&raw, &hidden).unwrap_or_default();
             return (
                 label,
                 fail(

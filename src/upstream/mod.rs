@@ -182,11 +182,6 @@ impl ApiClient {
         &self.config.url
     }
 
-    /// The account's session: where its token comes from.
-    pub fn session(&self) -> &login::Session {
-        &self.session
-    }
-
     /// Fetches one page of `datacenter` (all datacenters when `None`), retrying
     /// what may pass. A token from a login that the upstream refuses is renewed
     /// once and the request repeated, so an expired or revoked token never fails
@@ -198,7 +193,7 @@ impl ApiClient {
         page: u32,
     ) -> Result<Page, FetchError> {
         let token = self.session.token().await?;
-        match self.fetch_with(budget, &token, datacenter, page).await {
+        let (token, result) = match self.fetch_with(budget, &token, datacenter, page).await {
             Err(FetchError::Auth {
                 status,
                 api_code: None | Some(401),
@@ -206,10 +201,15 @@ impl ApiClient {
             }) if self.session.logs_in() && (status == 401 || status == 200) => {
                 self.session.refused(&token).await;
                 let fresh = self.session.token().await?;
-                self.fetch_with(budget, &fresh, datacenter, page).await
+                let result = self.fetch_with(budget, &fresh, datacenter, page).await;
+                (fresh, result)
             }
-            result => result,
+            result => (token, result),
+        };
+        if result.is_ok() {
+            self.session.accepted(&token);
         }
+        result
     }
 
     /// One page with this token.
@@ -336,7 +336,7 @@ impl ApiClient {
             return Err(FetchError::Http {
                 status: status.as_u16(),
                 retry_after,
-                body: error::snippet(&body, token),
+                body: error::snippet(&body, &[token]),
             });
         }
         let limit = self.config.max_body_bytes();
@@ -583,7 +583,7 @@ fn decode(
             status: status.as_u16(),
             msg: token.redact(&msg),
             body: (!looks_like_json(body))
-                .then(|| error::snippet(body, token))
+                .then(|| error::snippet(body, &[token]))
                 .flatten(),
         },
     })

@@ -304,6 +304,38 @@ pub async fn scrape(addr: std::net::SocketAddr) -> std::collections::BTreeMap<St
     parse_metrics(&body)
 }
 
+/// `finovy_images` of `account` as `images` give them (every image counted
+/// once, by datacenter, status and type), computed apart from the exporter.
+pub fn expected_image_counts<'a>(
+    account: &str,
+    images: impl IntoIterator<Item = &'a finovy_image_exporter::sim::SimImage>,
+) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    for im in images {
+        *out.entry(format!(
+            "finovy_images{{account=\"{account}\",datacenter_key=\"{}\",status=\"{}\",image_type=\"{}\"}}",
+            im.datacenter_key,
+            status_label(im.status),
+            im.image_type
+        ))
+        .or_insert(0.0) += 1.0;
+    }
+    out
+}
+
+/// The `finovy_images` samples of `account` in `metrics`.
+pub fn image_counts(
+    metrics: &std::collections::BTreeMap<String, f64>,
+    account: &str,
+) -> std::collections::BTreeMap<String, f64> {
+    let prefix = format!("finovy_images{{account=\"{account}\",");
+    metrics
+        .iter()
+        .filter(|(k, _)| k.starts_with(&prefix))
+        .map(|(k, v)| (k.clone(), *v))
+        .collect()
+}
+
 /// The `status` label of an upstream status code, as the API document lists
 /// them: the tests' own reading, kept apart from the library's
 /// (`labels::Status::from_code`) so that a mistake there fails a test.
