@@ -10,8 +10,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::path::Path;
-
 use tokio::sync::{mpsc, watch};
 
 use crate::account::{Account, AccountNames, Shard};
@@ -131,7 +129,8 @@ impl Exporter {
         let mut demo = None;
         let telemetry = Telemetry::new();
         let accounts = if let Some(path) = &config.config_file {
-            let accounts = load_config_file(path, &config).map_err(StartError::ConfigFile)?;
+            let accounts =
+                crate::config_file::load(path, &config).map_err(StartError::ConfigFile)?;
             tracing::info!(
                 file = %path.display(),
                 accounts = accounts.len(),
@@ -258,11 +257,6 @@ impl Exporter {
     /// The address the exporter serves on.
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
-    }
-
-    /// Every address the exporter serves on.
-    pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.server.local_addrs()
     }
 
     /// Refreshes and serves until `shutdown` completes; then stops accepting,
@@ -581,11 +575,6 @@ fn warn_if_path_twice(config: &Config) {
     }
 }
 
-/// Loads `--config.file`, for the start and for `--config.check`.
-fn load_config_file(path: &Path, config: &Config) -> Result<Vec<Account>, ConfigFileError> {
-    crate::config_file::load(path, config)
-}
-
 /// `--config.check`: loads and checks `--config.file` as a start would (token
 /// files readable, TLS files loadable), prints `config OK: …` or every problem
 /// with its file and line, and returns the exit status: 0, or 2.
@@ -594,7 +583,7 @@ pub fn check_config(config: &Config) -> i32 {
         eprintln!("--config.check: give --config.file too");
         return 2;
     };
-    match load_config_file(path, config) {
+    match crate::config_file::load(path, config) {
         Ok(accounts) => {
             println!(
                 "config OK: {} accounts, {} targets",

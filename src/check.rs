@@ -83,6 +83,7 @@ pub fn run(config: &Config) -> i32 {
             return 1;
         }
     };
+    let targets = crate::config_file::target_count(&accounts);
     let outcomes = match runtime.block_on(check(accounts)) {
         Ok(outcomes) => outcomes,
         Err(err) => {
@@ -95,11 +96,17 @@ pub fn run(config: &Config) -> i32 {
         println!("{}", outcome.line());
         failed += usize::from(outcome.result.is_err());
     }
+    // A check that ended without an outcome (its task panicked) is a failure,
+    // not a target left out of "every target answered".
+    if outcomes.len() < targets {
+        println!("{} targets gave no outcome", targets - outcomes.len());
+        failed += targets - outcomes.len();
+    }
     if failed == 0 {
-        println!("every target answered ({} targets)", outcomes.len());
+        println!("every target answered ({targets} targets)");
         0
     } else {
-        println!("{failed} of {} targets failed", outcomes.len());
+        println!("{failed} of {targets} targets failed");
         1
     }
 }

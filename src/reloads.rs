@@ -103,11 +103,6 @@ impl ReloadQueue {
         }
     }
 
-    /// How many reloads have started so far.
-    pub fn started(&self) -> u64 {
-        self.lock().started
-    }
-
     /// Runs the reloads asked for, one at a time, until `stopped` completes; then
     /// answers every waiter that the exporter is shutting down. A reload running
     /// then is left to finish on its blocking thread, which the process does not

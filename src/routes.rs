@@ -270,11 +270,7 @@ impl Routes {
         // Writing a large body takes milliseconds of CPU: on the multi-threaded
         // runtime the worker hands its other tasks (health probes, other
         // connections) to the rest while it writes.
-        let write = || self.metrics.body(negotiated.format, gzip);
-        let body = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(write),
-            _ => write(),
-        };
+        let body = off_runtime(|| self.metrics.body(negotiated.format, gzip));
         exposition_response(negotiated, body, gzip)
     }
 
@@ -304,7 +300,8 @@ impl Routes {
                 ),
             );
         }
-        let body = self.metrics.probe(account, negotiated.format, gzip);
+        // Never cached: written for each probe, as `/metrics` is, off the worker.
+        let body = off_runtime(|| self.metrics.probe(account, negotiated.format, gzip));
         exposition_response(negotiated, body, gzip)
     }
 
@@ -427,6 +424,7 @@ impl Routes {
         let snap = self.state.snapshot();
         let now = std::time::SystemTime::now();
         let mut rows = String::new();
+        let mut rows_count = 0;
         let mut warnings = String::new();
         for (key, t) in &snap.targets {
             let (state, class) = match (t.passes, t.up) {
@@ -460,6 +458,7 @@ impl Routes {
                     .as_ref()
                     .and_then(|e| e.trace_id.as_deref())
                     .unwrap_or("-");
+                rows_count += 1;
                 let _ = writeln!(
                     rows,
                     "<tr><td>{}</td><td>{}</td><td class=\"{}\">{}</td><td>{}</td><td>{}</td>{}<td>{}</td><td>{}</td><td>{}</td><td class=\"error\">{}</td><td>{}</td></tr>",
@@ -514,7 +513,6 @@ impl Routes {
             );
         }
         let finished = snap.targets.values().filter(|t| t.passes > 0).count();
-        let rows_count = rows.matches("<tr>").count();
         let page = format!(
             include_str!("landing.html"),
             version = crate::VERSION,
@@ -591,6 +589,16 @@ fn last_error(t: &TargetState) -> Option<String> {
     t.last_error
         .as_ref()
         .map(|e| format!("{} at {}: {}", e.reason.label(), rfc3339(e.at), e.message))
+}
+
+/// Runs `write` (a body's CPU work) so that on the multi-threaded runtime the
+/// worker first hands its other tasks (health probes, other connections) to the
+/// rest.
+fn off_runtime<T>(write: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(write),
+        _ => write(),
+    }
 }
 
 /// A plain-text answer that no cache keeps.

@@ -87,15 +87,11 @@ pub struct LastError {
 /// The image series of one datacenter, as of its last successful pass.
 #[derive(Debug, Clone)]
 pub struct PublishedImages {
-    /// When that pass succeeded (wall clock).
-    pub at: SystemTime,
     at_instant: Instant,
     /// Images over all groups.
     pub total_images: u64,
     /// Bytes over all groups (128 bits: see [`crate::aggregate::GroupStats`]).
     pub total_bytes: u128,
-    /// Number of (status, image type) groups.
-    pub groups: usize,
     /// Its image lines.
     pub lines: Lines,
 }
@@ -320,10 +316,19 @@ impl State {
     /// changed target is copied the same way. Otherwise an update costs the
     /// change alone, not a copy of every target.
     fn update(&self, change: impl FnOnce(&mut Snapshot)) {
+        self.update_as(true, change);
+    }
+
+    /// [`State::update`], telling whether the change shows in `/metrics`
+    /// (`metrics`): a change that does not leaves the generation, and so the
+    /// cached body, as they are.
+    fn update_as(&self, metrics: bool, change: impl FnOnce(&mut Snapshot)) {
         let mut guard = self.current.write().unwrap_or_else(|e| e.into_inner());
         let next = Arc::make_mut(&mut guard);
         change(next);
-        next.generation += 1;
+        if metrics {
+            next.generation += 1;
+        }
     }
 
     /// Adds a target before its first pass (not ready until that pass ends), or
@@ -364,9 +369,10 @@ impl State {
         self.change_target(key, |t| t.notice = notice);
     }
 
-    /// Changes one target, if it is registered.
+    /// Changes what the pages say of one target (its next pass, its notice),
+    /// if it is registered. Neither is in `/metrics`: the cached body stays.
     fn change_target(&self, key: &TargetKey, change: impl FnOnce(&mut TargetState)) {
-        self.update(|snap| {
+        self.update_as(false, |snap| {
             if let Some(t) = snap.targets.get_mut(key) {
                 change(Arc::make_mut(t));
             }
@@ -392,11 +398,9 @@ impl State {
                     .iter()
                     .map(|(dc, images)| {
                         let published = PublishedImages {
-                            at: now,
                             at_instant: now_instant,
                             total_images: images.total_images(),
                             total_bytes: images.groups.values().map(|g| g.size_bytes).sum(),
-                            groups: images.groups.len(),
                             lines: lines::images(&key.account, dc, images, &named, &collectors),
                         };
                         let mut start = LifecycleCounters::default();
@@ -519,9 +523,6 @@ impl State {
         });
     }
 }
-
-/// Seconds since the Unix epoch (kept here too for the renderers that use it).
-pub use crate::unix_seconds;
 
 #[cfg(test)]
 mod tests {

@@ -1,9 +1,10 @@
 //! The `/metrics` path: every metric family in one table, the rendered lines of
 //! each target ([`lines`]), and the writer that serves them ([`writer`]).
 //!
-//! It works as kube-state-metrics does. When a target publishes a pass (or an
-//! account sends a request), its samples are rendered once into one buffer of
-//! text with a range per family ([`lines::Lines`]). A scrape writes, family by
+//! It works as kube-state-metrics does. When a target publishes a pass, its
+//! samples are rendered once into one buffer of text with a range per family
+//! ([`lines::Lines`]); an account's request and login counts are rendered at the
+//! first scrape after they changed ([`crate::telemetry`]). A scrape writes, family by
 //! family in the order of [`BODY`], the family's `# HELP` and `# TYPE` lines and
 //! then the range of that family of every target, through a gzip encoder when the
 //! scraper takes gzip. The body is kept for at most a second and shared by every
@@ -229,10 +230,26 @@ pub struct Part {
     pub only: Option<Format>,
     /// Whether the collectors that run give it lines.
     pub when: When,
+    /// Whether its header is left out when no target has a line of it.
+    pub optional: bool,
 }
 
 const fn part(family: &'static Family, only: Option<Format>, when: When) -> Part {
-    Part { family, only, when }
+    Part {
+        family,
+        only,
+        when,
+        optional: false,
+    }
+}
+
+/// `part`, its header left out when no target has a line of it: the families
+/// of logins, which only accounts that log in have.
+const fn optional(part: Part) -> Part {
+    Part {
+        optional: true,
+        ..part
+    }
 }
 
 const TEXT: Option<Format> = Some(Format::Text);
@@ -269,17 +286,11 @@ pub const BODY: [Part; 25] = [
     part(&API_INVALID_ITEMS, None, |_| true),
     part(&API_DURATION, None, |_| true),
     part(&API_REQUESTS, None, |_| true),
-    part(&AUTH_REQUESTS, None, |_| true),
-    part(&AUTH_TOKEN_EXPIRY, None, |_| true),
+    optional(part(&AUTH_REQUESTS, None, |_| true)),
+    optional(part(&AUTH_TOKEN_EXPIRY, None, |_| true)),
 ];
 
 impl Part {
-    /// Whether its header is left out when no target has a line of it: the
-    /// families of logins, which only accounts that log in have.
-    pub fn optional(&self) -> bool {
-        self.family.name.starts_with("finovy_auth_")
-    }
-
     /// Whether a body in `format` has this part when `collectors` run.
     pub fn in_body(&self, format: Format, collectors: &Collectors) -> bool {
         self.only.is_none_or(|f| f == format) && (self.when)(collectors)

@@ -35,7 +35,7 @@ impl Sources<'_> {
         let mut text = String::new();
         for (slot, part) in BODY.iter().enumerate() {
             if !part.in_body(format, collectors)
-                || (part.optional() && items.iter().all(|l| l.part(slot).is_empty()))
+                || (part.optional && items.iter().all(|l| l.part(slot).is_empty()))
             {
                 continue;
             }

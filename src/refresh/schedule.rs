@@ -304,7 +304,7 @@ impl TargetTask {
                 census: collectors.lifecycle,
                 ages_at_ms: collectors
                     .age
-                    .then(|| crate::state::unix_seconds(SystemTime::now()) * 1000.0)
+                    .then(|| crate::unix_seconds(SystemTime::now()) * 1000.0)
                     .map(|ms| ms as i64),
                 named: collectors.image_info.map_or(0, |i| i.limit),
             };

@@ -439,14 +439,6 @@ impl Simulator {
         self.lock().counts.clone()
     }
 
-    /// Lets `uuid` with `secret` log in to account `name`.
-    pub fn add_login(&self, name: &str, uuid: &str, secret: &str) -> Result<(), AccountError> {
-        let mut state = self.lock();
-        state.account_mut(name)?;
-        state.logins.add(name, uuid, secret);
-        Ok(())
-    }
-
     /// The lifetime (`effectiveTime`) of the tokens logins issue from now on.
     pub fn set_token_lifetime(&self, lifetime: Duration) {
         self.lock().logins.set_lifetime(lifetime);
