@@ -71,13 +71,19 @@ impl fmt::Display for ConfigFileError {
 /// of whatever neither the account nor `defaults:` sets (with `--config.file`
 /// no account flag can be given, so those are the flags' own defaults).
 pub fn load(path: &Path, flags: &Config) -> Result<Vec<Account>, ConfigFileError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigFileError(vec![Problem {
-            file: path.to_path_buf(),
-            position: None,
-            message: format!("cannot read the file: {e}"),
-        }])
-    })?;
+    let text = crate::yaml_limits::read_file(path)
+        .and_then(|bytes| {
+            String::from_utf8(bytes).map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::InvalidData, "the file is not UTF-8")
+            })
+        })
+        .map_err(|e| {
+            ConfigFileError(vec![Problem {
+                file: path.to_path_buf(),
+                position: None,
+                message: format!("cannot read the file: {e}"),
+            }])
+        })?;
     let drafts = parse(&text, path, flags)?;
     resolve(drafts, &text, path)
 }
@@ -510,6 +516,13 @@ mod tests {
         );
         assert_eq!(found[2].0, Some(11), "{err}");
         assert!(found[2].1.contains("'HZ' is listed twice"), "{err}");
+    }
+
+    #[test]
+    fn a_device_or_a_fifo_is_refused_before_it_is_read() {
+        // /dev/zero read whole filled 3 GB in six seconds; a FIFO blocked.
+        let err = load(Path::new("/dev/zero"), &flags()).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 
     #[test]

@@ -73,6 +73,38 @@ impl YamlLimitError {
     }
 }
 
+/// Reads a configuration file of at most [`MAX_FILE_BYTES`]. Only a regular
+/// file (or a link to one) is read: a FIFO would block the start, or a reload
+/// for good, and a device such as `/dev/zero` would fill the memory (3 GB in
+/// six seconds, read whole). Its kind is checked before it is opened, since
+/// opening a FIFO already blocks.
+pub fn read_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read as _};
+    let kind = std::fs::metadata(path)?.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_dir() {
+            "a directory"
+        } else {
+            "a FIFO, socket or device"
+        };
+        return Err(Error::new(
+            ErrorKind::InvalidInput,
+            format!("not a regular file ({what})"),
+        ));
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_FILE_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() > MAX_FILE_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than the {MAX_FILE_BYTES} bytes a configuration file may have"),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Checks `text` against [`MAX_FILE_BYTES`], [`MAX_DEPTH`] and
 /// [`MAX_EXPANDED_BYTES`].
 pub fn check(text: &str) -> Result<(), YamlLimitError> {
@@ -222,6 +254,24 @@ pub fn sequence_item_positions(text: &str, key: &str) -> Vec<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_regular_file_of_bounded_size_is_read() {
+        let err = read_file(std::path::Path::new("/dev/zero")).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let err = read_file(std::path::Path::new("/")).unwrap_err();
+        assert!(err.to_string().contains("a directory"), "{err}");
+        let dir = std::env::temp_dir().join(format!("finovy-yaml-read-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big = dir.join("big.yaml");
+        std::fs::write(&big, vec![b'#'; MAX_FILE_BYTES + 1]).unwrap();
+        let err = read_file(&big).unwrap_err();
+        assert!(err.to_string().contains("larger than"), "{err}");
+        let small = dir.join("small.yaml");
+        std::fs::write(&small, "accounts: []\n").unwrap();
+        assert_eq!(read_file(&small).unwrap(), b"accounts: []\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn an_ordinary_file_passes_and_its_accounts_are_found_where_they_start() {

@@ -193,7 +193,7 @@ pub(super) fn feed(fp: &mut digest::Context, part: &[u8]) {
 }
 
 fn read_sources_into(path: &Path, fp: &mut digest::Context) -> Result<Sources, WebConfigError> {
-    let text = match std::fs::read(path) {
+    let text = match crate::yaml_limits::read_file(path) {
         Ok(bytes) => bytes,
         Err(err) => {
             feed(fp, format!("error {:?}", err.kind()).as_bytes());
