@@ -163,15 +163,17 @@ impl Upstream {
         self.lock().concurrency_limit
     }
 
-    /// Counts one login answered with `code`.
-    fn login(&self, code: &str) {
+    /// Counts one login answered with `code`: the upstream's `code`, else the
+    /// HTTP status, else `error` (`finovy_auth_requests_total`).
+    pub(crate) fn login(&self, code: &str) {
         let mut c = self.lock();
         *c.logins.entry(code.to_string()).or_default() += 1;
         c.version += 1;
     }
 
-    /// Sets (or, with `None`, removes) when the account's token expires.
-    fn set_token_expiry(&self, expiry: Option<std::time::SystemTime>) {
+    /// Sets (or, with `None`, removes) when the account's token expires
+    /// (`finovy_auth_token_expiry_timestamp_seconds`).
+    pub(crate) fn set_token_expiry(&self, expiry: Option<std::time::SystemTime>) {
         let mut c = self.lock();
         if c.token_expiry != expiry {
             c.token_expiry = expiry;
@@ -289,19 +291,6 @@ impl Telemetry {
         accounts.remove(account);
     }
 
-    /// Counts one login of `account` (`finovy_auth_requests_total`), answered
-    /// with `code`: the upstream's `code`, else the HTTP status, else `error`.
-    pub fn record_auth_request(&self, account: &str, code: &str) {
-        self.upstream(account).login(code);
-    }
-
-    /// Sets when the token `account` logged in for expires
-    /// (`finovy_auth_token_expiry_timestamp_seconds`); `None` removes the series
-    /// (the account holds no token).
-    pub fn set_auth_token_expiry(&self, account: &str, expiry: Option<std::time::SystemTime>) {
-        self.upstream(account).set_token_expiry(expiry);
-    }
-
     /// The lines of every account, or of `only`, in account order.
     pub fn account_lines(&self, only: Option<&str>) -> Vec<Arc<Lines>> {
         let accounts: Vec<Arc<Upstream>> = {
@@ -385,10 +374,11 @@ mod tests {
     fn logins_are_counted_and_a_token_expiry_is_removed_with_none_or_its_account() {
         let telemetry = Telemetry::new();
         let expiry = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
-        telemetry.record_auth_request("a", "0");
-        telemetry.record_auth_request("a", "0");
-        telemetry.record_auth_request("a", "401");
-        telemetry.set_auth_token_expiry("a", Some(expiry));
+        let a = telemetry.upstream("a");
+        a.login("0");
+        a.login("0");
+        a.login("401");
+        a.set_token_expiry(Some(expiry));
         telemetry.upstream("b").request("200", 0.1);
         let text = accounts_text(&telemetry, None);
         assert!(text.contains("# TYPE finovy_auth_requests_total counter\n"));
@@ -398,13 +388,19 @@ mod tests {
             text.contains("finovy_auth_token_expiry_timestamp_seconds{account=\"a\"} 1800000000\n")
         );
         assert!(!accounts_text(&telemetry, Some("b")).contains("finovy_auth_"));
-        telemetry.set_auth_token_expiry("a", None);
+        a.set_token_expiry(None);
         let text = accounts_text(&telemetry, None);
         assert!(!text.contains("finovy_auth_token_expiry"), "{text}");
         telemetry.remove_account("a");
         let text = accounts_text(&telemetry, None);
         assert!(!text.contains("account=\"a\""), "{text}");
         assert!(!text.contains("finovy_auth_"), "{text}");
+        // A login that ends after its account was removed counts where its
+        // session counts, not into a new entry of the removed account.
+        a.login("0");
+        a.set_token_expiry(Some(expiry));
+        let text = accounts_text(&telemetry, None);
+        assert!(!text.contains("account=\"a\""), "{text}");
     }
 
     #[test]

@@ -139,9 +139,8 @@ pub struct ApiClient {
 impl ApiClient {
     /// Builds the client for `account`. Its HTTP client (pool and root
     /// certificates) is shared with every account of the same HTTP settings
-    /// (see `shared_http`), whose pool keeps the connections that were in flight,
-    /// so `_idle_connections` no longer bounds it. Redirects are followed only
-    /// within the same origin, so the token is never sent to another host.
+    /// (see `shared_http`). Redirects are followed only within the same origin,
+    /// so the token is never sent to another host.
     pub fn new(
         account: &str,
         config: ClientConfig,
@@ -149,17 +148,26 @@ impl ApiClient {
         telemetry: Telemetry,
     ) -> Result<Self, ClientError> {
         let http = shared_http(&config)?;
-        let session = login::Session::new(account, auth, http.clone(), &config, telemetry.clone());
         let mut extra_headers = HeaderMap::new();
         for h in &config.headers {
             extra_headers.append(h.name.clone(), h.value.clone());
         }
+        // The session counts its logins where the client counts its requests.
+        let upstream = telemetry.upstream(account);
+        let session = login::Session::new(
+            account,
+            auth,
+            http.clone(),
+            &config,
+            extra_headers.clone(),
+            Arc::clone(&upstream),
+        );
         Ok(ApiClient {
             http,
             session,
             config,
             extra_headers,
-            upstream: telemetry.upstream(account),
+            upstream,
             named: StatusSet::default(),
         })
     }
