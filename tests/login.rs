@@ -462,6 +462,51 @@ async fn an_upstream_refusing_every_list_request_gets_one_login_per_hold_off_not
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_answer_with_a_huge_msg_is_kept_as_short_as_a_list_answer_s() {
+    // A login endpoint that refuses with a 60 KB `msg`: the error is logged and
+    // copied into every waiting target's last error, so it is cut as a list
+    // answer's is (200 characters).
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let body = format!(
+        "{{\"code\":1001,\"success\":false,\"msg\":\"{}\"}}",
+        "x".repeat(60_000)
+    );
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                let _ = stream.write_all(body.as_bytes()).await;
+            });
+        }
+    });
+    let dir = scratch("huge-msg");
+    let file = config_file(&dir, addr, 1, &[], "");
+    let exporter = ExporterProcess::spawn(&["--config.file", file.to_str().unwrap()], &[]);
+    let line = wait_for("the login failed", DEADLINE, || async {
+        exporter
+            .output()
+            .into_iter()
+            .find(|l| l.contains("login failed"))
+    })
+    .await;
+    assert!(line.contains(&"x".repeat(200)), "{line}");
+    assert!(
+        !line.contains(&"x".repeat(201)),
+        "{} bytes: the msg was not cut",
+        line.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_code_the_provider_does_not_document_is_counted_as_other() {
     // An upstream inventing a code per answer would otherwise add a series each.
     let accounts = accounts(1);

@@ -26,6 +26,7 @@
 //! [`Token`]s, and whatever the login endpoint answers is redacted of them
 //! before it is kept.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
@@ -34,9 +35,10 @@ use serde::Deserialize;
 use url::Url;
 
 use super::error::{snippet, FetchError, LoginError};
+use super::wire::{shorten, MSG_CHARS, TRACE_ID_CHARS};
 use crate::labels::Reason;
 use crate::secret::{Token, TokenError, TokenSource};
-use crate::telemetry::Telemetry;
+use crate::telemetry::Upstream;
 
 /// How long a failed login is not tried again (unless the secret changes): a
 /// wrong secret must not become a login per target and pass.
@@ -166,41 +168,39 @@ enum Kind {
 pub struct Session {
     account: String,
     kind: Kind,
-    telemetry: Telemetry,
+    /// The account's counts, shared with its client: a login that ends after
+    /// a reload removed the account counts into them, not into a new entry.
+    upstream: Arc<Upstream>,
 }
 
 impl Session {
     /// The session of `account`, which authenticates as `auth`; logins use
-    /// `http` with the account's timeout, retries and extra headers.
+    /// `http` with the account's timeout, retries and extra `headers`, and are
+    /// counted in `upstream`.
     pub(crate) fn new(
         account: &str,
         auth: &Auth,
         http: reqwest::Client,
         config: &super::ClientConfig,
-        telemetry: Telemetry,
+        headers: HeaderMap,
+        upstream: Arc<Upstream>,
     ) -> Self {
         let kind = match auth {
             Auth::Token { source, .. } => Kind::Static(source.clone()),
-            Auth::Login(credentials) => {
-                let mut headers = HeaderMap::new();
-                for h in &config.headers {
-                    headers.append(h.name.clone(), h.value.clone());
-                }
-                Kind::Login(Box::new(Login {
-                    credentials: credentials.clone(),
-                    http,
-                    timeout: config.timeout,
-                    max_retries: config.max_retries,
-                    headers,
-                    state: tokio::sync::Mutex::new(LoginState::default()),
-                    accepted: std::sync::Mutex::new(None),
-                }))
-            }
+            Auth::Login(credentials) => Kind::Login(Box::new(Login {
+                credentials: credentials.clone(),
+                http,
+                timeout: config.timeout,
+                max_retries: config.max_retries,
+                headers,
+                state: tokio::sync::Mutex::new(LoginState::default()),
+                accepted: std::sync::Mutex::new(None),
+            })),
         };
         Session {
             account: account.to_string(),
             kind,
-            telemetry,
+            upstream,
         }
     }
 
@@ -254,8 +254,7 @@ impl Session {
         };
         match self.log_in(login, &secret, &state.seen).await {
             Ok(issued) => {
-                self.telemetry.set_auth_token_expiry(
-                    &self.account,
+                self.upstream.set_token_expiry(
                     issued
                         .expires_at
                         .map(|at| SystemTime::now() + at.saturating_duration_since(Instant::now())),
@@ -322,7 +321,7 @@ impl Session {
             return;
         }
         state.issued = None;
-        self.telemetry.set_auth_token_expiry(&self.account, None);
+        self.upstream.set_token_expiry(None);
         let was_accepted = login
             .accepted
             .lock()
@@ -366,7 +365,7 @@ impl Session {
         let mut attempt = 0;
         loop {
             let (code, result) = login.attempt(secret, seen).await;
-            self.telemetry.record_auth_request(&self.account, &code);
+            self.upstream.login(&code);
             let (error, retry_after) = match result {
                 Ok(issued) => return Ok(issued),
                 Err(failed) => failed,
@@ -456,10 +455,13 @@ impl Login {
             Some(_) if status.is_success() => crate::labels::OTHER.to_string(),
             _ => status.as_str().to_string(),
         };
+        // Kept as short as a list answer's (redacted first: a cut token would
+        // not be recognised): the error is logged and copied into every
+        // waiting target's last error.
         let msg = answer
             .as_ref()
             .and_then(|a| a.msg.as_deref())
-            .map(&redact)
+            .map(|m| shorten(&redact(m), MSG_CHARS))
             .unwrap_or_default();
         let trace_id = answer
             .as_ref()
@@ -467,7 +469,8 @@ impl Login {
             .map(|t| match t {
                 serde_json::Value::String(s) => redact(s),
                 other => redact(&other.to_string()),
-            });
+            })
+            .map(|t| shorten(&t, TRACE_ID_CHARS));
         let fail = |reason: Reason, transient: bool, message: String| {
             let mut error = self.error(
                 Some(status.as_u16()),

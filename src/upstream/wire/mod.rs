@@ -309,7 +309,7 @@ fn decode_naming(
 impl<D> Envelope<'_, D> {
     /// The API error the envelope reports, if any; otherwise its `traceId`.
     fn check(&self) -> Result<Option<String>, WireError> {
-        let trace_id = self.trace_id.and_then(|raw| text_of(raw, 128));
+        let trace_id = self.trace_id.and_then(|raw| text_of(raw, TRACE_ID_CHARS));
         let code = match self.code {
             Some(raw) => Some(
                 integer(&json(raw))
@@ -333,7 +333,7 @@ impl<D> Envelope<'_, D> {
                 code: code.unwrap_or(0),
                 msg: self
                     .msg
-                    .and_then(|raw| text_of(raw, 200))
+                    .and_then(|raw| text_of(raw, MSG_CHARS))
                     .unwrap_or_default(),
                 trace_id,
             });
@@ -561,8 +561,15 @@ fn id_hash(value: &Json<'_>) -> Option<u64> {
     Some(hasher.finish())
 }
 
+/// Characters of an answer's `msg` kept: it is logged, and copied into the last
+/// error of every target that failed with it.
+pub(crate) const MSG_CHARS: usize = 200;
+
+/// Characters of an answer's `traceId` kept.
+pub(crate) const TRACE_ID_CHARS: usize = 128;
+
 /// At most `max_chars` of `s`, without control characters (the text goes to logs).
-fn shorten(s: &str, max_chars: usize) -> String {
+pub(crate) fn shorten(s: &str, max_chars: usize) -> String {
     s.chars()
         .filter(|c| !c.is_control())
         .take(max_chars)
