@@ -199,20 +199,6 @@ impl Exporter {
                 }
             }),
         );
-        let reload_queue = ReloadQueue::new();
-        let routes = Arc::new(
-            Routes::new(
-                Arc::clone(&state),
-                telemetry,
-                Arc::clone(&liveness),
-                config.telemetry_path.clone(),
-                config.max_requests as usize,
-            )
-            .with_overview(overview)
-            .with_accounts(names)
-            .with_lifecycle(reload_queue.clone(), config.enable_lifecycle)
-            .with_prefixes(config.route_prefix(), config.link_prefix()),
-        );
         let mut server = if config.systemd_socket {
             Server::from_systemd().map_err(StartError::SystemdSocket)?
         } else {
@@ -226,11 +212,24 @@ impl Exporter {
                 .iter()
                 .map(|a| a.concurrency as usize)
                 .sum::<usize>();
-        server = server.with_max_connections(connection_cap(
-            config.max_connections as usize,
-            descriptor_limit,
-            reserved,
-        ));
+        let cap = connection_cap(config.max_connections as usize, descriptor_limit, reserved);
+        server = server.with_max_connections(cap);
+        // Reload requests that wait hold connections no one may close to make
+        // room: at most half of them, so that probes and scrapes always fit.
+        let reload_queue = ReloadQueue::new((cap / 2).clamp(1, MAX_RELOAD_WAITERS));
+        let routes = Arc::new(
+            Routes::new(
+                Arc::clone(&state),
+                telemetry,
+                Arc::clone(&liveness),
+                config.telemetry_path.clone(),
+                config.max_requests as usize,
+            )
+            .with_overview(overview)
+            .with_accounts(names)
+            .with_lifecycle(reload_queue.clone(), config.enable_lifecycle)
+            .with_prefixes(config.route_prefix(), config.link_prefix()),
+        );
         if let Some(watcher) = &web_config {
             server = server.with_web_config(watcher.handle());
         }
@@ -357,6 +356,11 @@ fn raise_descriptor_limit() -> Option<u64> {
         }
     }
 }
+
+/// Reload requests waiting at once at most (fewer under a small connection
+/// cap): a client or two reload the configuration, and beyond this many, one is
+/// answered at once (202) instead of held (see [`crate::reloads`]).
+const MAX_RELOAD_WAITERS: usize = 64;
 
 /// The connections held at most: `--web.max-connections`, or fewer when the
 /// descriptor limit cannot hold that many beside the `reserved` ones (the

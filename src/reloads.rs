@@ -10,10 +10,18 @@
 //! answered by the next one, and the worker never holds more than one blocking
 //! thread.
 //!
+//! A waiting request holds its connection, and a connection that has a request
+//! in flight is never the one closed to make room for a new one: hundreds of
+//! clients looping on `POST /-/reload` would hold every connection the server
+//! allows, and a `/healthz` probe would be closed unanswered. So at most a
+//! bounded number of requests wait (see [`ReloadQueue::new`]); beyond, a
+//! request still asks for the reload but is answered at once ([`Answer::Queued`]).
+//!
 //! What must stay true: a request is answered by a reload that *started after*
-//! it was made (so it sees the file as it was when asked), and a waiter never
-//! waits past shutdown.
+//! it was made (so it sees the file as it was when asked), or told at once that
+//! such a reload will run; and a waiter never waits past shutdown.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::{watch, Notify};
@@ -26,14 +34,16 @@ pub type Outcome = Arc<Result<Reloaded, String>>;
 
 /// The handle on the queue: cheap to clone, shared by the signal handler, the
 /// HTTP handler and the worker.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ReloadQueue {
     inner: Arc<Inner>,
 }
 
-#[derive(Default)]
 struct Inner {
     counters: Mutex<Counters>,
+    /// The requests waiting for an outcome now, and how many may.
+    waiting: AtomicUsize,
+    max_waiting: usize,
     /// Holds at most one wake-up: requests made while the worker is busy fold
     /// into it.
     wake: Notify,
@@ -66,12 +76,34 @@ pub enum Answer {
     Done(Outcome),
     /// The exporter stopped before such a reload finished.
     ShuttingDown,
+    /// The reload is asked for, but `waiting` requests already wait for it:
+    /// this one is not held.
+    Queued { waiting: usize },
+}
+
+/// Releases a waiter's place however its wait ends (an answer, shutdown, or the
+/// client going away, which drops the future).
+struct Place<'a>(&'a AtomicUsize);
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl ReloadQueue {
-    /// An empty queue; reloads run once [`ReloadQueue::run`] runs.
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty queue on which at most `max_waiting` requests wait at once;
+    /// reloads run once [`ReloadQueue::run`] runs.
+    pub fn new(max_waiting: usize) -> Self {
+        ReloadQueue {
+            inner: Arc::new(Inner {
+                counters: Mutex::default(),
+                waiting: AtomicUsize::new(0),
+                max_waiting,
+                wake: Notify::new(),
+                done: watch::Sender::default(),
+            }),
+        }
     }
 
     /// Asks for a reload and returns at once with the number of the reload that
@@ -87,9 +119,16 @@ impl ReloadQueue {
         ticket
     }
 
-    /// Asks for a reload and waits for its outcome (or for shutdown). Waiting
-    /// holds nothing but this future.
+    /// Asks for a reload and waits for its outcome (or for shutdown), unless
+    /// the most requests that may wait already do. Waiting holds nothing but
+    /// this future (and the caller's connection).
     pub async fn request_and_wait(&self) -> Answer {
+        let waiting = self.inner.waiting.fetch_add(1, Ordering::Relaxed);
+        let _place = Place(&self.inner.waiting);
+        if waiting >= self.inner.max_waiting {
+            self.request();
+            return Answer::Queued { waiting };
+        }
         let mut done = self.inner.done.subscribe();
         let ticket = self.request();
         // A later reload than the one asked for also started after the request,
@@ -164,5 +203,72 @@ impl ReloadQueue {
             .counters
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Requests made while no reload can run (no worker) wait, up to the bound;
+    /// the next one is answered at once, still asks for the reload, and its
+    /// place is not taken; a waiter that goes away gives its place back.
+    #[tokio::test]
+    async fn beyond_the_bound_a_request_is_answered_at_once_and_still_asks_for_the_reload() {
+        let queue = ReloadQueue::new(3);
+        let mut waiters = Vec::new();
+        for _ in 0..3 {
+            let queue = queue.clone();
+            waiters.push(tokio::spawn(async move { queue.request_and_wait().await }));
+        }
+        // Every waiter has taken its place once the fourth request is turned away.
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while queue.inner.waiting.load(Ordering::Relaxed) < 3 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the waiters never waited"
+            );
+            tokio::task::yield_now().await;
+        }
+        // As the worker does when the reload they asked for starts: a request
+        // from now on asks for the next one.
+        queue.lock().started = 1;
+        match queue.request_and_wait().await {
+            Answer::Queued { waiting } => assert_eq!(waiting, 3),
+            other => panic!("the fourth request waited: {other:?}"),
+        }
+        assert_eq!(queue.lock().wanted, 2, "the next reload is asked for");
+        assert_eq!(queue.inner.waiting.load(Ordering::Relaxed), 3);
+        assert!(
+            waiters.iter().all(|w| !w.is_finished()),
+            "the three still wait"
+        );
+
+        // One waiter goes away: a new request waits in its place.
+        waiters.pop().unwrap().abort();
+        while queue.inner.waiting.load(Ordering::Relaxed) > 2 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the place was not given back"
+            );
+            tokio::task::yield_now().await;
+        }
+        let late = tokio::spawn({
+            let queue = queue.clone();
+            async move { queue.request_and_wait().await }
+        });
+        // Shutdown answers every waiter, the late one included.
+        while queue.inner.waiting.load(Ordering::Relaxed) < 3 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the late request never waited"
+            );
+            tokio::task::yield_now().await;
+        }
+        queue.close();
+        for waiter in waiters.into_iter().chain([late]) {
+            assert!(matches!(waiter.await.unwrap(), Answer::ShuttingDown));
+        }
+        assert_eq!(queue.inner.waiting.load(Ordering::Relaxed), 0);
     }
 }

@@ -335,7 +335,8 @@ impl Routes {
     /// `POST /-/reload`: answers once a reload that started after the request
     /// has checked the configuration, with 200 when it was handed to the
     /// scheduler, 500 and its problems, or 503 when the exporter is stopping.
-    /// Requests made while a reload runs share the next one.
+    /// Requests made while a reload runs share the next one; when too many
+    /// already wait, 202 at once (the reload still runs).
     async fn reload(&self, method: &Method) -> Response<Body> {
         if method != Method::POST {
             let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "only POST reloads\n");
@@ -355,6 +356,14 @@ impl Routes {
                 return text(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the exporter is shutting down; nothing was reloaded\n",
+                )
+            }
+            Answer::Queued { waiting } => {
+                return text(
+                    StatusCode::ACCEPTED,
+                    &format!(
+                        "a reload will run; {waiting} requests already wait for it, so this one does not: its outcome is finovy_config_last_reload_successful\n"
+                    ),
                 )
             }
         };
