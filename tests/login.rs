@@ -7,6 +7,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -56,13 +57,7 @@ fn simulator(accounts: &[(SimAccount, Vec<SimImage>)], style: AuthStyle) -> Simu
 
 /// A `--config.file` where each account logs in with its uuid and a secret
 /// file (`wrong` names the accounts given a wrong secret).
-fn config_file(
-    dir: &Path,
-    addr: std::net::SocketAddr,
-    n: usize,
-    wrong: &[usize],
-    extra: &str,
-) -> PathBuf {
+fn config_file(dir: &Path, addr: SocketAddr, n: usize, wrong: &[usize], extra: &str) -> PathBuf {
     let mut text = format!(
         "defaults:\n  api: {{url: http://{addr}, max_retries: 6}}\n  refresh: {{interval: 1s}}\naccounts:\n"
     );
@@ -461,49 +456,104 @@ async fn an_upstream_refusing_every_list_request_gets_one_login_per_hold_off_not
     assert_eq!(warned, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_login_answer_with_a_huge_msg_is_kept_as_short_as_a_list_answer_s() {
-    // A login endpoint that refuses with a 60 KB `msg`: the error is logged and
-    // copied into every waiting target's last error, so it is cut as a list
-    // answer's is (200 characters).
+/// A login endpoint that answers every request with `status` and `body`, with
+/// a `Content-Length` or, without one, chunked (so that only reading tells its
+/// size).
+async fn raw_login_endpoint(status: &'static str, body: String, sized: bool) -> SocketAddr {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let body = format!(
-        "{{\"code\":1001,\"success\":false,\"msg\":\"{}\"}}",
-        "x".repeat(60_000)
-    );
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             let body = body.clone();
             tokio::spawn(async move {
                 let mut request = [0u8; 4096];
                 let _ = stream.read(&mut request).await;
+                let framing = match sized {
+                    true => format!("content-length: {}", body.len()),
+                    false => "transfer-encoding: chunked".to_string(),
+                };
                 let head = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                    body.len()
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{framing}\r\nconnection: close\r\n\r\n"
                 );
                 let _ = stream.write_all(head.as_bytes()).await;
-                let _ = stream.write_all(body.as_bytes()).await;
+                if sized {
+                    let _ = stream.write_all(body.as_bytes()).await;
+                } else {
+                    for piece in body.as_bytes().chunks(8 * 1024) {
+                        let chunk = format!("{:x}\r\n", piece.len());
+                        let _ = stream.write_all(chunk.as_bytes()).await;
+                        let _ = stream.write_all(piece).await;
+                        let _ = stream.write_all(b"\r\n").await;
+                    }
+                    let _ = stream.write_all(b"0\r\n\r\n").await;
+                }
             });
         }
     });
-    let dir = scratch("huge-msg");
+    addr
+}
+
+/// Starts an exporter whose one account logs in at `addr` and returns its
+/// first `login failed` log line.
+async fn first_login_failure(name: &str, addr: SocketAddr) -> String {
+    let dir = scratch(name);
     let file = config_file(&dir, addr, 1, &[], "");
     let exporter = ExporterProcess::spawn(&["--config.file", file.to_str().unwrap()], &[]);
-    let line = wait_for("the login failed", DEADLINE, || async {
+    wait_for("the login failed", DEADLINE, || async {
         exporter
             .output()
             .into_iter()
             .find(|l| l.contains("login failed"))
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_answer_with_a_huge_msg_is_kept_as_short_as_a_list_answer_s() {
+    // A login endpoint that refuses with a 60 KB `msg`: the error is logged and
+    // copied into every waiting target's last error, so it is cut as a list
+    // answer's is (200 characters).
+    let body = format!(
+        "{{\"code\":1001,\"success\":false,\"msg\":\"{}\"}}",
+        "x".repeat(60_000)
+    );
+    let addr = raw_login_endpoint("200 OK", body, true).await;
+    let line = first_login_failure("huge-msg", addr).await;
     assert!(line.contains(&"x".repeat(200)), "{line}");
     assert!(
         !line.contains(&"x".repeat(201)),
         "{} bytes: the msg was not cut",
         line.len()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_answer_over_64_kib_is_refused_by_its_size_announced_or_not() {
+    // The provider's answer is a few hundred bytes; 100 KB is not read whole,
+    // whether the size is announced (Content-Length) or only found by reading
+    // (chunked), nor kept as the text of an error page.
+    let envelope = format!(
+        "{{\"code\":0,\"success\":true,\"msg\":\"{}\",\"data\":{{\"token\":\"t\",\"effectiveTime\":1800000}}}}",
+        "y".repeat(100_000)
+    );
+    for (case, status, body, sized) in [
+        ("sized", "200 OK", envelope.clone(), true),
+        ("chunked", "200 OK", envelope.clone(), false),
+        ("error page", "404 Not Found", "z".repeat(100_000), false),
+    ] {
+        let addr = raw_login_endpoint(status, body, sized).await;
+        let line =
+            first_login_failure(&format!("huge-login-{}", case.replace(' ', "-")), addr).await;
+        assert!(
+            line.contains("answer larger than 65536 bytes"),
+            "{case}: {line}"
+        );
+        assert!(
+            !line.contains(&"y".repeat(201)) && !line.contains(&"z".repeat(201)),
+            "{case}: {line}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

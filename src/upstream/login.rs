@@ -59,6 +59,10 @@ const MIN_RENEWAL: Duration = Duration::from_secs(1);
 /// older one than the one a request carried.
 const REMEMBERED_TOKENS: usize = 4;
 
+/// The largest login answer read: the provider's is a few hundred bytes, and an
+/// upstream must not make the exporter hold more.
+const LOGIN_ANSWER_BYTES: usize = 64 * 1024;
+
 /// An account's credentials: who it logs in as, with which secret, where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credentials {
@@ -414,33 +418,22 @@ impl Login {
         };
         let status = response.status();
         let retry_after = super::retry_after(response.headers());
-        let mut raw = Vec::new();
-        let limit = 64 * 1024;
-        let mut too_large = false;
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    if raw.len() + chunk.len() > limit {
-                        too_large = true;
-                        break;
-                    }
-                    raw.extend_from_slice(&chunk);
-                }
-                Ok(None) => break,
-                Err(err) => {
-                    let err = super::transport_error(err, self.timeout);
-                    let mut error = self.error(
-                        Some(status.as_u16()),
-                        None,
-                        err.reason(),
-                        err.to_string(),
-                        None,
-                    );
-                    error.transient = err.retryable();
-                    return (status.as_str().to_string(), Err((Box::new(error), None)));
-                }
+        let (raw, too_large) = match super::read_bounded(&mut response, LOGIN_ANSWER_BYTES).await {
+            Ok(Some(body)) => (body, false),
+            Ok(None) => (Default::default(), true),
+            Err(err) => {
+                let err = super::transport_error(err, self.timeout);
+                let mut error = self.error(
+                    Some(status.as_u16()),
+                    None,
+                    err.reason(),
+                    err.to_string(),
+                    None,
+                );
+                error.transient = err.retryable();
+                return (status.as_str().to_string(), Err((Box::new(error), None)));
             }
-        }
+        };
         let answer: Option<LoginAnswer> = serde_json::from_slice(&raw).ok();
         let api_code = answer
             .as_ref()
@@ -491,22 +484,19 @@ impl Login {
                 fail(Reason::Http, true, format!("HTTP status {status}")),
             );
         }
+        let too_large_text = || format!("answer larger than {LOGIN_ANSWER_BYTES} bytes");
         if !status.is_success() {
-            let text = snippet(&raw, &hidden).unwrap_or_default();
+            let text = match too_large {
+                true => too_large_text(),
+                false => snippet(&raw, &hidden).unwrap_or_default(),
+            };
             return (
                 label,
                 fail(Reason::Http, false, non_empty(text, "no answer body")),
             );
         }
         if too_large {
-            return (
-                label,
-                fail(
-                    Reason::Decode,
-                    false,
-                    format!("answer larger than {limit} bytes"),
-                ),
-            );
+            return (label, fail(Reason::Decode, false, too_large_text()));
         }
         let Some(answer) = answer else {
             let text = snippet(&raw, &hidden).unwrap_or_default();

@@ -348,26 +348,13 @@ impl ApiClient {
             });
         }
         let limit = self.config.max_body_bytes();
-        if response
-            .content_length()
-            .is_some_and(|len| len > limit as u64)
-        {
-            return Err(FetchError::TooLarge { limit });
-        }
-        // Sized once from Content-Length (already checked against the limit).
-        let expected = response.content_length().unwrap_or(16 * 1024) as usize;
-        let mut body = BytesMut::with_capacity(expected);
-        while let Some(chunk) = response
-            .chunk()
+        match read_bounded(&mut response, limit)
             .await
             .map_err(|e| self.transport_error(e))?
         {
-            if body.len() + chunk.len() > limit {
-                return Err(FetchError::TooLarge { limit });
-            }
-            body.extend_from_slice(&chunk);
+            Some(body) => Ok((status, body)),
+            None => Err(FetchError::TooLarge { limit }),
         }
-        Ok((status, body))
     }
 
     fn transport_error(&self, err: reqwest::Error) -> FetchError {
@@ -398,6 +385,31 @@ fn transport_error(err: reqwest::Error, timeout: Duration) -> FetchError {
     } else {
         FetchError::Connect(msg)
     }
+}
+
+/// An answer's whole body, or `None` as soon as it is known to be larger than
+/// `limit` bytes (from `Content-Length`, or while reading): an upstream cannot
+/// make the exporter hold more than `limit` bytes of one answer.
+async fn read_bounded(
+    response: &mut reqwest::Response,
+    limit: usize,
+) -> Result<Option<BytesMut>, reqwest::Error> {
+    if response
+        .content_length()
+        .is_some_and(|len| len > limit as u64)
+    {
+        return Ok(None);
+    }
+    // Sized once from Content-Length (already checked against the limit).
+    let expected = response.content_length().unwrap_or(16 * 1024) as usize;
+    let mut body = BytesMut::with_capacity(expected.min(limit));
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > limit {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 /// Up to `limit` bytes of an answer's body; whatever breaks while reading just
