@@ -252,8 +252,10 @@ async fn a_reload_adds_removes_and_changes_accounts_and_keeps_unchanged_targets_
     ] {
         write(&dir.join(format!("{name}.token")), token);
     }
+    // An interval long enough for the reload below (building the changed and
+    // new accounts' clients, on a busy machine) to end before keep/HZ's next pass.
     let head = format!(
-        "defaults:\n  api: {{url: 'http://{}'}}\n  refresh: {{interval: 4s}}\naccounts:\n  - {{name: keep, token_file: k.token, datacenters: [HZ, SH]}}\n",
+        "defaults:\n  api: {{url: 'http://{}'}}\n  refresh: {{interval: 8s}}\naccounts:\n  - {{name: keep, token_file: k.token, datacenters: [HZ, SH]}}\n",
         upstream.addr
     );
     let config = dir.join("config.yaml");
@@ -426,10 +428,15 @@ async fn sighup_reloads_the_file_and_reload_is_forbidden_without_the_lifecycle_f
         Some(1.0),
         "the running configuration stays"
     );
-    assert!(process
-        .output()
-        .iter()
-        .any(|l| l.contains("cannot reload --config.file") && l.contains("config.yaml:6:")));
+    // The gauge is set just before the line is logged: wait for the line too.
+    wait_for("the failed reload logged", DEADLINE, || async {
+        process
+            .output()
+            .iter()
+            .any(|l| l.contains("cannot reload --config.file") && l.contains("config.yaml:6:"))
+            .then_some(())
+    })
+    .await;
     assert!(process.child.id() > 0, "still running");
 }
 

@@ -205,9 +205,9 @@ async fn fifty_clients_sending_wrong_passwords_do_not_delay_another_users_first_
         sent.load(Ordering::Relaxed)
     );
     // Prometheus gives up on a scrape after 10 s by default; a login that
-    // waited behind the flood took 12.5 s.
+    // waited behind the flood took 12.5 s. (Idle, it waits well under a second.)
     assert!(
-        waited < Duration::from_secs(5),
+        waited < Duration::from_secs(8),
         "the valid login waited {waited:?}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
@@ -234,24 +234,24 @@ async fn timing_a_wrong_password_does_not_tell_an_unknown_name_from_the_costlies
     assert_eq!(auth.last_bcrypt_cost(), 11);
     assert!(!auth.verify(Some(&attempt("cheap"))).await);
     assert_eq!(auth.last_bcrypt_cost(), 6);
-    // The time taken, the best of three each, agrees within a generous ratio
-    // (2^11 rounds against 2^11; a cost-6 check is 32 times shorter).
-    let best = |user: &'static str| {
-        let attempt = attempt(user);
+    // The time taken, the best of five each, agrees within a generous ratio
+    // (2^11 rounds against 2^11; a cost-6 check is 32 times shorter). The two
+    // are timed in turn, so that a burst of load on the machine falls on both.
+    let time = |attempt: HeaderValue| {
+        let auth = &auth;
         async move {
-            let mut best = Duration::MAX;
-            for _ in 0..3 {
-                let started = std::time::Instant::now();
-                assert!(!auth.verify(Some(&attempt)).await);
-                best = best.min(started.elapsed());
-            }
-            best
+            let started = std::time::Instant::now();
+            assert!(!auth.verify(Some(&attempt)).await);
+            started.elapsed()
         }
     };
-    let unknown = best("nobody").await;
-    let known = best("costly").await;
+    let (mut unknown, mut known) = (Duration::MAX, Duration::MAX);
+    for _ in 0..5 {
+        unknown = unknown.min(time(attempt("nobody")).await);
+        known = known.min(time(attempt("costly")).await);
+    }
     let ratio = unknown.as_secs_f64() / known.as_secs_f64();
-    eprintln!("wrong password, best of three: unknown name {unknown:?}, costliest user {known:?}");
+    eprintln!("wrong password, best of five: unknown name {unknown:?}, costliest user {known:?}");
     assert!(
         (0.33..3.0).contains(&ratio),
         "unknown {unknown:?} against known {known:?}"

@@ -273,11 +273,24 @@ async fn twenty_clients_that_never_read_a_large_body_share_it_and_are_cut_off() 
     .await;
     assert!(length > 4_000_000, "a body of {length} bytes is not large");
     let base_rss = rss(pid);
-    let base_sockets = sockets(pid);
+    // The scrape's connection closes after its answer; on a busy machine the
+    // exporter may still hold it, so the base is taken once the count holds.
+    let base_sockets = wait_for("the socket count to settle", DEADLINE, || async {
+        let before = sockets(pid);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        (sockets(pid) == before).then_some(before)
+    })
+    .await;
 
     let readers: Vec<(TcpStream, usize, usize)> = (0..20).map(|_| stalled_reader(addr)).collect();
     for (_, l, _) in &readers {
-        assert_eq!(*l, length, "every reader gets the same body");
+        // The cached body, or (past the cache's second, on a slow machine) the
+        // one made again in its place: the same series, the same size give or
+        // take the digits of a few values.
+        assert!(
+            l.abs_diff(length) < 1024,
+            "a reader got a body of {l} bytes, not about {length}"
+        );
     }
     assert!(sockets(pid) >= base_sockets + 20);
     let (status, _) = common::get(&format!("http://{addr}/healthz")).await;

@@ -1055,10 +1055,11 @@ async fn rate_limit_answers_429_beyond_the_burst() {
 // ---------------------------------------------------------------------------
 // TestConfigReloading: a file that refuses the client, then one that lets it
 // in, without a restart. The poll is an hour here, so only the file
-// notification can make the change effective within the second allowed.
+// notification can make the change effective before the deadline (ten seconds,
+// for a busy machine; it takes a fraction of one).
 
 #[tokio::test]
-async fn config_reloading_takes_effect_within_a_second() {
+async fn config_reloading_takes_effect_on_the_file_notification() {
     let blocking = tls("  client_auth_type: RequireAndVerifyClientCert\n");
     let dir = Scratch::new("reload");
     let path = dir.write("web.yml", &blocking);
@@ -1069,7 +1070,7 @@ async fn config_reloading_takes_effect_within_a_second() {
     let tmp = dir.join(".web.yml.new");
     std::fs::write(&tmp, verify_if_given("")).unwrap();
     std::fs::rename(&tmp, &path).unwrap();
-    wait_for("the new file in force", Duration::from_secs(1), || async {
+    wait_for("the new file in force", Duration::from_secs(10), || async {
         Client::tls()
             .get(served.addr)
             .await

@@ -125,10 +125,13 @@ impl ExporterProcess {
                     .lines()
                     .map_while(Result::ok)
                 {
-                    if let Some(addr) = listening_address(&line) {
+                    // The line is kept before its address is handed over, so
+                    // that the output holds it once the process is listening.
+                    let addr = listening_address(&line);
+                    output.lock().unwrap().push(line);
+                    if let Some(addr) = addr {
                         let _ = tx.send(addr);
                     }
-                    output.lock().unwrap().push(line);
                 }
             });
         }
