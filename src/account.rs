@@ -834,6 +834,15 @@ filters: {image_type: Linux, image_name: web, status: available}
     }
 
     #[test]
+    fn a_pass_deadline_is_ten_intervals_and_never_below_five_minutes() {
+        let default = |secs| RefreshSettings::default_timeout(Duration::from_secs(secs)).as_secs();
+        assert_eq!(default(1), 300, "the floor");
+        assert_eq!(default(30), 300);
+        assert_eq!(default(60), 600, "ten intervals");
+        assert_eq!(default(3600), 36_000);
+    }
+
+    #[test]
     fn the_shard_hash_is_stable() {
         // FNV-1a's published values: every replica, version and platform agrees.
         assert_eq!(stable_hash(""), 0xcbf2_9ce4_8422_2325);

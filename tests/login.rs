@@ -172,6 +172,20 @@ async fn two_second_tokens_over_twenty_seconds_never_fail_a_pass_and_cost_one_or
     let observed = started.elapsed().as_secs_f64();
     let after = upstream.sim.logins();
     let lifetimes = observed / lifetime.as_secs_f64();
+    // Renewed before expiry, not after a refusal: a list request the simulator
+    // refused (its token expired) is rare; renewing only when refused would
+    // make one per login after the first.
+    let requests = upstream.sim.requests();
+    let refused = requests.iter().filter(|r| r.account.is_none()).count();
+    let logins: u64 = after.values().sum::<u64>() - before.values().sum::<u64>();
+    eprintln!(
+        "{refused} of {} list requests refused; {logins} logins",
+        requests.len()
+    );
+    assert!(
+        refused * 4 < logins as usize,
+        "{refused} list requests refused for {logins} logins: renewed only when refused"
+    );
     for (i, (_, images)) in accounts.iter().enumerate() {
         let name = format!("acct{i}");
         let logins = (after[&name] - before[&name]) as f64;
@@ -639,6 +653,88 @@ async fn code_1001_on_a_page_or_at_login_fails_with_auth() {
         log.contains("no permission for this API").then_some(())
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn code_1007_and_an_undocumented_code_fail_with_api_at_once_and_1007_points_at_api_param() {
+    // Neither is worth a retry (the request itself is wrong, or the code is
+    // unknown), though the account allows six.
+    let n = 1;
+    let accounts = accounts(n);
+    let sim = simulator(&accounts, AuthStyle::Body);
+    sim.set_faults(Faults {
+        rules: vec![
+            FaultRule::always(FaultAction::ApiError {
+                code: 1007,
+                msg: "参数错误".into(),
+            })
+            .datacenter("HZ"),
+            FaultRule::always(FaultAction::ApiError {
+                code: 1003,
+                msg: "unknown".into(),
+            })
+            .datacenter("SH"),
+        ],
+        ..Faults::default()
+    });
+    let upstream = LoopbackSim::start(sim).await;
+    let dir = scratch("1007");
+    let file = config_file(&dir, upstream.addr, n, &[], "");
+    let exporter = ExporterProcess::spawn(&["--config.file", file.to_str().unwrap()], &[]);
+    let failed = |m: &BTreeMap<String, f64>, dc: &str| {
+        m.get(&format!(
+            "finovy_refresh_failures_total{{account=\"acct0\",datacenter_key=\"{dc}\",reason=\"api\"}}"
+        ))
+        .copied()
+        .unwrap_or(0.0)
+    };
+    wait_for(
+        "HZ and SH failed with api three times",
+        DEADLINE,
+        || async {
+            let m = scrape(&exporter).await;
+            (failed(&m, "HZ") >= 3.0 && failed(&m, "SH") >= 3.0).then_some(())
+        },
+    )
+    .await;
+    // The tries first, then the failures: a pass in between adds one of each.
+    let tries = |dc: &str| {
+        upstream
+            .sim
+            .requests()
+            .iter()
+            .filter(|r| r.datacenter().as_deref() == Some(dc))
+            .count() as f64
+    };
+    let (hz, sh) = (tries("HZ"), tries("SH"));
+    let m = scrape(&exporter).await;
+    assert!(
+        hz <= failed(&m, "HZ") + 1.0,
+        "HZ: {hz} tries for {} failures",
+        failed(&m, "HZ")
+    );
+    assert!(
+        sh <= failed(&m, "SH") + 1.0,
+        "SH: {sh} tries for {} failures",
+        failed(&m, "SH")
+    );
+    assert_eq!(failures(&m, "auth") + failures(&m, "http"), 0.0);
+    assert_eq!(
+        m.get("finovy_up{account=\"acct0\",datacenter_key=\"HK\"}"),
+        Some(&1.0),
+        "HK is answered"
+    );
+    let line = wait_for("the 1007 failure logged", DEADLINE, || async {
+        exporter
+            .output()
+            .into_iter()
+            .find(|l| l.contains("refresh failed") && l.contains("1007"))
+    })
+    .await;
+    assert!(
+        line.contains("--api.param"),
+        "the hint of 1007 is missing: {line}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
