@@ -18,6 +18,7 @@ use crate::config_file::{ConfigFileError, Reloader};
 use crate::refresh::{Limits, Liveness, Scheduler};
 use crate::reloads::ReloadQueue;
 use crate::routes::Routes;
+use crate::routes::Setting;
 use crate::secret::{Token, TokenSource};
 use crate::server::Server;
 use crate::settings::{join_path, Origin, DEFAULT_AUTH_PATH};
@@ -397,7 +398,7 @@ fn effective_configuration(
     shard: Shard,
     accounts: &[Account],
 ) -> crate::routes::Overview {
-    let mut settings: Vec<(String, String)> = Vec::new();
+    let mut settings: Vec<Setting> = Vec::new();
     // Every account in the log; the first MAX_ACCOUNTS_SHOWN on the landing page.
     for (i, account) in accounts.iter().enumerate() {
         let a = describe_account(account);
@@ -420,20 +421,21 @@ fn effective_configuration(
         } else {
             format!("; filters {}", a.filters)
         };
-        settings.push((
-            format!("Account {}", account.name),
-            format!(
+        settings.push(Setting {
+            name: format!("Account {}", account.name),
+            value: format!(
                 "{}; datacenters {}; every {}; {}{filters}",
                 a.upstream,
                 a.datacenters,
                 humantime::format_duration(account.refresh.interval),
                 a.auth,
             ),
-        ));
+            logs_in: matches!(account.auth, Auth::Login(_)).then(|| account.name.clone()),
+        });
     }
     if accounts.len() > MAX_ACCOUNTS_SHOWN {
-        settings.push((
-            "More accounts".into(),
+        settings.push(Setting::new(
+            "More accounts",
             format!(
                 "{} more (the start-up log lists every one)",
                 accounts.len() - MAX_ACCOUNTS_SHOWN
@@ -473,13 +475,13 @@ fn effective_configuration(
         shard = %shard_text,
         "configuration"
     );
-    settings.push(("Configuration".into(), source));
-    settings.push(("Proxy".into(), proxy));
-    settings.push((
-        "Demo mode".into(),
-        if config.demo { "on" } else { "off" }.to_string(),
+    settings.push(Setting::new("Configuration", source));
+    settings.push(Setting::new("Proxy", proxy));
+    settings.push(Setting::new(
+        "Demo mode",
+        if config.demo { "on" } else { "off" },
     ));
-    settings.push(("Shard".into(), shard_text));
+    settings.push(Setting::new("Shard", shard_text));
     crate::routes::Overview {
         demo: config.demo,
         settings,

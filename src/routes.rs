@@ -130,8 +130,29 @@ impl MetricsCache {
 pub struct Overview {
     /// `--demo`: the data comes from the built-in simulator.
     pub demo: bool,
-    /// Setting name and effective value, in the order shown.
-    pub settings: Vec<(String, String)>,
+    /// The rows, in the order shown.
+    pub settings: Vec<Setting>,
+}
+
+/// A row of the overview: a setting's name and effective value.
+#[derive(Debug, Clone)]
+pub struct Setting {
+    pub name: String,
+    pub value: String,
+    /// The account, when the row is one that logs in: the row ends with when
+    /// its token expires, as it is at each request.
+    pub logs_in: Option<String>,
+}
+
+impl Setting {
+    /// A row whose value is all there is to show.
+    pub fn new(name: impl Into<String>, value: impl Into<String>) -> Self {
+        Setting {
+            name: name.into(),
+            value: value.into(),
+            logs_in: None,
+        }
+    }
 }
 
 /// The landing page's overview, shared with the reloads that replace it.
@@ -144,6 +165,8 @@ pub struct Routes {
     liveness: Arc<Liveness>,
     telemetry_path: String,
     limiter: Arc<Semaphore>,
+    /// Read for the token expiry of the accounts that log in.
+    telemetry: Telemetry,
     overview: SharedOverview,
     accounts: Arc<AccountNames>,
     reloads: Option<ReloadQueue>,
@@ -164,7 +187,8 @@ impl Routes {
         max_requests: usize,
     ) -> Self {
         Routes {
-            metrics: MetricsCache::new(Arc::clone(&state), telemetry),
+            metrics: MetricsCache::new(Arc::clone(&state), telemetry.clone()),
+            telemetry,
             state,
             liveness,
             telemetry_path,
@@ -513,12 +537,20 @@ impl Routes {
             ""
         };
         let mut settings = String::new();
-        for (name, value) in &overview.settings {
+        for row in &overview.settings {
+            let token = match &row.logs_in {
+                None => String::new(),
+                Some(account) => match self.telemetry.token_expiry(account) {
+                    Some(at) => format!(", token valid until {}", rfc3339(at)),
+                    None => ", no token yet".to_string(),
+                },
+            };
             let _ = writeln!(
                 settings,
-                "<tr><th>{}</th><td>{}</td></tr>",
-                html(name),
-                html(value)
+                "<tr><th>{}</th><td>{}{}</td></tr>",
+                html(&row.name),
+                html(&row.value),
+                html(&token)
             );
         }
         let finished = snap.targets.values().filter(|t| t.passes > 0).count();

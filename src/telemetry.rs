@@ -181,6 +181,11 @@ impl Upstream {
         }
     }
 
+    /// When the account's token expires, while it holds one from a login.
+    pub fn token_expiry(&self) -> Option<std::time::SystemTime> {
+        self.lock().token_expiry
+    }
+
     /// The account's lines, rendered again only if they changed since the last
     /// call.
     pub fn lines(&self) -> Arc<Lines> {
@@ -283,6 +288,12 @@ impl Telemetry {
             .entry(account.to_string())
             .or_insert_with(|| Arc::new(Upstream::new(account)));
         Arc::clone(upstream)
+    }
+
+    /// When the token of `account`'s last login expires, while it holds one.
+    pub fn token_expiry(&self, account: &str) -> Option<std::time::SystemTime> {
+        let accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        accounts.get(account)?.token_expiry()
     }
 
     /// Removes every series of an account that is no longer configured.

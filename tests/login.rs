@@ -889,7 +889,46 @@ async fn under_config_file_the_landing_page_and_log_show_each_account_s_own_sett
         "intervals"
     );
     assert!(!landing.contains("secret-0-Zq9") && !log.contains("secret-0-Zq9"));
-    assert!(!landing.contains("static-0") && !log.contains("static-0\n"));
+    assert!(!landing.contains("static-0") && !log.contains("static-0"));
+
+    // Once it has logged in, the account's row and a log line say until when
+    // its token is valid: the expiry the metric has, to the second.
+    let expiry = wait_for("the first login", DEADLINE, || async {
+        scrape(&exporter)
+            .await
+            .get("finovy_auth_token_expiry_timestamp_seconds{account=\"logs-in\"}")
+            .copied()
+    })
+    .await;
+    let until = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + Duration::from_secs_f64(expiry.floor()),
+    )
+    .to_string();
+    let (_, landing) = get(&exporter.url("/")).await;
+    let row = landing
+        .lines()
+        .find(|l| l.contains("<th>Account logs-in</th>"))
+        .unwrap_or_else(|| panic!("no row for the account: {landing}"));
+    assert!(
+        row.contains(&format!(
+            "login as U0 (secret from file {}), token valid until {until}",
+            secret.display()
+        )),
+        "{row}"
+    );
+    let row = landing
+        .lines()
+        .find(|l| l.contains("<th>Account static</th>"))
+        .unwrap();
+    assert!(!row.contains("token valid until"), "{row}");
+    wait_for("the login logged", DEADLINE, || async {
+        exporter
+            .output()
+            .iter()
+            .any(|l| l.contains("logged in") && l.contains(&format!("token_valid_until={until}")))
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -923,8 +962,8 @@ async fn the_demo_logs_in_with_credentials_and_renews_its_short_lived_token() {
     .await;
     let (_, landing) = get(&exporter.url("/")).await;
     assert!(
-        landing.contains("login as A10000001"),
-        "the landing page names the login"
+        landing.contains("login as A10000001") && landing.contains("token valid until"),
+        "the landing page names the login and its token's expiry"
     );
 }
 

@@ -258,12 +258,23 @@ impl Session {
         };
         match self.log_in(login, &secret, &state.seen).await {
             Ok(issued) => {
-                self.upstream.set_token_expiry(
-                    issued
-                        .expires_at
-                        .map(|at| SystemTime::now() + at.saturating_duration_since(Instant::now())),
+                let expiry = issued
+                    .expires_at
+                    .map(|at| SystemTime::now() + at.saturating_duration_since(Instant::now()));
+                self.upstream.set_token_expiry(expiry);
+                // One line per login (a renewal every 24 minutes with the
+                // provider's 30-minute tokens): when the token runs out is what
+                // an operator looking at a login problem asks first.
+                let valid_until = match expiry {
+                    Some(at) => humantime::format_rfc3339_seconds(at).to_string(),
+                    None => "unknown (the answer gave no effectiveTime)".into(),
+                };
+                tracing::info!(
+                    account = %self.account,
+                    uuid = %login.credentials.uuid,
+                    token_valid_until = %valid_until,
+                    "logged in"
                 );
-                tracing::debug!(account = %self.account, uuid = %login.credentials.uuid, "logged in");
                 state.seen.push(issued.token.clone());
                 if state.seen.len() > REMEMBERED_TOKENS {
                     state.seen.remove(0);
