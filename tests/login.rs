@@ -738,6 +738,47 @@ async fn code_1007_and_an_undocumented_code_fail_with_api_at_once_and_1007_point
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_answer_echoing_the_secret_where_its_msg_is_cut_shows_no_part_of_it() {
+    // The list API of a hostile upstream puts the account's secret across the
+    // 200th character of `msg`, where the kept text is cut: the cut must not
+    // leave its first characters ("secret-0-Z") behind.
+    let accounts = accounts(1);
+    let sim = simulator(&accounts, AuthStyle::Body);
+    sim.set_faults(Faults {
+        rules: vec![FaultRule::always(FaultAction::ApiError {
+            code: 1003,
+            msg: format!("{}secret-0-Zq9 was wrong", "x".repeat(190)),
+        })
+        .datacenter("HZ")],
+        ..Faults::default()
+    });
+    let upstream = LoopbackSim::start(sim).await;
+    let dir = scratch("echo-secret");
+    let file = config_file(&dir, upstream.addr, 1, &[], "");
+    let exporter = ExporterProcess::spawn(&["--config.file", file.to_str().unwrap()], &[]);
+    let line = wait_for("the failure logged", DEADLINE, || async {
+        exporter
+            .output()
+            .into_iter()
+            .find(|l| l.contains("refresh failed") && l.contains("1003"))
+    })
+    .await;
+    assert!(line.contains("xxxxxxxxxx**hidden**"), "{line}");
+    let (_, readyz) = get(&exporter.url("/readyz")).await;
+    let (_, landing) = get(&exporter.url("/")).await;
+    for (what, text) in [
+        ("the log", exporter.output().join("\n")),
+        ("/readyz", readyz),
+        ("the landing page", landing),
+    ] {
+        assert!(
+            !text.contains("-0-Z"),
+            "{what} shows part of the secret:\n{text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_an_hour_s_interval_every_target_publishes_within_twelve_seconds_of_start() {
     let n = 2;
     let accounts = accounts(n);

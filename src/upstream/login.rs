@@ -161,6 +161,10 @@ struct Login {
     /// The last token a list request succeeded with. A refused token that
     /// never was is not renewed at once: its login is held off as if refused.
     accepted: std::sync::Mutex<Option<Token>>,
+    /// The secret last sent and the last issued tokens: what a list answer is
+    /// redacted of beside the token its request carried. Apart from `state`,
+    /// which a login holds while it waits on the network.
+    hidden: std::sync::Mutex<Vec<Token>>,
 }
 
 enum Kind {
@@ -199,6 +203,7 @@ impl Session {
                 headers,
                 state: tokio::sync::Mutex::new(LoginState::default()),
                 accepted: std::sync::Mutex::new(None),
+                hidden: std::sync::Mutex::default(),
             })),
         };
         Session {
@@ -256,7 +261,17 @@ impl Session {
                 return Err(FetchError::Login(error));
             }
         };
-        match self.log_in(login, &secret, &state.seen).await {
+        let result = self.log_in(login, &secret, &state.seen).await;
+        if let Ok(issued) = &result {
+            state.seen.push(issued.token.clone());
+            if state.seen.len() > REMEMBERED_TOKENS {
+                state.seen.remove(0);
+            }
+        }
+        *login.hidden.lock().unwrap_or_else(|e| e.into_inner()) = std::iter::once(secret.clone())
+            .chain(state.seen.iter().cloned())
+            .collect();
+        match result {
             Ok(issued) => {
                 let expiry = issued
                     .expires_at
@@ -275,10 +290,6 @@ impl Session {
                     token_valid_until = %valid_until,
                     "logged in"
                 );
-                state.seen.push(issued.token.clone());
-                if state.seen.len() > REMEMBERED_TOKENS {
-                    state.seen.remove(0);
-                }
                 state.failure = None;
                 state.issued = Some(issued.clone());
                 Ok(issued.token)
@@ -308,6 +319,20 @@ impl Session {
                     None => Err(FetchError::Login(error)),
                 }
             }
+        }
+    }
+
+    /// What an answer to a list request is redacted of beside the token the
+    /// request carried: with logins, the secret and the tokens issued lately
+    /// (an upstream may echo any of them); nothing more for a static token.
+    pub fn hidden(&self) -> Vec<Token> {
+        match &self.kind {
+            Kind::Static(_) => Vec::new(),
+            Kind::Login(login) => login
+                .hidden
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
         }
     }
 

@@ -201,7 +201,9 @@ impl ApiClient {
         page: u32,
     ) -> Result<Page, FetchError> {
         let token = self.session.token().await?;
-        let (token, result) = match self.fetch_with(budget, &token, datacenter, page).await {
+        let hidden = self.session.hidden();
+        let fetch = |token| self.fetch_with(budget, token, &hidden, datacenter, page);
+        let (token, result) = match fetch(&token).await {
             Err(FetchError::Auth {
                 status,
                 api_code: None | Some(401),
@@ -209,7 +211,7 @@ impl ApiClient {
             }) if self.session.logs_in() && (status == 401 || status == 200) => {
                 self.session.refused(&token).await;
                 let fresh = self.session.token().await?;
-                let result = self.fetch_with(budget, &fresh, datacenter, page).await;
+                let result = fetch(&fresh).await;
                 (fresh, result)
             }
             result => (token, result),
@@ -220,25 +222,28 @@ impl ApiClient {
         result
     }
 
-    /// One page with this token.
+    /// One page with this token; what the answer says is redacted of it and of
+    /// the `hidden` ones.
     async fn fetch_with(
         &self,
         budget: &Arc<Budget>,
         token: &Token,
+        hidden: &[Token],
         datacenter: Option<&str>,
         page: u32,
     ) -> Result<Page, FetchError> {
+        let hidden: Vec<&Token> = std::iter::once(token).chain(hidden).collect();
         let mut attempt = 0;
         loop {
             // One permit per attempt: a retry waiting out its backoff holds none.
             let answer = {
                 let _permit = budget.acquire().await;
-                self.receive(token, datacenter, page).await
+                self.receive(token, &hidden, datacenter, page).await
             };
             // Decoded before deciding on a retry: the provider's transient codes
             // (1005, 500, 503) come in an HTTP 200 answer.
             let result = answer.and_then(|(status, body)| {
-                decode(status, &body, self.config.size_unit, self.named, token)
+                decode(status, &body, self.config.size_unit, self.named, &hidden)
             });
             let err = match result {
                 Ok(page) => return Ok(page),
@@ -271,6 +276,7 @@ impl ApiClient {
     async fn receive(
         &self,
         token: &Token,
+        hidden: &[&Token],
         datacenter: Option<&str>,
         page: u32,
     ) -> Result<(StatusCode, BytesMut), FetchError> {
@@ -278,7 +284,9 @@ impl ApiClient {
         // The status, once one came back: a body that breaks or grows too large
         // afterwards still counts under the status the server sent.
         let mut answered = None;
-        let result = self.send(token, datacenter, page, &mut answered).await;
+        let result = self
+            .send(token, hidden, datacenter, page, &mut answered)
+            .await;
         let code = answered.as_ref().map_or("error", StatusCode::as_str);
         self.upstream.request(code, started.elapsed().as_secs_f64());
         result
@@ -288,6 +296,7 @@ impl ApiClient {
     async fn send(
         &self,
         token: &Token,
+        hidden: &[&Token],
         datacenter: Option<&str>,
         page: u32,
         answered: &mut Option<StatusCode>,
@@ -344,7 +353,7 @@ impl ApiClient {
             return Err(FetchError::Http {
                 status: status.as_u16(),
                 retry_after,
-                body: error::snippet(&body, &[token]),
+                body: error::snippet(&body, hidden),
             });
         }
         let limit = self.config.max_body_bytes();
@@ -569,16 +578,35 @@ fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
     err.source().is_some_and(is_tls_error)
 }
 
-/// Decodes an answer body into a page, or into the error it reports. Upstream
-/// text is redacted of the token here, before any of it is kept.
+/// Decodes an answer body into a page, or into the error it reports.
+///
+/// An error's text (the envelope's `msg` and `traceId`, a decoder message that
+/// quotes a value) comes from the body and is cut short for the logs. So that
+/// no cut can leave part of a token behind, the error is read again from the
+/// body with every `hidden` token replaced, before any of its text is kept.
 fn decode(
     status: StatusCode,
     body: &[u8],
     unit: SizeUnit,
     named: StatusSet,
-    token: &Token,
+    hidden: &[&Token],
 ) -> Result<Page, FetchError> {
-    wire::decode_page_naming(body, unit, named).map_err(|err| match err {
+    let err = match wire::decode_page_naming(body, unit, named) {
+        Ok(page) => return Ok(page),
+        Err(err) => err,
+    };
+    let exposed: Vec<&str> = hidden.iter().map(|t| t.expose()).collect();
+    let text = String::from_utf8_lossy(body);
+    let redacted = crate::secret::redact_all(&text, &exposed);
+    let err = match redacted == text {
+        true => err,
+        false => match wire::decode_page_naming(redacted.as_bytes(), unit, named) {
+            Err(err) => err,
+            // Only the token's own text made the answer unreadable.
+            Ok(_) => WireError::Decode("the answer cannot be read where it holds the token".into()),
+        },
+    };
+    Err(match err {
         // 401: not authenticated; 1001: authenticated, but not allowed this API.
         WireError::Api {
             code: code @ (401 | 1001),
@@ -587,7 +615,7 @@ fn decode(
         } => FetchError::Auth {
             status: status.as_u16(),
             api_code: Some(code),
-            trace_id: trace_id.map(|t| token.redact(&t)),
+            trace_id,
         },
         WireError::Api {
             code,
@@ -596,14 +624,14 @@ fn decode(
         } => FetchError::Api {
             status: status.as_u16(),
             code,
-            msg: token.redact(&msg),
-            trace_id: trace_id.map(|t| token.redact(&t)),
+            msg,
+            trace_id,
         },
         WireError::Decode(msg) => FetchError::Decode {
             status: status.as_u16(),
-            msg: token.redact(&msg),
+            msg,
             body: (!looks_like_json(body))
-                .then(|| error::snippet(body, &[token]))
+                .then(|| error::snippet(body, hidden))
                 .flatten(),
         },
     })
@@ -671,6 +699,61 @@ mod tests {
         );
         h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&h), None);
+    }
+
+    /// A hostile upstream echoes the token a request carried, an earlier one
+    /// and the secret, each long, where the kept text is cut: in `msg` across
+    /// its 200th character, in `traceId`, and as a value a decoder message
+    /// quotes. No part of any of them is kept.
+    #[test]
+    fn no_part_of_a_hidden_token_is_kept_from_an_answer_wherever_it_is_cut() {
+        let long = |tag: &str| Token::new(&format!("{tag}-{}", "k7Qz".repeat(30))).unwrap();
+        let (carried, earlier, secret) = (long("now"), long("old"), long("sec"));
+        let hidden = [&carried, &secret, &earlier];
+        let answers = [
+            format!(
+                r#"{{"code":1003,"msg":"{}{} and {}","traceId":"{}"}}"#,
+                "x".repeat(190),
+                carried.expose(),
+                secret.expose(),
+                earlier.expose()
+            ),
+            format!(
+                r#"{{"code":401,"msg":"{}","traceId":"{}{}"}}"#,
+                carried.expose(),
+                "t".repeat(100),
+                earlier.expose()
+            ),
+            format!(
+                r#"{{"code":0,"data":{{"data":[],"totalCounts":"{}"}}}}"#,
+                secret.expose()
+            ),
+            format!(
+                r#"{{"code":0,"data":{{"data":"{}","totalCounts":1}}}}"#,
+                earlier.expose()
+            ),
+        ];
+        for answer in &answers {
+            let err = decode(
+                StatusCode::OK,
+                answer.as_bytes(),
+                SizeUnit::Gib,
+                StatusSet::default(),
+                &hidden,
+            )
+            .unwrap_err();
+            let kept = format!("{err} {err:?} {:?}", err.trace_id());
+            for token in hidden {
+                // Any 8 characters in a row of the token, its tag included.
+                let text = token.expose();
+                for start in 0..text.len() - 8 {
+                    assert!(
+                        !kept.contains(&text[start..start + 8]),
+                        "part of a token is kept from {answer}: {kept}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
