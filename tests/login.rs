@@ -779,6 +779,102 @@ async fn a_list_answer_echoing_the_secret_where_its_msg_is_cut_shows_no_part_of_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flags_log_in_with_the_secret_from_finovy_api_secret() {
+    // No accounts file: --api.uuid, and the secret from the variable.
+    let accounts = accounts(1);
+    let sim = simulator(&accounts, AuthStyle::Body);
+    let upstream = LoopbackSim::start(sim).await;
+    let url = format!("http://{}", upstream.addr);
+    let exporter = ExporterProcess::spawn(
+        &[
+            "--api.url",
+            &url,
+            "--api.uuid",
+            "U0",
+            "--datacenters",
+            "HZ,SH,HK",
+            "--refresh.interval",
+            "1s",
+        ],
+        &[("FINOVY_API_SECRET", "secret-0-Zq9")],
+    );
+    let m = wait_for("every datacenter up", DEADLINE, || async {
+        let m = scrape(&exporter).await;
+        let up = ups(&m).iter().filter(|(_, v)| *v == 1.0).count();
+        (up == DATACENTERS.len()).then_some(m)
+    })
+    .await;
+    assert_eq!(
+        image_counts(&m, "default"),
+        expected_image_counts("default", &accounts[0].1)
+    );
+    assert_eq!(upstream.sim.logins().get("acct0"), Some(&1), "one login");
+    let (_, landing) = get(&exporter.url("/")).await;
+    assert!(
+        landing.contains("login as U0 (secret from $FINOVY_API_SECRET)"),
+        "{landing}"
+    );
+    let log = exporter.output().join("\n");
+    assert!(!log.contains("secret-0-Zq9") && !landing.contains("secret-0-Zq9"));
+}
+
+#[test]
+fn a_uuid_flag_without_its_secret_or_beside_a_token_stops_the_start_naming_both() {
+    let run = |env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_finovy-image-exporter"));
+        cmd.args(["--api.uuid", "U0", "--web.listen-address", "127.0.0.1:0"])
+            .env_remove("FINOVY_ACCESS_TOKEN")
+            .env_remove("FINOVY_API_SECRET");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--api.uuid U0 needs its secret") && err.contains("FINOVY_API_SECRET"),
+        "{err}"
+    );
+    let (code, err) = run(&[
+        ("FINOVY_API_SECRET", "secret-0-Zq9"),
+        ("FINOVY_ACCESS_TOKEN", "static-0"),
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--api.uuid")
+            && err.contains("FINOVY_ACCESS_TOKEN")
+            && err.contains("not both"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("secret-0-Zq9") && !err.contains("static-0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn help_never_shows_the_secret_or_the_token_of_the_environment() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_finovy-image-exporter"))
+        .arg("--help")
+        .env("FINOVY_API_SECRET", "secret-0-Zq9")
+        .env("FINOVY_ACCESS_TOKEN", "static-0")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--api.uuid"), "{help}");
+    assert!(
+        !help.contains("secret-0-Zq9") && !help.contains("static-0"),
+        "{help}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_an_hour_s_interval_every_target_publishes_within_twelve_seconds_of_start() {
     let n = 2;
     let accounts = accounts(n);
