@@ -537,3 +537,94 @@ fn the_binary_refuses_a_bad_account_without_repeating_its_token() {
         assert!(!stderr.contains("hunter2"), "{args:?}: {stderr}");
     }
 }
+
+/// A login against the binary: the envelope it answers.
+async fn log_in(addr: SocketAddr, uuid: &str, secret: &str) -> Value {
+    let response = client()
+        .post(format!("http://{addr}/v1/auth/getToken"))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({"uuid": uuid, "secret": secret}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    serde_json::from_slice(&response.bytes().await.unwrap()).unwrap()
+}
+
+async fn post(addr: SocketAddr, path: &str, body: &str) -> Value {
+    let response = client()
+        .post(format!("http://{addr}/_sim/{path}"))
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200, "{path}");
+    serde_json::from_slice(&response.bytes().await.unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn the_binary_logs_an_account_in_with_its_credentials_and_takes_faults_of_logins() {
+    let sim = SimProcess::spawn(&[
+        "--account",
+        "prod:prod-token:1:30",
+        "--login",
+        "prod:A10000001:s3cret",
+        "--token-lifetime",
+        "1h",
+        "--auth-style",
+        "body",
+    ]);
+    let answer = log_in(sim.addr, "A10000001", "s3cret").await;
+    assert_eq!(answer["code"], 0, "{answer}");
+    assert_eq!(answer["data"]["effectiveTime"], 3_600_000, "{answer}");
+    let token = answer["data"]["token"].as_str().unwrap().to_string();
+    assert_eq!(
+        items(&page(sim.addr, &token, "pageSize=100").await).len(),
+        30
+    );
+
+    assert_eq!(log_in(sim.addr, "A10000001", "wrong").await["code"], 401);
+    post(sim.addr, "fail-logins", "[1005]").await;
+    assert_eq!(log_in(sim.addr, "A10000001", "s3cret").await["code"], 1005);
+    // The next login is the real one again; a revocation refuses every token.
+    assert_eq!(log_in(sim.addr, "A10000001", "s3cret").await["code"], 0);
+    post(sim.addr, "revoke", "").await;
+    let (_, refused) = get(sim.addr, &token, "pageSize=100").await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&refused).unwrap()["code"],
+        401
+    );
+    let logins = control(sim.addr, "logins").await;
+    assert_eq!(logins["attempts"], 4, "{logins}");
+    assert_eq!(logins["successes"]["prod"], 2, "{logins}");
+}
+
+#[test]
+fn the_binary_refuses_a_login_for_an_unknown_account_without_repeating_its_secret() {
+    for (args, expected) in [
+        (
+            vec![
+                "--account",
+                "prod:t:1:3",
+                "--login",
+                "staging:U1:hunter2-secret",
+            ],
+            "no --account named 'staging'",
+        ),
+        (
+            vec!["--account", "prod:t:1:3", "--login", "prod:hunter2-secret"],
+            "NAME:UUID:SECRET",
+        ),
+        (vec!["--login", "prod:U1:hunter2-secret"], "--account"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_finovy-api-sim"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?}");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("hunter2"), "{args:?}: {stderr}");
+    }
+}

@@ -24,6 +24,12 @@ Accounts:
   only the images of the account its token opens; any other token is refused in
   --auth-style.
 
+Logins (POST .../auth/getToken):
+  Each --login NAME:UUID:SECRET lets the --account NAME log in with that uuid and
+  secret; the tokens it gets last --token-lifetime. POST /_sim/revoke revokes every
+  issued token; POST /_sim/fail-logins with a JSON list of codes (e.g. [401, 1005])
+  answers the next logins with them, one each; GET /_sim/logins counts them.
+
 Faults (--faults, PUT /_sim/faults):
   {\"latency_ms\": 20, \"page_cap\": 50, \"overlap\": 0, \"reject_token\": \"http\",
    \"rules\": [{\"accounts\": [\"a\"], \"datacenters\": [\"SH\"], \"page\": 2, \"times\": 1,
@@ -45,7 +51,7 @@ Faults (--faults, PUT /_sim/faults):
 Control API: GET /_sim/accounts, GET|PUT|POST /_sim/images[?account=NAME],
   GET|PUT /_sim/alternates, GET|PUT /_sim/faults, GET|DELETE /_sim/requests,
   GET /_sim/counts (requests per account and datacenter), POST /_sim/evolve,
-  GET /_sim/held.";
+  GET /_sim/held, POST /_sim/revoke, POST /_sim/fail-logins, GET /_sim/logins.";
 
 /// Simulated Finovy image list API.
 #[derive(Debug, Parser)]
@@ -78,6 +84,13 @@ struct Args {
     // token and all.
     #[arg(long, value_name = "NAME:TOKEN:SEED:COUNT[:DCS]")]
     account: Vec<String>,
+    /// Credentials of an --account, NAME:UUID:SECRET; repeatable (see below).
+    // Read as text for the same reason as --account: the secret stays unsaid.
+    #[arg(long, value_name = "NAME:UUID:SECRET", requires = "account")]
+    login: Vec<String>,
+    /// How long an issued token lasts (e.g. `30s`).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    token_lifetime: Option<Duration>,
     /// Answer a wrong token with HTTP 401 (`http`) or `"code":401` in a 200 (`body`).
     #[arg(long, default_value = "http")]
     auth_style: String,
@@ -181,18 +194,49 @@ async fn main() -> anyhow::Result<()> {
         };
         Simulator::new(images(args.images, args.seed, None), options)
     } else {
+        let mut logins = Vec::new();
+        for (n, spec) in args.login.iter().enumerate() {
+            let parts: Vec<&str> = spec.splitn(3, ':').collect();
+            let [name, uuid, secret] = parts[..] else {
+                anyhow::bail!("--login (number {}): expected NAME:UUID:SECRET", n + 1);
+            };
+            if [name, uuid, secret].iter().any(|p| p.is_empty()) {
+                anyhow::bail!(
+                    "--login (number {}): NAME, UUID and SECRET must not be empty",
+                    n + 1
+                );
+            }
+            if !args
+                .account
+                .iter()
+                .any(|a| a.split(':').next() == Some(name))
+            {
+                anyhow::bail!("--login (number {}): no --account named '{name}'", n + 1);
+            }
+            logins.push((name, uuid, secret));
+        }
         let mut accounts = Vec::new();
         for (n, spec) in args.account.iter().enumerate() {
             let a: AccountSpec = spec
                 .parse()
                 .map_err(|e| anyhow::anyhow!("--account (number {}): {e}", n + 1))?;
             let set = images(a.images, a.seed, a.datacenters);
-            accounts.push(SimAccount::new(&a.name, &a.token, set));
+            let mut account = SimAccount::new(&a.name, &a.token, set);
+            if let Some((_, uuid, secret)) = logins.iter().find(|(name, ..)| *name == a.name) {
+                account = account.with_login(uuid, secret);
+            }
+            accounts.push(account);
         }
         Simulator::with_accounts(accounts, auth_style)
             .map_err(|e| anyhow::anyhow!("--account: {e}"))?
     };
     simulator.reseed(args.seed);
+    if let Some(lifetime) = args.token_lifetime {
+        if lifetime.is_zero() {
+            anyhow::bail!("--token-lifetime: must be greater than zero");
+        }
+        simulator.set_token_lifetime(lifetime);
+    }
     let mut faults = args.faults.unwrap_or_default();
     if args.page_cap.is_some() {
         faults.page_cap = args.page_cap;

@@ -476,6 +476,21 @@ async fn control_api(sim: &Simulator, what: String, req: Request<Incoming>) -> R
             }
             Err(e) => bad(&e),
         },
+        (Method::POST, "revoke") => {
+            sim.revoke_tokens();
+            json_response(StatusCode::OK, &json!({"revoked": true}))
+        }
+        (Method::POST, "fail-logins") => match serde_json::from_slice::<Vec<i64>>(&body) {
+            Ok(codes) => {
+                sim.fail_next_logins(&codes);
+                json_response(StatusCode::OK, &json!({"codes": codes}))
+            }
+            Err(e) => bad(&e),
+        },
+        (Method::GET, "logins") => json_response(
+            StatusCode::OK,
+            &json!({"attempts": sim.login_attempts(), "successes": sim.logins()}),
+        ),
         (Method::GET, "requests") => json_response(StatusCode::OK, &sim.requests()),
         (Method::GET, "counts") => {
             let counts: Vec<Value> = sim
