@@ -375,6 +375,46 @@ async fn a_wrong_secret_fails_only_its_account_with_auth_names_the_uuid_and_wait
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_login_is_tried_again_after_thirty_seconds_not_sooner() {
+    // Passes every second need a token all the while; the second refused
+    // login comes 30 s after the first (by the exporter's own log times),
+    // neither sooner nor much later.
+    let accounts = accounts(1);
+    let sim = simulator(&accounts, AuthStyle::Body);
+    let upstream = LoopbackSim::start(sim).await;
+    let dir = scratch("hold-off");
+    let file = config_file(&dir, upstream.addr, 1, &[0], "");
+    let exporter = ExporterProcess::spawn(&["--config.file", file.to_str().unwrap()], &[]);
+    let failed: Vec<String> = wait_for("two refused logins", Duration::from_secs(60), || async {
+        let lines: Vec<String> = exporter
+            .output()
+            .into_iter()
+            .filter(|l| l.contains("login failed"))
+            .collect();
+        (lines.len() >= 2).then_some(lines)
+    })
+    .await;
+    let at = |line: &str| {
+        let time = line
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix("time="))
+            .unwrap_or_else(|| panic!("no time in {line}"));
+        humantime::parse_rfc3339(time).unwrap()
+    };
+    let gap = at(&failed[1]).duration_since(at(&failed[0])).unwrap();
+    eprintln!("the second login came {gap:?} after the first");
+    assert!(
+        gap >= Duration::from_secs(30) && gap < Duration::from_secs(45),
+        "the second login came {gap:?} after the first"
+    );
+    assert_eq!(
+        upstream.sim.login_attempts(),
+        2,
+        "one login per hold-off, not one per pass or per target"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_codes_on_one_page_in_four_and_at_login_are_retried_to_exact_numbers() {
     let n = 1;
     let accounts = accounts(n);
