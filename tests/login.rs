@@ -1060,7 +1060,15 @@ async fn under_config_file_the_landing_page_and_log_show_each_account_s_own_sett
             !text.contains("FINOVY_ACCESS_TOKEN"),
             "{what} shows the default token source"
         );
+        assert!(
+            !text.contains("every 1m"),
+            "{what} shows the default interval"
+        );
     }
+    assert!(
+        log.contains("refresh_interval_seconds=45") && log.contains("refresh_interval_seconds=120"),
+        "the start-up log shows each account's interval"
+    );
     assert!(
         landing.contains("every 45s") && landing.contains("every 2m"),
         "intervals"
