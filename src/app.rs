@@ -216,7 +216,9 @@ impl Exporter {
         let cap = connection_cap(config.max_connections as usize, descriptor_limit, reserved);
         server = server.with_max_connections(cap);
         // Reload requests that wait hold connections no one may close to make
-        // room: at most half of them, so that probes and scrapes always fit.
+        // room: at most half of them, so that probes and scrapes fit (under a
+        // cap of one connection, one waiter still may: a reload must be
+        // possible at all).
         let reload_queue = ReloadQueue::new((cap / 2).clamp(1, MAX_RELOAD_WAITERS));
         let routes = Arc::new(
             Routes::new(

@@ -123,6 +123,10 @@ impl ReloadQueue {
     /// the most requests that may wait already do. Waiting holds nothing but
     /// this future (and the caller's connection).
     pub async fn request_and_wait(&self) -> Answer {
+        // No reload will run once the queue is closed: say so, not "queued".
+        if self.lock().closed {
+            return Answer::ShuttingDown;
+        }
         let waiting = self.inner.waiting.fetch_add(1, Ordering::Relaxed);
         let _place = Place(&self.inner.waiting);
         if waiting >= self.inner.max_waiting {
@@ -270,5 +274,21 @@ mod tests {
             assert!(matches!(waiter.await.unwrap(), Answer::ShuttingDown));
         }
         assert_eq!(queue.inner.waiting.load(Ordering::Relaxed), 0);
+    }
+
+    /// Once the queue is closed no reload runs: a request beyond the bound is
+    /// told so, not that one will.
+    #[tokio::test]
+    async fn a_closed_queue_answers_shutting_down_even_beyond_the_bound() {
+        let queue = ReloadQueue::new(0);
+        assert!(matches!(
+            queue.request_and_wait().await,
+            Answer::Queued { waiting: 0 }
+        ));
+        queue.close();
+        assert!(matches!(
+            queue.request_and_wait().await,
+            Answer::ShuttingDown
+        ));
     }
 }

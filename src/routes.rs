@@ -541,8 +541,11 @@ impl Routes {
             let token = match &row.logs_in {
                 None => String::new(),
                 Some(account) => match self.telemetry.token_expiry(account) {
-                    Some(at) => format!(", token valid until {}", rfc3339(at)),
-                    None => ", no token yet".to_string(),
+                    Some(at) if at > now => format!(", token valid until {}", rfc3339(at)),
+                    Some(at) => format!(", token expired at {}", rfc3339(at)),
+                    // Before the first login, after a refusal, or a login
+                    // that did not say how long its token lasts.
+                    None => ", token expiry unknown".to_string(),
                 },
             };
             let _ = writeln!(

@@ -157,6 +157,10 @@ async fn two_second_tokens_over_twenty_seconds_never_fail_a_pass_and_cost_one_or
     all_up(&exporter, n).await;
     let before = upstream.sim.logins();
     let started = Instant::now();
+    let started_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64;
     let window = Duration::from_secs(20);
     let mut last = BTreeMap::new();
     while started.elapsed() < window {
@@ -173,9 +177,15 @@ async fn two_second_tokens_over_twenty_seconds_never_fail_a_pass_and_cost_one_or
     let after = upstream.sim.logins();
     let lifetimes = observed / lifetime.as_secs_f64();
     // Renewed before expiry, not after a refusal: a list request the simulator
-    // refused (its token expired) is rare; renewing only when refused would
-    // make one per login after the first.
-    let requests = upstream.sim.requests();
+    // refused in the window (its token expired) is rare, however slow the
+    // machine (a token is renewed 0.4 s before it expires); renewing only when
+    // refused would make one per login.
+    let requests: Vec<_> = upstream
+        .sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.received_us >= started_us)
+        .collect();
     let refused = requests.iter().filter(|r| r.account.is_none()).count();
     let logins: u64 = after.values().sum::<u64>() - before.values().sum::<u64>();
     eprintln!(
@@ -183,7 +193,7 @@ async fn two_second_tokens_over_twenty_seconds_never_fail_a_pass_and_cost_one_or
         requests.len()
     );
     assert!(
-        refused * 4 < logins as usize,
+        refused * 2 < logins as usize,
         "{refused} list requests refused for {logins} logins: renewed only when refused"
     );
     for (i, (_, images)) in accounts.iter().enumerate() {
@@ -611,6 +621,41 @@ async fn a_login_answer_over_64_kib_is_refused_by_its_size_announced_or_not() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_claimed_to_last_1e300_ms_is_taken_to_last_a_year_without_a_panic() {
+    // Past the year 9999 no timestamp can be written; the log line and the
+    // landing page write this one.
+    let body = r#"{"code":0,"success":true,"data":{"token":"t-forever","effectiveTime":1e300}}"#;
+    let addr = raw_login_endpoint("200 OK", body.to_string(), true).await;
+    let dir = scratch("forever");
+    let file = config_file(&dir, addr, 1, &[], "");
+    let exporter = ExporterProcess::spawn(&["--config.file", file.to_str().unwrap()], &[]);
+    let line = wait_for("the login logged", DEADLINE, || async {
+        exporter
+            .output()
+            .into_iter()
+            .find(|l| l.contains("logged in"))
+    })
+    .await;
+    let year = |offset: u64| {
+        humantime::format_rfc3339_seconds(
+            std::time::SystemTime::now() + Duration::from_secs(offset * 366 * 24 * 3600),
+        )
+        .to_string()[..4]
+            .to_string()
+    };
+    assert!(
+        line.contains(&format!("token_valid_until={}", year(1)))
+            || line.contains(&format!("token_valid_until={}", year(0))),
+        "{line}"
+    );
+    let (status, landing) = get(&exporter.url("/")).await;
+    assert_eq!(status, 200);
+    assert!(landing.contains("token valid until"), "{landing}");
+    let (status, _) = get(&exporter.url("/healthz")).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_code_the_provider_does_not_document_is_counted_as_other() {
     // An upstream inventing a code per answer would otherwise add a series each.
     let accounts = accounts(1);
@@ -860,19 +905,33 @@ async fn the_flags_log_in_with_the_secret_from_finovy_api_secret() {
 
 #[test]
 fn a_uuid_flag_without_its_secret_or_beside_a_token_stops_the_start_naming_both() {
+    // Run with a deadline: an exporter that starts after all would serve for good.
     let run = |env: &[(&str, &str)]| {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_finovy-image-exporter"));
         cmd.args(["--api.uuid", "U0", "--web.listen-address", "127.0.0.1:0"])
             .env_remove("FINOVY_ACCESS_TOKEN")
-            .env_remove("FINOVY_API_SECRET");
+            .env_remove("FINOVY_API_SECRET")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let out = cmd.output().unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let mut child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + DEADLINE;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the exporter started with {env:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        (status.code(), err)
     };
     let (code, err) = run(&[]);
     assert_eq!(code, Some(2), "{err}");

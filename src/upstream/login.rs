@@ -59,6 +59,9 @@ const MIN_RENEWAL: Duration = Duration::from_secs(1);
 /// older one than the one a request carried.
 const REMEMBERED_TOKENS: usize = 4;
 
+/// The longest token lifetime believed (the provider's is 30 minutes).
+const LONGEST_LIFETIME: Duration = Duration::from_secs(366 * 24 * 3600);
+
 /// The largest login answer read: the provider's is a few hundred bytes, and an
 /// upstream must not make the exporter hold more.
 const LOGIN_ANSWER_BYTES: usize = 64 * 1024;
@@ -569,11 +572,14 @@ impl Login {
             );
         };
         let now = Instant::now();
+        // A lifetime past a year is taken as a year: an upstream claiming
+        // 1e300 ms would otherwise put the expiry beyond the year 9999, which
+        // no timestamp format can write.
         let lifetime = effective
             .as_ref()
             .and_then(millis_of)
             .filter(|ms| *ms > 0)
-            .map(Duration::from_millis);
+            .map(|ms| Duration::from_millis(ms).min(LONGEST_LIFETIME));
         let issued = Issued {
             token,
             renew_at: lifetime.map(|l| now + l.mul_f64(RENEW_AFTER).max(MIN_RENEWAL)),

@@ -578,12 +578,19 @@ fn is_tls_error(err: &(dyn std::error::Error + 'static)) -> bool {
     err.source().is_some_and(is_tls_error)
 }
 
+/// Error answers up to this size are read again with every hidden token
+/// replaced. Redaction holds several copies of its text while it looks for
+/// escaped spellings, so a larger answer (a page the decoder could not read)
+/// has only its kept texts redacted.
+const REREAD_REDACTED_BYTES: usize = 64 * 1024;
+
 /// Decodes an answer body into a page, or into the error it reports.
 ///
 /// An error's text (the envelope's `msg` and `traceId`, a decoder message that
-/// quotes a value) comes from the body and is cut short for the logs. So that
-/// no cut can leave part of a token behind, the error is read again from the
-/// body with every `hidden` token replaced, before any of its text is kept.
+/// quotes a value) comes from the body and is cut short for the logs, then
+/// redacted of the `hidden` tokens; redaction finds a token cut after at least
+/// 8 bytes. So that no cut can leave a shorter part of one behind, an answer of
+/// a usual size is first read again with every hidden token replaced.
 fn decode(
     status: StatusCode,
     body: &[u8],
@@ -596,15 +603,23 @@ fn decode(
         Err(err) => err,
     };
     let exposed: Vec<&str> = hidden.iter().map(|t| t.expose()).collect();
-    let text = String::from_utf8_lossy(body);
-    let redacted = crate::secret::redact_all(&text, &exposed);
-    let err = match redacted == text {
-        true => err,
-        false => match wire::decode_page_naming(redacted.as_bytes(), unit, named) {
-            Err(err) => err,
-            // Only the token's own text made the answer unreadable.
-            Ok(_) => WireError::Decode("the answer cannot be read where it holds the token".into()),
-        },
+    let redact = |text: &str| crate::secret::redact_all(text, &exposed);
+    let err = match body.len() <= REREAD_REDACTED_BYTES {
+        false => err,
+        true => {
+            let text = String::from_utf8_lossy(body);
+            let redacted = redact(&text);
+            match redacted == text {
+                true => err,
+                false => match wire::decode_page_naming(redacted.as_bytes(), unit, named) {
+                    Err(err) => err,
+                    // Only the token's own text made the answer unreadable.
+                    Ok(_) => WireError::Decode(
+                        "the answer cannot be read where it holds the token".into(),
+                    ),
+                },
+            }
+        }
     };
     Err(match err {
         // 401: not authenticated; 1001: authenticated, but not allowed this API.
@@ -615,7 +630,7 @@ fn decode(
         } => FetchError::Auth {
             status: status.as_u16(),
             api_code: Some(code),
-            trace_id,
+            trace_id: trace_id.map(|t| redact(&t)),
         },
         WireError::Api {
             code,
@@ -624,12 +639,12 @@ fn decode(
         } => FetchError::Api {
             status: status.as_u16(),
             code,
-            msg,
-            trace_id,
+            msg: redact(&msg),
+            trace_id: trace_id.map(|t| redact(&t)),
         },
         WireError::Decode(msg) => FetchError::Decode {
             status: status.as_u16(),
-            msg,
+            msg: redact(&msg),
             body: (!looks_like_json(body))
                 .then(|| error::snippet(body, hidden))
                 .flatten(),
@@ -732,6 +747,12 @@ mod tests {
                 r#"{{"code":0,"data":{{"data":"{}","totalCounts":1}}}}"#,
                 earlier.expose()
             ),
+            // Too large to be read again: its kept texts are redacted as cut.
+            format!(
+                r#"{{"code":0,"data":{{"data":[],"totalCounts":"{}"}},"pad":"{}"}}"#,
+                carried.expose(),
+                "p".repeat(REREAD_REDACTED_BYTES)
+            ),
         ];
         for answer in &answers {
             let err = decode(
@@ -746,7 +767,7 @@ mod tests {
             for token in hidden {
                 // Any 8 characters in a row of the token, its tag included.
                 let text = token.expose();
-                for start in 0..text.len() - 8 {
+                for start in 0..=text.len() - 8 {
                     assert!(
                         !kept.contains(&text[start..start + 8]),
                         "part of a token is kept from {answer}: {kept}"
