@@ -821,6 +821,26 @@ mod tests {
         (state, key, cache)
     }
 
+    /// The queue's answers as `POST /-/reload` gives them: 202 beyond the
+    /// waiting bound (here none may wait), 503 once the exporter stops.
+    #[tokio::test]
+    async fn a_reload_request_beyond_the_waiting_bound_is_accepted_and_after_shutdown_refused() {
+        let queue = ReloadQueue::new(0);
+        let routes = Routes::new(
+            Arc::new(State::new()),
+            Telemetry::new(),
+            Liveness::new(),
+            "/metrics".into(),
+            4,
+        )
+        .with_lifecycle(queue.clone(), true);
+        let resp = routes.reload(&Method::POST).await;
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        queue.close();
+        let resp = routes.reload(&Method::POST).await;
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+
     fn publish(state: &State, key: &TargetKey, images: u64) {
         let mut dc = crate::aggregate::DatacenterImages::default();
         dc.groups.insert(
