@@ -53,6 +53,7 @@ pub mod body;
 pub mod check;
 pub mod config;
 pub mod config_file;
+pub mod files;
 pub mod healthcheck;
 pub mod labels;
 pub mod lifecycle;

@@ -138,58 +138,35 @@ impl TokenSource {
     }
 }
 
-/// Reads a token file without ever blocking on it: only a regular file is read.
-///
-/// Opening a FIFO with no writer waits for one, and reading a device may never end,
-/// so the path's type is checked before it is opened, and once more on the open
-/// file (a path swapped in between is caught there, before anything is read).
+/// Reads a token file without ever blocking on it: only a regular file of at
+/// most [`MAX_TOKEN_FILE_BYTES`] is read ([`crate::files::read_regular`]).
 fn read_token_file(path: &Path) -> Result<String, TokenError> {
-    use std::io::Read as _;
     let read_error = |source| TokenError::Read {
         path: path.to_path_buf(),
         source,
     };
-    check_regular(path, &std::fs::metadata(path).map_err(read_error)?)?;
-    let file = std::fs::File::open(path).map_err(read_error)?;
-    check_regular(path, &file.metadata().map_err(read_error)?)?;
-    let mut raw = String::new();
-    file.take(MAX_TOKEN_FILE_BYTES + 1)
-        .read_to_string(&mut raw)
-        .map_err(read_error)?;
-    Ok(raw)
-}
-
-fn check_regular(path: &Path, meta: &std::fs::Metadata) -> Result<(), TokenError> {
-    let kind = meta.file_type();
-    let what = if kind.is_file() {
-        if meta.len() <= MAX_TOKEN_FILE_BYTES {
-            return Ok(());
+    let bytes = match crate::files::read_regular(path, MAX_TOKEN_FILE_BYTES) {
+        Ok(bytes) => bytes,
+        Err(crate::files::FileError::NotRegular(what)) => {
+            return Err(TokenError::NotRegular {
+                path: path.to_path_buf(),
+                what,
+            })
         }
-        "larger than 64 KiB"
-    } else if kind.is_dir() {
-        "a directory"
-    } else if is_fifo(&kind) {
-        "a FIFO"
-    } else {
-        "a special file"
+        Err(crate::files::FileError::TooLarge(_)) => {
+            return Err(TokenError::NotRegular {
+                path: path.to_path_buf(),
+                what: "larger than 64 KiB",
+            })
+        }
+        Err(crate::files::FileError::Io(source)) => return Err(read_error(source)),
     };
-    Err(TokenError::NotRegular {
-        path: path.to_path_buf(),
-        what,
+    String::from_utf8(bytes).map_err(|_| {
+        read_error(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        ))
     })
-}
-
-fn is_fifo(kind: &std::fs::FileType) -> bool {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::FileTypeExt;
-        kind.is_fifo()
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = kind;
-        false
-    }
 }
 
 /// What a redacted secret is replaced with.

@@ -73,36 +73,11 @@ impl YamlLimitError {
     }
 }
 
-/// Reads a configuration file of at most [`MAX_FILE_BYTES`]. Only a regular
-/// file (or a link to one) is read: a FIFO would block the start, or a reload
-/// for good, and a device such as `/dev/zero` would fill the memory (3 GB in
-/// six seconds, read whole). Its kind is checked before it is opened, since
-/// opening a FIFO already blocks.
+/// Reads a configuration file of at most [`MAX_FILE_BYTES`]: a regular file
+/// only ([`crate::files::read_regular`]; `/dev/zero` read whole filled 3 GB in
+/// six seconds, and a FIFO blocked the start, or the reload worker for good).
 pub fn read_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
-    use std::io::{Error, ErrorKind, Read as _};
-    let kind = std::fs::metadata(path)?.file_type();
-    if !kind.is_file() {
-        let what = if kind.is_dir() {
-            "a directory"
-        } else {
-            "a FIFO, socket or device"
-        };
-        return Err(Error::new(
-            ErrorKind::InvalidInput,
-            format!("not a regular file ({what})"),
-        ));
-    }
-    let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(MAX_FILE_BYTES as u64 + 1)
-        .read_to_end(&mut bytes)?;
-    if bytes.len() > MAX_FILE_BYTES {
-        return Err(Error::new(
-            ErrorKind::InvalidData,
-            format!("larger than the {MAX_FILE_BYTES} bytes a configuration file may have"),
-        ));
-    }
-    Ok(bytes)
+    Ok(crate::files::read_regular(path, MAX_FILE_BYTES as u64)?)
 }
 
 /// Checks `text` against [`MAX_FILE_BYTES`], [`MAX_DEPTH`] and

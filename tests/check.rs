@@ -311,3 +311,25 @@ async fn the_landing_page_and_readyz_carry_the_hint_of_a_refused_token_and_an_un
         assert!(!text.contains("not-a-token"), "{what} shows the token");
     }
 }
+
+#[test]
+fn a_tls_file_that_is_a_device_is_refused_by_name_before_it_is_read() {
+    // /dev/zero read whole fills the memory and a FIFO blocks for good; each is
+    // refused by its kind, as the configuration file is. /dev/null stands for
+    // them here: refused the same way, harmless if it were read.
+    let (code, out, err) = check(&[
+        "--api.url",
+        "https://127.0.0.1:9",
+        "--api.token-file",
+        "/dev/null",
+        "--api.tls.ca-file",
+        "/dev/null",
+        "--datacenters",
+        "HZ",
+    ]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        err.contains("--api.tls.ca-file") && err.contains("not a regular file"),
+        "{err}"
+    );
+}

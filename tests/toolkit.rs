@@ -500,11 +500,24 @@ async fn yaml_files_cert_path_and_key_path_invalid() {
 
 #[tokio::test]
 async fn yaml_files_invalid_client_auth() {
-    // Client CAs without a policy that asks for certificates.
+    // Client CAs without a policy that asks for certificates. (The toolkit's
+    // case names /dev/null; a device is refused before it is read here, so a
+    // regular file stands in for it.)
     refused(
         "yaml-ca-without-policy",
-        &tls("  client_ca_file: /dev/null\n"),
+        &tls("  client_ca_file: server.crt\n"),
         "without a client auth policy",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn yaml_files_a_device_as_a_certificate_file_is_refused_before_it_is_read() {
+    // /dev/zero read whole would fill the memory, at every change the watcher sees.
+    refused(
+        "yaml-ca-device",
+        &tls("  client_ca_file: /dev/zero\n  client_auth_type: RequireAndVerifyClientCert\n"),
+        "not a regular file (a special file)",
     )
     .await;
 }

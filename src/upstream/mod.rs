@@ -443,7 +443,8 @@ async fn read_prefix(response: &mut reqwest::Response, limit: usize) -> Vec<u8> 
 struct HttpKey {
     timeout: Duration,
     tls: UpstreamTls,
-    tls_files: Vec<Option<Vec<u8>>>,
+    /// The CA file, the certificate and the key, as read.
+    tls_files: [Option<Vec<u8>>; 3],
     proxy_url: Option<Url>,
 }
 
@@ -461,20 +462,33 @@ const MAX_SHARED: usize = 64;
 /// many accounts of one host do not reconnect at every pass.
 fn shared_http(config: &ClientConfig) -> Result<reqwest::Client, ClientError> {
     let tls = &config.tls;
+    // Read once: the same bytes tell a shared client apart and build a new one.
+    let read = |flag: &'static str, path: &Option<std::path::PathBuf>| {
+        path.as_ref()
+            .map(|path| {
+                crate::files::read_regular(path, MAX_PEM_BYTES).map_err(|err| ClientError::File {
+                    flag,
+                    path: path.to_path_buf(),
+                    source: err.into(),
+                })
+            })
+            .transpose()
+    };
     let key = HttpKey {
         timeout: config.timeout,
         tls: tls.clone(),
-        tls_files: [&tls.ca_file, &tls.cert_file, &tls.key_file]
-            .iter()
-            .map(|path| path.as_ref().and_then(|p| std::fs::read(p).ok()))
-            .collect(),
+        tls_files: [
+            read("--api.tls.ca-file", &tls.ca_file)?,
+            read("--api.tls.cert-file", &tls.cert_file)?,
+            read("--api.tls.key-file", &tls.key_file)?,
+        ],
         proxy_url: config.proxy_url.clone(),
     };
     let mut shared = SHARED_HTTP.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, client)) = shared.iter().find(|(k, _)| *k == key) {
         return Ok(client.clone());
     }
-    let client = build_http(config)?;
+    let client = build_http(config, &key.tls_files)?;
     if shared.len() >= MAX_SHARED {
         shared.clear();
     }
@@ -482,7 +496,15 @@ fn shared_http(config: &ClientConfig) -> Result<reqwest::Client, ClientError> {
     Ok(client)
 }
 
-fn build_http(config: &ClientConfig) -> Result<reqwest::Client, ClientError> {
+/// The largest PEM file read (a CA bundle of every public root is about 250 KB).
+const MAX_PEM_BYTES: u64 = 4 * 1024 * 1024;
+
+/// A client for `config`, its TLS files already read (`pems`: the CA file, the
+/// certificate, the key, as [`HttpKey::tls_files`] holds them).
+fn build_http(
+    config: &ClientConfig,
+    pems: &[Option<Vec<u8>>; 3],
+) -> Result<reqwest::Client, ClientError> {
     crate::install_crypto_provider();
     // The first URL of the chain is the account's own: the policy needs no
     // account, so that accounts with the same settings can share the client.
@@ -498,7 +520,7 @@ fn build_http(config: &ClientConfig) -> Result<reqwest::Client, ClientError> {
         .user_agent(concat!("finovy-image-exporter/", env!("CARGO_PKG_VERSION")))
         .redirect(redirect)
         .connect_timeout(config.timeout);
-    builder = with_tls(builder, &config.tls)?;
+    builder = with_tls(builder, &config.tls, pems)?;
     if let Some(proxy) = &config.proxy_url {
         let proxy = reqwest::Proxy::all(proxy.as_str()).map_err(|source| ClientError::Invalid {
             flag: "--api.proxy-url",
@@ -512,22 +534,17 @@ fn build_http(config: &ClientConfig) -> Result<reqwest::Client, ClientError> {
     })
 }
 
-/// Applies the upstream TLS settings to a client builder.
+/// Applies the upstream TLS settings to a client builder, with the contents of
+/// its files (`pems`, in [`HttpKey::tls_files`] order).
 fn with_tls(
     mut builder: reqwest::ClientBuilder,
     tls: &UpstreamTls,
+    pems: &[Option<Vec<u8>>; 3],
 ) -> Result<reqwest::ClientBuilder, ClientError> {
-    let read = |flag: &'static str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|source| ClientError::File {
-            flag,
-            path: path.to_path_buf(),
-            source,
-        })
-    };
-    if let Some(path) = &tls.ca_file {
-        let pem = read("--api.tls.ca-file", path)?;
+    let [ca, cert, key] = pems;
+    if let Some(pem) = ca {
         let certs =
-            reqwest::Certificate::from_pem_bundle(&pem).map_err(|source| ClientError::Invalid {
+            reqwest::Certificate::from_pem_bundle(pem).map_err(|source| ClientError::Invalid {
                 flag: "--api.tls.ca-file",
                 source,
             })?;
@@ -535,11 +552,11 @@ fn with_tls(
             builder = builder.add_root_certificate(cert);
         }
     }
-    match (&tls.cert_file, &tls.key_file) {
+    match (cert, key) {
         (Some(cert), Some(key)) => {
-            let mut pem = read("--api.tls.cert-file", cert)?;
+            let mut pem = cert.clone();
             pem.push(b'\n');
-            pem.extend(read("--api.tls.key-file", key)?);
+            pem.extend(key);
             let identity =
                 reqwest::Identity::from_pem(&pem).map_err(|source| ClientError::Invalid {
                     flag: "--api.tls.cert-file",

@@ -256,6 +256,10 @@ pub(super) fn sources_from_text(
     })
 }
 
+/// The largest certificate, key or CA file read (a PEM bundle of every public
+/// root is about 250 KB).
+const MAX_REFERENCED_BYTES: u64 = 4 * 1024 * 1024;
+
 /// Reads one file named in the configuration (relative paths are taken from the
 /// directory of the web config file, as exporter-toolkit does), or takes the
 /// inline PEM given instead. When both are given the file wins, as in
@@ -269,7 +273,9 @@ fn read_referenced(
     let Some(path) = file else {
         return Ok(inline.map(|pem| pem.as_bytes().to_vec()));
     };
-    match std::fs::read(&path) {
+    // Bounded like every file the configuration names: this one is read again
+    // at every change of the web config, by its watcher.
+    match crate::files::read_regular(&path, MAX_REFERENCED_BYTES).map_err(std::io::Error::from) {
         Ok(bytes) => {
             feed(fp, &bytes);
             Ok(Some(bytes))
