@@ -414,36 +414,6 @@ fn a_pass_stopped_at_its_bound_shows_as_a_failure_and_an_anomaly() {
     assert_eq!(series.anomalies[Anomaly::PageLimit.index()], 1);
 }
 
-/// An upstream that answers every request with `body`, written by hand (a
-/// JSON writer cannot give a key twice).
-async fn fixed_upstream(body: String) -> std::net::SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let body = body.clone();
-            tokio::spawn(async move {
-                // One request per connection: read its head, answer, close.
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let answer = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = stream.write_all(answer.as_bytes()).await;
-            });
-        }
-    });
-    addr
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_item_of_fifty_with_status_given_twice_fails_only_that_field() {
     use finovy_image_exporter::labels::Field;
@@ -462,7 +432,7 @@ async fn one_item_of_fifty_with_status_given_twice_fails_only_that_field() {
         r#"{{"code":0,"success":true,"msg":"success","data":{{"totalCounts":50,"data":[{}]}}}}"#,
         items.join(",")
     );
-    let addr = fixed_upstream(body).await;
+    let addr = common::fixed_upstream("200 OK", body, true).await;
     let collected = pager(addr, 100)
         .collect(Some("HZ"))
         .await

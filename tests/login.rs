@@ -520,44 +520,6 @@ async fn an_upstream_refusing_every_list_request_gets_one_login_per_hold_off_not
     assert_eq!(warned, 1);
 }
 
-/// A login endpoint that answers every request with `status` and `body`, with
-/// a `Content-Length` or, without one, chunked (so that only reading tells its
-/// size).
-async fn raw_login_endpoint(status: &'static str, body: String, sized: bool) -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
-            let body = body.clone();
-            tokio::spawn(async move {
-                let mut request = [0u8; 4096];
-                let _ = stream.read(&mut request).await;
-                let framing = match sized {
-                    true => format!("content-length: {}", body.len()),
-                    false => "transfer-encoding: chunked".to_string(),
-                };
-                let head = format!(
-                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{framing}\r\nconnection: close\r\n\r\n"
-                );
-                let _ = stream.write_all(head.as_bytes()).await;
-                if sized {
-                    let _ = stream.write_all(body.as_bytes()).await;
-                } else {
-                    for piece in body.as_bytes().chunks(8 * 1024) {
-                        let chunk = format!("{:x}\r\n", piece.len());
-                        let _ = stream.write_all(chunk.as_bytes()).await;
-                        let _ = stream.write_all(piece).await;
-                        let _ = stream.write_all(b"\r\n").await;
-                    }
-                    let _ = stream.write_all(b"0\r\n\r\n").await;
-                }
-            });
-        }
-    });
-    addr
-}
-
 /// Starts an exporter whose one account logs in at `addr` and returns its
 /// first `login failed` log line.
 async fn first_login_failure(name: &str, addr: SocketAddr) -> String {
@@ -582,7 +544,7 @@ async fn a_login_answer_with_a_huge_msg_is_kept_as_short_as_a_list_answer_s() {
         "{{\"code\":1001,\"success\":false,\"msg\":\"{}\"}}",
         "x".repeat(60_000)
     );
-    let addr = raw_login_endpoint("200 OK", body, true).await;
+    let addr = common::fixed_upstream("200 OK", body, true).await;
     let line = first_login_failure("huge-msg", addr).await;
     assert!(line.contains(&"x".repeat(200)), "{line}");
     assert!(
@@ -606,7 +568,7 @@ async fn a_login_answer_over_64_kib_is_refused_by_its_size_announced_or_not() {
         ("chunked", "200 OK", envelope.clone(), false),
         ("error page", "404 Not Found", "z".repeat(100_000), false),
     ] {
-        let addr = raw_login_endpoint(status, body, sized).await;
+        let addr = common::fixed_upstream(status, body, sized).await;
         let line =
             first_login_failure(&format!("huge-login-{}", case.replace(' ', "-")), addr).await;
         assert!(
@@ -625,7 +587,7 @@ async fn a_token_claimed_to_last_1e300_ms_is_taken_to_last_a_year_without_a_pani
     // Past the year 9999 no timestamp can be written; the log line and the
     // landing page write this one.
     let body = r#"{"code":0,"success":true,"data":{"token":"t-forever","effectiveTime":1e300}}"#;
-    let addr = raw_login_endpoint("200 OK", body.to_string(), true).await;
+    let addr = common::fixed_upstream("200 OK", body.to_string(), true).await;
     let dir = scratch("forever");
     let file = config_file(&dir, addr, 1, &[], "");
     let exporter = ExporterProcess::spawn(&["--config.file", file.to_str().unwrap()], &[]);

@@ -351,3 +351,67 @@ pub fn status_label(code: u8) -> &'static str {
         _ => "unknown",
     }
 }
+
+/// An upstream written by hand that answers every request (one per connection)
+/// with `status` and `body`: a body no JSON writer makes (a key given twice), an
+/// answer of any size, with a `Content-Length` or, unless `sized`, chunked (so
+/// that only reading tells its size). The whole request is read first, head and
+/// `Content-Length` body, so that closing never resets an answer the client has
+/// not read.
+#[allow(dead_code)] // Not every test file that includes this module uses it.
+pub async fn fixed_upstream(
+    status: &'static str,
+    body: String,
+    sized: bool,
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let body = body.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                let complete = |r: &[u8]| {
+                    let Some(end) = r.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        return false;
+                    };
+                    let head = String::from_utf8_lossy(&r[..end]).to_ascii_lowercase();
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    r.len() >= end + 4 + length
+                };
+                while !complete(&request) {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let framing = match sized {
+                    true => format!("content-length: {}", body.len()),
+                    false => "transfer-encoding: chunked".to_string(),
+                };
+                let head = format!(
+                    "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{framing}\r\nconnection: close\r\n\r\n"
+                );
+                let _ = stream.write_all(head.as_bytes()).await;
+                if sized {
+                    let _ = stream.write_all(body.as_bytes()).await;
+                } else {
+                    for piece in body.as_bytes().chunks(8 * 1024) {
+                        let size = format!("{:x}\r\n", piece.len());
+                        let _ = stream.write_all(size.as_bytes()).await;
+                        let _ = stream.write_all(piece).await;
+                        let _ = stream.write_all(b"\r\n").await;
+                    }
+                    let _ = stream.write_all(b"0\r\n\r\n").await;
+                }
+            });
+        }
+    });
+    addr
+}
