@@ -618,6 +618,27 @@ async fn a_token_claimed_to_last_1e300_ms_is_taken_to_last_a_year_without_a_pani
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_too_long_or_unusable_fails_the_login_saying_why() {
+    // A token goes in the header of every list request: 5,000 bytes of it
+    // are refused at login, and one that is not a token says what is wrong
+    // with it, not that there is none.
+    for (case, token, expected) in [
+        ("long", "t".repeat(5_000), "longer than 4096 bytes"),
+        ("bearer", "Bearer abc".to_string(), "starts with 'Bearer '"),
+        ("missing", String::new(), "has no `data.token`"),
+    ] {
+        let data = match token.is_empty() {
+            true => r#"{"effectiveTime":1800000}"#.to_string(),
+            false => format!(r#"{{"token":"{token}","effectiveTime":1800000}}"#),
+        };
+        let body = format!(r#"{{"code":0,"success":true,"data":{data}}}"#);
+        let addr = common::fixed_upstream("200 OK", body, true).await;
+        let line = first_login_failure(&format!("token-{case}"), addr).await;
+        assert!(line.contains(expected), "{case}: {line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_login_code_the_provider_does_not_document_is_counted_as_other() {
     // An upstream inventing a code per answer would otherwise add a series each.
     let accounts = accounts(1);

@@ -62,6 +62,9 @@ const REMEMBERED_TOKENS: usize = 4;
 /// The longest token lifetime believed (the provider's is 30 minutes).
 const LONGEST_LIFETIME: Duration = Duration::from_secs(366 * 24 * 3600);
 
+/// The longest token a login may issue (tokens seen are a few dozen bytes).
+const MAX_ISSUED_TOKEN_BYTES: usize = 4096;
+
 /// The largest login answer read: the provider's is a few hundred bytes, and an
 /// upstream must not make the exporter hold more.
 const LOGIN_ANSWER_BYTES: usize = 64 * 1024;
@@ -239,18 +242,24 @@ impl Session {
         }
         // Still valid: an older token that a failed renewal can fall back on.
         let fallback = current.filter(|i| i.expires_at.is_some_and(|at| now < at));
+        let held = |failure: &Failure| match &fallback {
+            Some(issued) => Ok(issued.token.clone()),
+            None => Err(FetchError::Login(failure.error.clone())),
+        };
+        // A login that failed while this call waited for the lock answers it
+        // too; the secret file is not even read.
+        if let Some(failure) = state.failure.as_ref().filter(|f| f.at >= asked) {
+            return held(failure);
+        }
+        // Read once, for the hold-off's comparison and for the login.
+        let secret = read_secret(&login.credentials);
         if let Some(failure) = &state.failure {
-            let shared = failure.at >= asked;
-            let holding = failure.at.elapsed() < HOLD_OFF
-                && failure.secret.as_ref() == read_secret(&login.credentials).ok().as_ref();
-            if shared || holding {
-                return match fallback {
-                    Some(issued) => Ok(issued.token),
-                    None => Err(FetchError::Login(failure.error.clone())),
-                };
+            let same_secret = failure.secret.as_ref() == secret.as_ref().ok();
+            if failure.at.elapsed() < HOLD_OFF && same_secret {
+                return held(failure);
             }
         }
-        let secret = match read_secret(&login.credentials) {
+        let secret = match secret {
             Ok(secret) => secret,
             Err(error) => {
                 // No login was tried: the upstream refused nothing, so not its hint.
@@ -558,18 +567,23 @@ impl Login {
             }
             Some(_) => return (label, fail(Reason::Api, false, msg)),
         }
-        let token = answer
+        let (token, effective) = answer
             .data
-            .and_then(|d| Some((Token::new(d.token.as_deref()?).ok()?, d.effective_time)));
-        let Some((token, effective)) = token else {
-            return (
-                label,
-                fail(
-                    Reason::Decode,
-                    false,
-                    "the answer has no `data.token`".into(),
-                ),
-            );
+            .map_or((None, None), |d| (d.token, d.effective_time));
+        // The token goes in the header of every list request: one of the
+        // answer's whole 64 KiB would cost that much per page, and redacting
+        // it (in every error answer) grows with its length.
+        let token = match token.as_deref().map(Token::new) {
+            None => Err("the answer has no `data.token`".to_string()),
+            Some(Err(err)) => Err(format!("the answer's `data.token`: {err}")),
+            Some(Ok(t)) if t.expose().len() > MAX_ISSUED_TOKEN_BYTES => Err(format!(
+                "the answer's `data.token` is longer than {MAX_ISSUED_TOKEN_BYTES} bytes"
+            )),
+            Some(Ok(t)) => Ok(t),
+        };
+        let token = match token {
+            Ok(token) => token,
+            Err(message) => return (label, fail(Reason::Decode, false, message)),
         };
         let now = Instant::now();
         // A lifetime past a year is taken as a year: an upstream claiming
