@@ -1089,6 +1089,23 @@ async fn a_cap_of_one_connection_serves_one_client_after_another() {
         let (status, body) = get(&process.url("/healthz")).await;
         assert_eq!(status, 200, "{body}");
     }
+    // A client that opens a connection and holds it, idle, sending nothing:
+    // the next client is served, and the held connection is the one closed.
+    for _ in 0..3 {
+        let mut held = std::net::TcpStream::connect(process.addr).unwrap();
+        held.set_read_timeout(Some(DEADLINE)).unwrap();
+        let (status, body) = get(&process.url("/healthz")).await;
+        assert_eq!(status, 200, "{body}");
+        let mut byte = [0u8; 1];
+        let read = std::io::Read::read(&mut held, &mut byte);
+        assert!(
+            matches!(read, Ok(0))
+                || read
+                    .as_ref()
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+            "the held idle connection was not closed: {read:?}"
+        );
+    }
 }
 
 #[test]
